@@ -1,0 +1,87 @@
+//! Start-up and shutdown: the threads, in order, and how they are joined.
+
+use crate::config::Config;
+use crate::http::{HttpServer, InFlight, Shared};
+use crate::metrics::Metrics;
+use crate::products::Catalog;
+use crate::relay::{self, RelayHandle, RelaySettings};
+use crate::store::{self, Reader, Writer, WriterHandle};
+use crossbeam_channel::bounded;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// The running service.
+pub struct App {
+    address: SocketAddr,
+    http: HttpServer,
+    relay: RelayHandle,
+    writer: WriterHandle,
+    writer_thread: JoinHandle<()>,
+}
+
+impl App {
+    /// Migrates the database, starts the writer, binds the port (0 picks one), starts
+    /// the HTTP workers and the relay. When this returns, requests are being served.
+    pub fn build(config: &Config) -> Result<App, String> {
+        let mut conn = store::open_write(&config.database_path)
+            .map_err(|e| format!("database {}: {e}", config.database_path.display()))?;
+        let applied = store::migrate(&mut conn)?;
+        for m in &applied {
+            log::info!("applied migration {m}");
+        }
+        let metrics = Arc::new(Metrics::default());
+        let (wake_tx, wake_rx) = bounded(1);
+        let (writer, writer_thread) =
+            Writer::spawn(conn, config.store_id.clone(), wake_tx).map_err(|e| e.to_string())?;
+
+        let listener = TcpListener::bind((config.host, config.port))
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let shared = Arc::new(Shared {
+            writer: writer.clone(),
+            catalog: Catalog::new(config, metrics.clone()),
+            metrics: metrics.clone(),
+            database_path: config.database_path.clone(),
+            admin_token: config.admin_token.clone(),
+            gateway_token: config.gateway_token.clone(),
+            in_flight: InFlight::default(),
+        });
+        let http = HttpServer::start(listener, shared, config.http_threads)
+            .map_err(|e| format!("cannot start HTTP workers: {e}"))?;
+
+        let relay_reader = Reader::open(&config.database_path).map_err(|e| e.to_string())?;
+        let relay = relay::spawn(
+            RelaySettings {
+                rabbit: config.rabbitmq.clone(),
+                source: config.store_id.clone(),
+                retention: config.outbox_retention,
+            },
+            relay_reader,
+            writer.clone(),
+            wake_rx,
+            metrics,
+        )
+        .map_err(|e| format!("cannot start the relay: {e}"))?;
+        Ok(App {
+            address,
+            http,
+            relay,
+            writer,
+            writer_thread,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops taking requests and answers those in flight; gives the relay a last drain;
+    /// lets the writer commit what it holds; joins every thread.
+    pub fn shutdown(self) {
+        self.http.shutdown();
+        self.relay.shutdown();
+        drop(self.writer);
+        let _ = self.writer_thread.join();
+    }
+}

@@ -1,0 +1,221 @@
+//! The HTTP side: a pool of workers taking requests from tiny_http. Only this module
+//! knows about status codes and headers.
+
+mod error;
+mod in_flight;
+mod request;
+mod routes;
+
+pub use error::ApiError;
+pub use in_flight::InFlight;
+pub use request::MAX_BODY;
+pub use routes::ROUTES;
+
+use crate::config::Secret;
+use crate::metrics::Metrics;
+use crate::products::Catalog;
+use crate::store::{Reader, WriterHandle};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The OpenAPI description of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// What every worker shares.
+pub struct Shared {
+    pub writer: WriterHandle,
+    pub catalog: Catalog,
+    pub metrics: Arc<Metrics>,
+    pub database_path: PathBuf,
+    pub admin_token: Option<Secret>,
+    pub gateway_token: Option<Secret>,
+    pub in_flight: InFlight,
+}
+
+/// A response before it is written.
+pub struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    /// Serialized directly (not through `serde_json::Value`), so money keeps its two decimals.
+    pub fn json<T: serde::Serialize + ?Sized>(status: u16, body: &T) -> Reply {
+        let text = serde_json::to_string(body).expect("reply bodies always serialize");
+        Reply::raw_json(status, text)
+    }
+
+    pub fn raw_json(status: u16, body: String) -> Reply {
+        Reply::text(status, "application/json", body)
+    }
+
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Reply {
+        Reply {
+            status,
+            content_type,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+
+    fn from_error(e: &ApiError) -> Reply {
+        let mut reply = Reply::json(e.status(), &e.body());
+        reply.headers.extend(e.headers());
+        reply
+    }
+}
+
+/// The worker pool over one listening socket.
+pub struct HttpServer {
+    server: Arc<tiny_http::Server>,
+    stopping: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// How long workers keep answering queued requests once asked to stop.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+impl HttpServer {
+    /// Starts `threads` workers on an already bound listener (port 0 allowed).
+    pub fn start(
+        listener: std::net::TcpListener,
+        shared: Arc<Shared>,
+        threads: usize,
+    ) -> std::io::Result<HttpServer> {
+        let server = Arc::new(
+            tiny_http::Server::from_listener(listener, None)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        );
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::with_capacity(threads);
+        for n in 0..threads {
+            let (server, shared, stopping) = (server.clone(), shared.clone(), stopping.clone());
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("http-{n}"))
+                    .spawn(move || work(&server, &shared, &stopping))?,
+            );
+        }
+        Ok(HttpServer {
+            server,
+            stopping,
+            workers,
+        })
+    }
+
+    /// Stops taking new requests, answers those already queued, and joins the workers.
+    pub fn shutdown(self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for _ in 0..self.workers.len() {
+            self.server.unblock();
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+        // Dropping the last handle closes the listening socket.
+        drop(self.server);
+    }
+}
+
+fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
+    let reader = match Reader::open(&shared.database_path) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("http worker cannot open the database: {e}");
+            return;
+        }
+    };
+    while !stopping.load(Ordering::SeqCst) {
+        match server.recv_timeout(Duration::from_millis(500)) {
+            Ok(Some(req)) => serve(shared, &reader, req, false),
+            Ok(None) => {}
+            Err(e) => log::debug!("http: {e}"),
+        }
+    }
+    // Requests already accepted are answered, not dropped, within a bound.
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while Instant::now() < deadline {
+        match server.try_recv() {
+            Ok(Some(req)) => serve(shared, &reader, req, true),
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
+fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request, closing: bool) {
+    let started = Instant::now();
+    let request_id = request::header(&req, "X-Request-Id")
+        .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let method = req.method().as_str().to_string();
+    let url = req.url().to_string();
+    let (path, query) = request::split_url(&url);
+    let route = routes::route(path);
+    let label = route.as_ref().map_or("unmatched", |r| r.pattern);
+    let outcome = catch_unwind(AssertUnwindSafe(|| match &route {
+        None => Err(ApiError::NotFound),
+        Some(route) => routes::handle(shared, reader, &mut req, route, &query),
+    }));
+    let reply = match outcome {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => {
+            if let Some(cause) = e.cause() {
+                log::error!("{method} {path} [{request_id}]: {e}: {cause}");
+            }
+            Reply::from_error(&e)
+        }
+        Err(_) => {
+            let e = ApiError::Internal("handler panicked".into());
+            log::error!("{method} {path} [{request_id}]: handler panicked");
+            Reply::from_error(&e)
+        }
+    };
+    let status = reply.status;
+    let mut response = tiny_http::Response::from_data(reply.body.into_bytes())
+        .with_status_code(status)
+        .with_header(header("Content-Type", reply.content_type))
+        .with_header(header("X-Request-Id", &request_id));
+    for (name, value) in &reply.headers {
+        response = response.with_header(header(name, value));
+    }
+    if closing {
+        response = response.with_header(header("Connection", "close"));
+    }
+    if let Err(e) = req.respond(response) {
+        log::debug!("{method} {path} [{request_id}]: client went away: {e}");
+    }
+    let took = started.elapsed();
+    shared.metrics.observe_request(label, status, took);
+    log::info!(
+        "{method} {path} {status} {:.1}ms request_id={request_id}",
+        took.as_secs_f64() * 1000.0
+    );
+}
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|_| {
+        tiny_http::Header::from_bytes("X-Invalid-Header", "").expect("static header")
+    })
+}
+
+fn new_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:x}-{:x}-{n:x}",
+        std::process::id(),
+        crate::clock::now_micros()
+    )
+}

@@ -1,0 +1,15 @@
+//! order-service: the order management of a shop, as one binary over embedded SQLite,
+//! with its events relayed to RabbitMQ through a transactional outbox.
+//!
+//! See README.md (ARCHITECTURE) for the threads and the data flow.
+
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod products;
+pub mod relay;
+pub mod store;
+pub mod systemd;

@@ -1,0 +1,194 @@
+//! The command line: `order-service [--config FILE] [serve | migrate | outbox status | backup PATH]`.
+//! The one place where errors become exit codes: 0 ok, 1 failure, 2 bad configuration.
+
+use order_service::app::App;
+use order_service::config::{Config, SETTINGS};
+use order_service::{store, systemd};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+enum Command {
+    Serve,
+    Migrate,
+    OutboxStatus,
+    Backup(PathBuf),
+    Help,
+    Version,
+}
+
+enum Failure {
+    Usage(String),
+    Config(String),
+    Other(String),
+}
+
+fn main() -> ExitCode {
+    let result = parse_args(std::env::args().skip(1).collect())
+        .and_then(|(cmd, config_file)| run(cmd, config_file));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) | Err(Failure::Config(msg)) => {
+            eprintln!("order-service: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(msg)) => {
+            eprintln!("order-service: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn parse_args(args: Vec<String>) -> Result<(Command, Option<PathBuf>), Failure> {
+    let mut config_file = None;
+    let mut words = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok((Command::Help, None)),
+            "-V" | "--version" => return Ok((Command::Version, None)),
+            "-c" | "--config" => {
+                let file = it
+                    .next()
+                    .ok_or_else(|| Failure::Usage("--config needs a file".into()))?;
+                config_file = Some(PathBuf::from(file));
+            }
+            a if a.starts_with("--config=") => {
+                config_file = Some(PathBuf::from(&a["--config=".len()..]))
+            }
+            a if a.starts_with('-') => {
+                return Err(Failure::Usage(format!("unknown option {a}; see --help")))
+            }
+            _ => words.push(arg),
+        }
+    }
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let cmd = match words.as_slice() {
+        [] | ["serve"] => Command::Serve,
+        ["migrate"] => Command::Migrate,
+        ["outbox", "status"] | ["outbox"] => Command::OutboxStatus,
+        ["backup", path] => Command::Backup(PathBuf::from(path)),
+        ["backup"] => return Err(Failure::Usage("backup needs a destination path".into())),
+        _ => {
+            return Err(Failure::Usage(format!(
+                "unknown command {:?}; see --help",
+                words.join(" ")
+            )))
+        }
+    };
+    Ok((cmd, config_file))
+}
+
+fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
+    match cmd {
+        Command::Help => {
+            print!("{}", help());
+            return Ok(());
+        }
+        Command::Version => {
+            println!("order-service {}", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        _ => {}
+    }
+    let config =
+        Config::load(config_file.as_deref()).map_err(|e| Failure::Config(e.to_string()))?;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match cmd {
+        Command::Serve => serve(&config),
+        Command::Migrate => {
+            let mut conn = store::open_write(&config.database_path)
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            let applied = store::migrate(&mut conn).map_err(Failure::Other)?;
+            println!(
+                "{}: {} migration(s) applied",
+                config.database_path.display(),
+                applied.len()
+            );
+            for m in applied {
+                println!("  {m}");
+            }
+            Ok(())
+        }
+        Command::OutboxStatus => outbox_status(&config),
+        Command::Backup(dest) => {
+            store::backup(&config.database_path, &dest)
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            println!(
+                "{} copied to {}",
+                config.database_path.display(),
+                dest.display()
+            );
+            Ok(())
+        }
+        Command::Help | Command::Version => unreachable!("answered above"),
+    }
+}
+
+fn serve(config: &Config) -> Result<(), Failure> {
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::Other(format!("signals: {e}")))?;
+    let app = App::build(config).map_err(Failure::Other)?;
+    log::info!(
+        "order-service {} listening on http://{} (store {}, database {})",
+        env!("CARGO_PKG_VERSION"),
+        app.address(),
+        config.store_id,
+        config.database_path.display()
+    );
+    systemd::notify("READY=1");
+    if let Some(signal) = signals.forever().next() {
+        log::info!("signal {signal}: shutting down");
+    }
+    systemd::notify("STOPPING=1");
+    app.shutdown();
+    log::info!("stopped");
+    Ok(())
+}
+
+fn outbox_status(config: &Config) -> Result<(), Failure> {
+    if !config.database_path.exists() {
+        return Err(Failure::Other(format!(
+            "no database at {}",
+            config.database_path.display()
+        )));
+    }
+    let reader =
+        store::Reader::open(&config.database_path).map_err(|e| Failure::Other(e.to_string()))?;
+    let stats = reader
+        .outbox_stats()
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    println!("database: {}", config.database_path.display());
+    println!("pending: {}", stats.pending);
+    println!("published: {}", stats.published);
+    match stats.oldest_pending_age_seconds() {
+        Some(age) => println!("oldest_pending_age_seconds: {age}"),
+        None => println!("oldest_pending_age_seconds: none"),
+    }
+    Ok(())
+}
+
+fn help() -> String {
+    let mut text = format!(
+        "order-service {}\n\
+         Order management for a shop: HTTP JSON API over embedded SQLite, events to RabbitMQ.\n\n\
+         USAGE:\n    order-service [--config FILE] [COMMAND]\n\n\
+         COMMANDS:\n    serve            run the service (the default)\n    \
+         migrate          apply database migrations and exit\n    \
+         outbox status    print pending and published event counts from the database\n    \
+         backup PATH      copy the live database consistently to PATH\n\n\
+         OPTIONS:\n    -c, --config FILE   read settings from FILE (KEY=VALUE lines, systemd EnvironmentFile format);\n                        \
+         the process environment wins over the file\n    -h, --help          print this\n    \
+         -V, --version       print the version\n\n\
+         SETTINGS (environment variables):\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (name, default, meaning) in SETTINGS {
+        text.push_str(&format!("    {name:<28} {meaning} [default: {default}]\n"));
+    }
+    text.push_str("\nEXIT CODES:\n    0 ok, 1 failure, 2 bad command line or configuration\n");
+    text
+}

@@ -1,0 +1,200 @@
+//! Counters and histograms, rendered in the Prometheus text format.
+
+use crate::store::OutboxStats;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    orders_created: AtomicU64,
+    product_calls: AtomicU64,
+    product_failures: AtomicU64,
+    product_cache_hits: AtomicU64,
+    outbox_published: AtomicU64,
+    outbox_failed: AtomicU64,
+    broker_connected: AtomicBool,
+}
+
+impl Metrics {
+    /// `route` is the route's pattern (`/api/orders/:id`), never the raw path.
+    pub fn observe_request(&self, route: &'static str, status: u16, took: Duration) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((route, status))
+            .or_default() += 1;
+        let secs = took.as_secs_f64();
+        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let h = latency.entry(route).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    pub fn order_created(&self) {
+        self.orders_created.fetch_add(1, Relaxed);
+    }
+
+    pub fn product_call(&self) {
+        self.product_calls.fetch_add(1, Relaxed);
+    }
+
+    pub fn product_failure(&self) {
+        self.product_failures.fetch_add(1, Relaxed);
+    }
+
+    pub fn product_cache_hit(&self) {
+        self.product_cache_hits.fetch_add(1, Relaxed);
+    }
+
+    pub fn events_published(&self, n: u64) {
+        self.outbox_published.fetch_add(n, Relaxed);
+    }
+
+    pub fn events_failed(&self, n: u64) {
+        self.outbox_failed.fetch_add(n, Relaxed);
+    }
+
+    pub fn set_broker_connected(&self, up: bool) {
+        self.broker_connected.store(up, Relaxed);
+    }
+
+    pub fn broker_connected(&self) -> bool {
+        self.broker_connected.load(Relaxed)
+    }
+
+    /// The whole exposition; `outbox` is read from the database at scrape time.
+    pub fn render(&self, outbox: Option<&OutboxStats>) -> String {
+        let mut out = String::with_capacity(4096);
+        header(
+            &mut out,
+            "order_service_http_requests_total",
+            "counter",
+            "HTTP requests by route and status.",
+        );
+        for ((route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "order_service_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "order_service_http_request_duration_seconds",
+            "histogram",
+            "Time to answer a request, by route.",
+        );
+        for (route, h) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let name = "order_service_http_request_duration_seconds";
+            for (bound, n) in BUCKETS.iter().zip(h.counts) {
+                let _ = writeln!(out, "{name}_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(out, "{name}_sum{{route=\"{route}\"}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{route=\"{route}\"}} {}", h.count);
+        }
+        let counters = [
+            ("order_service_orders_created_total", "Orders created.", &self.orders_created),
+            ("order_service_product_service_calls_total", "Calls to the product service.", &self.product_calls),
+            ("order_service_product_service_failures_total", "Product service calls that failed (connect, timeout, 5xx, bad answer).", &self.product_failures),
+            ("order_service_product_cache_hits_total", "Orders priced from cached product answers while the product service was away.", &self.product_cache_hits),
+            ("order_service_outbox_published_total", "Events the broker confirmed.", &self.outbox_published),
+            ("order_service_outbox_failed_total", "Events whose publish was not confirmed (nack, return, lost connection); they are retried.", &self.outbox_failed),
+        ];
+        for (name, help, value) in counters {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Relaxed));
+        }
+        header(
+            &mut out,
+            "order_service_broker_connected",
+            "gauge",
+            "1 while the relay holds a broker connection.",
+        );
+        let _ = writeln!(
+            out,
+            "order_service_broker_connected {}",
+            u8::from(self.broker_connected())
+        );
+        if let Some(stats) = outbox {
+            header(
+                &mut out,
+                "order_service_outbox_pending",
+                "gauge",
+                "Events waiting for the broker.",
+            );
+            let _ = writeln!(out, "order_service_outbox_pending {}", stats.pending);
+            header(
+                &mut out,
+                "order_service_outbox_oldest_pending_age_seconds",
+                "gauge",
+                "Age of the oldest waiting event (0 when none waits).",
+            );
+            let _ = writeln!(
+                out,
+                "order_service_outbox_oldest_pending_age_seconds {}",
+                stats.oldest_pending_age_seconds().unwrap_or(0)
+            );
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.observe_request("/health", 200, Duration::from_millis(3));
+        m.observe_request("/health", 200, Duration::from_millis(30));
+        let text = m.render(None);
+        assert!(
+            text.contains("order_service_http_requests_total{route=\"/health\",status=\"200\"} 2")
+        );
+        assert!(text.contains("le=\"0.005\"} 1"));
+        assert!(text.contains("le=\"0.05\"} 2"));
+        assert!(text.contains("le=\"+Inf\"} 2"));
+    }
+}

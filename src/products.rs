@@ -1,0 +1,360 @@
+//! The product service: name, price and stock of each product, over HTTP or from a
+//! local `file:` catalog, and the pricing of a new order against them.
+
+use crate::config::{Config, ProductSource};
+use crate::domain::{Money, NewOrder, PricedLine, ProductId};
+use crate::metrics::Metrics;
+use crate::store::CachedProduct;
+use serde_json::Value;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the product service says of one product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    pub id: ProductId,
+    pub name: String,
+    pub price: Money,
+    pub stock: i64,
+}
+
+/// The product service could not give a usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable(pub String);
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "product service: {}", self.0)
+    }
+}
+
+/// A shortfall: the product has fewer units than asked for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Shortage {
+    pub product_id: ProductId,
+    pub requested: u32,
+    pub available: i64,
+}
+
+/// Why an order cannot be priced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PricingError {
+    Unknown(Vec<ProductId>),
+    InsufficientStock(Vec<Shortage>),
+    Unavailable(Unavailable),
+}
+
+/// A priced order and the fresh answers it was priced from (to be cached).
+#[derive(Debug, Clone)]
+pub struct Priced {
+    pub lines: Vec<PricedLine>,
+    pub fresh: Vec<CachedProduct>,
+}
+
+const MAX_ANSWER_BYTES: u64 = 64 * 1024;
+/// Lookups of one order run on at most this many threads.
+const MAX_PARALLEL: usize = 8;
+
+pub struct Catalog {
+    source: Source,
+    cache_max_age: Duration,
+    metrics: Arc<Metrics>,
+}
+
+enum Source {
+    Http { agent: ureq::Agent, base: String },
+    File(PathBuf),
+}
+
+impl Catalog {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Catalog {
+        let source = match &config.product_source {
+            ProductSource::Http(base) => {
+                let agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_connect(Some(config.product_connect_timeout))
+                    .timeout_recv_response(Some(config.product_read_timeout))
+                    .timeout_global(Some(config.product_total_timeout))
+                    .max_idle_connections_per_host(MAX_PARALLEL * 4)
+                    .user_agent(concat!("order-service/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .new_agent();
+                Source::Http {
+                    agent,
+                    base: base.clone(),
+                }
+            }
+            ProductSource::File(path) => Source::File(path.clone()),
+        };
+        Catalog {
+            source,
+            cache_max_age: config.product_cache_max_age,
+            metrics,
+        }
+    }
+
+    /// Prices every line from the product service, or, when it is away and the offline
+    /// policy is on, from cached answers younger than `PRODUCT_CACHE_MAX_AGE`.
+    pub fn price(
+        &self,
+        order: &NewOrder,
+        cached: impl FnOnce(&[ProductId]) -> Vec<CachedProduct>,
+    ) -> Result<Priced, PricingError> {
+        let ids: Vec<ProductId> = order.lines().iter().map(|l| l.product_id).collect();
+        let now = crate::clock::now_micros();
+        let (answers, fresh) = match self.lookup_all(&ids) {
+            Ok(answers) => {
+                let fresh = answers
+                    .iter()
+                    .flatten()
+                    .map(|p| CachedProduct {
+                        product_id: p.id,
+                        name: p.name.clone(),
+                        price: p.price,
+                        stock: p.stock,
+                        fetched_at: now,
+                    })
+                    .collect();
+                (answers, fresh)
+            }
+            Err(e) if !self.cache_max_age.is_zero() => {
+                let oldest = now - self.cache_max_age.as_micros() as i64;
+                let found = cached(&ids);
+                let answers: Option<Vec<Option<Product>>> = ids
+                    .iter()
+                    .map(|id| {
+                        found
+                            .iter()
+                            .find(|c| c.product_id == *id && c.fetched_at >= oldest)
+                            .map(|c| {
+                                Some(Product {
+                                    id: c.product_id,
+                                    name: c.name.clone(),
+                                    price: c.price,
+                                    stock: c.stock,
+                                })
+                            })
+                    })
+                    .collect();
+                match answers {
+                    Some(a) => {
+                        log::warn!("{e}; pricing from cached answers");
+                        self.metrics.product_cache_hit();
+                        (a, Vec::new())
+                    }
+                    None => return Err(PricingError::Unavailable(e)),
+                }
+            }
+            Err(e) => return Err(PricingError::Unavailable(e)),
+        };
+        priced_lines(order, &answers).map(|lines| Priced { lines, fresh })
+    }
+
+    /// One answer per id, in order: `None` for an unknown product.
+    fn lookup_all(&self, ids: &[ProductId]) -> Result<Vec<Option<Product>>, Unavailable> {
+        match &self.source {
+            Source::File(path) => {
+                let catalog = read_catalog(path)?;
+                Ok(ids
+                    .iter()
+                    .map(|id| catalog.iter().find(|p| p.id == *id).cloned())
+                    .collect())
+            }
+            Source::Http { agent, base } if ids.len() == 1 => {
+                Ok(vec![self.fetch(agent, base, ids[0])?])
+            }
+            Source::Http { agent, base } => {
+                let chunk = ids.len().div_ceil(MAX_PARALLEL);
+                std::thread::scope(|s| {
+                    let workers: Vec<_> = ids
+                        .chunks(chunk)
+                        .map(|part| {
+                            s.spawn(move || {
+                                part.iter()
+                                    .map(|id| self.fetch(agent, base, *id))
+                                    .collect::<Result<Vec<_>, _>>()
+                            })
+                        })
+                        .collect();
+                    let mut all = Vec::with_capacity(ids.len());
+                    for w in workers {
+                        let part = w
+                            .join()
+                            .map_err(|_| Unavailable("lookup thread failed".into()))??;
+                        all.extend(part);
+                    }
+                    Ok(all)
+                })
+            }
+        }
+    }
+
+    fn fetch(
+        &self,
+        agent: &ureq::Agent,
+        base: &str,
+        id: ProductId,
+    ) -> Result<Option<Product>, Unavailable> {
+        self.metrics.product_call();
+        let result = fetch_one(agent, base, id);
+        if result.is_err() {
+            self.metrics.product_failure();
+        }
+        result
+    }
+}
+
+fn fetch_one(
+    agent: &ureq::Agent,
+    base: &str,
+    id: ProductId,
+) -> Result<Option<Product>, Unavailable> {
+    let url = format!("{base}/api/products/{id}");
+    let mut response = agent
+        .get(&url)
+        .header("Accept", "application/json")
+        .call()
+        .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+    let status = response.status().as_u16();
+    if status == 404 {
+        return Ok(None);
+    }
+    if status != 200 {
+        return Err(Unavailable(format!("GET {url} answered {status}")));
+    }
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER_BYTES)
+        .read_to_string()
+        .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Unavailable(format!("GET {url}: not JSON: {e}")))?;
+    let product = parse_product(&value).map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+    if product.id != id {
+        return Err(Unavailable(format!(
+            "GET {url}: answered for product {}",
+            product.id
+        )));
+    }
+    Ok(Some(product))
+}
+
+/// Reads `{…}`, `{"product":{…}}` or `{"data":{…}}` holding id, name, price and stock.
+pub fn parse_product(value: &Value) -> Result<Product, String> {
+    let obj = ["product", "data"]
+        .iter()
+        .find_map(|k| value.get(k).filter(|v| v.is_object()))
+        .unwrap_or(value);
+    let id = obj
+        .get("id")
+        .and_then(Value::as_i64)
+        .and_then(ProductId::new)
+        .ok_or("no integer id")?;
+    let name = obj
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty() && n.len() <= 500)
+        .ok_or("no name")?
+        .to_string();
+    let price = match obj.get("price") {
+        Some(Value::Number(n)) => Money::from_json_number(n),
+        // Some services send decimals as strings to keep them exact.
+        Some(Value::String(s)) => Money::parse_price(s),
+        _ => None,
+    }
+    .ok_or("price is not an amount of at most two decimals")?;
+    let stock = obj
+        .get("stock")
+        .and_then(Value::as_i64)
+        .filter(|s| *s >= 0)
+        .ok_or("stock is not a non-negative integer")?;
+    Ok(Product {
+        id,
+        name,
+        price,
+        stock,
+    })
+}
+
+fn read_catalog(path: &PathBuf) -> Result<Vec<Product>, Unavailable> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Unavailable(format!("cannot read {}: {e}", path.display())))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Unavailable(format!("{} is not JSON: {e}", path.display())))?;
+    let list = value
+        .as_array()
+        .ok_or_else(|| Unavailable(format!("{} must hold a JSON array", path.display())))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            parse_product(v).map_err(|e| Unavailable(format!("{} entry {i}: {e}", path.display())))
+        })
+        .collect()
+}
+
+fn priced_lines(
+    order: &NewOrder,
+    answers: &[Option<Product>],
+) -> Result<Vec<PricedLine>, PricingError> {
+    let unknown: Vec<ProductId> = order
+        .lines()
+        .iter()
+        .zip(answers)
+        .filter(|(_, a)| a.is_none())
+        .map(|(l, _)| l.product_id)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(PricingError::Unknown(unknown));
+    }
+    let shortages: Vec<Shortage> = order
+        .lines()
+        .iter()
+        .zip(answers.iter().flatten())
+        .filter(|(l, p)| p.stock < i64::from(l.quantity.get()))
+        .map(|(l, p)| Shortage {
+            product_id: l.product_id,
+            requested: l.quantity.get(),
+            available: p.stock,
+        })
+        .collect();
+    if !shortages.is_empty() {
+        return Err(PricingError::InsufficientStock(shortages));
+    }
+    Ok(order
+        .lines()
+        .iter()
+        .zip(answers.iter().flatten())
+        .map(|(l, p)| PricedLine {
+            product_id: l.product_id,
+            product_name: p.name.clone(),
+            quantity: l.quantity,
+            price: p.price,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_plain_and_wrapped_answers() {
+        let plain = json!({"id":1,"name":"Laptop","price":1299.99,"stock":3});
+        let p = parse_product(&plain).unwrap();
+        assert_eq!((p.price.cents(), p.stock), (129_999, 3));
+        assert_eq!(parse_product(&json!({ "product": plain })).unwrap(), p);
+        assert_eq!(parse_product(&json!({ "data": plain })).unwrap(), p);
+    }
+
+    #[test]
+    fn refuses_answers_it_cannot_trust() {
+        assert!(parse_product(&json!({"id":1,"name":"x","price":1.999,"stock":3})).is_err());
+        assert!(parse_product(&json!({"id":1,"name":"x","price":1,"stock":-1})).is_err());
+        assert!(parse_product(&json!({"id":1,"price":1,"stock":1})).is_err());
+        assert!(parse_product(&json!({"name":"x","price":1,"stock":1})).is_err());
+    }
+}

@@ -1,0 +1,409 @@
+//! The relay thread: drains the outbox to RabbitMQ with publisher confirms.
+//!
+//! A row is marked published only after the broker confirmed it, and only as part of an
+//! unbroken run from the oldest pending row, so what reaches the queue keeps the outbox
+//! order (a row after a failed one is sent again with it: at least once, never reordered
+//! by a retry). Without a broker it backs off and tries again; orders keep coming.
+
+use crate::config::RabbitConfig;
+use crate::metrics::Metrics;
+use crate::store::{OutboxRow, Reader, WriterHandle};
+use amiquip::{
+    AmqpProperties, AmqpValue, Channel, Confirm, ConfirmSmoother, Connection, FieldTable, Publish,
+    QueueDeclareOptions, Return,
+};
+use crossbeam_channel::{after, bounded, select, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Rows published before waiting for their confirms.
+const BATCH: usize = 500;
+/// The outbox is read again this often even when nobody wakes the relay.
+const POLL: Duration = Duration::from_secs(5);
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Idempotency records are kept a little over the 24 h the contract promises.
+const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
+/// At shutdown, the relay gets this long to publish what is pending.
+const LAST_DRAIN: Duration = Duration::from_secs(3);
+
+pub struct RelaySettings {
+    pub rabbit: RabbitConfig,
+    pub source: String,
+    pub retention: Duration,
+}
+
+/// The running relay; dropping `stop` (or calling `shutdown`) ends it after a last drain.
+pub struct RelayHandle {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    pub fn shutdown(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+pub fn spawn(
+    settings: RelaySettings,
+    reader: Reader,
+    writer: WriterHandle,
+    wake: Receiver<()>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<RelayHandle> {
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let relay = Relay {
+        settings,
+        reader,
+        writer,
+        metrics,
+        link: None,
+        state: LinkState::Unknown,
+        backoff: BACKOFF_MIN,
+        jitter: Jitter::seeded(),
+        last_prune: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("relay".into())
+        .spawn(move || relay.run(wake, stop_rx))?;
+    Ok(RelayHandle {
+        stop: stop_tx,
+        thread,
+    })
+}
+
+struct Link {
+    // The channel must go before the connection it lives on.
+    channel: Channel,
+    connection: Connection,
+    confirms: Receiver<Confirm>,
+    returns: Receiver<Return>,
+    smoother: ConfirmSmoother,
+    next_tag: u64,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum LinkState {
+    Unknown,
+    Up,
+    Down,
+}
+
+struct Relay {
+    settings: RelaySettings,
+    reader: Reader,
+    writer: WriterHandle,
+    metrics: Arc<Metrics>,
+    link: Option<Link>,
+    state: LinkState,
+    backoff: Duration,
+    jitter: Jitter,
+    last_prune: Option<Instant>,
+}
+
+/// What one pass over the outbox achieved.
+enum Pass {
+    /// Nothing is pending.
+    Idle,
+    /// Rows were confirmed; more may be pending.
+    Progress,
+    /// The broker is away or refused; wait before trying again.
+    Failed,
+}
+
+impl Relay {
+    fn run(mut self, wake: Receiver<()>, stop: Receiver<()>) {
+        loop {
+            self.housekeeping();
+            let wait = match self.pass() {
+                Pass::Progress if stop_asked(&stop) => break,
+                Pass::Progress => continue,
+                Pass::Idle => POLL,
+                Pass::Failed => self.next_backoff(),
+            };
+            select! {
+                recv(stop) -> _ => break,
+                recv(wake) -> msg => if msg.is_err() { break },
+                recv(after(wait)) -> _ => {},
+            }
+        }
+        self.last_drain();
+        if let Some(link) = self.link.take() {
+            let _ = link.channel.close();
+            let _ = link.connection.close();
+        }
+        self.metrics.set_broker_connected(false);
+        log::debug!("relay stopped");
+    }
+
+    /// One more try at what is pending, bounded in time, before the process exits.
+    fn last_drain(&mut self) {
+        let deadline = Instant::now() + LAST_DRAIN;
+        while Instant::now() < deadline {
+            match self.pass() {
+                Pass::Progress => {}
+                Pass::Idle => return,
+                Pass::Failed => break,
+            }
+        }
+        if let Ok(stats) = self.reader.outbox_stats() {
+            if stats.pending > 0 {
+                log::info!(
+                    "{} events stay in the outbox until the next start",
+                    stats.pending
+                );
+            }
+        }
+    }
+
+    fn pass(&mut self) -> Pass {
+        let rows = match self.reader.pending_events(BATCH) {
+            Ok(rows) => rows,
+            Err(e) => {
+                log::error!("relay cannot read the outbox: {e}");
+                return Pass::Failed;
+            }
+        };
+        if rows.is_empty() {
+            return Pass::Idle;
+        }
+        if self.link.is_none() {
+            match self.connect() {
+                Ok(link) => {
+                    self.link = Some(link);
+                    self.set_state(LinkState::Up, None);
+                }
+                Err(e) => {
+                    self.set_state(LinkState::Down, Some(&e));
+                    return Pass::Failed;
+                }
+            }
+        }
+        let link = self.link.as_mut().expect("connected above");
+        let (confirmed, error) = publish_batch(link, &rows, &self.settings);
+        let failed = rows.len() - confirmed.len();
+        if failed > 0 {
+            self.metrics.events_failed(failed as u64);
+        }
+        if !confirmed.is_empty() {
+            let n = confirmed.len() as u64;
+            match self.writer.mark_published(confirmed) {
+                Ok(_) => self.metrics.events_published(n),
+                Err(e) => {
+                    // Published but not marked: they go out again later (at least once).
+                    log::error!("relay cannot mark events published: {e}");
+                    return Pass::Failed;
+                }
+            }
+        }
+        match error {
+            None => {
+                self.backoff = BACKOFF_MIN;
+                Pass::Progress
+            }
+            Some(e) => {
+                // Whatever went wrong, a fresh connection and channel start clean.
+                self.link = None;
+                self.set_state(LinkState::Down, Some(&e));
+                if failed < rows.len() {
+                    Pass::Progress
+                } else {
+                    Pass::Failed
+                }
+            }
+        }
+    }
+
+    fn connect(&self) -> Result<Link, String> {
+        let r = &self.settings.rabbit;
+        let mut connection = Connection::insecure_open(&r.url())
+            .map_err(|e| format!("connect to {}:{}: {e}", r.host, r.port))?;
+        let channel = connection
+            .open_channel(None)
+            .map_err(|e| format!("open channel: {e}"))?;
+        channel
+            .queue_declare(
+                r.queue.as_str(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+            )
+            .map_err(|e| format!("declare queue {}: {e}", r.queue))?;
+        let returns = channel
+            .listen_for_returns()
+            .map_err(|e| format!("listen for returns: {e}"))?;
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .map_err(|e| format!("listen for confirms: {e}"))?;
+        channel
+            .enable_publisher_confirms()
+            .map_err(|e| format!("enable confirms: {e}"))?;
+        Ok(Link {
+            channel,
+            connection,
+            confirms,
+            returns,
+            smoother: ConfirmSmoother::new(),
+            next_tag: 1,
+        })
+    }
+
+    fn set_state(&mut self, state: LinkState, error: Option<&str>) {
+        self.metrics.set_broker_connected(state == LinkState::Up);
+        if state == self.state {
+            return;
+        }
+        let r = &self.settings.rabbit;
+        match state {
+            LinkState::Up => log::info!(
+                "relay connected to {}:{}, queue {}",
+                r.host,
+                r.port,
+                r.queue
+            ),
+            _ => log::warn!(
+                "relay: broker unavailable ({}); events wait in the outbox, retrying",
+                error.unwrap_or("unknown")
+            ),
+        }
+        self.state = state;
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let wait = self.jitter.spread(self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    fn housekeeping(&mut self) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let now = crate::clock::now_micros();
+        let outbox_before = now - self.settings.retention.as_micros() as i64;
+        let keys_before = now - IDEMPOTENCY_RETENTION.as_micros() as i64;
+        match self.writer.prune(outbox_before, keys_before) {
+            Ok(0) => {}
+            Ok(n) => log::info!("pruned {n} published events and expired idempotency keys"),
+            Err(e) => log::warn!("pruning failed: {e}"),
+        }
+    }
+}
+
+fn stop_asked(stop: &Receiver<()>) -> bool {
+    matches!(stop.try_recv(), Err(TryRecvError::Disconnected))
+}
+
+/// Publishes `rows` and waits for their confirms. Returns the ids confirmed as an
+/// unbroken run from the first row, and the error that cut it short, if any.
+fn publish_batch(
+    link: &mut Link,
+    rows: &[OutboxRow],
+    s: &RelaySettings,
+) -> (Vec<i64>, Option<String>) {
+    let first_tag = link.next_tag;
+    let mut sent = 0;
+    let mut error = None;
+    for row in rows {
+        let properties = AmqpProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(row.event_id(&s.source))
+            .with_type_(row.event_type.clone())
+            .with_app_id("order-service".into())
+            .with_timestamp((row.created_at / 1_000_000).max(0) as u64)
+            .with_headers(headers(row, &s.source));
+        let publish = Publish {
+            body: row.payload.as_bytes(),
+            routing_key: s.rabbit.queue.clone(),
+            mandatory: true,
+            immediate: false,
+            properties,
+        };
+        if let Err(e) = link.channel.basic_publish("", publish) {
+            error = Some(format!("publish: {e}"));
+            break;
+        }
+        link.next_tag += 1;
+        sent += 1;
+    }
+    // Tags first_tag .. first_tag + sent are in flight; collect their confirms.
+    let mut acked_upto = first_tag - 1;
+    let mut nacked = None;
+    let deadline = Instant::now() + CONFIRM_TIMEOUT;
+    let last_tag = first_tag + sent as u64 - 1;
+    while sent > 0 && acked_upto < last_tag && nacked.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let raw = match link.confirms.recv_timeout(left) {
+            Ok(c) => c,
+            Err(_) => {
+                error.get_or_insert_with(|| "no confirm from the broker in time".into());
+                break;
+            }
+        };
+        for confirm in link.smoother.process(raw) {
+            match confirm {
+                Confirm::Ack(p) if nacked.is_none() => acked_upto = acked_upto.max(p.delivery_tag),
+                Confirm::Ack(_) => {}
+                Confirm::Nack(p) => {
+                    nacked.get_or_insert(p.delivery_tag);
+                }
+            }
+        }
+    }
+    if let Some(tag) = nacked {
+        acked_upto = acked_upto.min(tag - 1);
+        error.get_or_insert_with(|| "the broker refused an event (nack)".into());
+    }
+    // A mandatory message that routed nowhere comes back as a Return and is acked too.
+    let mut returned = Vec::new();
+    while let Ok(r) = link.returns.try_recv() {
+        returned.extend(r.properties.message_id().clone());
+    }
+    let mut confirmed = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let tag = first_tag + i as u64;
+        if tag > acked_upto || returned.contains(&row.event_id(&s.source)) {
+            break;
+        }
+        confirmed.push(row.id);
+    }
+    if !returned.is_empty() {
+        error.get_or_insert_with(|| {
+            format!("{} events could not be routed to the queue", returned.len())
+        });
+    }
+    (confirmed, error)
+}
+
+fn headers(row: &OutboxRow, source: &str) -> FieldTable {
+    let mut h = FieldTable::new();
+    h.insert("order_id".into(), AmqpValue::LongLongInt(row.order_id));
+    h.insert("source".into(), AmqpValue::LongString(source.to_string()));
+    h
+}
+
+/// A little randomness for backoff, so that many stores do not retry in step.
+struct Jitter(u64);
+
+impl Jitter {
+    fn seeded() -> Jitter {
+        Jitter(crate::clock::now_micros() as u64 ^ u64::from(std::process::id()) | 1)
+    }
+
+    /// `d` scaled by a factor in [0.75, 1.25).
+    fn spread(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let factor = 0.75 + (self.0 % 1000) as f64 / 2000.0;
+        d.mul_f64(factor)
+    }
+}

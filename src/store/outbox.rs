@@ -1,0 +1,166 @@
+//! The outbox table: events waiting for the broker, and what they look like.
+
+use crate::clock::{now_micros, rfc3339};
+use crate::domain::{Email, Money, Order, OrderId, OrderItem, Status, UserId};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// An unpublished event, as the relay reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub order_id: i64,
+    pub event_type: String,
+    pub payload: String,
+    pub created_at: i64,
+}
+
+impl OutboxRow {
+    pub fn event_id(&self, source: &str) -> String {
+        format!("{source}:{}", self.id)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub published: i64,
+    /// Creation time of the oldest unpublished event, in microseconds.
+    pub oldest_pending_at: Option<i64>,
+}
+
+impl OutboxStats {
+    pub fn oldest_pending_age_seconds(&self) -> Option<i64> {
+        self.oldest_pending_at
+            .map(|t| ((now_micros() - t) / 1_000_000).max(0))
+    }
+}
+
+pub(crate) fn event_type(previous: Option<Status>, now: Status) -> &'static str {
+    match (previous, now) {
+        (None, _) => "order_created",
+        (Some(_), Status::Cancelled) => "order_cancelled",
+        (Some(_), _) => "order_status_updated",
+    }
+}
+
+/// The event as consumers receive it.
+#[derive(Serialize)]
+struct Event<'a> {
+    event_id: String,
+    event_type: &'static str,
+    occurred_at: String,
+    source: &'a str,
+    order_id: OrderId,
+    user_id: &'a UserId,
+    user_email: &'a Email,
+    status: Status,
+    previous_status: Option<Status>,
+    total: Money,
+    items: &'a [OrderItem],
+    created_at: String,
+    updated_at: String,
+}
+
+pub(crate) fn payload(
+    id: i64,
+    source: &str,
+    order: &Order,
+    previous: Option<Status>,
+    at: i64,
+) -> String {
+    let event = Event {
+        event_id: format!("{source}:{id}"),
+        event_type: event_type(previous, order.status),
+        occurred_at: rfc3339(at),
+        source,
+        order_id: order.id,
+        user_id: &order.user_id,
+        user_email: &order.user_email,
+        status: order.status,
+        previous_status: previous,
+        total: order.total,
+        items: &order.items,
+        created_at: rfc3339(order.created_at),
+        updated_at: rfc3339(order.updated_at),
+    };
+    serde_json::to_string(&event).expect("an event always serializes")
+}
+
+pub(crate) fn insert(
+    conn: &Connection,
+    id: i64,
+    order_id: i64,
+    event_type: &str,
+    payload: &str,
+    at: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (id, order_id, event_type, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![id, order_id, event_type, payload, at])?;
+    Ok(())
+}
+
+/// Unpublished rows, oldest first.
+pub fn pending(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, order_id, event_type, payload, created_at FROM outbox
+         WHERE published_at IS NULL ORDER BY id LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(OutboxRow {
+            id: r.get(0)?,
+            order_id: r.get(1)?,
+            event_type: r.get(2)?,
+            payload: r.get(3)?,
+            created_at: r.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub fn stats(conn: &Connection) -> rusqlite::Result<OutboxStats> {
+    let (pending, oldest) = conn
+        .prepare_cached("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE published_at IS NULL")?
+        .query_row([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+        })?;
+    let published = conn
+        .prepare_cached("SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL")?
+        .query_row([], |r| r.get(0))?;
+    Ok(OutboxStats {
+        pending,
+        published,
+        oldest_pending_at: oldest,
+    })
+}
+
+pub(crate) fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE outbox SET published_at = ?1 WHERE id = ?2 AND published_at IS NULL",
+    )?;
+    let mut n = 0;
+    for id in ids {
+        n += stmt.execute(params![at, id])?;
+    }
+    Ok(n)
+}
+
+/// Deletes published rows older than `before`, but never the newest row,
+/// so that ids (and event ids) are not handed out twice.
+pub(crate) fn prune(conn: &Connection, before: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?1
+         AND id < (SELECT MAX(id) FROM outbox)",
+    )?
+    .execute([before])
+}
+
+pub(crate) fn max_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT MAX(id) FROM outbox", [], |r| {
+        r.get::<_, Option<i64>>(0)
+    })
+    .optional()
+    .map(|v| v.flatten().unwrap_or(0))
+}

@@ -1,0 +1,186 @@
+//! Read queries, on a connection of the caller's own.
+
+use super::outbox::{self, OutboxRow, OutboxStats};
+use super::StoreError;
+use crate::domain::{Email, Money, Order, OrderId, OrderItem, ProductId, Status, UserId};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::Path;
+
+/// A read-only connection and the queries run on it.
+pub struct Reader {
+    conn: Connection,
+}
+
+/// A stored answer to an idempotent create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub request: String,
+    pub status: u16,
+    pub body: String,
+}
+
+/// The last good product-service answer for one product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedProduct {
+    pub product_id: ProductId,
+    pub name: String,
+    pub price: Money,
+    pub stock: i64,
+    pub fetched_at: i64,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader, StoreError> {
+        Ok(Reader {
+            conn: super::open_read(path)?,
+        })
+    }
+
+    pub fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        Ok(load_order(&self.conn, id)?)
+    }
+
+    /// One page of a user's orders, newest first, and how many they have in all.
+    pub fn orders_of(
+        &self,
+        user: &UserId,
+        page: u32,
+        per_page: u32,
+    ) -> Result<(Vec<Order>, i64), StoreError> {
+        let total: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM orders WHERE user_id = ?1")?
+            .query_row([user.as_str()], |r| r.get(0))?;
+        let offset = i64::from(page - 1) * i64::from(per_page);
+        if offset >= total {
+            return Ok((Vec::new(), total));
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+             FROM orders WHERE user_id = ?1
+             ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
+        )?;
+        let heads = stmt
+            .query_map(params![user.as_str(), per_page, offset], order_head)?
+            .collect::<rusqlite::Result<Vec<Order>>>()?;
+        let mut orders = Vec::with_capacity(heads.len());
+        for mut order in heads {
+            order.items = load_items(&self.conn, order.id)?;
+            orders.push(order);
+        }
+        Ok((orders, total))
+    }
+
+    pub fn idempotency_record(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        Ok(load_idempotency(&self.conn, user, key)?)
+    }
+
+    pub fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache WHERE product_id = ?1",
+        )?;
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = stmt
+                .query_row([id.get()], |r| {
+                    Ok(CachedProduct {
+                        product_id: *id,
+                        name: r.get(1)?,
+                        price: Money::from_cents(r.get(2)?),
+                        stock: r.get(3)?,
+                        fetched_at: r.get(4)?,
+                    })
+                })
+                .optional()?;
+            found.extend(row);
+        }
+        Ok(found)
+    }
+
+    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        Ok(outbox::stats(&self.conn)?)
+    }
+
+    pub fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(outbox::pending(&self.conn, limit)?)
+    }
+}
+
+pub(crate) fn load_order(conn: &Connection, id: OrderId) -> rusqlite::Result<Option<Order>> {
+    let head = conn
+        .prepare_cached(
+            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+             FROM orders WHERE id = ?1",
+        )?
+        .query_row([id.get()], order_head)
+        .optional()?;
+    match head {
+        None => Ok(None),
+        Some(mut order) => {
+            order.items = load_items(conn, order.id)?;
+            Ok(Some(order))
+        }
+    }
+}
+
+pub(crate) fn load_idempotency(
+    conn: &Connection,
+    user: &UserId,
+    key: &str,
+) -> rusqlite::Result<Option<IdempotencyRecord>> {
+    conn.prepare_cached(
+        "SELECT request, response_status, response_body FROM idempotency_keys
+         WHERE user_id = ?1 AND idem_key = ?2",
+    )?
+    .query_row(params![user.as_str(), key], |r| {
+        Ok(IdempotencyRecord {
+            request: r.get(0)?,
+            status: r.get(1)?,
+            body: r.get(2)?,
+        })
+    })
+    .optional()
+}
+
+fn order_head(r: &Row<'_>) -> rusqlite::Result<Order> {
+    let status: String = r.get(3)?;
+    let status = Status::parse(&status).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            3,
+            rusqlite::types::Type::Text,
+            format!("unknown status {status:?}").into(),
+        )
+    })?;
+    Ok(Order {
+        id: OrderId::from_trusted(r.get(0)?),
+        user_id: UserId::from_trusted(r.get(1)?),
+        user_email: Email::from_trusted(r.get(2)?),
+        items: Vec::new(),
+        total: Money::from_cents(r.get(4)?),
+        status,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
+
+fn load_items(conn: &Connection, order: OrderId) -> rusqlite::Result<Vec<OrderItem>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT product_id, product_name, quantity, price_cents, subtotal_cents
+         FROM order_items WHERE order_id = ?1 ORDER BY line_no",
+    )?;
+    let items = stmt.query_map([order.get()], |r| {
+        Ok(OrderItem {
+            product_id: ProductId::new(r.get(0)?)
+                .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, 0))?,
+            product_name: r.get(1)?,
+            quantity: r.get(2)?,
+            price: Money::from_cents(r.get(3)?),
+            subtotal: Money::from_cents(r.get(4)?),
+        })
+    })?;
+    items.collect()
+}

@@ -1,0 +1,385 @@
+//! The writer thread: the one write connection, fed by a channel.
+//!
+//! It takes whatever commands are queued (up to `MAX_BATCH`), runs each in a savepoint
+//! of ONE transaction and answers every caller only after COMMIT: one fsync for many
+//! orders (group commit), and a command that fails rolls back alone.
+
+use super::outbox;
+use super::reads::{load_idempotency, load_order, CachedProduct};
+use super::writes;
+use super::StoreError;
+use crate::clock::now_micros;
+use crate::domain::{
+    Email, IdempotencyKey, Money, Order, OrderId, OrderItem, PricedLine, Status, UserId,
+};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use rusqlite::{Connection, TransactionBehavior};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const MAX_BATCH: usize = 128;
+
+/// An order ready to be stored: priced, with what the product service answered.
+#[derive(Debug, Clone)]
+pub struct NewOrderRecord {
+    pub user_id: UserId,
+    pub user_email: Email,
+    pub lines: Vec<PricedLine>,
+    /// The key and the canonical request it answers.
+    pub idempotency: Option<(IdempotencyKey, String)>,
+    /// Fresh product answers, kept for the offline policy.
+    pub fresh_products: Vec<CachedProduct>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    New(Order),
+    /// The key was used before with the same request: its first answer.
+    Replayed {
+        status: u16,
+        body: String,
+    },
+}
+
+type Reply<T> = Sender<Result<T, StoreError>>;
+
+enum Command {
+    Create(Box<NewOrderRecord>, Reply<Created>),
+    Cancel(OrderId, UserId, Reply<Order>),
+    SetStatus(OrderId, Status, Reply<Order>),
+    MarkPublished(Vec<i64>, Reply<usize>),
+    Prune {
+        outbox_before: i64,
+        idempotency_before: i64,
+        reply: Reply<usize>,
+    },
+    Ping(Reply<()>),
+}
+
+/// Sends commands to the writer and waits for their answers. Cheap to clone.
+#[derive(Clone)]
+pub struct WriterHandle {
+    commands: Sender<Command>,
+}
+
+impl WriterHandle {
+    pub fn create(&self, record: NewOrderRecord) -> Result<Created, StoreError> {
+        self.call(|r| Command::Create(Box::new(record), r))
+    }
+
+    /// Cancels the caller's own order; another user's order is `NotFound`.
+    pub fn cancel(&self, id: OrderId, user: UserId) -> Result<Order, StoreError> {
+        self.call(|r| Command::Cancel(id, user, r))
+    }
+
+    pub fn set_status(&self, id: OrderId, status: Status) -> Result<Order, StoreError> {
+        self.call(|r| Command::SetStatus(id, status, r))
+    }
+
+    pub fn mark_published(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
+        self.call(|r| Command::MarkPublished(ids, r))
+    }
+
+    pub fn prune(&self, outbox_before: i64, idempotency_before: i64) -> Result<usize, StoreError> {
+        self.call(|reply| Command::Prune {
+            outbox_before,
+            idempotency_before,
+            reply,
+        })
+    }
+
+    /// Proves the database takes a write transaction, within `timeout`.
+    pub fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let (tx, rx) = bounded(1);
+        self.commands
+            .send(Command::Ping(tx))
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| StoreError::Unavailable("writer did not answer in time".into()))?
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (tx, rx) = bounded(1);
+        self.commands
+            .send(make(tx))
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        // No timeout: the writer always answers, and giving up early could report a
+        // failure for a change that then commits.
+        rx.recv()
+            .map_err(|_| StoreError::Unavailable("the change was not committed".into()))?
+    }
+}
+
+pub struct Writer {
+    conn: Connection,
+    source: String,
+    next_order_id: i64,
+    next_event_id: i64,
+    wake_relay: Sender<()>,
+}
+
+impl Writer {
+    /// Starts the writer on `conn`; it stops when every handle is dropped.
+    pub fn spawn(
+        conn: Connection,
+        source: String,
+        wake_relay: Sender<()>,
+    ) -> Result<(WriterHandle, JoinHandle<()>), StoreError> {
+        let mut writer = Writer {
+            conn,
+            source,
+            next_order_id: 0,
+            next_event_id: 0,
+            wake_relay,
+        };
+        writer.reload_ids()?;
+        let (tx, rx) = unbounded();
+        let thread = std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
+        Ok((WriterHandle { commands: tx }, thread))
+    }
+
+    fn reload_ids(&mut self) -> rusqlite::Result<()> {
+        self.next_order_id = writes::max_order_id(&self.conn)? + 1;
+        self.next_event_id = outbox::max_id(&self.conn)? + 1;
+        Ok(())
+    }
+
+    fn run(mut self, commands: Receiver<Command>) {
+        while let Ok(first) = commands.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+        log::debug!("writer: all handles dropped, stopping");
+    }
+
+    fn run_batch(&mut self, batch: Vec<Command>) {
+        let events_before = self.next_event_id;
+        let outcome = (|| {
+            let mut tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut answers = Vec::with_capacity(batch.len());
+            for cmd in batch {
+                let mut sp = tx.savepoint()?;
+                let answer = apply(
+                    &mut Ids {
+                        order: &mut self.next_order_id,
+                        event: &mut self.next_event_id,
+                        source: &self.source,
+                    },
+                    &sp,
+                    cmd,
+                );
+                if answer.succeeded() {
+                    sp.commit()?;
+                } else {
+                    sp.rollback()?;
+                }
+                answers.push(answer);
+            }
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(answers)
+        })();
+        match outcome {
+            Ok(answers) => {
+                for a in answers {
+                    a.send();
+                }
+                if self.next_event_id != events_before {
+                    let _ = self.wake_relay.try_send(());
+                }
+            }
+            Err(e) => {
+                log::error!("writer: transaction failed, nothing of this batch was kept: {e}");
+                if let Err(e) = self.reload_ids() {
+                    log::error!("writer: cannot read ids back: {e}");
+                }
+                // The commands are gone with the failed transaction; their callers were
+                // handed their channels inside `answers`, dropped here, so each call sees
+                // a disconnected reply and reports the database unavailable.
+            }
+        }
+    }
+}
+
+struct Ids<'a> {
+    order: &'a mut i64,
+    event: &'a mut i64,
+    source: &'a str,
+}
+
+impl Ids<'_> {
+    fn record_event(
+        &mut self,
+        conn: &Connection,
+        order: &Order,
+        previous: Option<Status>,
+        at: i64,
+    ) -> rusqlite::Result<()> {
+        let id = *self.event;
+        *self.event += 1;
+        let payload = outbox::payload(id, self.source, order, previous, at);
+        outbox::insert(
+            conn,
+            id,
+            order.id.get(),
+            outbox::event_type(previous, order.status),
+            &payload,
+            at,
+        )
+    }
+}
+
+/// A command's result, held until the transaction commits.
+enum Answer {
+    Created(Reply<Created>, Result<Created, StoreError>),
+    Order(Reply<Order>, Result<Order, StoreError>),
+    Count(Reply<usize>, Result<usize, StoreError>),
+    Unit(Reply<()>, Result<(), StoreError>),
+}
+
+impl Answer {
+    fn succeeded(&self) -> bool {
+        match self {
+            Answer::Created(_, r) => r.is_ok(),
+            Answer::Order(_, r) => r.is_ok(),
+            Answer::Count(_, r) => r.is_ok(),
+            Answer::Unit(_, r) => r.is_ok(),
+        }
+    }
+
+    fn send(self) {
+        // A caller that went away no longer needs its answer.
+        let _ = match self {
+            Answer::Created(tx, r) => tx.send(r).is_ok(),
+            Answer::Order(tx, r) => tx.send(r).is_ok(),
+            Answer::Count(tx, r) => tx.send(r).is_ok(),
+            Answer::Unit(tx, r) => tx.send(r).is_ok(),
+        };
+    }
+}
+
+fn apply(ids: &mut Ids<'_>, tx: &Connection, cmd: Command) -> Answer {
+    match cmd {
+        Command::Create(record, reply) => Answer::Created(reply, create(ids, tx, *record)),
+        Command::Cancel(id, user, reply) => Answer::Order(
+            reply,
+            change_status(ids, tx, id, Some(&user), Status::Cancelled),
+        ),
+        Command::SetStatus(id, status, reply) => {
+            Answer::Order(reply, change_status(ids, tx, id, None, status))
+        }
+        Command::MarkPublished(event_ids, reply) => Answer::Count(
+            reply,
+            outbox::mark_published(tx, &event_ids, now_micros()).map_err(StoreError::from),
+        ),
+        Command::Prune {
+            outbox_before,
+            idempotency_before,
+            reply,
+        } => Answer::Count(
+            reply,
+            (|| {
+                Ok(outbox::prune(tx, outbox_before)?
+                    + writes::prune_idempotency(tx, idempotency_before)?)
+            })(),
+        ),
+        Command::Ping(reply) => Answer::Unit(reply, Ok(())),
+    }
+}
+
+fn create(ids: &mut Ids<'_>, tx: &Connection, r: NewOrderRecord) -> Result<Created, StoreError> {
+    if let Some((key, request)) = &r.idempotency {
+        if let Some(seen) = load_idempotency(tx, &r.user_id, key.as_str())? {
+            return if &seen.request == request {
+                Ok(Created::Replayed {
+                    status: seen.status,
+                    body: seen.body,
+                })
+            } else {
+                Err(StoreError::IdempotencyKeyReused)
+            };
+        }
+    }
+    let now = now_micros();
+    let items: Vec<OrderItem> = r
+        .lines
+        .iter()
+        .map(|l| OrderItem {
+            product_id: l.product_id,
+            product_name: l.product_name.clone(),
+            quantity: l.quantity.get(),
+            price: l.price,
+            subtotal: l.subtotal(),
+        })
+        .collect();
+    let total = items
+        .iter()
+        .try_fold(Money::ZERO, |sum, i| sum.plus(i.subtotal))
+        .expect("totals are bounded by the item and quantity limits");
+    let order = Order {
+        id: OrderId::from_trusted(*ids.order),
+        user_id: r.user_id.clone(),
+        user_email: r.user_email,
+        items,
+        total,
+        status: Status::Pending,
+        created_at: now,
+        updated_at: now,
+    };
+    *ids.order += 1;
+    writes::insert_order(tx, &order)?;
+    ids.record_event(tx, &order, None, now)?;
+    if let Some((key, request)) = &r.idempotency {
+        let body = serde_json::to_string(&order).expect("an order always serializes");
+        writes::insert_idempotency(
+            tx,
+            r.user_id.as_str(),
+            key.as_str(),
+            request,
+            201,
+            &body,
+            now,
+        )?;
+    }
+    for p in &r.fresh_products {
+        writes::upsert_product(tx, p)?;
+    }
+    Ok(Created::New(order))
+}
+
+/// Moves an order to `to` if the contract allows it; the same status is a no-op
+/// (no event). With `owner`, only that user's order is visible.
+fn change_status(
+    ids: &mut Ids<'_>,
+    tx: &Connection,
+    id: OrderId,
+    owner: Option<&UserId>,
+    to: Status,
+) -> Result<Order, StoreError> {
+    let mut order = load_order(tx, id)?
+        .filter(|o| owner.is_none_or(|u| &o.user_id == u))
+        .ok_or(StoreError::NotFound)?;
+    let from = order.status;
+    if from == to {
+        return Ok(order);
+    }
+    if !from.can_become(to) {
+        return Err(StoreError::InvalidTransition { from, to });
+    }
+    let now = now_micros().max(order.updated_at);
+    writes::update_status(tx, id.get(), to, now)?;
+    order.status = to;
+    order.updated_at = now;
+    ids.record_event(tx, &order, Some(from), now)?;
+    Ok(order)
+}

@@ -1,0 +1,88 @@
+//! Statements that change orders, one function a statement. Run by the writer only.
+
+use super::reads::CachedProduct;
+use crate::domain::{Order, Status};
+use rusqlite::{params, Connection};
+
+pub(crate) fn insert_order(conn: &Connection, o: &Order) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        o.id.get(),
+        o.user_id.as_str(),
+        o.user_email.as_str(),
+        o.status.as_str(),
+        o.total.cents(),
+        o.created_at,
+        o.updated_at
+    ])?;
+    let mut item = conn.prepare_cached(
+        "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, price_cents, subtotal_cents)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for (line_no, i) in o.items.iter().enumerate() {
+        item.execute(params![
+            o.id.get(),
+            line_no as i64 + 1,
+            i.product_id.get(),
+            i.product_name,
+            i.quantity,
+            i.price.cents(),
+            i.subtotal.cents()
+        ])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn update_status(
+    conn: &Connection,
+    id: i64,
+    status: Status,
+    at: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE orders SET status = ?1, updated_at = ?2 WHERE id = ?3")?
+        .execute(params![status.as_str(), at, id])?;
+    Ok(())
+}
+
+pub(crate) fn insert_idempotency(
+    conn: &Connection,
+    user_id: &str,
+    key: &str,
+    request: &str,
+    status: u16,
+    body: &str,
+    at: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO idempotency_keys (user_id, idem_key, request, response_status, response_body, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![user_id, key, request, status, body, at])?;
+    Ok(())
+}
+
+pub(crate) fn prune_idempotency(conn: &Connection, before: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")?
+        .execute([before])
+}
+
+pub(crate) fn upsert_product(conn: &Connection, p: &CachedProduct) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
+           price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at",
+    )?
+    .execute(params![p.product_id.get(), p.name, p.price.cents(), p.stock, p.fetched_at])?;
+    Ok(())
+}
+
+pub(crate) fn max_order_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT MAX(id) FROM orders", [], |r| {
+        r.get::<_, Option<i64>>(0)
+    })
+    .map(|v| v.unwrap_or(0))
+}
