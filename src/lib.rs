@@ -10,6 +10,7 @@ pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod products;
+pub mod queue;
 pub mod relay;
 pub mod store;
 pub mod systemd;

@@ -14,6 +14,7 @@ enum Command {
     Migrate,
     OutboxStatus,
     Backup(PathBuf),
+    QueuePeek(usize),
     Help,
     Version,
 }
@@ -69,6 +70,11 @@ fn parse_args(args: Vec<String>) -> Result<(Command, Option<PathBuf>), Failure> 
         ["migrate"] => Command::Migrate,
         ["outbox", "status"] | ["outbox"] => Command::OutboxStatus,
         ["backup", path] => Command::Backup(PathBuf::from(path)),
+        ["queue", "peek"] => Command::QueuePeek(10),
+        ["queue", "peek", n] => Command::QueuePeek(
+            n.parse()
+                .map_err(|_| Failure::Usage(format!("queue peek takes a count, got {n:?}")))?,
+        ),
         ["backup"] => return Err(Failure::Usage("backup needs a destination path".into())),
         _ => {
             return Err(Failure::Usage(format!(
@@ -122,6 +128,10 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
                 config.database_path.display(),
                 dest.display()
             );
+            Ok(())
+        }
+        Command::QueuePeek(n) => {
+            order_service::queue::peek(&config.rabbitmq, n).map_err(Failure::Other)?;
             Ok(())
         }
         Command::Help | Command::Version => unreachable!("answered above"),
@@ -179,7 +189,8 @@ fn help() -> String {
          COMMANDS:\n    serve            run the service (the default)\n    \
          migrate          apply database migrations and exit\n    \
          outbox status    print pending and published event counts from the database\n    \
-         backup PATH      copy the live database consistently to PATH\n\n\
+         backup PATH      copy the live database consistently to PATH\n    \
+         queue peek [N]   show up to N (10) events waiting in RABBITMQ_QUEUE, leaving them there\n\n\
          OPTIONS:\n    -c, --config FILE   read settings from FILE (KEY=VALUE lines, systemd EnvironmentFile format);\n                        \
          the process environment wins over the file\n    -h, --help          print this\n    \
          -V, --version       print the version\n\n\
