@@ -83,6 +83,9 @@ pub struct HttpServer {
     workers: Vec<JoinHandle<()>>,
 }
 
+/// How much of an unread chunked body is skipped to keep the connection usable.
+const DRAIN_BODY_LIMIT: u64 = 1024 * 1024;
+
 /// How long workers keep answering queued requests once asked to stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
@@ -138,7 +141,7 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
     };
     while !stopping.load(Ordering::SeqCst) {
         match server.recv_timeout(Duration::from_millis(500)) {
-            Ok(Some(req)) => serve(shared, &reader, req, false),
+            Ok(Some(req)) => serve(shared, &reader, req),
             Ok(None) => {}
             Err(e) => log::debug!("http: {e}"),
         }
@@ -147,13 +150,13 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
     let deadline = Instant::now() + DRAIN_LIMIT;
     while Instant::now() < deadline {
         match server.try_recv() {
-            Ok(Some(req)) => serve(shared, &reader, req, true),
+            Ok(Some(req)) => serve(shared, &reader, req),
             Ok(None) | Err(_) => break,
         }
     }
 }
 
-fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request, closing: bool) {
+fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request) {
     let started = Instant::now();
     let request_id = request::header(&req, "X-Request-Id")
         .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
@@ -190,8 +193,13 @@ fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request, closing:
     for (name, value) in &reply.headers {
         response = response.with_header(header(name, value));
     }
-    if closing {
-        response = response.with_header(header("Connection", "close"));
+    if req.body_length().is_none() {
+        // tiny_http skips an unread Content-Length body itself, but an unread chunked one
+        // would be parsed as the next request on this connection.
+        let _ = std::io::copy(
+            &mut std::io::Read::take(req.as_reader(), DRAIN_BODY_LIMIT),
+            &mut std::io::sink(),
+        );
     }
     if let Err(e) = req.respond(response) {
         log::debug!("{method} {path} [{request_id}]: client went away: {e}");

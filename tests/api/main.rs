@@ -1,0 +1,17 @@
+//! The one integration test binary: every module drives a real `order-service` process.
+
+mod helpers;
+
+mod broker;
+mod relay;
+
+mod cancel_status;
+mod concurrency;
+mod create;
+mod errors;
+mod idempotency;
+mod migrations_pg;
+mod operations;
+mod products;
+mod read;
+mod restart;

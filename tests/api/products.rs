@@ -1,0 +1,399 @@
+//! The product service as the order service sees it: unknown products, stock, failures,
+//! timeouts, wrapped answers, copied names and prices, the offline cache and `file:` catalogs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[test]
+fn an_unknown_product_answers_422_with_its_id_and_writes_nothing() {
+    let app = spawn_app();
+
+    let response = app.create_order(&ALICE, &items(&[(LAPTOP, 1), (UNKNOWN_PRODUCT, 1)]));
+
+    let body = response.assert_error(422, "unknown_product");
+    assert_eq!(body["details"]["product_ids"], json!([UNKNOWN_PRODUCT]));
+    assert_eq!(app.counts().orders, 0);
+    assert_eq!(app.counts().outbox, 0);
+    assert_eq!(app.count_items(), 0);
+}
+
+#[test]
+fn several_unknown_products_are_all_named() {
+    let app = spawn_app();
+
+    let response = app.create_order(&ALICE, &items(&[(998, 1), (LAPTOP, 1), (997, 1)]));
+
+    let body = response.assert_error(422, "unknown_product");
+    let mut ids: Vec<i64> = body["details"]["product_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [997, 998]);
+}
+
+#[test]
+fn low_stock_answers_409_with_requested_and_available() {
+    let app = spawn_app();
+
+    let response = app.create_order(&ALICE, &items(&[(LAPTOP, 1), (MONITOR, 4)]));
+
+    let body = response.assert_error(409, "insufficient_stock");
+    assert_eq!(
+        body["details"],
+        json!([{"product_id": MONITOR, "requested": 4, "available": 3}])
+    );
+    assert_eq!(app.counts().orders, 0);
+    assert_eq!(app.counts().outbox, 0);
+}
+
+#[test]
+fn every_short_product_is_listed() {
+    let app = spawn_app();
+    app.products.set(30, product("Rare", "1.00", 0));
+
+    let response = app.create_order(&ALICE, &items(&[(MONITOR, 5), (MOUSE, 1), (30, 1)]));
+
+    let body = response.assert_error(409, "insufficient_stock");
+    let mut details = body["details"].as_array().unwrap().clone();
+    details.sort_by_key(|d| d["product_id"].as_i64());
+    assert_eq!(
+        details,
+        vec![
+            json!({"product_id": MONITOR, "requested": 5, "available": 3}),
+            json!({"product_id": 30, "requested": 1, "available": 0}),
+        ]
+    );
+}
+
+#[test]
+fn ordering_exactly_the_stock_is_allowed() {
+    let app = spawn_app();
+
+    app.create_order(&ALICE, &items(&[(MONITOR, 3)]))
+        .assert_status(201);
+}
+
+#[test]
+fn a_product_service_500_answers_503_with_retry_after_and_writes_nothing() {
+    let app = spawn_app();
+    app.products.set(31, Behaviour::Status(500));
+
+    let response = app.create_order(&ALICE, &items(&[(LAPTOP, 1), (31, 1)]));
+
+    response.assert_error(503, "product_service_unavailable");
+    let retry_after = response
+        .header("retry-after")
+        .unwrap_or_else(|| panic!("no Retry-After: {response:?}"));
+    assert!(
+        retry_after.trim().parse::<u64>().is_ok(),
+        "Retry-After in seconds: {retry_after:?}"
+    );
+    assert_eq!(app.counts().orders, 0);
+    assert_eq!(app.counts().outbox, 0);
+}
+
+#[test]
+fn an_unreachable_product_service_answers_503() {
+    let closed_port = free_port();
+    let app = TestApp::builder()
+        .env(
+            "PRODUCT_SERVICE_URL",
+            &format!("http://127.0.0.1:{closed_port}"),
+        )
+        .spawn();
+
+    let started = Instant::now();
+    let response = app.create_order(&ALICE, &items(&[(LAPTOP, 1)]));
+
+    response.assert_error(503, "product_service_unavailable");
+    assert!(response.header("retry-after").is_some(), "{response:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a refused connection fails fast: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.count_orders(), 0);
+}
+
+#[test]
+fn a_slow_product_service_answers_503_within_the_timeout() {
+    let app = TestApp::builder()
+        .env("PRODUCT_TIMEOUT_MS", "500")
+        .env("PRODUCT_READ_TIMEOUT_MS", "500")
+        .spawn();
+    app.products.set(
+        32,
+        Behaviour::Slow(
+            Duration::from_secs(10),
+            Box::new(product("Late", "1.00", 5)),
+        ),
+    );
+
+    let started = Instant::now();
+    let response = app.create_order(&ALICE, &items(&[(32, 1)]));
+    let took = started.elapsed();
+
+    response.assert_error(503, "product_service_unavailable");
+    assert!(response.header("retry-after").is_some(), "{response:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "answered after {took:?}, the timeout is 500 ms"
+    );
+    assert_eq!(app.count_orders(), 0);
+}
+
+#[test]
+fn the_total_timeout_bounds_a_whole_order() {
+    let app = TestApp::builder()
+        .env("PRODUCT_TIMEOUT_MS", "500")
+        .env("PRODUCT_READ_TIMEOUT_MS", "500")
+        .spawn();
+    for id in 40..45 {
+        app.products.set(
+            id,
+            Behaviour::Slow(
+                Duration::from_secs(10),
+                Box::new(product("Late", "1.00", 5)),
+            ),
+        );
+    }
+    let lines: Vec<(i64, i64)> = (40..45).map(|id| (id, 1)).collect();
+
+    let started = Instant::now();
+    let response = app.create_order(&ALICE, &items(&lines));
+    let took = started.elapsed();
+
+    response.assert_error(503, "product_service_unavailable");
+    assert!(
+        took < Duration::from_secs(5),
+        "five slow products answered after {took:?}"
+    );
+}
+
+#[test]
+fn a_product_answer_wrapped_in_product_works() {
+    let app = spawn_app();
+    app.products.set(
+        33,
+        Behaviour::Wrapped("product", Box::new(product("Wrapped Lamp", "45.50", 7))),
+    );
+
+    let response = app.create_order(&ALICE, &items(&[(33, 2)]));
+
+    response.assert_status(201);
+    let line = line_for(&response.json(), 33);
+    assert_eq!(line["product_name"], "Wrapped Lamp");
+    assert_eq!(
+        raw_numbers(&response.body, "total"),
+        ["91.00"],
+        "{}",
+        response.body
+    );
+}
+
+#[test]
+fn a_product_answer_wrapped_in_data_works() {
+    let app = spawn_app();
+    app.products.set(
+        34,
+        Behaviour::Wrapped("data", Box::new(product("Data Desk", "120.00", 2))),
+    );
+
+    let response = app.create_order(&ALICE, &items(&[(34, 2)]));
+
+    response.assert_status(201);
+    assert_eq!(line_for(&response.json(), 34)["product_name"], "Data Desk");
+    assert_eq!(
+        raw_numbers(&response.body, "total"),
+        ["240.00"],
+        "{}",
+        response.body
+    );
+
+    // Stock is checked in wrapped answers too.
+    app.create_order(&ALICE, &items(&[(34, 3)]))
+        .assert_error(409, "insufficient_stock");
+}
+
+#[test]
+fn name_and_price_are_copied_into_the_order() {
+    let app = spawn_app();
+    app.products.set(35, product("Kettle", "30.00", 10));
+    let id = app.place_order_id(&ALICE, 35, 2);
+
+    app.products.set(35, product("Kettle Deluxe", "45.00", 10));
+
+    let old = app.get_order(&ALICE, id).json();
+    let old_line = line_for(&old, 35);
+    assert_eq!(
+        old_line["product_name"], "Kettle",
+        "later name changes do not touch the order"
+    );
+    assert_eq!(
+        old_line["price"].as_f64(),
+        Some(30.0),
+        "later price changes do not touch the order"
+    );
+    assert_eq!(old["total"].as_f64(), Some(60.0));
+    let new = app.place_order(&ALICE, &[(35, 2)]);
+    assert_eq!(line_for(&new, 35)["product_name"], "Kettle Deluxe");
+    assert_eq!(new["total"].as_f64(), Some(90.0));
+}
+
+#[test]
+fn names_with_quotes_and_unicode_survive() {
+    let app = spawn_app();
+    app.products.set(
+        36,
+        product("Caf\u{e9} \"Deluxe\" \u{2615} \\ <b>", "4.20", 10),
+    );
+
+    let order = app.place_order(&ALICE, &[(36, 1)]);
+
+    assert_eq!(
+        line_for(&order, 36)["product_name"],
+        "Caf\u{e9} \"Deluxe\" \u{2615} \\ <b>"
+    );
+}
+
+#[test]
+fn each_product_is_asked_for_once_per_order() {
+    let app = spawn_app();
+
+    app.place_order(&ALICE, &[(LAPTOP, 1), (MOUSE, 1), (LAPTOP, 2)]);
+
+    assert_eq!(
+        app.products.calls_for(LAPTOP),
+        1,
+        "a merged line is one lookup"
+    );
+    assert_eq!(app.products.calls_for(MOUSE), 1);
+}
+
+#[test]
+fn the_offline_policy_serves_a_cached_product_while_the_product_service_fails() {
+    let app = TestApp::builder()
+        .env("PRODUCT_CACHE_MAX_AGE", "60")
+        .spawn();
+    app.place_order(&ALICE, &[(MONITOR, 1)]);
+
+    app.products.set(MONITOR, Behaviour::Status(500));
+    let calls_before = app.products.calls_for(MONITOR);
+    let response = app.create_order(&ALICE, &items(&[(MONITOR, 2)]));
+
+    response.assert_status(201);
+    assert!(
+        app.products.calls_for(MONITOR) > calls_before,
+        "the service is asked first, the cache is the fallback"
+    );
+    let line = line_for(&response.json(), MONITOR);
+    assert_eq!(line["product_name"], "Monitor");
+    assert_eq!(line["price"].as_f64(), Some(249.5));
+    // Checked against the cached stock (3).
+    let short = app.create_order(&ALICE, &items(&[(MONITOR, 4)]));
+    let body = short.assert_error(409, "insufficient_stock");
+    assert_eq!(
+        body["details"],
+        json!([{"product_id": MONITOR, "requested": 4, "available": 3}])
+    );
+    // A product never seen has no cached answer.
+    app.products.set(37, Behaviour::Status(500));
+    app.create_order(&ALICE, &items(&[(37, 1)]))
+        .assert_error(503, "product_service_unavailable");
+}
+
+#[test]
+fn the_offline_policy_serves_the_cache_while_the_product_service_is_unreachable() {
+    let products = ProductStandIn::with_default_catalog();
+    let mut app = TestApp::builder()
+        .env("PRODUCT_CACHE_MAX_AGE", "60")
+        .products(products)
+        .spawn();
+    app.place_order(&ALICE, &[(MOUSE, 1)]);
+
+    // The same database, with the product service now at a closed port.
+    app.restart_with_env(
+        "PRODUCT_SERVICE_URL",
+        &format!("http://127.0.0.1:{}", free_port()),
+    );
+
+    let response = app.create_order(&ALICE, &items(&[(MOUSE, 2)]));
+
+    response.assert_status(201);
+    assert_eq!(line_for(&response.json(), MOUSE)["product_name"], "Mouse");
+}
+
+#[test]
+fn without_the_offline_policy_a_failing_product_service_answers_503_even_for_cached_products() {
+    let app = TestApp::builder().env("PRODUCT_CACHE_MAX_AGE", "0").spawn();
+    app.place_order(&ALICE, &[(MONITOR, 1)]);
+
+    app.products.set(MONITOR, Behaviour::Status(500));
+    let response = app.create_order(&ALICE, &items(&[(MONITOR, 1)]));
+
+    response.assert_error(503, "product_service_unavailable");
+    assert_eq!(app.count_orders(), 1);
+}
+
+#[test]
+fn a_cached_answer_older_than_the_max_age_is_not_used() {
+    let app = TestApp::builder().env("PRODUCT_CACHE_MAX_AGE", "1").spawn();
+    app.place_order(&ALICE, &[(MONITOR, 1)]);
+    app.products.set(MONITOR, Behaviour::Status(500));
+
+    std::thread::sleep(Duration::from_millis(2100));
+    let response = app.create_order(&ALICE, &items(&[(MONITOR, 1)]));
+
+    response.assert_error(503, "product_service_unavailable");
+}
+
+#[test]
+fn a_404_is_never_served_from_the_cache() {
+    let app = TestApp::builder()
+        .env("PRODUCT_CACHE_MAX_AGE", "60")
+        .spawn();
+    app.place_order(&ALICE, &[(MONITOR, 1)]);
+
+    app.products.set(MONITOR, Behaviour::NotFound);
+    let response = app.create_order(&ALICE, &items(&[(MONITOR, 1)]));
+
+    response.assert_error(422, "unknown_product");
+}
+
+#[test]
+fn a_file_catalog_serves_products_without_a_product_service() {
+    let dir = TempDir::new();
+    let catalog = dir.write(
+        "catalog.json",
+        r#"[{"id":1,"name":"File Laptop","price":999.99,"stock":2},{"id":2,"name":"File Mouse","price":9.5,"stock":100}]"#,
+    );
+    let app = TestApp::builder()
+        .env(
+            "PRODUCT_SERVICE_URL",
+            &format!("file:{}", catalog.display()),
+        )
+        .spawn();
+
+    let response = app.create_order(&ALICE, &items(&[(1, 2), (2, 1)]));
+
+    response.assert_status(201);
+    let order = response.json();
+    assert_eq!(line_for(&order, 1)["product_name"], "File Laptop");
+    assert_eq!(
+        raw_numbers(&response.body, "total"),
+        ["2009.48"],
+        "{}",
+        response.body
+    );
+    app.create_order(&ALICE, &items(&[(1, 3)]))
+        .assert_error(409, "insufficient_stock");
+    app.create_order(&ALICE, &items(&[(3, 1)]))
+        .assert_error(422, "unknown_product");
+    assert_eq!(app.products.calls(), 0, "the stand-in is not asked");
+}
