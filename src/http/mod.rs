@@ -87,7 +87,7 @@ pub struct HttpServer {
 const DRAIN_BODY_LIMIT: u64 = 1024 * 1024;
 
 /// How long workers keep answering queued requests once asked to stop.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 impl HttpServer {
     /// Starts `threads` workers on an already bound listener (port 0 allowed).
