@@ -85,3 +85,13 @@ impl App {
         let _ = self.writer_thread.join();
     }
 }
+
+/// Runs a background thread's body; a panic there ends the process with status 1.
+/// Without its writer or relay the service would answer but not work, and a restart
+/// (systemd's Restart=on-failure) is the way back; committed data is safe on disk.
+pub fn exit_on_panic(thread: &str, body: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+        log::error!("the {thread} thread panicked; exiting so the service can be restarted");
+        std::process::exit(1);
+    }
+}

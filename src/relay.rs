@@ -70,7 +70,7 @@ pub fn spawn(
     };
     let thread = std::thread::Builder::new()
         .name("relay".into())
-        .spawn(move || relay.run(wake, stop_rx))?;
+        .spawn(move || crate::app::exit_on_panic("relay", move || relay.run(wake, stop_rx)))?;
     Ok(RelayHandle {
         stop: stop_tx,
         thread,

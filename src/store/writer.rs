@@ -136,7 +136,7 @@ impl Writer {
         let (tx, rx) = unbounded();
         let thread = std::thread::Builder::new()
             .name("writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || crate::app::exit_on_panic("writer", move || writer.run(rx)))
             .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
         Ok((WriterHandle { commands: tx }, thread))
     }
