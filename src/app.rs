@@ -54,7 +54,6 @@ impl App {
         let relay = relay::spawn(
             RelaySettings {
                 rabbit: config.rabbitmq.clone(),
-                source: config.store_id.clone(),
                 retention: config.outbox_retention,
             },
             relay_reader,

@@ -128,7 +128,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "PRODUCT_TIMEOUT_MS",
         "3000",
-        "product service total timeout per call",
+        "time allowed for all product lookups of one order",
     ),
     ("STORE_ID", "(host name)", "source of every event"),
     (
@@ -144,12 +144,12 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
         "PRODUCT_CACHE_MAX_AGE",
         "0",
-        "seconds a cached product answer may serve while the product service is away (0 = off)",
+        "seconds a cached product answer may serve while the product service is away (0 = off; at most 10 years)",
     ),
     (
         "OUTBOX_RETENTION",
         "604800",
-        "seconds published events are kept",
+        "seconds published events are kept (at most 10 years)",
     ),
     ("HTTP_THREADS", "8", "HTTP worker threads (1..=256)"),
     ("RUST_LOG", "info", "log filter"),
@@ -199,19 +199,15 @@ impl Config {
         let ms = |name: &str, default: u64| {
             parse_or(&get, name, Duration::from_millis(default), |v| {
                 parse_num::<u64>(v, "milliseconds")
-                    .and_then(|n| {
-                        if n == 0 {
-                            Err("must be above 0".into())
-                        } else {
-                            Ok(n)
-                        }
-                    })
+                    .and_then(|n| within(n, 1, MAX_TIMEOUT_MS))
                     .map(Duration::from_millis)
             })
         };
         let secs = |name: &str, default: u64| {
             parse_or(&get, name, Duration::from_secs(default), |v| {
-                parse_num::<u64>(v, "seconds").map(Duration::from_secs)
+                parse_num::<u64>(v, "seconds")
+                    .and_then(|n| within(n, 0, MAX_SECONDS))
+                    .map(Duration::from_secs)
             })
         };
         let store_id = parse_or(&get, "STORE_ID", default_store_id(), |v| {
@@ -254,7 +250,13 @@ impl Config {
             Some(path) => read_env_file(path)?,
             None => HashMap::new(),
         };
-        Config::from_lookup(|k| std::env::var(k).ok().or_else(|| file.get(k).cloned()))
+        // An empty variable counts as unset, so the file's value (or the default) applies.
+        Config::from_lookup(|k| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .or_else(|| file.get(k).cloned())
+        })
     }
 }
 
@@ -308,6 +310,18 @@ fn parse_or<T>(
             variable: name.to_string(),
             problem,
         }),
+    }
+}
+
+/// Ten years: longer periods are surely a typo, and keep time arithmetic far from overflow.
+const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
+const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+
+fn within(n: u64, min: u64, max: u64) -> Result<u64, String> {
+    if (min..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be from {min} to {max}"))
     }
 }
 
@@ -411,6 +425,10 @@ mod tests {
             config(&[("HTTP_THREADS", "0")]).unwrap_err().variable,
             "HTTP_THREADS"
         );
+        let too_long = config(&[("OUTBOX_RETENTION", "10000000000000")]).unwrap_err();
+        assert_eq!(too_long.variable, "OUTBOX_RETENTION");
+        let zero = config(&[("PRODUCT_TIMEOUT_MS", "0")]).unwrap_err();
+        assert_eq!(zero.variable, "PRODUCT_TIMEOUT_MS");
         assert_eq!(
             config(&[("DATABASE_URL", "postgresql://db/x")])
                 .unwrap_err()

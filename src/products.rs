@@ -8,8 +8,9 @@ use crate::store::CachedProduct;
 use serde_json::Value;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the product service says of one product.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,11 +47,14 @@ pub enum PricingError {
     Unavailable(Unavailable),
 }
 
-/// A priced order and the fresh answers it was priced from (to be cached).
+/// The outcome of pricing an order, and what the product service said on the way:
+/// its good answers are cached and its unknown products forgotten whatever the outcome,
+/// so the offline policy never works from an answer older than the last one seen.
 #[derive(Debug, Clone)]
-pub struct Priced {
-    pub lines: Vec<PricedLine>,
+pub struct Pricing {
+    pub outcome: Result<Vec<PricedLine>, PricingError>,
     pub fresh: Vec<CachedProduct>,
+    pub unknown: Vec<ProductId>,
 }
 
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
@@ -59,6 +63,7 @@ const MAX_PARALLEL: usize = 8;
 
 pub struct Catalog {
     source: Source,
+    total_timeout: Duration,
     cache_max_age: Duration,
     metrics: Arc<Metrics>,
 }
@@ -90,6 +95,7 @@ impl Catalog {
         };
         Catalog {
             source,
+            total_timeout: config.product_total_timeout,
             cache_max_age: config.product_cache_max_age,
             metrics,
         }
@@ -101,10 +107,10 @@ impl Catalog {
         &self,
         order: &NewOrder,
         cached: impl FnOnce(&[ProductId]) -> Vec<CachedProduct>,
-    ) -> Result<Priced, PricingError> {
+    ) -> Pricing {
         let ids: Vec<ProductId> = order.lines().iter().map(|l| l.product_id).collect();
         let now = crate::clock::now_micros();
-        let (answers, fresh) = match self.lookup_all(&ids) {
+        match self.lookup_all(&ids) {
             Ok(answers) => {
                 let fresh = answers
                     .iter()
@@ -117,89 +123,137 @@ impl Catalog {
                         fetched_at: now,
                     })
                     .collect();
-                (answers, fresh)
-            }
-            Err(e) if !self.cache_max_age.is_zero() => {
-                let oldest = now - self.cache_max_age.as_micros() as i64;
-                let found = cached(&ids);
-                let answers: Option<Vec<Option<Product>>> = ids
+                let unknown = ids
                     .iter()
-                    .map(|id| {
-                        found
-                            .iter()
-                            .find(|c| c.product_id == *id && c.fetched_at >= oldest)
-                            .map(|c| {
-                                Some(Product {
-                                    id: c.product_id,
-                                    name: c.name.clone(),
-                                    price: c.price,
-                                    stock: c.stock,
-                                })
-                            })
-                    })
+                    .zip(&answers)
+                    .filter(|(_, a)| a.is_none())
+                    .map(|(id, _)| *id)
                     .collect();
-                match answers {
-                    Some(a) => {
-                        log::warn!("{e}; pricing from cached answers");
-                        self.metrics.product_cache_hit();
-                        (a, Vec::new())
-                    }
-                    None => return Err(PricingError::Unavailable(e)),
+                Pricing {
+                    outcome: priced_lines(order, &answers),
+                    fresh,
+                    unknown,
                 }
             }
-            Err(e) => return Err(PricingError::Unavailable(e)),
-        };
-        priced_lines(order, &answers).map(|lines| Priced { lines, fresh })
-    }
-
-    /// One answer per id, in order: `None` for an unknown product.
-    fn lookup_all(&self, ids: &[ProductId]) -> Result<Vec<Option<Product>>, Unavailable> {
-        match &self.source {
-            Source::File(path) => {
-                let catalog = read_catalog(path)?;
-                Ok(ids
-                    .iter()
-                    .map(|id| catalog.iter().find(|p| p.id == *id).cloned())
-                    .collect())
-            }
-            Source::Http { agent, base } if ids.len() == 1 => {
-                Ok(vec![self.fetch(agent, base, ids[0])?])
-            }
-            Source::Http { agent, base } => {
-                let chunk = ids.len().div_ceil(MAX_PARALLEL);
-                std::thread::scope(|s| {
-                    let workers: Vec<_> = ids
-                        .chunks(chunk)
-                        .map(|part| {
-                            s.spawn(move || {
-                                part.iter()
-                                    .map(|id| self.fetch(agent, base, *id))
-                                    .collect::<Result<Vec<_>, _>>()
-                            })
-                        })
-                        .collect();
-                    let mut all = Vec::with_capacity(ids.len());
-                    for w in workers {
-                        let part = w
-                            .join()
-                            .map_err(|_| Unavailable("lookup thread failed".into()))??;
-                        all.extend(part);
-                    }
-                    Ok(all)
-                })
-            }
+            Err(e) => Pricing {
+                outcome: self.price_offline(order, &ids, now, cached, e),
+                fresh: Vec::new(),
+                unknown: Vec::new(),
+            },
         }
     }
 
-    fn fetch(
+    fn price_offline(
         &self,
-        agent: &ureq::Agent,
-        base: &str,
-        id: ProductId,
-    ) -> Result<Option<Product>, Unavailable> {
+        order: &NewOrder,
+        ids: &[ProductId],
+        now: i64,
+        cached: impl FnOnce(&[ProductId]) -> Vec<CachedProduct>,
+        e: Unavailable,
+    ) -> Result<Vec<PricedLine>, PricingError> {
+        if self.cache_max_age.is_zero() {
+            return Err(PricingError::Unavailable(e));
+        }
+        let max_age = i64::try_from(self.cache_max_age.as_micros()).unwrap_or(i64::MAX);
+        let oldest = now.saturating_sub(max_age);
+        let found = cached(ids);
+        let answers: Option<Vec<Option<Product>>> = ids
+            .iter()
+            .map(|id| {
+                found
+                    .iter()
+                    .find(|c| c.product_id == *id && c.fetched_at >= oldest)
+                    .map(|c| {
+                        Some(Product {
+                            id: c.product_id,
+                            name: c.name.clone(),
+                            price: c.price,
+                            stock: c.stock,
+                        })
+                    })
+            })
+            .collect();
+        match answers {
+            Some(answers) => {
+                log::warn!("{e}; pricing from cached answers");
+                self.metrics.product_cache_hit();
+                priced_lines(order, &answers)
+            }
+            None => Err(PricingError::Unavailable(e)),
+        }
+    }
+
+    /// One answer per id, in order: `None` for an unknown product. The whole lookup
+    /// shares one deadline (`PRODUCT_TIMEOUT_MS`), and the first failure stops the rest.
+    fn lookup_all(&self, ids: &[ProductId]) -> Result<Vec<Option<Product>>, Unavailable> {
+        let (agent, base) = match &self.source {
+            Source::File(path) => {
+                let catalog = read_catalog(path)?;
+                return Ok(ids
+                    .iter()
+                    .map(|id| catalog.iter().find(|p| p.id == *id).cloned())
+                    .collect());
+            }
+            Source::Http { agent, base } => (agent, base.as_str()),
+        };
+        let lookup = Lookup {
+            agent,
+            base,
+            deadline: Instant::now() + self.total_timeout,
+            failed: AtomicBool::new(false),
+            metrics: &self.metrics,
+        };
+        if ids.len() == 1 {
+            return Ok(vec![lookup.fetch(ids[0])?]);
+        }
+        let chunk = ids.len().div_ceil(MAX_PARALLEL);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = ids
+                .chunks(chunk)
+                .map(|part| {
+                    let lookup = &lookup;
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|id| lookup.fetch(*id))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            let mut all = Vec::with_capacity(ids.len());
+            for w in workers {
+                let part = w
+                    .join()
+                    .map_err(|_| Unavailable("lookup thread failed".into()))??;
+                all.extend(part);
+            }
+            Ok(all)
+        })
+    }
+}
+
+/// The lookups of one order: one agent, one deadline, one failure flag.
+struct Lookup<'a> {
+    agent: &'a ureq::Agent,
+    base: &'a str,
+    deadline: Instant,
+    failed: AtomicBool,
+    metrics: &'a Metrics,
+}
+
+impl Lookup<'_> {
+    fn fetch(&self, id: ProductId) -> Result<Option<Product>, Unavailable> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(Unavailable("an earlier lookup of this order failed".into()));
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.failed.store(true, Ordering::Relaxed);
+            return Err(Unavailable("out of time for this order".into()));
+        }
         self.metrics.product_call();
-        let result = fetch_one(agent, base, id);
+        let result = fetch_one(self.agent, self.base, id, left);
         if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
             self.metrics.product_failure();
         }
         result
@@ -210,11 +264,15 @@ fn fetch_one(
     agent: &ureq::Agent,
     base: &str,
     id: ProductId,
+    time_left: Duration,
 ) -> Result<Option<Product>, Unavailable> {
     let url = format!("{base}/api/products/{id}");
     let mut response = agent
         .get(&url)
         .header("Accept", "application/json")
+        .config()
+        .timeout_global(Some(time_left))
+        .build()
         .call()
         .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
     let status = response.status().as_u16();

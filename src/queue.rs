@@ -2,23 +2,12 @@
 //! taking them away, so an operator can see what the central systems will receive.
 
 use crate::config::RabbitConfig;
-use amiquip::{Connection, QueueDeclareOptions};
 
 /// Prints up to `max` messages of the queue, oldest first, and puts them back.
 pub fn peek(rabbit: &RabbitConfig, max: usize) -> Result<usize, String> {
-    let mut connection = Connection::insecure_open(&rabbit.url())
-        .map_err(|e| format!("connect to {}:{}: {e}", rabbit.host, rabbit.port))?;
-    let channel = connection
-        .open_channel(None)
-        .map_err(|e| format!("open channel: {e}"))?;
+    let (connection, channel) = crate::relay::open_queue(rabbit)?;
     let queue = channel
-        .queue_declare(
-            rabbit.queue.as_str(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-        )
+        .queue_declare(rabbit.queue.as_str(), crate::relay::durable())
         .map_err(|e| format!("declare queue {}: {e}", rabbit.queue))?;
     println!(
         "queue {}: {} message(s)",

@@ -25,15 +25,32 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// Idempotency records are kept a little over the 24 h the contract promises.
-const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
 /// At shutdown, the relay gets this long to publish what is pending.
 const LAST_DRAIN: Duration = Duration::from_secs(3);
 
 pub struct RelaySettings {
     pub rabbit: RabbitConfig,
-    pub source: String,
     pub retention: Duration,
+}
+
+/// Opens a connection and a channel, and declares the durable queue the events go to.
+pub fn open_queue(rabbit: &RabbitConfig) -> Result<(Connection, Channel), String> {
+    let mut connection = Connection::insecure_open(&rabbit.url())
+        .map_err(|e| format!("connect to {}:{}: {e}", rabbit.host, rabbit.port))?;
+    let channel = connection
+        .open_channel(None)
+        .map_err(|e| format!("open channel: {e}"))?;
+    channel
+        .queue_declare(rabbit.queue.as_str(), durable())
+        .map_err(|e| format!("declare queue {}: {e}", rabbit.queue))?;
+    Ok((connection, channel))
+}
+
+pub fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 /// The running relay; dropping `stop` (or calling `shutdown`) ends it after a last drain.
@@ -170,6 +187,7 @@ impl Relay {
             }
         };
         if rows.is_empty() {
+            self.check_idle_link();
             return Pass::Idle;
         }
         if self.link.is_none() {
@@ -185,11 +203,13 @@ impl Relay {
             }
         }
         let link = self.link.as_mut().expect("connected above");
-        let (confirmed, error) = publish_batch(link, &rows, &self.settings);
-        let failed = rows.len() - confirmed.len();
+        let (sent, confirmed, error) = publish_batch(link, &rows, &self.settings.rabbit.queue);
+        // Sent but not confirmed (nack, return, lost connection); rows never sent are not failures.
+        let failed = sent - confirmed.len();
         if failed > 0 {
             self.metrics.events_failed(failed as u64);
         }
+        let progressed = !confirmed.is_empty();
         if !confirmed.is_empty() {
             let n = confirmed.len() as u64;
             match self.writer.mark_published(confirmed) {
@@ -210,7 +230,7 @@ impl Relay {
                 // Whatever went wrong, a fresh connection and channel start clean.
                 self.link = None;
                 self.set_state(LinkState::Down, Some(&e));
-                if failed < rows.len() {
+                if progressed {
                     Pass::Progress
                 } else {
                     Pass::Failed
@@ -220,21 +240,7 @@ impl Relay {
     }
 
     fn connect(&self) -> Result<Link, String> {
-        let r = &self.settings.rabbit;
-        let mut connection = Connection::insecure_open(&r.url())
-            .map_err(|e| format!("connect to {}:{}: {e}", r.host, r.port))?;
-        let channel = connection
-            .open_channel(None)
-            .map_err(|e| format!("open channel: {e}"))?;
-        channel
-            .queue_declare(
-                r.queue.as_str(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-            )
-            .map_err(|e| format!("declare queue {}: {e}", r.queue))?;
+        let (connection, channel) = open_queue(&self.settings.rabbit)?;
         let returns = channel
             .listen_for_returns()
             .map_err(|e| format!("listen for returns: {e}"))?;
@@ -252,6 +258,19 @@ impl Relay {
             smoother: ConfirmSmoother::new(),
             next_tag: 1,
         })
+    }
+
+    /// With nothing to publish, a dead connection would go unnoticed (and /ready would
+    /// say connected) until the next event; a cheap round trip finds out now.
+    fn check_idle_link(&mut self) {
+        let Some(link) = &self.link else { return };
+        if let Err(e) = link
+            .channel
+            .queue_declare_passive(self.settings.rabbit.queue.as_str())
+        {
+            self.link = None;
+            self.set_state(LinkState::Down, Some(&format!("idle check: {e}")));
+        }
     }
 
     fn set_state(&mut self, state: LinkState, error: Option<&str>) {
@@ -286,10 +305,7 @@ impl Relay {
             return;
         }
         self.last_prune = Some(Instant::now());
-        let now = crate::clock::now_micros();
-        let outbox_before = now - self.settings.retention.as_micros() as i64;
-        let keys_before = now - IDEMPOTENCY_RETENTION.as_micros() as i64;
-        match self.writer.prune(outbox_before, keys_before) {
+        match self.writer.prune(self.settings.retention) {
             Ok(0) => {}
             Ok(n) => log::info!("pruned {n} published events and expired idempotency keys"),
             Err(e) => log::warn!("pruning failed: {e}"),
@@ -301,13 +317,13 @@ fn stop_asked(stop: &Receiver<()>) -> bool {
     matches!(stop.try_recv(), Err(TryRecvError::Disconnected))
 }
 
-/// Publishes `rows` and waits for their confirms. Returns the ids confirmed as an
-/// unbroken run from the first row, and the error that cut it short, if any.
+/// Publishes `rows` and waits for their confirms. Returns how many were sent, the ids
+/// confirmed as an unbroken run from the first row, and the error that cut it short.
 fn publish_batch(
     link: &mut Link,
     rows: &[OutboxRow],
-    s: &RelaySettings,
-) -> (Vec<i64>, Option<String>) {
+    queue: &str,
+) -> (usize, Vec<i64>, Option<String>) {
     let first_tag = link.next_tag;
     let mut sent = 0;
     let mut error = None;
@@ -315,14 +331,14 @@ fn publish_batch(
         let properties = AmqpProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
-            .with_message_id(row.event_id(&s.source))
+            .with_message_id(row.event_id.clone())
             .with_type_(row.event_type.clone())
             .with_app_id("order-service".into())
             .with_timestamp((row.created_at / 1_000_000).max(0) as u64)
-            .with_headers(headers(row, &s.source));
+            .with_headers(headers(row));
         let publish = Publish {
             body: row.payload.as_bytes(),
-            routing_key: s.rabbit.queue.clone(),
+            routing_key: queue.to_string(),
             mandatory: true,
             immediate: false,
             properties,
@@ -370,7 +386,7 @@ fn publish_batch(
     let mut confirmed = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let tag = first_tag + i as u64;
-        if tag > acked_upto || returned.contains(&row.event_id(&s.source)) {
+        if tag > acked_upto || returned.contains(&row.event_id) {
             break;
         }
         confirmed.push(row.id);
@@ -380,13 +396,13 @@ fn publish_batch(
             format!("{} events could not be routed to the queue", returned.len())
         });
     }
-    (confirmed, error)
+    (sent, confirmed, error)
 }
 
-fn headers(row: &OutboxRow, source: &str) -> FieldTable {
+fn headers(row: &OutboxRow) -> FieldTable {
     let mut h = FieldTable::new();
     h.insert("order_id".into(), AmqpValue::LongLongInt(row.order_id));
-    h.insert("source".into(), AmqpValue::LongString(source.to_string()));
+    h.insert("source".into(), AmqpValue::LongString(row.source.clone()));
     h
 }
 

@@ -188,10 +188,10 @@ fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request) {
     let status = reply.status;
     let mut response = tiny_http::Response::from_data(reply.body.into_bytes())
         .with_status_code(status)
-        .with_header(header("Content-Type", reply.content_type))
-        .with_header(header("X-Request-Id", &request_id));
+        .with_header(response_header("Content-Type", reply.content_type))
+        .with_header(response_header("X-Request-Id", &request_id));
     for (name, value) in &reply.headers {
-        response = response.with_header(header(name, value));
+        response = response.with_header(response_header(name, value));
     }
     if req.body_length().is_none() {
         // tiny_http skips an unread Content-Length body itself, but an unread chunked one
@@ -212,7 +212,7 @@ fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request) {
     );
 }
 
-fn header(name: &str, value: &str) -> tiny_http::Header {
+fn response_header(name: &str, value: &str) -> tiny_http::Header {
     tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|_| {
         tiny_http::Header::from_bytes("X-Invalid-Header", "").expect("static header")
     })

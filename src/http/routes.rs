@@ -111,7 +111,7 @@ pub fn handle(
 }
 
 fn list(reader: &Reader, user: &UserId, query: &[(&str, &str)]) -> Result<Reply, ApiError> {
-    let page = query_number(query, "page", 1, 1..=1_000_000)?;
+    let page = query_number(query, "page", 1, 1..=u32::MAX)?;
     let per_page = query_number(query, "per_page", 10, 1..=100)?;
     let (orders, total) = reader.orders_of(user, page, per_page)?;
     let pages = (total + i64::from(per_page) - 1) / i64::from(per_page);
@@ -180,18 +180,27 @@ fn create(
         }
     };
 
-    let priced = shared.catalog.price(&order, |ids| {
+    let pricing = shared.catalog.price(&order, |ids| {
         reader.cached_products(ids).unwrap_or_else(|e| {
             log::warn!("product cache unreadable: {e}");
             Vec::new()
         })
-    })?;
+    });
+    let lines = match pricing.outcome {
+        Ok(lines) => lines,
+        Err(e) => {
+            shared
+                .writer
+                .remember_products(pricing.fresh, pricing.unknown);
+            return Err(e.into());
+        }
+    };
     let created = shared.writer.create(NewOrderRecord {
         user_id: user,
         user_email: email,
-        lines: priced.lines,
+        lines,
         idempotency: key.map(|k| (k, request)),
-        fresh_products: priced.fresh,
+        fresh_products: pricing.fresh,
     })?;
     match created {
         Created::New(order) => {

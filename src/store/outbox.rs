@@ -13,12 +13,14 @@ pub struct OutboxRow {
     pub event_type: String,
     pub payload: String,
     pub created_at: i64,
+    /// As written in the payload when the event was committed, whatever STORE_ID is now.
+    pub event_id: String,
+    pub source: String,
 }
 
-impl OutboxRow {
-    pub fn event_id(&self, source: &str) -> String {
-        format!("{source}:{}", self.id)
-    }
+/// `<source>:<outbox id>`: what consumers deduplicate on.
+pub fn event_id(source: &str, id: i64) -> String {
+    format!("{source}:{id}")
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub(crate) fn event_type(previous: Option<Status>, now: Status) -> &'static str 
 struct Event<'a> {
     event_id: String,
     event_type: &'static str,
+    /// The outbox id: commit order, for a consumer that wants to drop stale events.
+    sequence: i64,
     occurred_at: String,
     source: &'a str,
     order_id: OrderId,
@@ -62,6 +66,12 @@ struct Event<'a> {
     updated_at: String,
 }
 
+#[derive(serde::Deserialize)]
+struct EventHead {
+    event_id: String,
+    source: String,
+}
+
 pub(crate) fn payload(
     id: i64,
     source: &str,
@@ -70,8 +80,9 @@ pub(crate) fn payload(
     at: i64,
 ) -> String {
     let event = Event {
-        event_id: format!("{source}:{id}"),
+        event_id: event_id(source, id),
         event_type: event_type(previous, order.status),
+        sequence: id,
         occurred_at: rfc3339(at),
         source,
         order_id: order.id,
@@ -109,12 +120,19 @@ pub fn pending(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<OutboxRo
          WHERE published_at IS NULL ORDER BY id LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
+        let id: i64 = r.get(0)?;
+        let payload: String = r.get(3)?;
+        let head: EventHead = serde_json::from_str(&payload).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+        })?;
         Ok(OutboxRow {
-            id: r.get(0)?,
+            id,
             order_id: r.get(1)?,
             event_type: r.get(2)?,
-            payload: r.get(3)?,
             created_at: r.get(4)?,
+            event_id: head.event_id,
+            source: head.source,
+            payload,
         })
     })?;
     rows.collect()

@@ -10,7 +10,7 @@ use super::writes;
 use super::StoreError;
 use crate::clock::now_micros;
 use crate::domain::{
-    Email, IdempotencyKey, Money, Order, OrderId, OrderItem, PricedLine, Status, UserId,
+    Email, IdempotencyKey, Money, Order, OrderId, OrderItem, PricedLine, ProductId, Status, UserId,
 };
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use rusqlite::{Connection, TransactionBehavior};
@@ -18,6 +18,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 const MAX_BATCH: usize = 128;
+/// Idempotency records are kept a little over the 24 h the contract promises.
+const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
 
 /// An order ready to be stored: priced, with what the product service answered.
 #[derive(Debug, Clone)]
@@ -53,6 +55,7 @@ enum Command {
         idempotency_before: i64,
         reply: Reply<usize>,
     },
+    RememberProducts(Vec<CachedProduct>, Vec<ProductId>, Reply<()>),
     Ping(Reply<()>),
 }
 
@@ -80,15 +83,32 @@ impl WriterHandle {
         self.call(|r| Command::MarkPublished(ids, r))
     }
 
-    pub fn prune(&self, outbox_before: i64, idempotency_before: i64) -> Result<usize, StoreError> {
+    /// Deletes events published longer ago than `outbox_retention`, and idempotency
+    /// records past theirs.
+    pub fn prune(&self, outbox_retention: Duration) -> Result<usize, StoreError> {
+        let now = now_micros();
+        let ago =
+            |d: Duration| now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
         self.call(|reply| Command::Prune {
-            outbox_before,
-            idempotency_before,
+            outbox_before: ago(outbox_retention),
+            idempotency_before: ago(IDEMPOTENCY_RETENTION),
             reply,
         })
     }
 
-    /// Proves the database takes a write transaction, within `timeout`.
+    /// Keeps the product service's latest answers (and forgets products it no longer
+    /// knows) without waiting: the caller's request has failed and must not wait on it.
+    pub fn remember_products(&self, fresh: Vec<CachedProduct>, unknown: Vec<ProductId>) {
+        if fresh.is_empty() && unknown.is_empty() {
+            return;
+        }
+        let (tx, _) = bounded(1);
+        let _ = self
+            .commands
+            .send(Command::RememberProducts(fresh, unknown, tx));
+    }
+
+    /// Proves the database takes a write, within `timeout`.
     pub fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
         let (tx, rx) = bounded(1);
         self.commands
@@ -293,7 +313,22 @@ fn apply(ids: &mut Ids<'_>, tx: &Connection, cmd: Command) -> Answer {
                     + writes::prune_idempotency(tx, idempotency_before)?)
             })(),
         ),
-        Command::Ping(reply) => Answer::Unit(reply, Ok(())),
+        Command::RememberProducts(fresh, unknown, reply) => Answer::Unit(
+            reply,
+            (|| {
+                for p in &fresh {
+                    writes::upsert_product(tx, p)?;
+                }
+                for id in &unknown {
+                    writes::forget_product(tx, *id)?;
+                }
+                Ok(())
+            })(),
+        ),
+        Command::Ping(reply) => Answer::Unit(
+            reply,
+            writes::heartbeat(tx, now_micros()).map_err(StoreError::from),
+        ),
     }
 }
 

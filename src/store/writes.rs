@@ -1,7 +1,7 @@
-//! Statements that change orders, one function a statement. Run by the writer only.
+//! Statements that change the database, one function a change. Run by the writer only.
 
 use super::reads::CachedProduct;
-use crate::domain::{Order, Status};
+use crate::domain::{Order, ProductId, Status};
 use rusqlite::{params, Connection};
 
 pub(crate) fn insert_order(conn: &Connection, o: &Order) -> rusqlite::Result<()> {
@@ -77,6 +77,22 @@ pub(crate) fn upsert_product(conn: &Connection, p: &CachedProduct) -> rusqlite::
            price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at",
     )?
     .execute(params![p.product_id.get(), p.name, p.price.cents(), p.stock, p.fetched_at])?;
+    Ok(())
+}
+
+pub(crate) fn forget_product(conn: &Connection, id: ProductId) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM product_cache WHERE product_id = ?1")?
+        .execute([id.get()])?;
+    Ok(())
+}
+
+/// A real write, so that a full disk or a read-only file shows in `/ready`.
+pub(crate) fn heartbeat(conn: &Connection, at: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO heartbeat (id, beat_at) VALUES (1, ?1)
+         ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
+    )?
+    .execute([at])?;
     Ok(())
 }
 

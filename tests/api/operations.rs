@@ -1107,7 +1107,8 @@ fn cli() {
     }
     drop(conn);
 
-    // --config FILE: the file's settings apply...
+    // --config FILE: the file's settings apply, also where the environment holds the
+    // variable empty (as an unset `PORT=` line in a shell profile would)...
     let products = ProductStandIn::with_default_catalog();
     let env_file_text = |port: u16, db: &str| {
         format!(
@@ -1122,7 +1123,7 @@ fn cli() {
     for _ in 0..5 {
         let port = free_port();
         let file = dir.write("settings.env", &env_file_text(port, served_db));
-        let mut child = spawn_serve(d, &["--config", file.to_str().unwrap()], &[]);
+        let mut child = spawn_serve(d, &["--config", file.to_str().unwrap()], &[("PORT", "")]);
         match wait_healthy(&mut child, port, d) {
             Ok(()) => {
                 started = Some(child);

@@ -397,3 +397,70 @@ fn a_file_catalog_serves_products_without_a_product_service() {
         .assert_error(422, "unknown_product");
     assert_eq!(app.products.calls(), 0, "the stand-in is not asked");
 }
+
+#[test]
+fn a_refused_order_still_refreshes_the_cached_stock() {
+    let app = TestApp::builder()
+        .env("PRODUCT_CACHE_MAX_AGE", "60")
+        .spawn();
+    app.place_order(&ALICE, &[(MONITOR, 1)]);
+    // The product service now says stock 1: the order is refused, but the answer is kept.
+    app.products.set(MONITOR, product("Monitor", "249.50", 1));
+    app.create_order(&ALICE, &items(&[(MONITOR, 2)]))
+        .assert_error(409, "insufficient_stock");
+
+    app.products.set(MONITOR, Behaviour::Status(500));
+    let offline = app.create_order(&ALICE, &items(&[(MONITOR, 2)]));
+
+    let body = offline.assert_error(409, "insufficient_stock");
+    assert_eq!(
+        body["details"],
+        json!([{"product_id": MONITOR, "requested": 2, "available": 1}]),
+        "offline pricing uses the latest answer, not the one cached by the earlier order"
+    );
+}
+
+#[test]
+fn a_product_the_service_no_longer_knows_leaves_the_cache() {
+    let app = TestApp::builder()
+        .env("PRODUCT_CACHE_MAX_AGE", "60")
+        .spawn();
+    app.place_order(&ALICE, &[(MONITOR, 1)]);
+    app.products.set(MONITOR, Behaviour::NotFound);
+    app.create_order(&ALICE, &items(&[(MONITOR, 1)]))
+        .assert_error(422, "unknown_product");
+
+    app.products.set(MONITOR, Behaviour::Status(500));
+    app.create_order(&ALICE, &items(&[(MONITOR, 1)]))
+        .assert_error(503, "product_service_unavailable");
+}
+
+#[test]
+fn many_slow_products_share_one_deadline() {
+    let app = TestApp::builder()
+        .env("PRODUCT_TIMEOUT_MS", "800")
+        .env("PRODUCT_READ_TIMEOUT_MS", "700")
+        .spawn();
+    // 40 products on at most 8 lookup threads: 5 in a row on each, 600 ms apiece.
+    for id in 100..140 {
+        app.products.set(
+            id,
+            Behaviour::Slow(
+                Duration::from_millis(600),
+                Box::new(product("Slow", "1.00", 5)),
+            ),
+        );
+    }
+    let lines: Vec<(i64, i64)> = (100..140).map(|id| (id, 1)).collect();
+
+    let started = Instant::now();
+    let response = app.create_order(&ALICE, &items(&lines));
+    let took = started.elapsed();
+
+    response.assert_error(503, "product_service_unavailable");
+    assert!(
+        took < Duration::from_millis(2_000),
+        "one order's lookups took {took:?}, past its 800 ms deadline"
+    );
+    assert_eq!(app.counts().orders, 0);
+}

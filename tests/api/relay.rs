@@ -754,3 +754,62 @@ fn outbox_status_command_reports_from_the_file() {
         app.kill();
     }
 }
+
+#[test]
+fn a_dead_connection_shows_while_the_outbox_is_idle() {
+    if !require_broker() {
+        return;
+    }
+    let queue = TestQueue::declare();
+    let proxy = TcpProxy::start();
+    let app = TestApp::builder()
+        .env("RABBITMQ_PORT", &proxy.port().to_string())
+        .env("RABBITMQ_QUEUE", queue.name())
+        .spawn();
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    let ready = ready_until(&app, Duration::from_secs(10), |r| {
+        r["broker"] == "connected" && r["outbox"]["pending"] == 0
+    });
+    assert_eq!(ready["broker"], "connected", "{ready}");
+
+    // No event is waiting: only the relay's idle check can notice the link is gone.
+    proxy.cut();
+    let ready = ready_until(&app, Duration::from_secs(15), |r| {
+        r["broker"] == "disconnected"
+    });
+    assert_eq!(
+        ready["broker"], "disconnected",
+        "/ready must not report a dead connection as connected: {ready}"
+    );
+}
+
+#[test]
+fn events_keep_the_id_they_were_written_with() {
+    if !require_broker() {
+        return;
+    }
+    let queue = TestQueue::declare();
+    let consumer = QueueConsumer::start(&queue);
+    let mut app = TestApp::builder()
+        .env("RABBITMQ_QUEUE", queue.name())
+        .spawn();
+    let id = app.place_order_id(&ALICE, MOUSE, 1);
+
+    // Renamed before the event could leave: it still goes out under the name it was
+    // written with, and carries its place in the outbox.
+    app.restart_with_env("STORE_ID", "renamed-store");
+    app.restart_with_env("RABBITMQ_PORT", &BROKER_PORT.to_string());
+
+    assert!(
+        consumer.wait_for(Duration::from_secs(15), |r| !r.is_empty()),
+        "the waiting event is published after the restart"
+    );
+    let first = &consumer.received()[0];
+    let body = first.json();
+    assert_eq!(first.id(), event_id(1));
+    assert_eq!(body["event_id"], event_id(1));
+    assert_eq!(body["source"], "test-store");
+    assert_eq!(body["order_id"], id);
+    assert_eq!(body["sequence"], 1);
+}
