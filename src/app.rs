@@ -75,11 +75,15 @@ impl App {
         self.address
     }
 
-    /// Stops taking requests and answers those in flight; gives the relay a last drain;
-    /// lets the writer commit what it holds; joins every thread.
+    /// Stops taking connections; gives the relay a last drain while the workers answer
+    /// what open connections still send; lets the writer commit what it holds; joins
+    /// every thread.
     pub fn shutdown(self) {
-        self.http.shutdown();
+        // Workers keep answering (open connections, one request each) while the relay
+        // makes its last pass; what they commit meanwhile waits in the outbox.
+        self.http.stop_accepting();
         self.relay.shutdown();
+        self.http.shutdown();
         drop(self.writer);
         let _ = self.writer_thread.join();
     }

@@ -88,6 +88,8 @@ const DRAIN_BODY_LIMIT: u64 = 1024 * 1024;
 
 /// How long workers keep answering queued requests once asked to stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// A drain ends once no request has come for this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
 impl HttpServer {
     /// Starts `threads` workers on an already bound listener (port 0 allowed).
@@ -117,17 +119,21 @@ impl HttpServer {
         })
     }
 
-    /// Stops taking new requests, answers those already queued, and joins the workers.
+    /// Closes the listening socket: a new connection is refused from now on, and a
+    /// kept-alive one gets at most one more request, answered with `Connection: close`.
+    /// The workers go on answering.
+    pub fn stop_accepting(&self) {
+        self.server.stop_accepting();
+    }
+
+    /// Answers what is still queued (until it has been quiet for a moment, within
+    /// `DRAIN_LIMIT`) and joins the workers.
     pub fn shutdown(self) {
+        self.server.stop_accepting();
         self.stopping.store(true, Ordering::SeqCst);
-        for _ in 0..self.workers.len() {
-            self.server.unblock();
-        }
         for w in self.workers {
             let _ = w.join();
         }
-        // Dropping the last handle closes the listening socket.
-        drop(self.server);
     }
 }
 
@@ -140,16 +146,16 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
         }
     };
     while !stopping.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(500)) {
+        match server.recv_timeout(Duration::from_millis(250)) {
             Ok(Some(req)) => serve(shared, &reader, req),
             Ok(None) => {}
             Err(e) => log::debug!("http: {e}"),
         }
     }
-    // Requests already accepted are answered, not dropped, within a bound.
+    // Requests already read from open connections are answered, not dropped.
     let deadline = Instant::now() + DRAIN_LIMIT;
     while Instant::now() < deadline {
-        match server.try_recv() {
+        match server.recv_timeout(DRAIN_QUIET) {
             Ok(Some(req)) => serve(shared, &reader, req),
             Ok(None) | Err(_) => break,
         }

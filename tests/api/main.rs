@@ -9,6 +9,7 @@ mod cancel_status;
 mod concurrency;
 mod create;
 mod errors;
+mod hardening;
 mod idempotency;
 mod migrations_pg;
 mod operations;

@@ -6,6 +6,10 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
@@ -34,7 +38,25 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // Local patches (PATCHES.md):
+    // 6: set by `Server::stop_accepting`; then no request is read after the current one.
+    server_stopping: Arc<AtomicBool>,
+    // 4: how much the previous request left unread of its body, once it is dropped.
+    unread_body: Option<Receiver<IoResult<usize>>>,
+    // 5: whether a byte of the request being read has arrived; a timeout before that
+    // is an idle keep-alive connection (closed silently), after it a stalled one (408).
+    request_started: bool,
 }
+
+/// An unread request body is skipped to keep the connection usable (PATCHES.md, 4): up to
+/// `MAX_SKIPPED_BODY`, and beyond that only while `SKIP_LINGER` has not passed since the
+/// skipping started; then the connection is closed. Stopping at a byte count alone would
+/// close on a client still sending its body (most write it all before reading the answer),
+/// and closing a socket with unread data resets the connection: the client would see a
+/// reset instead of the answer (a 413 for a 2 MiB upload, say).
+const MAX_SKIPPED_BODY: usize = 1024 * 1024;
+const SKIP_LINGER: Duration = Duration::from_secs(5);
 
 /// Error that can happen when reading a request.
 #[derive(Debug)]
@@ -51,6 +73,7 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        server_stopping: Arc<AtomicBool>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,6 +88,9 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            server_stopping,
+            unread_body: None,
+            request_started: false,
         }
     }
 
@@ -77,7 +103,10 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///
+    /// Local patch (PATCHES.md, 7): returns the bytes; the caller checks they are ASCII,
+    /// so that a line that is not answers 400 rather than failing like a broken socket.
+    fn read_next_line(&mut self) -> IoResult<Vec<u8>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -88,11 +117,11 @@ impl ClientConnection {
                 Some(b) => b?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
+            self.request_started = true;
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return Ok(buf);
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -101,13 +130,50 @@ impl ClientConnection {
         }
     }
 
+    /// Local patch (PATCHES.md, 4): skips what the previous request left unread of its
+    /// body, here on the connection's thread (not on the worker that dropped the request)
+    /// and through a small buffer, within the bounds of `MAX_SKIPPED_BODY`. An error means
+    /// the connection cannot be reused: the body's reading failed, the bounds were hit
+    /// before its end, or the client went away or stalled.
+    fn skip_unread_body(&mut self) -> IoResult<()> {
+        // Blocks until the request is dropped, as reading the next line would.
+        let left = match self.unread_body.take().map(|signal| signal.recv()) {
+            None | Some(Err(_)) => return Ok(()),
+            Some(Ok(left)) => left?,
+        };
+        let linger_until = Instant::now() + SKIP_LINGER;
+        let mut skipped = 0;
+        let mut buf = [0u8; 8 * 1024];
+        while skipped < left {
+            if skipped >= MAX_SKIPPED_BODY && Instant::now() > linger_until {
+                return Err(IoError::new(
+                    ErrorKind::Other,
+                    "unread request body too long to skip",
+                ));
+            }
+            let want = (left - skipped).min(buf.len());
+            match self.next_header_source.read(&mut buf[..want]) {
+                Ok(0) => return Err(IoError::new(ErrorKind::UnexpectedEof, "body cut short")),
+                Ok(n) => skipped += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        self.request_started = false;
+        self.skip_unread_body().map_err(ReadError::ReadIoError)?;
+
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
                 let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line =
+                    AsciiString::from_ascii(line).map_err(|_| ReadError::WrongRequestLine)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -123,6 +189,8 @@ impl ClientConnection {
                     if line.is_empty() {
                         break;
                     };
+                    let line = AsciiString::from_ascii(line)
+                        .map_err(|_| ReadError::WrongHeader(version.clone()))?;
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -144,7 +212,7 @@ impl ClientConnection {
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // building the next reader
-        let request = crate::request::new_request(
+        let (request, unread_body) = crate::request::new_request(
             self.secure,
             method,
             path,
@@ -163,6 +231,7 @@ impl ClientConnection {
                 }
             }
         })?;
+        self.unread_body = unread_body;
 
         // return the request
         Ok(request)
@@ -180,16 +249,21 @@ impl Iterator for ClientConnection {
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            // PATCHES.md, 4: still skip an unread body (as the reader's destructor used to)
+            // so the close is not a reset that could destroy the answer in flight.
+            let _ = self.skip_unread_body();
             return None;
         }
 
         loop {
             let rq = match self.read() {
+                // The connection closes after each of these error answers; since PATCHES.md, 6
+                // they say so with `Connection: close`.
                 Err(ReadError::WrongRequestLine) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(400));
                     response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .raw_print_closing(writer, HTTPVersion(1, 1), &[], false, None, true)
                         .ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
@@ -198,17 +272,27 @@ impl Iterator for ClientConnection {
                 Err(ReadError::WrongHeader(ver)) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
+                    response
+                        .raw_print_closing(writer, ver, &[], false, None, true)
+                        .ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
+                // Local patch (PATCHES.md, 5): with a socket read timeout, Linux reports
+                // `WouldBlock` (EAGAIN), not `TimedOut`. A connection idle before its next
+                // request just closes; one that stalled within a request gets a 408.
+                Err(ReadError::ReadIoError(ref err))
+                    if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+                {
+                    if !self.request_started {
+                        return None;
+                    }
                     // request timeout
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(408));
                     response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .raw_print_closing(writer, HTTPVersion(1, 1), &[], false, None, true)
                         .ok();
                     return None; // closing the connection
                 }
@@ -216,7 +300,9 @@ impl Iterator for ClientConnection {
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
+                    response
+                        .raw_print_closing(writer, ver, &[], true, None, true)
+                        .ok();
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
@@ -259,8 +345,16 @@ impl Iterator for ClientConnection {
                 _ => (),
             };
 
+            // Local patch (PATCHES.md, 6): once the server is stopping, this is the last
+            // request read on the connection, and its response says `Connection: close`.
+            if self.server_stopping.load(Ordering::SeqCst) {
+                self.no_more_requests = true;
+            }
+
             // returning the request
-            return Some(rq);
+            return Some(
+                rq.with_connection_state(self.no_more_requests, self.server_stopping.clone()),
+            );
         }
     }
 }

@@ -100,7 +100,7 @@ use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -138,6 +138,11 @@ pub struct Server {
     // queue for messages received by child threads
     messages: Arc<MessagesQueue<Message>>,
 
+    // Local patch (PATCHES.md, 6): set by `stop_accepting` (and on drop); every
+    // connection then reads no request after its current one, answered with
+    // `Connection: close`.
+    stopping: Arc<AtomicBool>,
+
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
 }
@@ -164,6 +169,17 @@ impl From<Request> for Message {
 trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
+
+/// Local patch (PATCHES.md, 5): read and write timeout of every accepted TCP connection.
+/// A client that stalls (in its headers, its body, or reading the answer) or a kept-alive
+/// connection left idle then frees its thread instead of holding it for good.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Local patch (PATCHES.md, 8): pauses after a failed `accept()`, doubling up to the
+/// maximum while failures go on, so running out of file descriptors is not logged 20
+/// times a second.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 pub struct IncomingRequests<'a> {
     server: &'a Server,
@@ -246,6 +262,7 @@ impl Server {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::new(AtomicBool::new(false));
 
         // building the TcpListener
         let (server, local_addr) = {
@@ -285,16 +302,28 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let inside_stopping = stopping.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            let mut backoff = ACCEPT_BACKOFF_MIN;
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
+                    // PATCHES.md, 6: the connection that wakes a stopping accept thread
+                    // (or any taken after `stop_accepting`) is not served; the listening
+                    // socket closes as this thread ends.
+                    Ok(_) if inside_close_trigger.load(SeqCst) => break,
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        // PATCHES.md, 5. TCP only: Unix sockets are left as they were.
+                        if let Connection::Tcp(ref tcp) = sock {
+                            let _ = tcp.set_read_timeout(Some(SOCKET_TIMEOUT));
+                            let _ = tcp.set_write_timeout(Some(SOCKET_TIMEOUT));
+                        }
+                        let streams = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
                             Some(ref ssl) => {
@@ -311,7 +340,15 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        // PATCHES.md, 10: failing to duplicate the socket (out of file
+                        // descriptors) is an accept error like any other.
+                        streams.map(|(read_closable, write_closable)| {
+                            ClientConnection::new(
+                                write_closable,
+                                read_closable,
+                                inside_stopping.clone(),
+                            )
+                        })
                     }
                     Err(e) => Err(e),
                 };
@@ -341,8 +378,13 @@ impl Server {
                     Err(e) => {
                         // A failed accept (out of file descriptors, a connection reset
                         // before it was taken) must not stop the server for good.
-                        log::error!("Error accepting new client: {}", e);
-                        thread::sleep(std::time::Duration::from_millis(50));
+                        log::error!(
+                            "Error accepting new client: {} (next try in {:?})",
+                            e,
+                            backoff
+                        );
+                        thread::sleep(backoff);
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     }
                 }
             }
@@ -353,6 +395,7 @@ impl Server {
         Ok(Server {
             messages,
             close: close_trigger,
+            stopping,
             listening_addr: local_addr,
         })
     }
@@ -404,6 +447,34 @@ impl Server {
         }
     }
 
+    /// Stops taking new connections: the accept thread ends and the listening socket is
+    /// closed, so new clients are refused. Unlike dropping the `Server`, requests already
+    /// read stay available through `recv()`, `recv_timeout()` and `try_recv()`. Every open
+    /// connection reads at most one more request, whose response (like that of a request
+    /// being handled now) says `Connection: close`, and then ends; a kept-alive connection
+    /// that sends nothing more ends when its client closes it or at the idle timeout.
+    ///
+    /// Local patch (PATCHES.md, 6), for a graceful shutdown.
+    pub fn stop_accepting(&self) {
+        self.stopping.store(true, SeqCst);
+        if self.close.swap(true, SeqCst) {
+            return; // already stopped: the address may belong to someone else by now
+        }
+        // Connect briefly to ourselves to unblock the accept thread
+        let maybe_stream = match &self.listening_addr {
+            ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
+            #[cfg(unix)]
+            ListenAddr::Unix(addr) => {
+                // TODO: use connect_addr when its stabilized.
+                let path = addr.as_pathname().unwrap();
+                std::os::unix::net::UnixStream::connect(path).map(Connection::from)
+            }
+        };
+        if let Ok(stream) = maybe_stream {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
     /// Unblock thread stuck in recv() or incoming_requests().
     /// If there are several such threads, only one is unblocked.
     /// This method allows graceful shutdown of server.
@@ -421,20 +492,8 @@ impl Iterator for IncomingRequests<'_> {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.close.store(true, Relaxed);
-        // Connect briefly to ourselves to unblock the accept thread
-        let maybe_stream = match &self.listening_addr {
-            ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
-            #[cfg(unix)]
-            ListenAddr::Unix(addr) => {
-                // TODO: use connect_addr when its stabilized.
-                let path = addr.as_pathname().unwrap();
-                std::os::unix::net::UnixStream::connect(path).map(Connection::from)
-            }
-        };
-        if let Ok(stream) = maybe_stream {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
+        // PATCHES.md, 6: the same as `stop_accepting` (which moved the code from here).
+        self.stop_accepting();
 
         #[cfg(unix)]
         if let ListenAddr::Unix(addr) = &self.listening_addr {

@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
 
 use crate::util::{EqualReader, FusedReader};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
@@ -74,6 +76,13 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // Local patch (PATCHES.md, 6): the response says `Connection: close` when the
+    // connection will read no request after this one (the client asked for it, or the
+    // server was stopping when the request was read), or when the server is stopping by
+    // the time the response is written. HTTP/1.1 clients otherwise assume keep-alive.
+    last_on_connection: bool,
+    server_stopping: Option<Arc<AtomicBool>>,
 }
 
 struct NotifyOnDrop<R> {
@@ -125,7 +134,10 @@ impl From<IoError> for RequestCreationError {
 /// It is the responsibility of the `Request` to read only the data of the request and not further.
 ///
 /// The `Write` object will be used by the `Request` to write the response.
-#[allow(clippy::too_many_arguments)]
+///
+/// Also returns, for a body read through an `EqualReader`, the receiver that learns how
+/// much of the body is left unread once the request is dropped (PATCHES.md, 4).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn new_request<R, W>(
     secure: bool,
     method: Method,
@@ -135,7 +147,7 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
-) -> Result<Request, RequestCreationError>
+) -> Result<(Request, Option<Receiver<io::Result<usize>>>), RequestCreationError>
 where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
@@ -147,7 +159,7 @@ where
         .map(|h| h.value.clone());
 
     // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
+    let content_length: Option<usize> = if transfer_encoding.is_some() {
         // if transfer-encoding is specified, the Content-Length
         // header must be ignored (RFC2616 #4.4)
         None
@@ -183,6 +195,8 @@ where
         }
     };
 
+    let mut unread_body = None;
+
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
     let reader = if connection_upgrade {
@@ -191,28 +205,31 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
+        } else if content_length <= PRE_READ_BODY_LIMIT && !expects_continue {
             // if the content-length is small enough, we just read everything into a buffer
-
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
+            //
+            // Local patch (PATCHES.md, 9): up to 64 KiB instead of 1 KiB. This runs on the
+            // connection's own thread, before the request is queued, so a client that
+            // stalls in its body holds that thread only (until the socket timeout), never
+            // one of the application's worker threads. The buffer grows as data arrives,
+            // rather than being allocated for the announced length up front.
+            let mut buffer = Vec::with_capacity(content_length.min(8 * 1024));
+            source_data
+                .by_ref()
+                .take(content_length as u64)
+                .read_to_end(&mut buffer)?;
+            if buffer.len() != content_length {
+                // the socket returned EOF, but we were before the expected content-length
+                // aborting
+                let info = "Connection has been closed before we received enough data";
+                let err = IoError::new(ErrorKind::ConnectionAborted, info);
+                return Err(RequestCreationError::CreationIoError(err));
             }
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
-            let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
+            let (data_reader, left) = EqualReader::new(source_data, content_length);
+            unread_body = Some(left);
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
     } else if transfer_encoding.is_some() {
@@ -226,7 +243,7 @@ where
         Box::new(io::empty()) as Box<dyn Read + Send + 'static>
     };
 
-    Ok(Request {
+    let request = Request {
         data_reader: Some(reader),
         response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
         remote_addr,
@@ -238,8 +255,14 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
-    })
+        last_on_connection: false,
+        server_stopping: None,
+    };
+    Ok((request, unread_body))
 }
+
+/// Bodies up to this length are read before the request is handed out (PATCHES.md, 9).
+const PRE_READ_BODY_LIMIT: usize = 64 * 1024;
 
 impl Request {
     /// Returns true if the request was made through HTTPS.
@@ -447,13 +470,19 @@ impl Request {
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;
+        let closing = self.last_on_connection
+            || self
+                .server_stopping
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::SeqCst));
 
-        Self::ignore_client_closing_errors(response.raw_print(
+        Self::ignore_client_closing_errors(response.raw_print_closing(
             writer.by_ref(),
             self.http_version.clone(),
             &self.headers,
             do_not_send_body,
             None,
+            closing,
         ))?;
 
         Self::ignore_client_closing_errors(writer.flush())
@@ -471,6 +500,18 @@ impl Request {
 
     pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
         self.notify_when_responded = Some(sender);
+        self
+    }
+
+    /// PATCHES.md, 6: whether the connection reads no request after this one, and the
+    /// server's stopping flag, checked again when the response is written.
+    pub(crate) fn with_connection_state(
+        mut self,
+        last_on_connection: bool,
+        server_stopping: Arc<AtomicBool>,
+    ) -> Self {
+        self.last_on_connection = last_on_connection;
+        self.server_stopping = Some(server_stopping);
         self
     }
 }

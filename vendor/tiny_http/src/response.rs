@@ -332,12 +332,37 @@ where
     ///
     /// Note: does not flush the writer.
     pub fn raw_print<W: Write>(
+        self,
+        writer: W,
+        http_version: HTTPVersion,
+        request_headers: &[Header],
+        do_not_send_body: bool,
+        upgrade: Option<&str>,
+    ) -> IoResult<()> {
+        self.raw_print_closing(
+            writer,
+            http_version,
+            request_headers,
+            do_not_send_body,
+            upgrade,
+            false,
+        )
+    }
+
+    /// `raw_print`, adding `Connection: close` when `closing` (and not upgrading).
+    ///
+    /// Local patch (PATCHES.md, 6): `add_header` drops a `Connection` header set by the
+    /// user, so only the library can tell a client that the connection ends after this
+    /// response; an HTTP/1.1 client would otherwise send its next request into a closing
+    /// connection.
+    pub(crate) fn raw_print_closing<W: Write>(
         mut self,
         mut writer: W,
         http_version: HTTPVersion,
         request_headers: &[Header],
         do_not_send_body: bool,
         upgrade: Option<&str>,
+        closing: bool,
     ) -> IoResult<()> {
         let mut transfer_encoding = Some(choose_transfer_encoding(
             self.status_code,
@@ -372,6 +397,11 @@ where
                 Header::from_bytes(&b"Connection"[..], &b"upgrade"[..]).unwrap(),
             );
             transfer_encoding = None;
+        } else if closing {
+            self.headers.insert(
+                0,
+                Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap(),
+            );
         }
 
         // if the transfer encoding is identity, the content length must be known ; therefore if

@@ -1,0 +1,319 @@
+//! Hardening of the HTTP layer (the patched tiny_http, vendor/tiny_http/PATCHES.md): a
+//! huge Content-Length, stalled and idle clients, stopping on SIGTERM, and header bytes
+//! that are not ASCII.
+
+use crate::helpers::*;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// The server's socket timeout (vendor/tiny_http/src/lib.rs, `SOCKET_TIMEOUT`) plus room.
+const CLOSED_WITHIN: Duration = Duration::from_secs(20);
+
+/// A raw client connection; reads wait at most 250 ms each, so callers can keep time.
+fn open(app: &TestApp) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", app.port())).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection (EOF or reset) or `deadline` passes.
+/// Returns what was read, and whether the connection was closed by then.
+fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if Instant::now() > deadline {
+                    return (got, false);
+                }
+            }
+            Err(_) => return (got, true),
+        }
+    }
+}
+
+/// One response: the status, the head (header names in lower case) and the body. Only
+/// Content-Length framing, which is what the service uses for its small answers. `None`
+/// if the connection closed (or `limit` passed) before a whole response arrived.
+fn read_response(stream: &mut TcpStream, limit: Duration) -> Option<(u16, String, Vec<u8>)> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                let status = head.split_whitespace().nth(1)?.parse().ok()?;
+                let body = got[end + 4..end + 4 + length].to_vec();
+                return Some((status, head, body));
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if Instant::now() > deadline {
+                    return None;
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+fn says_close(head: &str) -> bool {
+    head.lines()
+        .any(|l| l.starts_with("connection:") && l.contains("close"))
+}
+
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+#[test]
+fn a_huge_content_length_does_not_bring_the_service_down() {
+    let mut app = spawn_app();
+    let huge = "Content-Length: 1000000000000";
+    let get = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n{huge}\r\n\r\nabc");
+    let post = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\
+         X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n{huge}\r\n\r\n\
+         {{\"items\":"
+    );
+
+    // The answers come before the bodies; the server then skips what it can of them.
+    let mut get_connection = app.connect_raw();
+    let get_answer = get_connection.send(get.as_bytes());
+    let mut post_connection = app.connect_raw();
+    let post_answer = post_connection.send(post.as_bytes());
+    // Both bodies are still unfinished, their connections open, while a new one asks.
+    let again = app.raw(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+
+    assert!(
+        app.wait_exit(Duration::ZERO).is_none(),
+        "the process exited\n--- stderr ---\n{}",
+        app.stderr()
+    );
+    again.assert_status(200);
+    app.health().assert_status(200);
+    assert_eq!(get_answer.map(|r| r.status), Some(200), "GET /health");
+    post_answer
+        .expect("POST /api/orders: no answer")
+        .assert_error(413, "payload_too_large");
+    assert_eq!(app.count_orders(), 0);
+}
+
+#[test]
+fn a_refused_upload_of_several_mib_still_gets_its_413() {
+    // The service refuses a body over 64 KiB unread; the server then skips it. Closing
+    // after a fixed 1 MiB would reset a client still sending, which then sees an error
+    // instead of the 413 (this client writes it all before reading, as most do).
+    let app = spawn_app();
+    let length = 8 << 20;
+    let mut stream = open(&app);
+    stream
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\
+         X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n"
+    );
+
+    let sent = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(&vec![b' '; length]));
+    let answer = read_response(&mut stream, Duration::from_secs(10));
+
+    sent.expect("sending the body");
+    let (status, _, body) = answer.expect("no answer after the body");
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(app.count_orders(), 0);
+}
+
+#[test]
+fn a_stalled_body_does_not_hold_the_service() {
+    // Two workers, four clients that send the first byte of a body and stall: two bodies
+    // the service would read (5000 bytes) and two it refuses unread (100 000 bytes, 413).
+    // The first kind is read by the connection's own thread before a worker sees the
+    // request, the rest of the second kind is skipped there after the answer, so the
+    // workers stay free; the stalled connections end at the 15 s socket timeout.
+    let app = TestApp::builder().env("HTTP_THREADS", "2").spawn();
+    let head = |length: usize| {
+        format!(
+            "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\
+             X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n\
+             Content-Length: {length}\r\n\r\n{{"
+        )
+    };
+    let stalled_since = Instant::now();
+    let mut stalled: Vec<TcpStream> = [5000, 5000, 100_000, 100_000]
+        .into_iter()
+        .map(|length| {
+            let mut stream = open(&app);
+            stream.write_all(head(length).as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let asked = Instant::now();
+    let health = app.health();
+    let took = asked.elapsed();
+
+    health.assert_status(200);
+    assert!(
+        took < Duration::from_secs(5),
+        "GET /health took {took:?} behind four stalled bodies"
+    );
+    for (n, stream) in stalled.iter_mut().enumerate() {
+        let (got, closed) = read_until_closed(stream, stalled_since + CLOSED_WITHIN);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            closed,
+            "stalled connection {n} still open after {:?}; it got {text:?}",
+            stalled_since.elapsed()
+        );
+        // Closed silently, or after a 4xx (408 Request Timeout, 413 for the long bodies).
+        assert!(
+            got.is_empty() || text.starts_with("HTTP/1.1 4"),
+            "stalled connection {n} got {text:?}"
+        );
+    }
+    assert_eq!(app.count_orders(), 0);
+    app.health().assert_status(200);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
+    let app = spawn_app();
+    let mut stream = open(&app);
+    stream.write_all(HEALTH).unwrap();
+    let (status, head, _) =
+        read_response(&mut stream, Duration::from_secs(10)).expect("an answer to GET /health");
+    assert_eq!(status, 200);
+    assert!(!says_close(&head), "a kept-alive request got: {head}");
+    let idle_since = Instant::now();
+
+    let (got, closed) = read_until_closed(&mut stream, idle_since + CLOSED_WITHIN);
+    let idle_for = idle_since.elapsed();
+
+    assert!(closed, "still open after {idle_for:?} idle");
+    assert!(
+        got.is_empty(),
+        "an idle connection closes without a word; it got {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(
+        idle_for >= Duration::from_secs(5),
+        "closed after only {idle_for:?}: a kept-alive connection should wait for a while"
+    );
+}
+
+#[test]
+fn stopping_answers_the_current_request_with_connection_close() {
+    // Needs src/ to call `Server::stop_accepting` when shutdown starts (on SIGTERM).
+    let mut app = spawn_app();
+    const SLOW: i64 = 31;
+    app.products.set(
+        SLOW,
+        Behaviour::Slow(
+            Duration::from_millis(1500),
+            Box::new(product("Slow", "2.00", 5)),
+        ),
+    );
+    // A kept-alive connection, served once and now idle.
+    let mut idle = open(&app);
+    idle.write_all(HEALTH).unwrap();
+    let (status, head, _) =
+        read_response(&mut idle, Duration::from_secs(10)).expect("an answer to GET /health");
+    assert_eq!(status, 200);
+    assert!(!says_close(&head), "before stopping: {head}");
+    // A request in flight when the signal comes: its handler waits for the product service.
+    let body = serde_json::to_vec(&items(&[(SLOW, 1)])).unwrap();
+    let mut busy = open(&app);
+    let mut create = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\
+         X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    create.extend_from_slice(&body);
+    busy.write_all(&create).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || app.products.calls_for(SLOW) >= 1),
+        "the create never reached the product service"
+    );
+
+    app.signal("TERM");
+    // Once the listener is closed the server is stopping for sure: a request answered
+    // before the signal was handled could not say `Connection: close`.
+    let refused = wait_until(Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", app.port())).is_err()
+    });
+    let _ = idle.write_all(HEALTH);
+    let idle_answer = read_response(&mut idle, Duration::from_secs(10));
+    let busy_answer = read_response(&mut busy, Duration::from_secs(10));
+    let exit = app.wait_exit(Duration::from_secs(15));
+
+    assert!(refused, "new connections were still accepted after SIGTERM");
+    let (status, head, body) = busy_answer.unwrap_or_else(|| {
+        panic!(
+            "the request in flight got no answer\n--- stderr ---\n{}",
+            app.stderr()
+        )
+    });
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        says_close(&head),
+        "the answer to the request in flight must say Connection: close: {head}"
+    );
+    // The idle connection may sneak in one request, answered with `Connection: close`,
+    // or be closed without a byte; and nothing after that.
+    if let Some((status, head, _)) = idle_answer {
+        assert_eq!(status, 200);
+        assert!(
+            says_close(&head),
+            "a request on a kept-alive connection after SIGTERM: {head}"
+        );
+        let _ = idle.write_all(HEALTH);
+        assert!(
+            read_response(&mut idle, Duration::from_secs(5)).is_none(),
+            "a second request after Connection: close was answered"
+        );
+    }
+    assert!(
+        TcpStream::connect(("127.0.0.1", app.port())).is_err(),
+        "a new connection was accepted after stopping"
+    );
+    let exit = exit.unwrap_or_else(|| panic!("no exit within 15 s\n{}", app.stderr()));
+    assert!(exit.success(), "exit status {exit}\n{}", app.stderr());
+}
+
+#[test]
+fn a_non_ascii_header_gets_an_http_answer() {
+    let app = spawn_app();
+    let mut request = b"GET /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: ".to_vec();
+    request.extend_from_slice("é".as_bytes());
+    request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+
+    let answer = app.connect_raw().send(&request);
+
+    let answer = answer.expect("the connection closed without an answer");
+    assert!(
+        (400..500).contains(&answer.status),
+        "expected 400 or 401: {answer:?}"
+    );
+    app.health().assert_status(200);
+}
