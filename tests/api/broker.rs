@@ -31,11 +31,9 @@ pub fn require_broker() -> bool {
                     "RabbitMQ is required in CI (127.0.0.1:5672 did not accept a connection: {e})"
                 );
             }
-            eprintln!(
-                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-                 SKIPPED: RabbitMQ not reachable on 127.0.0.1:5672 — broker tests did not run ({e})\n\
-                 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-            );
+            crate::helpers::loud_skip(&format!(
+                "RabbitMQ not reachable on 127.0.0.1:5672, broker tests did not run ({e})"
+            ));
             false
         }
     }

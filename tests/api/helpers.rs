@@ -1267,3 +1267,11 @@ impl TestApp {
         }
     }
 }
+
+/// Says that a test did not run, where `cargo test` shows it: straight to stderr, past
+/// the harness's capture of a passing test's output.
+pub fn loud_skip(message: &str) {
+    use std::io::Write;
+    let bar = "!".repeat(79);
+    let _ = writeln!(std::io::stderr(), "\n{bar}\nSKIPPED: {message}\n{bar}");
+}

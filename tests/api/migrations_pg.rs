@@ -19,9 +19,9 @@ fn every_migration_applies_to_a_fresh_postgresql_database() {
         if std::env::var_os("CI").is_some() {
             panic!("PostgreSQL must be reachable in CI: {why}");
         }
-        eprintln!(
-            "\n*** SKIPPED: PostgreSQL not reachable (psql -h 127.0.0.1 -U postgres): {why} ***\n"
-        );
+        crate::helpers::loud_skip(&format!(
+            "PostgreSQL not reachable (psql -h 127.0.0.1 -U postgres), migrations not tried on it: {why}"
+        ));
         return;
     }
     let migrations = migration_files();

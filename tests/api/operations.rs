@@ -1420,9 +1420,9 @@ fn systemd_unit_verifies() {
         if std::env::var_os("CI").is_some() {
             panic!("systemd-analyze is missing, and CI is set: install systemd to verify the unit");
         }
-        eprintln!(
-            "\n*** SKIPPED systemd_unit_verifies: systemd-analyze is not installed; \
-             systemd/order-service.service was NOT verified ***\n"
+        loud_skip(
+            "systemd_unit_verifies: systemd-analyze is not installed; \
+             systemd/order-service.service was NOT verified",
         );
         return;
     };
