@@ -1,6 +1,7 @@
 //! Hardening of the HTTP layer (the patched tiny_http, vendor/tiny_http/PATCHES.md): a
-//! huge Content-Length, stalled and idle clients, stopping on SIGTERM, and header bytes
-//! that are not ASCII.
+//! huge Content-Length, stalled and idle clients, stopping on SIGTERM (pipelined requests
+//! too), header bytes that are not ASCII, oversized request heads, and an HTTP version
+//! the server does not speak.
 
 use crate::helpers::*;
 
@@ -316,4 +317,173 @@ fn a_non_ascii_header_gets_an_http_answer() {
         "expected 400 or 401: {answer:?}"
     );
     app.health().assert_status(200);
+}
+
+/// Sends `request` on a new connection (a write the server cuts short by closing is no
+/// error here) and reads until the server closes it.
+fn send_and_read_until_closed(app: &TestApp, request: &[u8]) -> (String, bool) {
+    let mut stream = open(app);
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let (got, closed) = read_until_closed(&mut stream, Instant::now() + CLOSED_WITHIN);
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+#[test]
+fn an_oversized_request_head_gets_431_and_the_connection_closes() {
+    // PATCHES.md, 11: a line is cut at 8 KiB and the head at 64 KiB; the connection's
+    // thread used to buffer whatever came.
+    let app = spawn_app();
+    let long_value = format!(
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let long_uri = format!(
+        "GET /health?q={} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    // Every line under 8 KiB, 20 of them, 80 KiB in all.
+    let long_head = format!(
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\n",
+        (0..20)
+            .map(|n| format!("X-Part-{n}: {}\r\n", "b".repeat(4000)))
+            .collect::<String>()
+    );
+    for (what, request, statuses) in [
+        ("a 100 KiB header value", long_value, &[431][..]),
+        ("a 100 KiB request line", long_uri, &[414, 431][..]),
+        ("an 80 KiB head", long_head, &[431][..]),
+    ] {
+        let (got, closed) = send_and_read_until_closed(&app, request.as_bytes());
+        assert!(closed, "{what}: the connection is still open; got {got:?}");
+        let status = got
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse::<u16>().ok());
+        assert!(
+            status.is_some_and(|s| statuses.contains(&s)),
+            "{what}: expected one of {statuses:?}, got {got:?}"
+        );
+        assert!(says_close(&got.to_ascii_lowercase()), "{what}: {got:?}");
+    }
+    app.health().assert_status(200);
+}
+
+#[test]
+fn a_thousand_header_lines_get_431() {
+    let app = spawn_app();
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n{}\r\n",
+        (0..1000)
+            .map(|n| format!("X-H{n}: x\r\n"))
+            .collect::<String>()
+    );
+
+    let (got, closed) = send_and_read_until_closed(&app, request.as_bytes());
+
+    assert!(closed, "the connection is still open; got {got:?}");
+    assert!(got.starts_with("HTTP/1.1 431 "), "got {got:?}");
+    app.health().assert_status(200);
+}
+
+#[test]
+fn a_request_with_fifty_headers_is_served() {
+    let app = spawn_app();
+    let headers: String = (0..48)
+        .map(|n| format!("X-Extra-{n}: value-{n}\r\n"))
+        .collect();
+    let request =
+        format!("GET /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n{headers}\r\n");
+    assert_eq!(request.matches("\r\n").count(), 1 + 50 + 1);
+
+    let mut connection = app.connect_raw();
+    connection
+        .send(request.as_bytes())
+        .expect("no answer")
+        .assert_status(200);
+    // The connection stays usable.
+    connection
+        .send(HEALTH)
+        .expect("no answer")
+        .assert_status(200);
+}
+
+#[test]
+fn an_unsupported_http_version_gets_505() {
+    // The 505 was written behind the request's own response slot, which the same thread
+    // still held: the connection hung for good, with no timeout to end it.
+    let app = spawn_app();
+    let mut stream = open(&app);
+    stream
+        .write_all(b"GET /health HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+
+    let answer = read_response(&mut stream, Duration::from_secs(5));
+
+    let (status, _, _) = answer.expect("no answer to an HTTP/2.0 request line within 5 s");
+    assert_eq!(status, 505);
+    // Only the 505: not a 500 for the dropped request as well.
+    stream.write_all(HEALTH).unwrap();
+    let (status, _, body) =
+        read_response(&mut stream, Duration::from_secs(5)).expect("no answer to the next request");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn stopping_does_not_say_close_before_a_pipelined_answer() {
+    // Two pipelined requests, both read before the stop: the first (slow) is answered
+    // after it. Its answer said `Connection: close` while the second answer still
+    // followed on the connection, which a client then takes as unanswered.
+    let mut app = spawn_app();
+    const SLOW: i64 = 32;
+    app.products.set(
+        SLOW,
+        Behaviour::Slow(
+            Duration::from_millis(1500),
+            Box::new(product("Slow", "2.00", 5)),
+        ),
+    );
+    let body = serde_json::to_vec(&items(&[(SLOW, 1)])).unwrap();
+    let mut requests = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\
+         X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    requests.extend_from_slice(&body);
+    requests.extend_from_slice(HEALTH);
+    let mut connection = app.connect_raw();
+
+    // The signal comes while the client waits for its answers, once both requests are
+    // read (the second is answered at once, behind the first).
+    let (first, second) = std::thread::scope(|s| {
+        s.spawn(|| {
+            assert!(
+                wait_until(Duration::from_secs(5), || app.products.calls_for(SLOW) >= 1),
+                "the create never reached the product service"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            app.signal("TERM");
+        });
+        let first = connection.send(&requests);
+        (first, connection.read_response())
+    });
+    let exit = app.wait_exit(Duration::from_secs(15));
+
+    let first = first.expect("no answer to the first request");
+    first.assert_status(201);
+    second
+        .expect("no answer to the second request")
+        .assert_status(200);
+    assert!(
+        !first
+            .header("connection")
+            .is_some_and(|c| c.contains("close")),
+        "the first answer says Connection: close, yet a second one followed: {first:?}"
+    );
+    let exit = exit.unwrap_or_else(|| panic!("no exit within 15 s\n{}", app.stderr()));
+    assert!(exit.success(), "exit status {exit}\n{}", app.stderr());
 }

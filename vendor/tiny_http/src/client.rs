@@ -2,11 +2,11 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,10 @@ pub struct ClientConnection {
     // 5: whether a byte of the request being read has arrived; a timeout before that
     // is an idle keep-alive connection (closed silently), after it a stalled one (408).
     request_started: bool,
+    // 13: how many requests were handed out, and the number of the latest one, shared with
+    // the requests; a response that says `Connection: close` sets it to `CONNECTION_CLOSING`.
+    handed_out: usize,
+    latest_request: Arc<AtomicUsize>,
 }
 
 /// An unread request body is skipped to keep the connection usable (PATCHES.md, 4): up to
@@ -58,6 +62,14 @@ pub struct ClientConnection {
 const MAX_SKIPPED_BODY: usize = 1024 * 1024;
 const SKIP_LINGER: Duration = Duration::from_secs(5);
 
+/// Local patch (PATCHES.md, 11): bounds of a request's head. Without them a client sending
+/// an endless request line, header line or run of header lines made the connection's
+/// thread buffer it all (unbounded memory). Past a bound the request gets 431 (414 for the
+/// request line) and the connection closes. Lines are counted with their CRLF.
+const MAX_HEAD_LINE: usize = 8 * 1024;
+const MAX_HEADER_LINES: usize = 100;
+const MAX_HEAD: usize = 64 * 1024;
+
 /// Error that can happen when reading a request.
 #[derive(Debug)]
 enum ReadError {
@@ -65,6 +77,8 @@ enum ReadError {
     WrongHeader(HTTPVersion),
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
+    /// PATCHES.md, 11: the head passed a bound; the status to answer (414 or 431).
+    HeadTooLarge(u16, HTTPVersion),
     ReadIoError(IoError),
 }
 
@@ -91,6 +105,8 @@ impl ClientConnection {
             server_stopping,
             unread_body: None,
             request_started: false,
+            handed_out: 0,
+            latest_request: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -106,11 +122,19 @@ impl ClientConnection {
     ///
     /// Local patch (PATCHES.md, 7): returns the bytes; the caller checks they are ASCII,
     /// so that a line that is not answers 400 rather than failing like a broken socket.
-    fn read_next_line(&mut self) -> IoResult<Vec<u8>> {
+    ///
+    /// Local patch (PATCHES.md, 11): `Ok(None)` once more than `limit` bytes (CRLF
+    /// included) have come without the line ending, so a line cannot grow without bound.
+    fn read_next_line(&mut self, limit: usize) -> IoResult<Option<Vec<u8>>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
+            // `buf` holds every byte of the line read so far but the LF to come.
+            if buf.len() >= limit {
+                return Ok(None);
+            }
+
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
@@ -121,7 +145,7 @@ impl ClientConnection {
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return Ok(buf);
+                return Ok(Some(buf));
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -168,10 +192,17 @@ impl ClientConnection {
         self.request_started = false;
         self.skip_unread_body().map_err(ReadError::ReadIoError)?;
 
+        // PATCHES.md, 11: what the rest of the head may still take, CRLFs included.
+        let mut head_left = MAX_HEAD;
+
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self
+                    .read_next_line(MAX_HEAD_LINE)
+                    .map_err(ReadError::ReadIoError)?
+                    .ok_or(ReadError::HeadTooLarge(414, HTTPVersion(1, 1)))?;
+                head_left -= line.len() + 2;
                 let line =
                     AsciiString::from_ascii(line).map_err(|_| ReadError::WrongRequestLine)?;
 
@@ -184,11 +215,19 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let too_large = || ReadError::HeadTooLarge(431, version.clone());
+                    let line = self
+                        .read_next_line(MAX_HEAD_LINE.min(head_left))
+                        .map_err(ReadError::ReadIoError)?
+                        .ok_or_else(too_large)?;
+                    head_left -= line.len() + 2;
 
                     if line.is_empty() {
                         break;
                     };
+                    if headers.len() == MAX_HEADER_LINES {
+                        return Err(too_large());
+                    }
                     let line = AsciiString::from_ascii(line)
                         .map_err(|_| ReadError::WrongHeader(version.clone()))?;
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
@@ -218,7 +257,9 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            // PATCHES.md, 15: `peer_addr` fails on a socket the client reset before it was
+            // accepted (its request still readable); that `unwrap` panicked the thread.
+            self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
             writer,
         )
@@ -297,6 +338,17 @@ impl Iterator for ClientConnection {
                     return None; // closing the connection
                 }
 
+                // PATCHES.md, 11: the rest of the head is not read, so where the next
+                // request would start is unknown: answer and close.
+                Err(ReadError::HeadTooLarge(status, ver)) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = Response::new_empty(StatusCode(status));
+                    response
+                        .raw_print_closing(writer, ver, &[], false, None, true)
+                        .ok();
+                    return None;
+                }
+
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(417));
@@ -313,14 +365,20 @@ impl Iterator for ClientConnection {
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
+                // PATCHES.md, 12: the 505 goes through the request's own writer. A new one
+                // from `sink` waited for that one, held by `rq` on this very thread until
+                // the end of this block: the connection hung for good. (Taking the writer
+                // out also keeps the dropped request from answering a 500.) It is flushed,
+                // as the connection goes on: `raw_print` does not.
+                let mut writer = rq.into_writer();
                 let response = Response::from_string(
                     "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
                 )
                 .with_status_code(StatusCode(505));
                 response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                    .raw_print(&mut writer, HTTPVersion(1, 1), &[], false, None)
                     .ok();
+                writer.flush().ok();
                 continue;
             }
 
@@ -351,10 +409,28 @@ impl Iterator for ClientConnection {
                 self.no_more_requests = true;
             }
 
+            // Local patch (PATCHES.md, 13): a response says `Connection: close` on stopping
+            // only while its request is the latest handed out, and then no later request
+            // is: one read meanwhile is dropped unanswered (not with the 500 of a dropped
+            // request) and the connection closes, as its client expects.
+            let number = self.handed_out + 1;
+            if self
+                .latest_request
+                .compare_exchange(self.handed_out, number, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                drop(rq.into_writer());
+                return None;
+            }
+            self.handed_out = number;
+
             // returning the request
-            return Some(
-                rq.with_connection_state(self.no_more_requests, self.server_stopping.clone()),
-            );
+            return Some(rq.with_connection_state(
+                self.no_more_requests,
+                self.server_stopping.clone(),
+                self.latest_request.clone(),
+                number,
+            ));
         }
     }
 }

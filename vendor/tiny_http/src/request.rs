@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
@@ -83,7 +83,14 @@ pub struct Request {
     // the time the response is written. HTTP/1.1 clients otherwise assume keep-alive.
     last_on_connection: bool,
     server_stopping: Option<Arc<AtomicBool>>,
+    // PATCHES.md, 13: the number of the latest request handed out on the connection, and
+    // this one's; a response closes on stopping only if they are the same.
+    latest_request: Option<Arc<AtomicUsize>>,
+    number: usize,
 }
+
+/// PATCHES.md, 13: `latest_request` once a response said `Connection: close`.
+pub(crate) const CONNECTION_CLOSING: usize = usize::MAX;
 
 struct NotifyOnDrop<R> {
     sender: Sender<()>,
@@ -213,19 +220,7 @@ where
             // stalls in its body holds that thread only (until the socket timeout), never
             // one of the application's worker threads. The buffer grows as data arrives,
             // rather than being allocated for the announced length up front.
-            let mut buffer = Vec::with_capacity(content_length.min(8 * 1024));
-            source_data
-                .by_ref()
-                .take(content_length as u64)
-                .read_to_end(&mut buffer)?;
-            if buffer.len() != content_length {
-                // the socket returned EOF, but we were before the expected content-length
-                // aborting
-                let info = "Connection has been closed before we received enough data";
-                let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                return Err(RequestCreationError::CreationIoError(err));
-            }
-
+            let buffer = read_small_body(&mut source_data, content_length)?;
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
         } else {
             let (data_reader, left) = EqualReader::new(source_data, content_length);
@@ -257,12 +252,44 @@ where
         notify_when_responded: None,
         last_on_connection: false,
         server_stopping: None,
+        latest_request: None,
+        number: 0,
     };
     Ok((request, unread_body))
 }
 
 /// Bodies up to this length are read before the request is handed out (PATCHES.md, 9).
 const PRE_READ_BODY_LIMIT: usize = 64 * 1024;
+
+/// Reads a body of `length` bytes (PATCHES.md, 9) into a buffer that grows as data
+/// arrives, at most doubling and never past `length`.
+///
+/// Local patch (PATCHES.md, 14): was `take(length).read_to_end`, which grows its buffer
+/// past `length` (a 64 KiB body ended in a 128 KiB allocation).
+fn read_small_body<R: Read>(source: &mut R, length: usize) -> io::Result<Vec<u8>> {
+    let mut buffer = Vec::with_capacity(length.min(8 * 1024));
+    let mut chunk = [0u8; 8 * 1024];
+    while buffer.len() < length {
+        let want = (length - buffer.len()).min(chunk.len());
+        let read = match source.read(&mut chunk[..want]) {
+            Ok(0) => {
+                // the socket returned EOF, but we were before the expected content-length
+                // aborting
+                let info = "Connection has been closed before we received enough data";
+                return Err(IoError::new(ErrorKind::ConnectionAborted, info));
+            }
+            Ok(read) => read,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buffer.capacity() - buffer.len() < read {
+            let grown = (buffer.capacity() * 2).min(length);
+            buffer.reserve_exact(grown - buffer.len());
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    Ok(buffer)
+}
 
 impl Request {
     /// Returns true if the request was made through HTTPS.
@@ -470,11 +497,23 @@ impl Request {
         let mut writer = self.extract_writer_impl();
 
         let do_not_send_body = self.method == Method::Head;
+        // PATCHES.md, 13: on stopping, only while no later request was handed out (that
+        // one's answer then says it), else a pipelined answer followed a `close`.
         let closing = self.last_on_connection
-            || self
+            || (self
                 .server_stopping
                 .as_ref()
-                .is_some_and(|s| s.load(Ordering::SeqCst));
+                .is_some_and(|s| s.load(Ordering::SeqCst))
+                && self.latest_request.as_ref().is_some_and(|latest| {
+                    latest
+                        .compare_exchange(
+                            self.number,
+                            CONNECTION_CLOSING,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        )
+                        .is_ok()
+                }));
 
         Self::ignore_client_closing_errors(response.raw_print_closing(
             writer.by_ref(),
@@ -504,14 +543,19 @@ impl Request {
     }
 
     /// PATCHES.md, 6: whether the connection reads no request after this one, and the
-    /// server's stopping flag, checked again when the response is written.
+    /// server's stopping flag, checked again when the response is written; 13: the
+    /// connection's latest request number, and this request's.
     pub(crate) fn with_connection_state(
         mut self,
         last_on_connection: bool,
         server_stopping: Arc<AtomicBool>,
+        latest_request: Arc<AtomicUsize>,
+        number: usize,
     ) -> Self {
         self.last_on_connection = last_on_connection;
         self.server_stopping = Some(server_stopping);
+        self.latest_request = Some(latest_request);
+        self.number = number;
         self
     }
 }
@@ -547,6 +591,26 @@ impl<T> ReadWrite for T where T: Read + Write {}
 #[cfg(test)]
 mod tests {
     use super::Request;
+
+    #[test]
+    fn a_small_body_takes_no_more_memory_than_its_length() {
+        // PATCHES.md, 14. A reader that hands out 1000 bytes at a time, like a socket.
+        struct Trickle(std::io::Cursor<Vec<u8>>);
+        impl std::io::Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(1000);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        for length in [1, 1000, 8192, 8193, 40_000, 65_536] {
+            let mut source = Trickle(std::io::Cursor::new(vec![7; length + 10]));
+            let body = super::read_small_body(&mut source, length).unwrap();
+            assert_eq!(body.len(), length);
+            assert!(body.capacity() <= length, "{length}: {}", body.capacity());
+        }
+        let mut short = Trickle(std::io::Cursor::new(vec![7; 100]));
+        assert!(super::read_small_body(&mut short, 101).is_err());
+    }
 
     #[test]
     fn must_be_send() {
