@@ -191,17 +191,10 @@ impl TestApp {
                 .append(true)
                 .open(self.dir.path().join("stdout.log"))
                 .expect("open stdout.log");
-            let mut command = Command::new(BIN);
+            let mut command = clean_command(self.dir.path());
             command
-                .env_clear()
-                .env(
-                    "PATH",
-                    std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-                )
                 .envs(&self.env)
                 .env("PORT", self.port.to_string())
-                .current_dir(self.dir.path())
-                .stdin(Stdio::null())
                 .stdout(Stdio::from(stdout))
                 .stderr(Stdio::from(stderr));
             let child = command
@@ -1274,4 +1267,19 @@ pub fn loud_skip(message: &str) {
     use std::io::Write;
     let bar = "!".repeat(79);
     let _ = writeln!(std::io::stderr(), "\n{bar}\nSKIPPED: {message}\n{bar}");
+}
+
+/// The service binary with an empty environment but PATH, so the developer's settings
+/// never leak into a test, run in `dir` with no standard input.
+pub fn clean_command(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        )
+        .current_dir(dir)
+        .stdin(Stdio::null());
+    command
 }

@@ -70,17 +70,8 @@ impl Drop for ChildGuard {
 
 /// The binary with a clean environment (PATH only, plus `env`), run in `dir`.
 fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-        )
-        .envs(env.iter().copied())
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null());
+    let mut command = clean_command(dir);
+    command.envs(env.iter().copied()).args(args);
     command
 }
 
