@@ -8,7 +8,6 @@ mod routes;
 
 pub use error::ApiError;
 pub use in_flight::InFlight;
-pub use request::MAX_BODY;
 pub use routes::ROUTES;
 
 use crate::config::Secret;

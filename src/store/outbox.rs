@@ -19,7 +19,7 @@ pub struct OutboxRow {
 }
 
 /// `<source>:<outbox id>`: what consumers deduplicate on.
-pub fn event_id(source: &str, id: i64) -> String {
+pub(crate) fn event_id(source: &str, id: i64) -> String {
     format!("{source}:{id}")
 }
 
