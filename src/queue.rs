@@ -5,10 +5,8 @@ use crate::config::RabbitConfig;
 
 /// Prints up to `max` messages of the queue, oldest first, and puts them back.
 pub fn peek(rabbit: &RabbitConfig, max: usize) -> Result<usize, String> {
-    let (connection, channel) = crate::relay::open_queue(rabbit)?;
-    let queue = channel
-        .queue_declare(rabbit.queue.as_str(), crate::relay::durable())
-        .map_err(|e| format!("declare queue {}: {e}", rabbit.queue))?;
+    let (connection, channel) = crate::relay::open_channel(rabbit)?;
+    let queue = crate::relay::declare_queue(&channel, rabbit)?;
     println!(
         "queue {}: {} message(s)",
         rabbit.queue,

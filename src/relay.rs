@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::store::{OutboxRow, Reader, WriterHandle};
 use amiquip::{
     AmqpProperties, AmqpValue, Channel, Confirm, ConfirmSmoother, Connection, FieldTable, Publish,
-    QueueDeclareOptions, Return,
+    Queue, QueueDeclareOptions, Return,
 };
 use crossbeam_channel::{after, bounded, select, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
@@ -33,24 +33,25 @@ pub struct RelaySettings {
     pub retention: Duration,
 }
 
-/// Opens a connection and a channel, and declares the durable queue the events go to.
-pub fn open_queue(rabbit: &RabbitConfig) -> Result<(Connection, Channel), String> {
+/// Opens a connection to the broker and a channel on it.
+pub fn open_channel(rabbit: &RabbitConfig) -> Result<(Connection, Channel), String> {
     let mut connection = Connection::insecure_open(&rabbit.url())
         .map_err(|e| format!("connect to {}:{}: {e}", rabbit.host, rabbit.port))?;
     let channel = connection
         .open_channel(None)
         .map_err(|e| format!("open channel: {e}"))?;
-    channel
-        .queue_declare(rabbit.queue.as_str(), durable())
-        .map_err(|e| format!("declare queue {}: {e}", rabbit.queue))?;
     Ok((connection, channel))
 }
 
-pub fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
+/// Declares the durable queue the events go to (creating it if the broker has none).
+pub fn declare_queue<'a>(channel: &'a Channel, rabbit: &RabbitConfig) -> Result<Queue<'a>, String> {
+    let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
-    }
+    };
+    channel
+        .queue_declare(rabbit.queue.as_str(), options)
+        .map_err(|e| format!("declare queue {}: {e}", rabbit.queue))
 }
 
 /// The running relay; dropping `stop` (or calling `shutdown`) ends it after a last drain.
@@ -210,7 +211,7 @@ impl Relay {
             self.metrics.events_failed(failed as u64);
         }
         let progressed = !confirmed.is_empty();
-        if !confirmed.is_empty() {
+        if progressed {
             let n = confirmed.len() as u64;
             match self.writer.mark_published(confirmed) {
                 Ok(_) => self.metrics.events_published(n),
@@ -240,7 +241,8 @@ impl Relay {
     }
 
     fn connect(&self) -> Result<Link, String> {
-        let (connection, channel) = open_queue(&self.settings.rabbit)?;
+        let (connection, channel) = open_channel(&self.settings.rabbit)?;
+        declare_queue(&channel, &self.settings.rabbit)?;
         let returns = channel
             .listen_for_returns()
             .map_err(|e| format!("listen for returns: {e}"))?;

@@ -25,19 +25,18 @@ fn app_on_broker(queue: &TestQueue) -> TestApp {
 
 /// Outbox rows not yet published, straight from the database.
 fn pending(app: &TestApp) -> i64 {
-    app.db()
-        .query_row(
-            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+    outbox_rows_where(app, "published_at IS NULL")
 }
 
+/// Outbox rows the broker confirmed, straight from the database.
 fn published(app: &TestApp) -> i64 {
+    outbox_rows_where(app, "published_at IS NOT NULL")
+}
+
+fn outbox_rows_where(app: &TestApp, condition: &str) -> i64 {
     app.db()
         .query_row(
-            "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL",
+            &format!("SELECT COUNT(*) FROM outbox WHERE {condition}"),
             [],
             |r| r.get(0),
         )
