@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const CLOSED_WITHIN: Duration = Duration::from_secs(20);
 
 /// A raw client connection; reads wait at most 250 ms each, so callers can keep time.
-fn open(app: &TestApp) -> TcpStream {
+pub(crate) fn open(app: &TestApp) -> TcpStream {
     let stream = TcpStream::connect(("127.0.0.1", app.port())).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_millis(250)))
@@ -23,7 +23,7 @@ fn open(app: &TestApp) -> TcpStream {
 
 /// Reads until the server closes the connection (EOF or reset) or `deadline` passes.
 /// Returns what was read, and whether the connection was closed by then.
-fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, bool) {
+pub(crate) fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, bool) {
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -43,7 +43,10 @@ fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, boo
 /// One response: the status, the head (header names in lower case) and the body. Only
 /// Content-Length framing, which is what the service uses for its small answers. `None`
 /// if the connection closed (or `limit` passed) before a whole response arrived.
-fn read_response(stream: &mut TcpStream, limit: Duration) -> Option<(u16, String, Vec<u8>)> {
+pub(crate) fn read_response(
+    stream: &mut TcpStream,
+    limit: Duration,
+) -> Option<(u16, String, Vec<u8>)> {
     let deadline = Instant::now() + limit;
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];

@@ -8,6 +8,7 @@ mod relay;
 mod cancel_status;
 mod concurrency;
 mod create;
+mod edge;
 mod errors;
 mod hardening;
 mod idempotency;
