@@ -58,11 +58,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens (creating if needed) the one write connection: WAL, full fsync on commit.
 pub fn open_write(path: &Path) -> Result<Connection, StoreError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create {}: {}", dir.display(), e))
-        })?;
-    }
+    create_private(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -70,6 +66,33 @@ pub fn open_write(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// Creates the database file 0600 (and any missing folder 0700) before SQLite does:
+/// the orders hold customers' e-mail addresses. SQLite gives the -wal and -shm files
+/// the database file's mode. Files and folders that exist already are left as they are.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let failed = |what: &Path, e: std::io::Error| {
+        StoreError::Unavailable(format!("cannot create {}: {e}", what.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| failed(dir, e))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(failed(path, e)),
+    }
 }
 
 /// A read-only connection; each HTTP worker and the relay own one.

@@ -47,3 +47,40 @@ fn an_in_memory_database_is_refused_at_start() {
         );
     }
 }
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_database_it_creates_is_private() {
+    let dir = TempDir::new();
+    let state = dir.path().join("state").join("orders");
+    let db = state.join("orders.db");
+    let app = TestApp::builder()
+        .env("DATABASE_URL", db.to_str().unwrap())
+        .spawn();
+    app.place_order_id(&ALICE, MOUSE, 1);
+    for folder in [dir.path().join("state"), state.clone()] {
+        assert_eq!(mode(&folder), 0o700, "{}", folder.display());
+    }
+    for file in ["orders.db", "orders.db-wal", "orders.db-shm"] {
+        assert_eq!(mode(&state.join(file)), 0o600, "{file}");
+    }
+
+    // `migrate` creates it the same way.
+    let other = dir.path().join("fresh").join("m.db");
+    let out = clean_command(dir.path())
+        .env("DATABASE_URL", other.to_str().unwrap())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "migrate: {out:?}");
+    assert_eq!(mode(other.parent().unwrap()), 0o700);
+    assert_eq!(mode(&other), 0o600);
+}
