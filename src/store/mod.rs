@@ -119,17 +119,74 @@ pub fn migrate(conn: &mut Connection) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// What a backup wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupReport {
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
 /// Copies the live database into `dest` consistently, with the service running or not.
-pub fn backup(src: &Path, dest: &Path) -> Result<(), StoreError> {
+///
+/// One `VACUUM INTO` reads the whole database in a single read transaction, so writes
+/// from the service neither restart nor block it (SQLite's stepwise online backup
+/// starts over after every write from another connection and may never finish on a
+/// busy store). It writes a temporary file next to `dest`, created exclusively with
+/// mode 0600, syncs it, and links it to `dest` only when complete: `dest` is never a
+/// partial file and an existing file there is never replaced. A run killed midway
+/// leaves only `<dest>.partial-<pid>`, which can be deleted.
+pub fn backup(src: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let started = std::time::Instant::now();
+    let failed = |what: &str, e: std::io::Error| StoreError::Unavailable(format!("{what}: {e}"));
     if dest.exists() {
         return Err(StoreError::Unavailable(format!(
             "{} exists already; choose a new path",
             dest.display()
         )));
     }
-    let from = open_read(src)?;
-    let mut to = Connection::open(dest)?;
-    let backup = rusqlite::backup::Backup::new(&from, &mut to)?;
-    backup.run_to_completion(256, Duration::from_millis(10), None)?;
-    Ok(())
+    if !src.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "no database at {}",
+            src.display()
+        )));
+    }
+    let mut partial = dest.as_os_str().to_owned();
+    partial.push(format!(".partial-{}", std::process::id()));
+    let partial = std::path::PathBuf::from(partial);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| failed(&format!("cannot create {}", partial.display()), e))?;
+    let copied = (|| -> Result<u64, StoreError> {
+        let from = open_read(src)?;
+        let target = partial
+            .to_str()
+            .ok_or_else(|| StoreError::Unavailable("the backup path is not UTF-8".into()))?;
+        from.execute("VACUUM INTO ?1", [target])?;
+        drop(from);
+        // VACUUM INTO does not sync what it wrote.
+        let file = std::fs::File::open(&partial).map_err(|e| failed("reopen the copy", e))?;
+        file.sync_all().map_err(|e| failed("sync the copy", e))?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| failed("size of the copy", e))?
+            .len();
+        // A hard link fails rather than replace a file that appeared meanwhile.
+        std::fs::hard_link(&partial, dest)
+            .map_err(|e| failed(&format!("cannot create {}", dest.display()), e))?;
+        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(dir) = std::fs::File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(bytes)
+    })();
+    let _ = std::fs::remove_file(&partial);
+    Ok(BackupReport {
+        bytes: copied?,
+        elapsed: started.elapsed(),
+    })
 }

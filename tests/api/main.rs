@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod backup;
 mod broker;
 mod relay;
 
