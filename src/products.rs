@@ -276,18 +276,33 @@ fn fetch_one(
         .call()
         .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
     let status = response.status().as_u16();
-    if status == 404 {
-        return Ok(None);
-    }
-    if status != 200 {
+    if status != 200 && status != 404 {
         return Err(Unavailable(format!("GET {url} answered {status}")));
     }
+    let json = response
+        .headers()
+        .get(ureq::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_media_type);
     let text = response
         .body_mut()
         .with_config()
         .limit(MAX_ANSWER_BYTES)
         .read_to_string()
         .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+    if status == 404 {
+        // Only the product service's own answer says the product does not exist. A
+        // proxy's or ingress's 404 (an HTML or text page while a deploy is under way)
+        // is an outage: the order may be retried and the cached answers stay.
+        let own = json && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object());
+        return if own {
+            Ok(None)
+        } else {
+            Err(Unavailable(format!(
+                "GET {url} answered 404 without a JSON body; taken for a proxy, not the product service"
+            )))
+        };
+    }
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| Unavailable(format!("GET {url}: not JSON: {e}")))?;
     let product = parse_product(&value).map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
@@ -298,6 +313,15 @@ fn fetch_one(
         )));
     }
     Ok(Some(product))
+}
+
+/// `application/json` or a `+json` type, whatever its parameters.
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .rsplit_once('+')
+            .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
 }
 
 /// Reads `{…}`, `{"product":{…}}` or `{"data":{…}}` holding id, name, price and stock.
@@ -406,6 +430,25 @@ mod tests {
         assert_eq!((p.price.cents(), p.stock), (129_999, 3));
         assert_eq!(parse_product(&json!({ "product": plain })).unwrap(), p);
         assert_eq!(parse_product(&json!({ "data": plain })).unwrap(), p);
+    }
+
+    #[test]
+    fn knows_a_json_media_type() {
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+        ] {
+            assert!(is_json_media_type(yes), "{yes}");
+        }
+        for no in [
+            "text/html",
+            "text/plain; charset=utf-8",
+            "",
+            "application/jsonp",
+        ] {
+            assert!(!is_json_media_type(no), "{no}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod hardening;
 mod idempotency;
 mod migrations_pg;
 mod operations;
+mod product_answers;
 mod products;
 mod read;
 mod restart;

@@ -1,0 +1,65 @@
+//! What the product service's answers are taken to mean: which 404 says "no such
+//! product", prices read from their exact text, and a cache that never goes back in time.
+
+use crate::helpers::*;
+use serde_json::json;
+
+fn proxy_page(content_type: &'static str, body: &str) -> Behaviour {
+    Behaviour::Answer {
+        status: 404,
+        content_type,
+        body: body.to_string(),
+    }
+}
+
+#[test]
+fn a_404_that_is_not_the_product_service_s_json_is_an_outage() {
+    let app = spawn_app();
+    for page in [
+        proxy_page(
+            "text/html",
+            "<html><body><h1>404 Not Found</h1>default backend</body></html>",
+        ),
+        proxy_page("text/plain; charset=utf-8", "404 page not found"),
+        proxy_page("application/json", "<html>not json</html>"),
+    ] {
+        app.products.set(MOUSE, page.clone());
+        let response = app.create_order(&ALICE, &items(&[(MOUSE, 1)]));
+        response.assert_error(503, "product_service_unavailable");
+        assert!(response.header("Retry-After").is_some(), "{page:?}");
+    }
+    assert_eq!(app.count_orders(), 0);
+
+    // The product service's own JSON 404 still means an unknown product.
+    app.products.set(MOUSE, Behaviour::NotFound);
+    let body = app
+        .create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_error(422, "unknown_product");
+    assert_eq!(body["details"]["product_ids"], json!([MOUSE]));
+}
+
+#[test]
+fn a_proxy_404_serves_the_cache_and_keeps_it() {
+    let app = TestApp::builder()
+        .env("PRODUCT_CACHE_MAX_AGE", "60")
+        .spawn();
+    app.place_order(&ALICE, &[(MONITOR, 1)]);
+    app.products
+        .set(MONITOR, proxy_page("text/html", "<h1>404 Not Found</h1>"));
+
+    let response = app.create_order(&ALICE, &items(&[(MONITOR, 1)]));
+    response.assert_status(201);
+    assert_eq!(
+        line_for(&response.json(), MONITOR)["price"].as_f64(),
+        Some(249.5)
+    );
+    let cached: i64 = app
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM product_cache WHERE product_id = ?1",
+            [MONITOR],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cached, 1, "the cached answer is kept");
+}
