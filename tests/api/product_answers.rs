@@ -63,3 +63,22 @@ fn a_proxy_404_serves_the_cache_and_keeps_it() {
         .unwrap();
     assert_eq!(cached, 1, "the cached answer is kept");
 }
+
+#[test]
+fn a_price_with_more_than_two_decimals_is_refused_whatever_a_float_makes_of_it() {
+    let app = spawn_app();
+    // As an f64 this is exactly 20.0.
+    app.products
+        .set(MOUSE, product("Mouse", "19.999999999999999", 1000));
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_error(503, "product_service_unavailable");
+    app.products
+        .set(MOUSE, product("Mouse", "20.000000000000001", 1000));
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_error(503, "product_service_unavailable");
+    assert_eq!(app.count_orders(), 0);
+
+    app.products.set(MOUSE, product("Mouse", "19.90", 1000));
+    let order = app.place_order(&ALICE, &[(MOUSE, 1)]);
+    assert_eq!(line_for(&order, MOUSE)["price"].as_f64(), Some(19.9));
+}
