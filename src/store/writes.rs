@@ -69,12 +69,15 @@ pub(crate) fn prune_idempotency(conn: &Connection, before: i64) -> rusqlite::Res
         .execute([before])
 }
 
+/// Keeps `p` unless the cache holds a newer answer: a slow lookup that commits last
+/// must not put back an older price.
 pub(crate) fn upsert_product(conn: &Connection, p: &CachedProduct) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
-           price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at",
+           price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
+         WHERE excluded.fetched_at >= product_cache.fetched_at",
     )?
     .execute(params![p.product_id.get(), p.name, p.price.cents(), p.stock, p.fetched_at])?;
     Ok(())

@@ -82,3 +82,39 @@ fn a_price_with_more_than_two_decimals_is_refused_whatever_a_float_makes_of_it()
     let order = app.place_order(&ALICE, &[(MOUSE, 1)]);
     assert_eq!(line_for(&order, MOUSE)["price"].as_f64(), Some(19.9));
 }
+
+fn cached_price_cents(app: &TestApp, id: i64) -> i64 {
+    app.db()
+        .query_row(
+            "SELECT price_cents FROM product_cache WHERE product_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_slow_lookup_does_not_put_back_an_older_price() {
+    let app = spawn_app();
+    app.products.set(
+        MOUSE,
+        Behaviour::Slow(
+            std::time::Duration::from_millis(1200),
+            Box::new(product("Mouse", "10.00", 1000)),
+        ),
+    );
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| app.create_order(&ALICE, &items(&[(MOUSE, 1)])));
+        // The slow lookup has started; the price changes and a fast lookup sees it.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        app.products.set(MOUSE, product("Mouse", "20.00", 1000));
+        app.place_order(&BOB, &[(MOUSE, 1)]);
+        assert_eq!(cached_price_cents(&app, MOUSE), 2000);
+        slow.join().unwrap().assert_status(201);
+    });
+    assert_eq!(
+        cached_price_cents(&app, MOUSE),
+        2000,
+        "the answer fetched first was written last and replaced the newer one"
+    );
+}
