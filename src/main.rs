@@ -175,7 +175,10 @@ fn outbox_status(config: &Config) -> Result<(), Failure> {
         .map_err(|e| Failure::Other(e.to_string()))?;
     println!("database: {}", config.database_path.display());
     println!("pending: {}", stats.pending);
-    println!("published: {}", stats.published);
+    let published = reader
+        .published_events()
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    println!("published: {published}");
     match stats.oldest_pending_age_seconds() {
         Some(age) => println!("oldest_pending_age_seconds: {age}"),
         None => println!("oldest_pending_age_seconds: none"),

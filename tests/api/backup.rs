@@ -18,9 +18,14 @@ fn big_rows() -> i64 {
         .unwrap_or(60_000)
 }
 
-/// Fills a migrated, stopped service's database with `rows` published outbox events of
-/// about 1 KB each, ids 1..=rows.
+/// Fills a migrated, stopped service's database with `rows` outbox events (ids
+/// 1..=rows, published now or pending) of about 1 KB each.
 pub fn fill_outbox(db: &Path, rows: i64, published: bool) {
+    fill_outbox_with(db, rows, published, 400);
+}
+
+/// As [`fill_outbox`], with `pad` random bytes (twice as many hex digits) in each payload.
+pub fn fill_outbox_with(db: &Path, rows: i64, published: bool, pad: i64) {
     let conn = rusqlite::Connection::open(db).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -31,10 +36,10 @@ pub fn fill_outbox(db: &Path, rows: i64, published: bool) {
          INSERT INTO outbox (id, order_id, event_type, payload, created_at, published_at)
          SELECT x, x, 'order_created',
                 '{\"event_id\":\"test-store:' || x || '\",\"source\":\"test-store\",\"pad\":\"'
-                  || hex(randomblob(400)) || '\"}',
+                  || hex(randomblob(?4)) || '\"}',
                 ?2, CASE WHEN ?3 THEN ?2 END
          FROM n",
-        rusqlite::params![rows, now, published],
+        rusqlite::params![rows, now, published, pad],
     )
     .unwrap();
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -84,3 +84,75 @@ fn the_database_it_creates_is_private() {
     assert_eq!(mode(other.parent().unwrap()), 0o700);
     assert_eq!(mode(&other), 0o600);
 }
+
+/// Median time of `count` calls of `probe`.
+fn median(count: usize, mut probe: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..count)
+        .map(|_| {
+            let started = Instant::now();
+            probe();
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[count / 2]
+}
+
+/// A service whose outbox holds `published` rows the broker confirmed.
+fn app_with_published(published: i64) -> TestApp {
+    let mut app = spawn_app();
+    if published > 0 {
+        app.kill();
+        crate::backup::fill_outbox_with(&app.db_path, published, true, 16);
+        app.restart();
+    }
+    app
+}
+
+/// `PROBE_TEST_ROWS` changes the 1 M published rows.
+fn probe_rows() -> i64 {
+    std::env::var("PROBE_TEST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+#[test]
+fn probes_cost_the_same_with_a_million_published_events_as_with_none() {
+    let rows = probe_rows();
+    // A fresh connection per probe, as a load balancer or Prometheus makes them (and
+    // clear of the test client's 40 ms delayed-ACK stall on a kept-alive connection).
+    let probe = |app: &TestApp, path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        app.raw(request.as_bytes()).assert_status(200);
+    };
+    let cost = |app: &TestApp| {
+        probe(app, "/ready");
+        let ready = median(41, || probe(app, "/ready"));
+        let metrics = median(41, || probe(app, "/metrics"));
+        (ready, metrics)
+    };
+    let empty = app_with_published(0);
+    let (ready_none, metrics_none) = cost(&empty);
+    drop(empty);
+    let full = app_with_published(rows);
+    let (ready_full, metrics_full) = cost(&full);
+    assert_eq!(
+        full.ready().json()["outbox"]["pending"],
+        serde_json::json!(0)
+    );
+    eprintln!(
+        "probe medians, none vs {rows} published: /ready {ready_none:?} vs {ready_full:?}, \
+         /metrics {metrics_none:?} vs {metrics_full:?}"
+    );
+    // Generous: a scan of the published rows costs tens of milliseconds.
+    let bound = |none: Duration| none * 2 + Duration::from_millis(5);
+    assert!(
+        ready_full <= bound(ready_none),
+        "/ready: {ready_none:?} with none, {ready_full:?} with {rows} published"
+    );
+    assert!(
+        metrics_full <= bound(metrics_none),
+        "/metrics: {metrics_none:?} with none, {metrics_full:?} with {rows} published"
+    );
+}
