@@ -177,14 +177,17 @@ pub(crate) fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlit
     Ok(n)
 }
 
-/// Deletes published rows older than `before`, but never the newest row,
-/// so that ids (and event ids) are not handed out twice.
-pub(crate) fn prune(conn: &Connection, before: i64) -> rusqlite::Result<usize> {
+/// Deletes at most `limit` published rows older than `before`, oldest first, but never
+/// the newest row, so that ids (and event ids) are not handed out twice.
+pub(crate) fn prune(conn: &Connection, before: i64, limit: usize) -> rusqlite::Result<usize> {
     conn.prepare_cached(
-        "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?1
-         AND id < (SELECT MAX(id) FROM outbox)",
+        "DELETE FROM outbox WHERE id IN (
+           SELECT id FROM outbox
+           WHERE published_at IS NOT NULL AND published_at < ?1
+             AND id < (SELECT MAX(id) FROM outbox)
+           ORDER BY published_at LIMIT ?2)",
     )?
-    .execute([before])
+    .execute(params![before, limit as i64])
 }
 
 pub(crate) fn max_id(conn: &Connection) -> rusqlite::Result<i64> {

@@ -64,9 +64,17 @@ pub(crate) fn insert_idempotency(
     Ok(())
 }
 
-pub(crate) fn prune_idempotency(conn: &Connection, before: i64) -> rusqlite::Result<usize> {
-    conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")?
-        .execute([before])
+/// Deletes at most `limit` idempotency records created before `before`.
+pub(crate) fn prune_idempotency(
+    conn: &Connection,
+    before: i64,
+    limit: usize,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE rowid IN (
+           SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+    )?
+    .execute(params![before, limit as i64])
 }
 
 /// Keeps `p` unless the cache holds a newer answer: a slow lookup that commits last
