@@ -55,6 +55,10 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The WAL grows past its usual 4 MB while a long read (a backup) holds checkpoints
+/// back; after the next checkpoint it is cut back to this size instead of keeping its
+/// largest size for good.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// Opens (creating if needed) the one write connection: WAL, full fsync on commit.
 pub fn open_write(path: &Path) -> Result<Connection, StoreError> {
@@ -65,6 +69,7 @@ pub fn open_write(path: &Path) -> Result<Connection, StoreError> {
     // FULL: a commit is on disk before the writer answers (2xx means durable).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     Ok(conn)
 }
 
@@ -189,4 +194,39 @@ pub fn backup(src: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
         bytes: copied?,
         elapsed: started.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_shrinks_back_after_a_big_write() {
+        let dir = std::env::temp_dir().join(format!(
+            "order-service-wal-{}-{}",
+            std::process::id(),
+            crate::clock::now_micros()
+        ));
+        let db = dir.join("orders.db");
+        let conn = open_write(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE big (b BLOB);
+             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 20000)
+             INSERT INTO big SELECT zeroblob(4000) FROM n;",
+        )
+        .unwrap();
+        let wal = dir.join("orders.db-wal");
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        assert!(grown > JOURNAL_SIZE_LIMIT as u64, "the WAL grew to {grown}");
+        // The next write starts the WAL over after the checkpoint, and cuts it back.
+        conn.execute_batch("INSERT INTO big VALUES (x'00')")
+            .unwrap();
+        let after = std::fs::metadata(&wal).unwrap().len();
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            after <= JOURNAL_SIZE_LIMIT as u64,
+            "the WAL kept {after} bytes after a checkpoint (it grew to {grown})"
+        );
+    }
 }
