@@ -376,6 +376,14 @@ fn parse_database(v: &str) -> Result<PathBuf, String> {
     if path.is_empty() || path.contains("://") {
         return Err("must be a file path or sqlite://PATH".into());
     }
+    // SQLite reads these as a database that lives only in this process: every order
+    // would be answered 201 and lost at exit.
+    if path == ":memory:"
+        || (path.starts_with("file:")
+            && (path.contains(":memory:") || path.contains("mode=memory")))
+    {
+        return Err("must be a file: an in-memory database loses every order at exit".into());
+    }
     Ok(PathBuf::from(path))
 }
 
@@ -486,6 +494,24 @@ mod tests {
                 .variable,
             "DATABASE_URL"
         );
+    }
+
+    #[test]
+    fn refuses_in_memory_databases() {
+        for url in [
+            ":memory:",
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "file::memory:",
+            "file::memory:?cache=shared",
+            "file:orders?mode=memory",
+        ] {
+            let e = config(&[("DATABASE_URL", url)]).unwrap_err();
+            assert_eq!(e.variable, "DATABASE_URL", "{url}");
+            assert!(e.to_string().contains("in-memory"), "{url}: {e}");
+        }
+        let c = config(&[("DATABASE_URL", "file:/var/lib/o.db")]).unwrap();
+        assert_eq!(c.database_path, PathBuf::from("file:/var/lib/o.db"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod backup;
 mod broker;
 mod relay;
 
@@ -14,6 +15,8 @@ mod hardening;
 mod idempotency;
 mod migrations_pg;
 mod operations;
+mod product_answers;
 mod products;
 mod read;
 mod restart;
+mod storage;
