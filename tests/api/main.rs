@@ -16,3 +16,4 @@ mod operations;
 mod products;
 mod read;
 mod restart;
+mod systemd_boot;
