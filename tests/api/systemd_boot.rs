@@ -619,6 +619,7 @@ fn root_file_system() -> PathBuf {
     let cache = Path::new(ROOT_CACHE);
     let root = cache.join(SUITE);
     let marker = cache.join(format!("{SUITE}.complete"));
+    remove_stale_copies(cache);
     if marker.exists() && root.join("sbin/init").exists() {
         return root;
     }
@@ -657,6 +658,28 @@ fn root_file_system() -> PathBuf {
     }
     fs::write(&marker, "").expect("write the marker");
     root
+}
+
+/// systemd-nspawn deletes its `--ephemeral` copy (`.#machine.*` beside the root) when it
+/// powers off; one killed instead leaves it behind. No run lasts an hour.
+fn remove_stale_copies(cache: &Path) {
+    let Ok(entries) = fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+        if stale
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".#machine.")
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The first `deb` source for the suite in the host's apt configuration (one-line
