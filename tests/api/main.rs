@@ -20,3 +20,4 @@ mod products;
 mod read;
 mod restart;
 mod storage;
+mod systemd_boot;
