@@ -712,4 +712,126 @@ pub(crate) mod tests {
         assert!(requests.is_empty());
         assert!(matches!(end, Next::Refused(400)));
     }
+
+    mod fuzz {
+        //! Property tests over raw byte streams, cut into arbitrary pieces as a socket
+        //! would deliver them: the reader never panics, never holds more than its bounds,
+        //! and a body, whatever it contains, is only ever body.
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Cuts `bytes` at the given points.
+        fn cut(bytes: &[u8], points: &[usize]) -> Pieces {
+            let mut points: Vec<usize> = points.iter().map(|p| p % (bytes.len() + 1)).collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for p in points.into_iter().chain([bytes.len()]) {
+                if p > start {
+                    pieces.push(bytes[start..p].to_vec());
+                    start = p;
+                }
+            }
+            Pieces::new(pieces)
+        }
+
+        /// Bytes that are mostly HTTP: fragments a fuzzer would splice.
+        fn httpish() -> impl Strategy<Value = Vec<u8>> {
+            let fragment = prop_oneof![
+                Just(b"GET / HTTP/1.1\r\n".to_vec()),
+                Just(b"POST /api/orders HTTP/1.1\r\n".to_vec()),
+                Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
+                Just(b"Content-Length: 5\r\n".to_vec()),
+                Just(b"Content-Length: 70000\r\n".to_vec()),
+                Just(b"Expect: 100-continue\r\n".to_vec()),
+                Just(b"Connection: close\r\n".to_vec()),
+                Just(b"\r\n".to_vec()),
+                Just(b"\n".to_vec()),
+                Just(b"\r".to_vec()),
+                Just(b"0\r\n\r\n".to_vec()),
+                Just(b"5\r\nhello\r\n".to_vec()),
+                Just(b"ffffffff\r\n".to_vec()),
+                Just(b" ".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..16),
+            ];
+            proptest::collection::vec(fragment, 0..40).prop_map(|f| f.concat())
+        }
+
+        fn check_bounds(requests: &[Parsed]) {
+            for r in requests {
+                assert!(r.body.len() <= Limits::default().max_body);
+            }
+        }
+
+        proptest! {
+            // 2,000 cases a test by default; PROPTEST_CASES=N for a longer run.
+            #![proptest_config(ProptestConfig::with_cases(
+                std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
+            ))]
+
+            #[test]
+            fn any_bytes_in_any_pieces_never_panic_or_pass_the_bounds(
+                bytes in prop_oneof![httpish(), proptest::collection::vec(any::<u8>(), 0..4096)],
+                points in proptest::collection::vec(any::<usize>(), 0..12),
+            ) {
+                let (requests, _) = read_all(&mut cut(&bytes, &points));
+                check_bounds(&requests);
+            }
+
+            #[test]
+            fn a_body_is_only_body_whatever_it_holds(
+                body in prop_oneof![
+                    httpish(),
+                    proptest::collection::vec(any::<u8>(), 0..2048),
+                ],
+                chunked in any::<bool>(),
+                chunk_sizes in proptest::collection::vec(1usize..300, 1..20),
+                points in proptest::collection::vec(any::<usize>(), 0..12),
+            ) {
+                let mut bytes = b"POST /first HTTP/1.1\r\nHost: x\r\n".to_vec();
+                if chunked {
+                    bytes.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    let mut rest = &body[..];
+                    for size in chunk_sizes.iter().cycle() {
+                        if rest.is_empty() {
+                            break;
+                        }
+                        let (chunk, tail) = rest.split_at((*size).min(rest.len()));
+                        bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                        bytes.extend_from_slice(chunk);
+                        bytes.extend_from_slice(b"\r\n");
+                        rest = tail;
+                    }
+                    bytes.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    bytes.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                    bytes.extend_from_slice(&body);
+                }
+                bytes.extend_from_slice(b"GET /second HTTP/1.1\r\nConnection: close\r\n\r\n");
+
+                let (requests, end) = read_all(&mut cut(&bytes, &points));
+
+                prop_assert!(matches!(end, Next::Closed), "{:?}", end);
+                prop_assert_eq!(requests.len(), 2);
+                prop_assert_eq!(&requests[0].path, "/first");
+                prop_assert_eq!(&requests[0].body, &body);
+                prop_assert_eq!(&requests[1].path, "/second");
+            }
+
+            #[test]
+            fn nothing_after_a_refusal_is_read_as_a_request(
+                garbage in httpish(),
+                points in proptest::collection::vec(any::<usize>(), 0..12),
+            ) {
+                // A refused request, then anything: no request comes out after it.
+                let mut bytes = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
+                bytes.extend_from_slice(&garbage);
+                bytes.extend_from_slice(b"GET /smuggled HTTP/1.1\r\n\r\n");
+                let (requests, end) = read_all(&mut cut(&bytes, &points));
+                prop_assert!(requests.is_empty());
+                prop_assert!(matches!(end, Next::Refused(400)), "{:?}", end);
+            }
+        }
+    }
 }
