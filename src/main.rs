@@ -102,6 +102,9 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
         Config::load(config_file.as_deref()).map_err(|e| Failure::Config(e.to_string()))?;
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
+        // amiquip logs the AMQP handshake at debug, and its start-ok holds the broker
+        // password in clear: no RUST_LOG may show it.
+        .filter_module("amiquip::io_loop::handshake_state", log::LevelFilter::Info)
         .init();
     match cmd {
         Command::Serve => serve(&config),

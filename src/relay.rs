@@ -9,10 +9,11 @@ use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
 use crate::store::{OutboxRow, Reader, WriterHandle};
 use amiquip::{
-    AmqpProperties, AmqpValue, Channel, Confirm, ConfirmSmoother, Connection, FieldTable, Publish,
-    Queue, QueueDeclareOptions, Return,
+    AmqpProperties, AmqpValue, Auth, Channel, Confirm, ConfirmSmoother, Connection,
+    ConnectionOptions, ConnectionTuning, FieldTable, Publish, Queue, QueueDeclareOptions, Return,
 };
 use crossbeam_channel::{after, bounded, select, Receiver, Sender, TryRecvError};
+use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,6 +23,10 @@ const BATCH: usize = 500;
 /// The outbox is read again this often even when nobody wakes the relay.
 const POLL: Duration = Duration::from_secs(5);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// For the TCP connect and, separately, the AMQP handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// AMQP heartbeats notice a dead connection that no call is waiting on.
+const HEARTBEAT_SECS: u16 = 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -33,14 +38,42 @@ pub struct RelaySettings {
     pub retention: Duration,
 }
 
-/// Opens a connection to the broker and a channel on it.
+/// Opens a connection to the broker and a channel on it. The connection is built from its
+/// parts (host, port, user, password), never from a URL: amiquip quotes a URL, password
+/// included, in its connect errors, and those end up in the log and on the terminal.
 pub fn open_channel(rabbit: &RabbitConfig) -> Result<(Connection, Channel), String> {
-    let mut connection = Connection::insecure_open(&rabbit.url())
-        .map_err(|e| format!("connect to {}:{}: {e}", rabbit.host, rabbit.port))?;
+    let at = format!("{}:{}", rabbit.host, rabbit.port);
+    let stream =
+        tcp_connect(&rabbit.host, rabbit.port).map_err(|e| format!("connect to {at}: {e}"))?;
+    let options = ConnectionOptions::default()
+        .auth(Auth::Plain {
+            username: rabbit.user.clone(),
+            password: rabbit.password.expose().to_string(),
+        })
+        .heartbeat(HEARTBEAT_SECS)
+        .connection_timeout(Some(CONNECT_TIMEOUT));
+    let mut connection =
+        Connection::insecure_open_stream(stream, options, ConnectionTuning::default())
+            .map_err(|e| format!("connect to {at}: {e}"))?;
     let channel = connection
         .open_channel(None)
         .map_err(|e| format!("open channel: {e}"))?;
     Ok((connection, channel))
+}
+
+/// A TCP connection to the first address of `host` that answers within `CONNECT_TIMEOUT`.
+fn tcp_connect(host: &str, port: u16) -> std::io::Result<mio::net::TcpStream> {
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        match std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return mio::net::TcpStream::from_stream(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the name has no address")))
 }
 
 /// Declares the durable queue the events go to (creating it if the broker has none).

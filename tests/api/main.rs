@@ -3,6 +3,7 @@
 mod helpers;
 
 mod broker;
+mod broker_trouble;
 mod relay;
 
 mod cancel_status;
