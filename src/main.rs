@@ -181,6 +181,18 @@ fn outbox_status(config: &Config) -> Result<(), Failure> {
         Some(age) => println!("oldest_pending_age_seconds: {age}"),
         None => println!("oldest_pending_age_seconds: none"),
     }
+    let blocked = reader
+        .blocked_event()
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    match blocked {
+        Some(b) => println!(
+            "blocked_event: {} {} refused by the broker since {}; the events after it wait",
+            b.event_id,
+            b.event_type,
+            order_service::clock::rfc3339(b.since)
+        ),
+        None => println!("blocked_event: none"),
+    }
     Ok(())
 }
 

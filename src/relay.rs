@@ -4,13 +4,20 @@
 //! unbroken run from the oldest pending row, so what reaches the queue keeps the outbox
 //! order (a row after a failed one is sent again with it: at least once, never reordered
 //! by a retry). Without a broker it backs off and tries again; orders keep coming.
+//!
+//! A broker can also be there and refuse one event (nack or return), for example a queue at
+//! its length limit with `reject-publish`. Then that event is sent again alone, so none
+//! after it reaches the queue first; after `STUCK_AFTER` refusals it is named once in the
+//! log and recorded in the outbox (`outbox status`, /ready and /metrics show it) until it
+//! goes through. A refusal is not a lost connection: the link stays up and says so.
 
 use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
-use crate::store::{OutboxRow, Reader, WriterHandle};
+use crate::store::{BlockedEvent, OutboxRow, Reader, WriterHandle};
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Confirm, ConfirmSmoother, Connection,
-    ConnectionOptions, ConnectionTuning, FieldTable, Publish, Queue, QueueDeclareOptions, Return,
+    ConnectionOptions, ConnectionTuning, Error as AmqpError, FieldTable, Publish,
+    QueueDeclareOptions, Return,
 };
 use crossbeam_channel::{after, bounded, select, Receiver, Sender, TryRecvError};
 use std::net::ToSocketAddrs;
@@ -30,6 +37,8 @@ const HEARTBEAT_SECS: u16 = 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Refusals of the same event after which it is declared stuck (about 4 s of backoff).
+const STUCK_AFTER: u32 = 5;
 /// At shutdown, the relay gets this long to publish what is pending.
 const LAST_DRAIN: Duration = Duration::from_secs(3);
 
@@ -58,7 +67,38 @@ pub fn open_channel(rabbit: &RabbitConfig) -> Result<(Connection, Channel), Stri
     let channel = connection
         .open_channel(None)
         .map_err(|e| format!("open channel: {e}"))?;
+    let channel = ensure_queue(&mut connection, channel, &rabbit.queue)?;
     Ok((connection, channel))
+}
+
+/// Makes sure the durable queue `queue` exists, and returns a channel to use.
+///
+/// A queue that exists is used as it is, with whatever arguments the operator gave it (a
+/// length limit, a dead-letter exchange…): declaring it again with other arguments would
+/// fail and the relay would never publish. Only a missing queue is created, durable and
+/// without arguments. A failed passive declare closes its channel, hence a fresh one.
+fn ensure_queue(
+    connection: &mut Connection,
+    channel: Channel,
+    queue: &str,
+) -> Result<Channel, String> {
+    match channel.queue_declare_passive(queue) {
+        Ok(_) => return Ok(channel),
+        Err(AmqpError::ServerClosedChannel { code: 404, .. }) => {}
+        Err(e) => return Err(format!("look up queue {queue}: {e}")),
+    }
+    drop(channel);
+    let channel = connection
+        .open_channel(None)
+        .map_err(|e| format!("open channel: {e}"))?;
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue, options)
+        .map_err(|e| format!("declare queue {queue}: {e}"))?;
+    Ok(channel)
 }
 
 /// A TCP connection to the first address of `host` that answers within `CONNECT_TIMEOUT`.
@@ -74,17 +114,6 @@ fn tcp_connect(host: &str, port: u16) -> std::io::Result<mio::net::TcpStream> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("the name has no address")))
-}
-
-/// Declares the durable queue the events go to (creating it if the broker has none).
-pub fn declare_queue<'a>(channel: &'a Channel, rabbit: &RabbitConfig) -> Result<Queue<'a>, String> {
-    let options = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(rabbit.queue.as_str(), options)
-        .map_err(|e| format!("declare queue {}: {e}", rabbit.queue))
 }
 
 /// The running relay; dropping `stop` (or calling `shutdown`) ends it after a last drain.
@@ -108,6 +137,8 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<RelayHandle> {
     let (stop_tx, stop_rx) = bounded::<()>(0);
+    // A block recorded by an earlier run goes on: the event is sent alone until it passes.
+    let refusal = reader.blocked_event().ok().flatten().map(Refusal::recorded);
     let relay = Relay {
         settings,
         reader,
@@ -118,6 +149,7 @@ pub fn spawn(
         backoff: BACKOFF_MIN,
         jitter: Jitter::seeded(),
         last_prune: None,
+        refusal,
     };
     let thread = std::thread::Builder::new()
         .name("relay".into())
@@ -155,6 +187,33 @@ struct Relay {
     backoff: Duration,
     jitter: Jitter,
     last_prune: Option<Instant>,
+    /// The oldest pending event, while the broker refuses it.
+    refusal: Option<Refusal>,
+}
+
+/// Refusals of one event in a row.
+struct Refusal {
+    row: i64,
+    event_id: String,
+    event_type: String,
+    count: u32,
+    /// First refusal, in microseconds.
+    since: i64,
+    /// Logged and recorded in the outbox as stuck.
+    declared: bool,
+}
+
+impl Refusal {
+    fn recorded(b: BlockedEvent) -> Refusal {
+        Refusal {
+            row: b.id,
+            event_id: b.event_id,
+            event_type: b.event_type,
+            count: STUCK_AFTER,
+            since: b.since,
+            declared: true,
+        }
+    }
 }
 
 /// What one pass over the outbox achieved.
@@ -236,17 +295,24 @@ impl Relay {
                 }
             }
         }
+        if self.refusal.as_ref().is_some_and(|r| r.row < rows[0].id) {
+            self.refusal = None; // published meanwhile
+        }
+        // While the oldest event is refused it goes alone: nothing after it may reach the
+        // queue before it.
+        let alone = self.refusal.as_ref().is_some_and(|r| r.row == rows[0].id);
+        let rows = if alone { &rows[..1] } else { &rows[..] };
         let link = self.link.as_mut().expect("connected above");
-        let (sent, confirmed, error) = publish_batch(link, &rows, &self.settings.rabbit.queue);
+        let outcome = publish_batch(link, rows, &self.settings.rabbit.queue);
         // Sent but not confirmed (nack, return, lost connection); rows never sent are not failures.
-        let failed = sent - confirmed.len();
+        let failed = outcome.sent - outcome.confirmed.len();
         if failed > 0 {
             self.metrics.events_failed(failed as u64);
         }
-        let progressed = !confirmed.is_empty();
+        let progressed = !outcome.confirmed.is_empty();
         if progressed {
-            let n = confirmed.len() as u64;
-            match self.writer.mark_published(confirmed) {
+            let n = outcome.confirmed.len() as u64;
+            match self.writer.mark_published(outcome.confirmed.clone()) {
                 Ok(_) => self.metrics.events_published(n),
                 Err(e) => {
                     // Published but not marked: they go out again later (at least once).
@@ -254,28 +320,90 @@ impl Relay {
                     return Pass::Failed;
                 }
             }
+            self.went_through(&outcome.confirmed);
         }
-        match error {
-            None => {
-                self.backoff = BACKOFF_MIN;
-                Pass::Progress
-            }
+        if let Some((index, why)) = outcome.refused {
+            self.refused(&rows[index], why);
+        }
+        if outcome.returned {
+            // Unroutable: the queue may have been deleted; a fresh link declares it again.
+            // The broker is there all the same, so the link state does not change.
+            self.link = None;
+        }
+        match outcome.link_error {
             Some(e) => {
                 // Whatever went wrong, a fresh connection and channel start clean.
                 self.link = None;
                 self.set_state(LinkState::Down, Some(&e));
-                if progressed {
-                    Pass::Progress
-                } else {
-                    Pass::Failed
-                }
             }
+            None if outcome.refused.is_none() => {
+                self.backoff = BACKOFF_MIN;
+                return Pass::Progress;
+            }
+            None => {}
+        }
+        if progressed {
+            Pass::Progress
+        } else {
+            Pass::Failed
+        }
+    }
+
+    /// The broker refused `row` (nack or return) once more.
+    fn refused(&mut self, row: &OutboxRow, why: &str) {
+        let refusal = match &mut self.refusal {
+            Some(r) if r.row == row.id => {
+                r.count += 1;
+                r
+            }
+            slot => slot.insert(Refusal {
+                row: row.id,
+                event_id: row.event_id.clone(),
+                event_type: row.event_type.clone(),
+                count: 1,
+                since: crate::clock::now_micros(),
+                declared: false,
+            }),
+        };
+        log::debug!(
+            "relay: the broker refused event {} ({}, {why}), {} time(s) in a row",
+            refusal.event_id,
+            refusal.event_type,
+            refusal.count
+        );
+        if refusal.count < STUCK_AFTER || refusal.declared {
+            return;
+        }
+        log::warn!(
+            "relay: the broker refused event {} ({}) {} times in a row ({why}); it is retried \
+             alone, and the events after it wait until it goes through",
+            refusal.event_id,
+            refusal.event_type,
+            refusal.count
+        );
+        match self.writer.mark_blocked(refusal.row, refusal.since) {
+            Ok(_) => refusal.declared = true,
+            Err(e) => log::error!("relay cannot record the refused event: {e}"),
+        }
+    }
+
+    /// Ends a refusal whose event the broker has now confirmed.
+    fn went_through(&mut self, confirmed: &[i64]) {
+        let Some(r) = self.refusal.take_if(|r| confirmed.contains(&r.row)) else {
+            return;
+        };
+        if r.declared {
+            let secs = (crate::clock::now_micros() - r.since).max(0) / 1_000_000;
+            log::info!(
+                "relay: event {} ({}) went through after {secs} s; the events after it follow",
+                r.event_id,
+                r.event_type
+            );
         }
     }
 
     fn connect(&self) -> Result<Link, String> {
         let (connection, channel) = open_channel(&self.settings.rabbit)?;
-        declare_queue(&channel, &self.settings.rabbit)?;
         let returns = channel
             .listen_for_returns()
             .map_err(|e| format!("listen for returns: {e}"))?;
@@ -352,13 +480,21 @@ fn stop_asked(stop: &Receiver<()>) -> bool {
     matches!(stop.try_recv(), Err(TryRecvError::Disconnected))
 }
 
-/// Publishes `rows` and waits for their confirms. Returns how many were sent, the ids
-/// confirmed as an unbroken run from the first row, and the error that cut it short.
-fn publish_batch(
-    link: &mut Link,
-    rows: &[OutboxRow],
-    queue: &str,
-) -> (usize, Vec<i64>, Option<String>) {
+/// What became of a batch.
+struct Outcome {
+    sent: usize,
+    /// Ids confirmed as an unbroken run from the first row.
+    confirmed: Vec<i64>,
+    /// The row (index) the run stops at, when the broker refused it: nack or return.
+    refused: Option<(usize, &'static str)>,
+    /// Some event came back unroutable.
+    returned: bool,
+    /// The link failed: publish error, no confirm in time, lost connection.
+    link_error: Option<String>,
+}
+
+/// Publishes `rows` and waits for their confirms.
+fn publish_batch(link: &mut Link, rows: &[OutboxRow], queue: &str) -> Outcome {
     let first_tag = link.next_tag;
     let mut sent = 0;
     let mut error = None;
@@ -401,6 +537,8 @@ fn publish_batch(
         };
         for confirm in link.smoother.process(raw) {
             match confirm {
+                // Late confirms of an earlier batch, cut short by a refusal, are not ours.
+                Confirm::Ack(p) | Confirm::Nack(p) if p.delivery_tag < first_tag => {}
                 Confirm::Ack(p) if nacked.is_none() => acked_upto = acked_upto.max(p.delivery_tag),
                 Confirm::Ack(_) => {}
                 Confirm::Nack(p) => {
@@ -411,7 +549,6 @@ fn publish_batch(
     }
     if let Some(tag) = nacked {
         acked_upto = acked_upto.min(tag - 1);
-        error.get_or_insert_with(|| "the broker refused an event (nack)".into());
     }
     // A mandatory message that routed nowhere comes back as a Return and is acked too.
     let mut returned = Vec::new();
@@ -426,12 +563,25 @@ fn publish_batch(
         }
         confirmed.push(row.id);
     }
-    if !returned.is_empty() {
-        error.get_or_insert_with(|| {
-            format!("{} events could not be routed to the queue", returned.len())
-        });
+    let refused = rows.get(confirmed.len()).and_then(|row| {
+        if nacked == Some(first_tag + confirmed.len() as u64) {
+            Some((confirmed.len(), "nack"))
+        } else if returned.contains(&row.event_id) {
+            Some((confirmed.len(), "returned as unroutable"))
+        } else {
+            None
+        }
+    });
+    if confirmed.len() < rows.len() && refused.is_none() {
+        error.get_or_insert_with(|| "the broker did not confirm every event".into());
     }
-    (sent, confirmed, error)
+    Outcome {
+        sent,
+        confirmed,
+        refused,
+        returned: !returned.is_empty(),
+        link_error: error,
+    }
 }
 
 fn headers(row: &OutboxRow) -> FieldTable {

@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use amiquip::{
-    Connection, ConsumerMessage, ConsumerOptions, QueueDeclareOptions, QueueDeleteOptions,
+    Connection, ConsumerMessage, ConsumerOptions, FieldTable, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use serde_json::Value;
 
@@ -63,6 +64,12 @@ pub struct TestQueue {
 
 impl TestQueue {
     pub fn declare() -> TestQueue {
+        TestQueue::declare_with(FieldTable::new())
+    }
+
+    /// A durable queue with these arguments (`x-max-length`, `x-overflow`…), as an
+    /// operator may set them up before the service first connects.
+    pub fn declare_with(arguments: FieldTable) -> TestQueue {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -73,8 +80,12 @@ impl TestQueue {
         let mut connection = connect();
         {
             let channel = connection.open_channel(None).expect("open a channel");
+            let options = QueueDeclareOptions {
+                arguments,
+                ..durable()
+            };
             channel
-                .queue_declare(name.as_str(), durable())
+                .queue_declare(name.as_str(), options)
                 .unwrap_or_else(|e| panic!("declare queue {name}: {e}"));
         }
         let _ = connection.close();
@@ -83,6 +94,18 @@ impl TestQueue {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Deletes the queue now (and again, harmlessly, when dropped).
+    pub fn delete(&self) {
+        let mut connection = connect();
+        {
+            let channel = connection.open_channel(None).expect("open a channel");
+            channel
+                .queue_delete(self.name.as_str(), QueueDeleteOptions::default())
+                .unwrap_or_else(|e| panic!("delete queue {}: {e}", self.name));
+        }
+        let _ = connection.close();
     }
 
     /// Messages ready in the queue (not counting those delivered to a consumer).

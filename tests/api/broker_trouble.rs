@@ -135,3 +135,202 @@ fn no_log_line_or_command_output_shows_a_password() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A stuck event is named
+// ---------------------------------------------------------------------------------------
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+fn pending(app: &TestApp) -> i64 {
+    app.db()
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// `order-service outbox status` on the service's database, while it runs.
+fn outbox_status(app: &TestApp) -> String {
+    let dir = TempDir::new();
+    run_cli(
+        dir.path(),
+        &[("DATABASE_URL", app.db_path.display().to_string())],
+        &["outbox", "status"],
+    )
+}
+
+/// Products 10..20 with names of 500 characters: an order of all ten makes an event of
+/// about 6 KB, where an order of one mouse makes one of about 500 bytes.
+fn long_named_products(products: &ProductStandIn) -> Vec<(i64, i64)> {
+    (10..20)
+        .map(|id| {
+            products.set(
+                id,
+                product(&format!("{id:03}{}", "n".repeat(497)), "1.00", 100),
+            );
+            (id, 1)
+        })
+        .collect()
+}
+
+/// The queue takes at most 4,000 bytes and refuses (`reject-publish`) what would not fit:
+/// the 6 KB event is refused forever, small events would still fit. The relay names the
+/// refused event once, in the log, /ready, /metrics and `outbox status`; the events after
+/// it do not reach the queue; the broker shows as connected all along. Once the queue is
+/// gone (the relay declares a plain one again), the event goes through, then the rest, in
+/// order, and the block is cleared everywhere.
+#[test]
+fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
+    if !require_broker() {
+        return;
+    }
+    let mut arguments = amiquip::FieldTable::new();
+    arguments.insert(
+        "x-max-length-bytes".into(),
+        amiquip::AmqpValue::LongLongInt(4000),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        amiquip::AmqpValue::LongString("reject-publish".into()),
+    );
+    let queue = TestQueue::declare_with(arguments);
+    let products = ProductStandIn::with_default_catalog();
+    let big_order = long_named_products(&products);
+    let app = TestApp::builder()
+        .products(products)
+        .env("RABBITMQ_PORT", &BROKER_PORT.to_string())
+        .env("RABBITMQ_QUEUE", queue.name())
+        .env("RUST_LOG", "info")
+        .spawn();
+
+    // Event 1 fits.
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    assert!(
+        wait_until(Duration::from_secs(10), || pending(&app) == 0),
+        "the first event was not published into the queue that has its own arguments:\n{}",
+        app.stderr()
+    );
+    // Event 2 never will.
+    app.create_order(&ALICE, &items(&big_order))
+        .assert_status(201);
+    let mut ready = serde_json::Value::Null;
+    let named = wait_until(Duration::from_secs(20), || {
+        ready = app.ready().json();
+        ready["outbox"]["blocked_event_id"] == "test-store:2"
+    });
+    assert!(
+        named,
+        "/ready does not name the refused event: {ready}\n{}",
+        app.stderr()
+    );
+    assert_eq!(
+        ready["outbox"]["blocked_event_type"], "order_created",
+        "{ready}"
+    );
+    assert_utc_rfc3339(&ready["outbox"]["blocked_since"]);
+    assert_eq!(ready["broker"], "connected", "{ready}");
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    // Event 3 would fit, but waits behind event 2.
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        queue.message_count(),
+        1,
+        "only event 1 is in the queue; event 3 must not overtake event 2"
+    );
+    assert_eq!(pending(&app), 2);
+    let metrics = app.metrics().body;
+    assert_eq!(
+        metric(&metrics, "order_service_outbox_blocked_event_sequence"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "order_service_outbox_blocked_seconds").is_some_and(|s| s >= 3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "order_service_broker_connected"),
+        Some(1.0)
+    );
+    let status = outbox_status(&app);
+    assert!(
+        status.contains("pending: 2")
+            && status
+                .contains("blocked_event: test-store:2 order_created refused by the broker since "),
+        "outbox status:\n{status}"
+    );
+    let log = app.stderr();
+    let named_lines = log
+        .lines()
+        .filter(|l| l.contains("refused event test-store:2 (order_created)"))
+        .count();
+    assert_eq!(named_lines, 1, "the event is named once in the log:\n{log}");
+    assert_eq!(
+        log.matches("relay connected").count(),
+        1,
+        "a refusal is not a reconnect:\n{log}"
+    );
+    assert!(
+        !log.contains("broker unavailable"),
+        "the broker was there all along; the log must not say otherwise:\n{log}"
+    );
+
+    // A restart keeps the block, and still sends nothing past it.
+    let mut app = app;
+    app.restart();
+    let ready = app.ready().json();
+    assert_eq!(
+        ready["outbox"]["blocked_event_id"], "test-store:2",
+        "{ready}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        queue.message_count(),
+        1,
+        "event 3 overtook event 2 after a restart"
+    );
+
+    // Without the limit, event 2 goes through, then event 3.
+    queue.delete();
+    assert!(
+        wait_until(Duration::from_secs(20), || pending(&app) == 0),
+        "the events did not go out once the queue took them:\n{}",
+        app.stderr()
+    );
+    let consumer = QueueConsumer::start(&queue);
+    assert!(consumer.wait_for(Duration::from_secs(10), |r| r.len() >= 2));
+    let ids: Vec<String> = consumer.received().iter().map(|m| m.id()).collect();
+    assert_eq!(ids, ["test-store:2", "test-store:3"]);
+    let ready = app.ready().json();
+    assert!(
+        ready["outbox"]["blocked_event_id"].is_null(),
+        "the block is over: {ready}"
+    );
+    assert_eq!(
+        metric(
+            &app.metrics().body,
+            "order_service_outbox_blocked_event_sequence"
+        ),
+        Some(0.0)
+    );
+    assert!(outbox_status(&app).contains("blocked_event: none"));
+    assert!(
+        app.stderr()
+            .contains("event test-store:2 (order_created) went through"),
+        "{}",
+        app.stderr()
+    );
+}
