@@ -19,7 +19,9 @@ use amiquip::{
     ConnectionOptions, ConnectionTuning, Error as AmqpError, FieldTable, Publish,
     QueueDeclareOptions, Return,
 };
-use crossbeam_channel::{after, bounded, select, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{
+    after, bounded, never, select, Receiver, RecvTimeoutError, Sender, TryRecvError,
+};
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -39,8 +41,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Refusals of the same event after which it is declared stuck (about 4 s of backoff).
 const STUCK_AFTER: u32 = 5;
-/// At shutdown, the relay gets this long to publish what is pending.
+/// At shutdown, the relay gets this long to publish what is pending, confirms included.
 const LAST_DRAIN: Duration = Duration::from_secs(3);
+/// Closing a link waits for the broker's close-ok, which a hung broker never sends; after
+/// this long the link is left to its I/O thread (the heartbeat ends it, or the exit does).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `RelayHandle::shutdown` waits for the relay: its last drain and the close,
+/// with room for one broker call already under way (a connect is bounded by 2 × 3 s).
+pub const STOP_WITHIN: Duration = Duration::from_secs(8);
 
 pub struct RelaySettings {
     pub rabbit: RabbitConfig,
@@ -119,13 +127,30 @@ fn tcp_connect(host: &str, port: u16) -> std::io::Result<mio::net::TcpStream> {
 /// The running relay; dropping `stop` (or calling `shutdown`) ends it after a last drain.
 pub struct RelayHandle {
     stop: Sender<()>,
+    /// Disconnected when the relay thread ends.
+    done: Receiver<()>,
     thread: JoinHandle<()>,
 }
 
 impl RelayHandle {
-    pub fn shutdown(self) {
+    /// Asks the relay to stop and waits for it up to `within`. False if it is still stuck
+    /// in a broker call that does not return: it is then left behind (the process is
+    /// about to exit; what it did not mark published goes out again at the next start).
+    pub fn shutdown(self, within: Duration) -> bool {
         drop(self.stop);
-        let _ = self.thread.join();
+        match self.done.recv_timeout(within) {
+            Err(RecvTimeoutError::Timeout) => {
+                log::warn!(
+                    "relay: still waiting on the broker after {} s; leaving it",
+                    within.as_secs()
+                );
+                false
+            }
+            _ => {
+                let _ = self.thread.join();
+                true
+            }
+        }
     }
 }
 
@@ -137,6 +162,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<RelayHandle> {
     let (stop_tx, stop_rx) = bounded::<()>(0);
+    let (done_tx, done_rx) = bounded::<()>(0);
     // A block recorded by an earlier run goes on: the event is sent alone until it passes.
     let refusal = reader.blocked_event().ok().flatten().map(Refusal::recorded);
     let relay = Relay {
@@ -150,12 +176,18 @@ pub fn spawn(
         jitter: Jitter::seeded(),
         last_prune: None,
         refusal,
+        stop: stop_rx,
+        drain_by: None,
     };
     let thread = std::thread::Builder::new()
         .name("relay".into())
-        .spawn(move || crate::app::exit_on_panic("relay", move || relay.run(wake, stop_rx)))?;
+        .spawn(move || {
+            let _done = done_tx;
+            crate::app::exit_on_panic("relay", move || relay.run(wake))
+        })?;
     Ok(RelayHandle {
         stop: stop_tx,
+        done: done_rx,
         thread,
     })
 }
@@ -189,6 +221,9 @@ struct Relay {
     last_prune: Option<Instant>,
     /// The oldest pending event, while the broker refuses it.
     refusal: Option<Refusal>,
+    stop: Receiver<()>,
+    /// Once asked to stop: the end of the last drain.
+    drain_by: Option<Instant>,
 }
 
 /// Refusals of one event in a row.
@@ -227,33 +262,31 @@ enum Pass {
 }
 
 impl Relay {
-    fn run(mut self, wake: Receiver<()>, stop: Receiver<()>) {
+    fn run(mut self, wake: Receiver<()>) {
         loop {
             self.housekeeping();
             let wait = match self.pass() {
-                Pass::Progress if stop_asked(&stop) => break,
+                _ if self.drain_by.is_some() => break,
+                Pass::Progress if stop_asked(&self.stop) => break,
                 Pass::Progress => continue,
                 Pass::Idle => POLL,
                 Pass::Failed => self.next_backoff(),
             };
             select! {
-                recv(stop) -> _ => break,
+                recv(self.stop) -> _ => break,
                 recv(wake) -> msg => if msg.is_err() { break },
                 recv(after(wait)) -> _ => {},
             }
         }
         self.last_drain();
-        if let Some(link) = self.link.take() {
-            let _ = link.channel.close();
-            let _ = link.connection.close();
-        }
+        self.drop_link();
         self.metrics.set_broker_connected(false);
         log::debug!("relay stopped");
     }
 
     /// One more try at what is pending, bounded in time, before the process exits.
     fn last_drain(&mut self) {
-        let deadline = Instant::now() + LAST_DRAIN;
+        let deadline = *self.drain_by.get_or_insert(Instant::now() + LAST_DRAIN);
         while Instant::now() < deadline {
             match self.pass() {
                 Pass::Progress => {}
@@ -279,9 +312,16 @@ impl Relay {
                 return Pass::Failed;
             }
         };
+        let stopping = self.drain_by.is_some();
         if rows.is_empty() {
-            self.check_idle_link();
+            if !stopping {
+                self.check_idle_link();
+            }
             return Pass::Idle;
+        }
+        if self.link.is_none() && stopping && self.state == LinkState::Down {
+            // Known to be away: a connect could outlast the drain.
+            return Pass::Failed;
         }
         if self.link.is_none() {
             match self.connect() {
@@ -303,7 +343,17 @@ impl Relay {
         let alone = self.refusal.as_ref().is_some_and(|r| r.row == rows[0].id);
         let rows = if alone { &rows[..1] } else { &rows[..] };
         let link = self.link.as_mut().expect("connected above");
-        let outcome = publish_batch(link, rows, &self.settings.rabbit.queue);
+        let stop = if stopping { never() } else { self.stop.clone() };
+        let outcome = publish_batch(
+            link,
+            rows,
+            &self.settings.rabbit.queue,
+            &stop,
+            self.drain_by,
+        );
+        if outcome.stop_seen {
+            self.drain_by.get_or_insert(Instant::now() + LAST_DRAIN);
+        }
         // Sent but not confirmed (nack, return, lost connection); rows never sent are not failures.
         let failed = outcome.sent - outcome.confirmed.len();
         if failed > 0 {
@@ -328,12 +378,12 @@ impl Relay {
         if outcome.returned {
             // Unroutable: the queue may have been deleted; a fresh link declares it again.
             // The broker is there all the same, so the link state does not change.
-            self.link = None;
+            self.drop_link();
         }
         match outcome.link_error {
             Some(e) => {
                 // Whatever went wrong, a fresh connection and channel start clean.
-                self.link = None;
+                self.drop_link();
                 self.set_state(LinkState::Down, Some(&e));
             }
             None if outcome.refused.is_none() => {
@@ -431,8 +481,29 @@ impl Relay {
             .channel
             .queue_declare_passive(self.settings.rabbit.queue.as_str())
         {
-            self.link = None;
+            self.drop_link();
             self.set_state(LinkState::Down, Some(&format!("idle check: {e}")));
+        }
+    }
+
+    /// Closes the link, waiting at most `CLOSE_TIMEOUT` for the broker to answer.
+    fn drop_link(&mut self) {
+        let Some(link) = self.link.take() else { return };
+        let (done_tx, done_rx) = bounded::<()>(0);
+        let closing = std::thread::Builder::new()
+            .name("relay-close".into())
+            .spawn(move || {
+                let _done = done_tx;
+                let _ = link.channel.close();
+                let _ = link.connection.close();
+            });
+        if closing.is_ok()
+            && matches!(
+                done_rx.recv_timeout(CLOSE_TIMEOUT),
+                Err(RecvTimeoutError::Timeout)
+            )
+        {
+            log::debug!("relay: the broker did not answer the close; leaving the link");
         }
     }
 
@@ -491,10 +562,19 @@ struct Outcome {
     returned: bool,
     /// The link failed: publish error, no confirm in time, lost connection.
     link_error: Option<String>,
+    /// The relay was asked to stop while it waited.
+    stop_seen: bool,
 }
 
-/// Publishes `rows` and waits for their confirms.
-fn publish_batch(link: &mut Link, rows: &[OutboxRow], queue: &str) -> Outcome {
+/// Publishes `rows` and waits for their confirms: up to `CONFIRM_TIMEOUT`, and no later
+/// than `drain_by`, or `LAST_DRAIN` after `stop` fires.
+fn publish_batch(
+    link: &mut Link,
+    rows: &[OutboxRow],
+    queue: &str,
+    stop: &Receiver<()>,
+    drain_by: Option<Instant>,
+) -> Outcome {
     let first_tag = link.next_tag;
     let mut sent = 0;
     let mut error = None;
@@ -524,16 +604,34 @@ fn publish_batch(link: &mut Link, rows: &[OutboxRow], queue: &str) -> Outcome {
     // Tags first_tag .. first_tag + sent are in flight; collect their confirms.
     let mut acked_upto = first_tag - 1;
     let mut nacked = None;
-    let deadline = Instant::now() + CONFIRM_TIMEOUT;
+    let mut deadline = Instant::now() + CONFIRM_TIMEOUT;
+    if let Some(by) = drain_by {
+        deadline = deadline.min(by);
+    }
+    let mut stop = stop.clone();
+    let mut stop_seen = false;
     let last_tag = first_tag + sent as u64 - 1;
     while sent > 0 && acked_upto < last_tag && nacked.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let raw = match link.confirms.recv_timeout(left) {
-            Ok(c) => c,
-            Err(_) => {
+        let raw = select! {
+            recv(link.confirms) -> c => match c {
+                Ok(c) => c,
+                Err(_) => {
+                    error.get_or_insert_with(|| "the connection was lost".into());
+                    break;
+                }
+            },
+            recv(stop) -> _ => {
+                // Shutting down: what is in flight gets the last drain's time, no more.
+                deadline = deadline.min(Instant::now() + LAST_DRAIN);
+                stop = never();
+                stop_seen = true;
+                continue;
+            },
+            recv(after(left)) -> _ => {
                 error.get_or_insert_with(|| "no confirm from the broker in time".into());
                 break;
-            }
+            },
         };
         for confirm in link.smoother.process(raw) {
             match confirm {
@@ -581,6 +679,7 @@ fn publish_batch(link: &mut Link, rows: &[OutboxRow], queue: &str) -> Outcome {
         refused,
         returned: !returned.is_empty(),
         link_error: error,
+        stop_seen,
     }
 }
 

@@ -334,3 +334,149 @@ fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
         app.stderr()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Bounded shutdown
+// ---------------------------------------------------------------------------------------
+
+/// A service publishing through `proxy` into `queue`, with one event already published
+/// (so the relay holds a live link through the proxy).
+fn app_through(proxy: &TcpProxy, queue: &TestQueue) -> TestApp {
+    let app = TestApp::builder()
+        .env("RABBITMQ_PORT", &proxy.port().to_string())
+        .env("RABBITMQ_QUEUE", queue.name())
+        .env("RUST_LOG", "info")
+        .spawn();
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    assert!(
+        wait_until(Duration::from_secs(10), || pending(&app) == 0),
+        "the first event did not go out through the proxy:\n{}",
+        app.stderr()
+    );
+    app
+}
+
+/// Three more orders while the broker hangs: the relay publishes them and waits for
+/// confirms that never come.
+fn orders_into_a_hung_broker(app: &TestApp, proxy: &TcpProxy) {
+    proxy.black_hole();
+    for _ in 0..3 {
+        app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+            .assert_status(201);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// What the service acknowledged is in the database after it exited.
+#[track_caller]
+fn assert_acknowledged_orders_kept(app: &TestApp, orders: i64) {
+    assert_eq!(app.count_orders(), orders, "an acknowledged order was lost");
+    assert_eq!(
+        app.count_outbox(),
+        orders,
+        "an acknowledged order lost its event"
+    );
+}
+
+/// The broker stops answering while the relay waits for confirms: SIGTERM still ends the
+/// process well inside systemd's 30 s, with status 0, and the unconfirmed events stay in
+/// the outbox for the next start.
+#[test]
+fn a_hung_broker_does_not_hold_up_shutdown() {
+    if !require_broker() {
+        return;
+    }
+    let queue = TestQueue::declare();
+    let proxy = TcpProxy::start();
+    let mut app = app_through(&proxy, &queue);
+    orders_into_a_hung_broker(&app, &proxy);
+
+    let asked = std::time::Instant::now();
+    app.signal("TERM");
+    let status = app.wait_exit(Duration::from_secs(40));
+    let took = asked.elapsed();
+    eprintln!(
+        "exit {:.1} s after SIGTERM with a hung broker",
+        took.as_secs_f64()
+    );
+    let status = status.expect("the service did not exit within 40 s of SIGTERM");
+    assert!(
+        took < Duration::from_secs(10),
+        "the service took {took:?} to exit after SIGTERM with a hung broker:\n{}",
+        app.stderr()
+    );
+    assert!(status.success(), "exit status {status}:\n{}", app.stderr());
+    assert_acknowledged_orders_kept(&app, 4);
+    assert_eq!(pending(&app), 3, "unconfirmed events stay in the outbox");
+}
+
+/// The broker hangs while the relay is idle (its link check waits on it): SIGTERM leaves
+/// the stuck relay behind after `STOP_WITHIN` (8 s) and still exits 0.
+#[test]
+fn a_broker_that_hangs_while_the_relay_is_idle_does_not_hold_up_shutdown() {
+    if !require_broker() {
+        return;
+    }
+    let queue = TestQueue::declare();
+    let proxy = TcpProxy::start();
+    let mut app = app_through(&proxy, &queue);
+    proxy.black_hole();
+    // The idle relay checks its link every 5 s; by now a check waits on the broker.
+    std::thread::sleep(Duration::from_secs(6));
+
+    let asked = std::time::Instant::now();
+    app.signal("TERM");
+    let status = app.wait_exit(Duration::from_secs(40));
+    let took = asked.elapsed();
+    eprintln!(
+        "exit {:.1} s after SIGTERM with a hung broker, relay idle",
+        took.as_secs_f64()
+    );
+    let status = status.expect("the service did not exit within 40 s of SIGTERM");
+    assert!(
+        took < Duration::from_secs(12),
+        "the service took {took:?} to exit after SIGTERM:\n{}",
+        app.stderr()
+    );
+    assert!(status.success(), "exit status {status}:\n{}", app.stderr());
+    assert_acknowledged_orders_kept(&app, 1);
+}
+
+/// A second SIGTERM during a shutdown that waits on a hung broker ends the process at
+/// once, killed by the signal; every order it acknowledged is in the database.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    if !require_broker() {
+        return;
+    }
+    let queue = TestQueue::declare();
+    let proxy = TcpProxy::start();
+    let mut app = app_through(&proxy, &queue);
+    orders_into_a_hung_broker(&app, &proxy);
+
+    app.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        app.wait_exit(Duration::ZERO).is_none(),
+        "the first SIGTERM should still be waiting on the broker"
+    );
+    let asked = std::time::Instant::now();
+    app.signal("TERM");
+    let status = app
+        .wait_exit(Duration::from_secs(40))
+        .expect("the service did not exit within 40 s");
+    let took = asked.elapsed();
+    eprintln!(
+        "exit {:.0} ms after the second SIGTERM",
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the second SIGTERM took {took:?} to end the process:\n{}",
+        app.stderr()
+    );
+    assert_eq!(status.signal(), Some(15), "killed by SIGTERM: {status}");
+    assert_acknowledged_orders_kept(&app, 4);
+}
