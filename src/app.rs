@@ -51,8 +51,13 @@ impl App {
             gateway_token: config.gateway_token.clone(),
             in_flight: InFlight::default(),
         });
-        let http = HttpServer::start(listener, shared, config.http_threads)
-            .map_err(|e| format!("cannot start HTTP workers: {e}"))?;
+        let http = HttpServer::start(
+            listener,
+            shared,
+            config.http_threads,
+            config.max_connections,
+        )
+        .map_err(|e| format!("cannot start HTTP workers: {e}"))?;
 
         let relay_reader = Reader::open(&config.database_path).map_err(|e| e.to_string())?;
         let relay = relay::spawn(

@@ -57,6 +57,7 @@ pub struct Config {
     pub product_cache_max_age: Duration,
     pub outbox_retention: Duration,
     pub http_threads: usize,
+    pub max_connections: usize,
 }
 
 /// A bad setting, named.
@@ -139,6 +140,16 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "seconds published events are kept (at most 10 years)",
     ),
     ("HTTP_THREADS", "8", "HTTP worker threads (1..=256)"),
+    (
+        "MAX_CONNECTIONS",
+        "512",
+        "client connections served at once; one more gets 503 (1..=65536)",
+    ),
+    (
+        "ALLOW_UNTRUSTED_NETWORK",
+        "",
+        "1 lets a HOST other than loopback start without GATEWAY_TOKEN",
+    ),
     ("RUST_LOG", "info", "log filter"),
     ("FLASK_ENV", "", "accepted and ignored"),
 ];
@@ -204,6 +215,24 @@ impl Config {
                 Err("must be at most 100 characters".into())
             }
         })?;
+        let gateway_token = get("GATEWAY_TOKEN").map(Secret);
+        let untrusted_ok = parse_or(&get, "ALLOW_UNTRUSTED_NETWORK", false, |v| match v {
+            "1" | "true" | "yes" => Ok(true),
+            "0" | "false" | "no" => Ok(false),
+            _ => Err("must be 1 or 0".into()),
+        })?;
+        // The gateway's headers are the only identity there is: anyone who can reach the
+        // port can send them, so beyond loopback they need the gateway's token.
+        if !host.is_loopback() && gateway_token.is_none() && !untrusted_ok {
+            return Err(ConfigError {
+                variable: "HOST".into(),
+                problem: format!(
+                    "{host} is reachable from the network, where anyone could send the identity \
+                     headers: set GATEWAY_TOKEN, or ALLOW_UNTRUSTED_NETWORK=1 if only the \
+                     gateway can reach this port"
+                ),
+            });
+        }
         Ok(Config {
             host,
             port,
@@ -216,7 +245,7 @@ impl Config {
             product_total_timeout: ms("PRODUCT_TIMEOUT_MS", 3000)?,
             store_id,
             admin_token: get("ADMIN_TOKEN").map(Secret),
-            gateway_token: get("GATEWAY_TOKEN").map(Secret),
+            gateway_token,
             product_cache_max_age: secs("PRODUCT_CACHE_MAX_AGE", 0)?,
             outbox_retention: secs("OUTBOX_RETENTION", 7 * 24 * 3600)?,
             http_threads: parse_or(&get, "HTTP_THREADS", 8, |v| {
@@ -227,6 +256,10 @@ impl Config {
                         Err("must be from 1 to 256".into())
                     }
                 })
+            })?,
+            max_connections: parse_or(&get, "MAX_CONNECTIONS", 512, |v| {
+                parse_num::<usize>(v, "a number of connections")
+                    .and_then(|n| within(n as u64, 1, 65_536).map(|n| n as usize))
             })?,
         })
     }
@@ -330,6 +363,14 @@ fn parse_database(v: &str) -> Result<PathBuf, String> {
     if path.is_empty() || path.contains("://") {
         return Err("must be a file path or sqlite://PATH".into());
     }
+    // SQLite reads these as a database that lives only in this process: every order
+    // would be answered 201 and lost at exit.
+    if path == ":memory:"
+        || (path.starts_with("file:")
+            && (path.contains(":memory:") || path.contains("mode=memory")))
+    {
+        return Err("must be a file: an in-memory database loses every order at exit".into());
+    }
     Ok(PathBuf::from(path))
 }
 
@@ -388,6 +429,24 @@ mod tests {
     }
 
     #[test]
+    fn a_host_beyond_loopback_needs_the_gateway_token_or_a_word_from_the_operator() {
+        let open = config(&[("HOST", "0.0.0.0")]).unwrap_err();
+        assert_eq!(open.variable, "HOST");
+        assert!(open.problem.contains("GATEWAY_TOKEN"), "{}", open.problem);
+        assert!(config(&[("HOST", "0.0.0.0"), ("GATEWAY_TOKEN", "t")]).is_ok());
+        assert!(config(&[("HOST", "0.0.0.0"), ("ALLOW_UNTRUSTED_NETWORK", "1")]).is_ok());
+        assert!(config(&[("HOST", "::1")]).is_ok());
+        assert!(config(&[("HOST", "127.0.0.2")]).is_ok());
+        let bad = config(&[("ALLOW_UNTRUSTED_NETWORK", "maybe")]).unwrap_err();
+        assert_eq!(bad.variable, "ALLOW_UNTRUSTED_NETWORK");
+        assert_eq!(config(&[]).unwrap().max_connections, 512);
+        assert_eq!(
+            config(&[("MAX_CONNECTIONS", "0")]).unwrap_err().variable,
+            "MAX_CONNECTIONS"
+        );
+    }
+
+    #[test]
     fn names_the_bad_variable() {
         assert_eq!(config(&[("PORT", "eighty")]).unwrap_err().variable, "PORT");
         assert_eq!(config(&[("HOST", "nowhere")]).unwrap_err().variable, "HOST");
@@ -411,6 +470,24 @@ mod tests {
                 .variable,
             "DATABASE_URL"
         );
+    }
+
+    #[test]
+    fn refuses_in_memory_databases() {
+        for url in [
+            ":memory:",
+            "sqlite::memory:",
+            "sqlite://:memory:",
+            "file::memory:",
+            "file::memory:?cache=shared",
+            "file:orders?mode=memory",
+        ] {
+            let e = config(&[("DATABASE_URL", url)]).unwrap_err();
+            assert_eq!(e.variable, "DATABASE_URL", "{url}");
+            assert!(e.to_string().contains("in-memory"), "{url}: {e}");
+        }
+        let c = config(&[("DATABASE_URL", "file:/var/lib/o.db")]).unwrap();
+        assert_eq!(c.database_path, PathBuf::from("file:/var/lib/o.db"));
     }
 
     #[test]

@@ -125,12 +125,14 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
         }
         Command::OutboxStatus => outbox_status(&config),
         Command::Backup(dest) => {
-            store::backup(&config.database_path, &dest)
+            let report = store::backup(&config.database_path, &dest)
                 .map_err(|e| Failure::Other(e.to_string()))?;
             println!(
-                "{} copied to {}",
+                "{} copied to {}: {} bytes in {:.2} s",
                 config.database_path.display(),
-                dest.display()
+                dest.display(),
+                report.bytes,
+                report.elapsed.as_secs_f64()
             );
             Ok(())
         }
@@ -218,7 +220,10 @@ fn outbox_status(config: &Config) -> Result<(), Failure> {
         .map_err(|e| Failure::Other(e.to_string()))?;
     println!("database: {}", config.database_path.display());
     println!("pending: {}", stats.pending);
-    println!("published: {}", stats.published);
+    let published = reader
+        .published_events()
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    println!("published: {published}");
     match stats.oldest_pending_age_seconds() {
         Some(age) => println!("oldest_pending_age_seconds: {age}"),
         None => println!("oldest_pending_age_seconds: none"),
@@ -246,7 +251,7 @@ fn help() -> String {
          COMMANDS:\n    serve            run the service (the default)\n    \
          migrate          apply database migrations and exit\n    \
          outbox status    print pending and published event counts from the database\n    \
-         backup PATH      copy the live database consistently to PATH\n    \
+         backup PATH      copy the live database consistently to a new file PATH (mode 0600)\n    \
          queue peek [N]   show up to N (10) events waiting in RABBITMQ_QUEUE, leaving them there\n\n\
          OPTIONS:\n    -c, --config FILE   read settings from FILE (KEY=VALUE lines, systemd EnvironmentFile format);\n                        \
          the process environment wins over the file\n    -h, --help          print this\n    \

@@ -5,6 +5,7 @@ use crate::config::{Config, ProductSource};
 use crate::domain::{Money, NewOrder, PricedLine, ProductId};
 use crate::metrics::Metrics;
 use crate::store::CachedProduct;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt;
 use std::path::PathBuf;
@@ -277,21 +278,34 @@ fn fetch_one(
         .call()
         .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
     let status = response.status().as_u16();
-    if status == 404 {
-        return Ok(None);
-    }
-    if status != 200 {
+    if status != 200 && status != 404 {
         return Err(Unavailable(format!("GET {url} answered {status}")));
     }
+    let json = response
+        .headers()
+        .get(ureq::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_media_type);
     let text = response
         .body_mut()
         .with_config()
         .limit(MAX_ANSWER_BYTES)
         .read_to_string()
         .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Unavailable(format!("GET {url}: not JSON: {e}")))?;
-    let product = parse_product(&value).map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+    if status == 404 {
+        // Only the product service's own answer says the product does not exist. A
+        // proxy's or ingress's 404 (an HTML or text page while a deploy is under way)
+        // is an outage: the order may be retried and the cached answers stay.
+        let own = json && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object());
+        return if own {
+            Ok(None)
+        } else {
+            Err(Unavailable(format!(
+                "GET {url} answered 404 without a JSON body; taken for a proxy, not the product service"
+            )))
+        };
+    }
+    let product = parse_product(&text).map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
     if product.id != id {
         return Err(Unavailable(format!(
             "GET {url}: answered for product {}",
@@ -301,32 +315,55 @@ fn fetch_one(
     Ok(Some(product))
 }
 
+/// `application/json` or a `+json` type, whatever its parameters.
+fn is_json_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .rsplit_once('+')
+            .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
+}
+
 /// Reads `{…}`, `{"product":{…}}` or `{"data":{…}}` holding id, name, price and stock.
-pub fn parse_product(value: &Value) -> Result<Product, String> {
-    let obj = ["product", "data"]
-        .iter()
-        .find_map(|k| value.get(k).filter(|v| v.is_object()))
-        .unwrap_or(value);
+///
+/// The price is read from its JSON text, never through a float: `19.999999999999999`
+/// is a float's 20.0 but has more than two decimals, so it is refused.
+pub fn parse_product(text: &str) -> Result<Product, String> {
+    let outer: Answer<'_> = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let wrapped = [outer.product, outer.data]
+        .into_iter()
+        .flatten()
+        .find(|raw| raw.get().starts_with('{'));
+    let obj = match wrapped {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|e| format!("not JSON: {e}"))?,
+        None => outer,
+    };
     let id = obj
-        .get("id")
+        .id
+        .as_ref()
         .and_then(Value::as_i64)
         .and_then(ProductId::new)
         .ok_or("no integer id")?;
     let name = obj
-        .get("name")
+        .name
+        .as_ref()
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty() && n.len() <= 500)
         .ok_or("no name")?
         .to_string();
-    let price = match obj.get("price") {
-        Some(Value::Number(n)) => Money::from_json_number(n),
-        // Some services send decimals as strings to keep them exact.
-        Some(Value::String(s)) => Money::parse_price(s),
-        _ => None,
-    }
-    .ok_or("price is not an amount of at most two decimals")?;
+    let price = obj
+        .price
+        .and_then(|raw| match raw.get() {
+            // Some services send decimals as strings to keep them exact.
+            quoted if quoted.starts_with('"') => serde_json::from_str::<String>(quoted)
+                .ok()
+                .and_then(|s| Money::parse_price(&s)),
+            number => Money::parse_price(number),
+        })
+        .ok_or("price is not an amount of at most two decimals")?;
     let stock = obj
-        .get("stock")
+        .stock
+        .as_ref()
         .and_then(Value::as_i64)
         .filter(|s| *s >= 0)
         .ok_or("stock is not a non-negative integer")?;
@@ -338,18 +375,33 @@ pub fn parse_product(value: &Value) -> Result<Product, String> {
     })
 }
 
+/// The fields of a product answer, the price kept as the text it was sent as.
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow, default)]
+    product: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(borrow, default)]
+    price: Option<&'a RawValue>,
+    #[serde(default)]
+    stock: Option<Value>,
+}
+
 fn read_catalog(path: &PathBuf) -> Result<Vec<Product>, Unavailable> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Unavailable(format!("cannot read {}: {e}", path.display())))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Unavailable(format!("{} is not JSON: {e}", path.display())))?;
-    let list = value
-        .as_array()
-        .ok_or_else(|| Unavailable(format!("{} must hold a JSON array", path.display())))?;
+    let list: Vec<&RawValue> = serde_json::from_str(&text)
+        .map_err(|e| Unavailable(format!("{} must hold a JSON array: {e}", path.display())))?;
     list.iter()
         .enumerate()
         .map(|(i, v)| {
-            parse_product(v).map_err(|e| Unavailable(format!("{} entry {i}: {e}", path.display())))
+            parse_product(v.get())
+                .map_err(|e| Unavailable(format!("{} entry {i}: {e}", path.display())))
         })
         .collect()
 }
@@ -403,17 +455,69 @@ mod tests {
     #[test]
     fn reads_plain_and_wrapped_answers() {
         let plain = json!({"id":1,"name":"Laptop","price":1299.99,"stock":3});
-        let p = parse_product(&plain).unwrap();
+        let p = parse_product(&plain.to_string()).unwrap();
         assert_eq!((p.price.cents(), p.stock), (129_999, 3));
-        assert_eq!(parse_product(&json!({ "product": plain })).unwrap(), p);
-        assert_eq!(parse_product(&json!({ "data": plain })).unwrap(), p);
+        let wrapped = |k: &str| json!({ k: plain }).to_string();
+        assert_eq!(parse_product(&wrapped("product")).unwrap(), p);
+        assert_eq!(parse_product(&wrapped("data")).unwrap(), p);
+        let quoted = r#"{"id":1,"name":"Laptop","price":"1299.99","stock":3,"data":[1]}"#;
+        assert_eq!(parse_product(quoted).unwrap(), p);
+        let spaced =
+            "{ \"id\" : 1 , \"name\" : \"Laptop\" , \"price\" :\n 1299.99 , \"stock\" : 3 }";
+        assert_eq!(parse_product(spaced).unwrap(), p);
+    }
+
+    #[test]
+    fn reads_prices_from_their_text() {
+        let with = |price: &str| format!(r#"{{"id":1,"name":"x","price":{price},"stock":1}}"#);
+        for (price, cents) in [("19.99", 1999), ("0.3", 30), ("42", 4200), ("1.50", 150)] {
+            assert_eq!(
+                parse_product(&with(price)).unwrap().price.cents(),
+                cents,
+                "{price}"
+            );
+        }
+        // Each of these reads back from a float as a price with two decimals.
+        for price in [
+            "19.999999999999999",
+            "20.000000000000001",
+            "1e3",
+            "19.990",
+            "-3",
+        ] {
+            assert!(parse_product(&with(price)).is_err(), "{price}");
+        }
+    }
+
+    #[test]
+    fn knows_a_json_media_type() {
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/problem+json",
+        ] {
+            assert!(is_json_media_type(yes), "{yes}");
+        }
+        for no in [
+            "text/html",
+            "text/plain; charset=utf-8",
+            "",
+            "application/jsonp",
+        ] {
+            assert!(!is_json_media_type(no), "{no}");
+        }
     }
 
     #[test]
     fn refuses_answers_it_cannot_trust() {
-        assert!(parse_product(&json!({"id":1,"name":"x","price":1.999,"stock":3})).is_err());
-        assert!(parse_product(&json!({"id":1,"name":"x","price":1,"stock":-1})).is_err());
-        assert!(parse_product(&json!({"id":1,"price":1,"stock":1})).is_err());
-        assert!(parse_product(&json!({"name":"x","price":1,"stock":1})).is_err());
+        for bad in [
+            json!({"id":1,"name":"x","price":1.999,"stock":3}),
+            json!({"id":1,"name":"x","price":1,"stock":-1}),
+            json!({"id":1,"price":1,"stock":1}),
+            json!({"name":"x","price":1,"stock":1}),
+        ] {
+            assert!(parse_product(&bad.to_string()).is_err(), "{bad}");
+        }
+        assert!(parse_product("<html>").is_err());
     }
 }

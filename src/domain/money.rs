@@ -48,20 +48,6 @@ impl Money {
         (cents <= MAX_PRICE_CENTS).then_some(Money(cents))
     }
 
-    /// Parses a JSON number exactly (its decimal text, not its float value).
-    pub fn from_json_number(n: &serde_json::Number) -> Option<Money> {
-        if let Some(i) = n.as_u64() {
-            return Self::parse_price(&i.to_string());
-        }
-        // serde_json prints the shortest text that reads back as the same f64,
-        // which is the decimal the sender wrote for any price with two decimals.
-        let text = n.to_string();
-        if text.contains(['e', 'E', '-']) {
-            return None;
-        }
-        Self::parse_price(&text)
-    }
-
     pub fn times(self, quantity: u32) -> Option<Money> {
         self.0.checked_mul(i64::from(quantity)).map(Money)
     }
@@ -103,18 +89,6 @@ mod tests {
         assert_eq!(Money::parse_price(".5"), None);
         assert_eq!(Money::parse_price("1e3"), None);
         assert_eq!(Money::parse_price("10000000.01"), None);
-    }
-
-    #[test]
-    fn reads_json_numbers_by_their_text() {
-        let n: serde_json::Number = serde_json::from_str("19.99").unwrap();
-        assert_eq!(Money::from_json_number(&n), Some(Money(1999)));
-        let n: serde_json::Number = serde_json::from_str("0.3").unwrap();
-        assert_eq!(Money::from_json_number(&n), Some(Money(30)));
-        let n: serde_json::Number = serde_json::from_str("42").unwrap();
-        assert_eq!(Money::from_json_number(&n), Some(Money(4200)));
-        let n: serde_json::Number = serde_json::from_str("-3").unwrap();
-        assert_eq!(Money::from_json_number(&n), None);
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum ApiError {
     Unavailable(String),
     /// A bug: logged with its cause, answered with a generic sentence.
     Internal(String),
+    /// The HTTP edge refused the request before any worker saw it: malformed or
+    /// ambiguous framing (400), too slow (408), too large (413, 414, 431), an unknown
+    /// `Expect` (417), a version other than 1.x (505), or full (503).
+    Edge(u16),
 }
 
 impl ApiError {
@@ -50,6 +54,7 @@ impl ApiError {
             ApiError::UnknownProduct(_) | ApiError::IdempotencyKeyReused => 422,
             ApiError::Internal(_) => 500,
             ApiError::ProductServiceUnavailable(_) | ApiError::Unavailable(_) => 503,
+            ApiError::Edge(status) => *status,
         }
     }
 
@@ -71,6 +76,17 @@ impl ApiError {
             ApiError::ProductServiceUnavailable(_) => "product_service_unavailable",
             ApiError::Unavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
+            ApiError::Edge(413) => "payload_too_large",
+            ApiError::Edge(status) => match status {
+                400 => "bad_request",
+                408 => "request_timeout",
+                414 => "uri_too_long",
+                417 => "expectation_failed",
+                431 => "headers_too_large",
+                503 => "too_many_connections",
+                505 => "http_version_not_supported",
+                _ => "refused",
+            },
         }
     }
 
@@ -116,6 +132,18 @@ impl ApiError {
                 "The service cannot take this request right now; retry later.".into()
             }
             ApiError::Internal(_) => "Something went wrong on our side.".into(),
+            ApiError::Edge(413) => ApiError::PayloadTooLarge.message(),
+            ApiError::Edge(status) => match status {
+                400 => "The request is malformed or its framing is ambiguous.",
+                408 => "The request did not arrive in time.",
+                414 => "The request line is too long.",
+                417 => "Only Expect: 100-continue is supported.",
+                431 => "The request head is too large.",
+                503 => "The service is serving as many connections as it can; retry shortly.",
+                505 => "Only HTTP/1.0 and HTTP/1.1 are supported.",
+                _ => "The request was refused.",
+            }
+            .into(),
         }
     }
 
@@ -134,9 +162,9 @@ impl ApiError {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             ApiError::MethodNotAllowed(allow) => vec![("Allow", allow.join(", "))],
-            ApiError::ProductServiceUnavailable(_) | ApiError::Unavailable(_) => {
-                vec![("Retry-After", RETRY_AFTER_SECS.to_string())]
-            }
+            ApiError::ProductServiceUnavailable(_)
+            | ApiError::Unavailable(_)
+            | ApiError::Edge(503) => vec![("Retry-After", RETRY_AFTER_SECS.to_string())],
             _ => Vec::new(),
         }
     }

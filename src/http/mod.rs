@@ -73,6 +73,36 @@ impl Reply {
         reply.headers.extend(e.headers());
         reply
     }
+
+    fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+        let mut response = tiny_http::Response::from_data(self.body.into_bytes())
+            .with_status_code(self.status)
+            .with_header(response_header("Content-Type", self.content_type));
+        for (name, value) in &self.headers {
+            response = response.with_header(response_header(name, value));
+        }
+        response
+    }
+}
+
+/// The answer to a request the HTTP edge refuses before any worker sees it.
+fn edge_refusal(status: u16) -> tiny_http::ResponseBox {
+    Reply::from_error(&ApiError::Edge(status))
+        .into_response()
+        .boxed()
+}
+
+/// Printable ASCII as is; anything else (a control character, a non-ASCII one) escaped,
+/// so a client cannot forge or break a log line.
+fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.bytes().all(|b| b.is_ascii_graphic()) {
+        text.into()
+    } else {
+        text.chars()
+            .flat_map(char::escape_default)
+            .collect::<String>()
+            .into()
+    }
 }
 
 /// The worker pool over one listening socket.
@@ -82,23 +112,30 @@ pub struct HttpServer {
     workers: Vec<JoinHandle<()>>,
 }
 
-/// How much of an unread chunked body is skipped to keep the connection usable.
-const DRAIN_BODY_LIMIT: u64 = 1024 * 1024;
-
 /// How long workers keep answering queued requests once asked to stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// A drain ends once no request has come for this long.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
 impl HttpServer {
-    /// Starts `threads` workers on an already bound listener (port 0 allowed).
+    /// Starts `threads` workers on an already bound listener (port 0 allowed), serving at
+    /// most `max_connections` clients at once.
     pub fn start(
         listener: std::net::TcpListener,
         shared: Arc<Shared>,
         threads: usize,
+        max_connections: usize,
     ) -> std::io::Result<HttpServer> {
+        let options = tiny_http::Options {
+            limits: tiny_http::Limits {
+                max_body: request::MAX_BODY,
+                ..tiny_http::Limits::default()
+            },
+            max_connections,
+            refusal: edge_refusal,
+        };
         let server = Arc::new(
-            tiny_http::Server::from_listener(listener, None)
+            tiny_http::Server::from_listener(listener, options)
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
         );
         let stopping = Arc::new(AtomicBool::new(false));
@@ -167,15 +204,21 @@ fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request) {
         .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
-    let method = req.method().as_str().to_string();
     let url = req.url().to_string();
     let (path, query) = request::split_url(&url);
+    // What the client sent is escaped before it reaches a log line.
+    let method = escaped(req.method().as_str()).into_owned();
+    let shown_path = escaped(path);
     let route = routes::route(path);
     let label = route.as_ref().map_or("unmatched", |r| r.pattern);
-    let outcome = catch_unwind(AssertUnwindSafe(|| match &route {
-        None => Err(ApiError::NotFound),
-        Some(route) => routes::handle(shared, reader, &mut req, route, &query),
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        request::refuse_ambiguous_headers(&req)?;
+        match &route {
+            None => Err(ApiError::NotFound),
+            Some(route) => routes::handle(shared, reader, &mut req, route, &query),
+        }
     }));
+    let path = shown_path;
     let reply = match outcome {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => {
@@ -191,21 +234,9 @@ fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request) {
         }
     };
     let status = reply.status;
-    let mut response = tiny_http::Response::from_data(reply.body.into_bytes())
-        .with_status_code(status)
-        .with_header(response_header("Content-Type", reply.content_type))
+    let response = reply
+        .into_response()
         .with_header(response_header("X-Request-Id", &request_id));
-    for (name, value) in &reply.headers {
-        response = response.with_header(response_header(name, value));
-    }
-    if req.body_length().is_none() {
-        // tiny_http skips an unread Content-Length body itself, but an unread chunked one
-        // would be parsed as the next request on this connection.
-        let _ = std::io::copy(
-            &mut std::io::Read::take(req.as_reader(), DRAIN_BODY_LIMIT),
-            &mut std::io::sink(),
-        );
-    }
     if let Err(e) = req.respond(response) {
         log::debug!("{method} {path} [{request_id}]: client went away: {e}");
     }

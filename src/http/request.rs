@@ -15,6 +15,35 @@ pub fn header<'a>(req: &'a tiny_http::Request, name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
+/// Headers that say who the caller is or what the request means: one value each, never
+/// a guess between two.
+const SINGLE_HEADERS: &[&str] = &[
+    "X-User-Id",
+    "X-User-Email",
+    "X-User-Role",
+    "X-Gateway-Token",
+    "Authorization",
+    "Idempotency-Key",
+];
+
+/// 400 when one of [`SINGLE_HEADERS`] comes more than once.
+pub fn refuse_ambiguous_headers(req: &tiny_http::Request) -> Result<(), ApiError> {
+    for name in SINGLE_HEADERS {
+        let count = req
+            .headers()
+            .iter()
+            .filter(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+            .count();
+        if count > 1 {
+            return Err(ApiError::Validation(FieldError::new(
+                *name,
+                "must be sent once",
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Splits `/api/orders?page=2` into the path and its `key=value` pairs.
 pub fn split_url(url: &str) -> (&str, Vec<(&str, &str)>) {
     match url.split_once('?') {
@@ -86,12 +115,81 @@ pub fn json_body(req: &mut tiny_http::Request) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidJson("the body is empty".into()));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))
+    serde_json::from_slice::<NoDuplicateKeys>(&body)
+        .and_then(|_| serde_json::from_slice(&body))
+        .map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+/// A JSON value in which no object names a key twice: `{"a":1,"a":2}` has no one meaning
+/// (serde_json keeps the last), so it is refused rather than guessed.
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(self)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_a_key_named_twice_at_any_depth() {
+        let parse = |text: &str| serde_json::from_str::<NoDuplicateKeys>(text).is_ok();
+        assert!(parse(
+            r#"{"items":[{"product_id":1,"quantity":2}],"x":{"a":null}}"#
+        ));
+        assert!(!parse(r#"{"items":[],"items":[]}"#));
+        assert!(!parse(
+            r#"{"items":[{"product_id":1,"product_id":2,"quantity":1}]}"#
+        ));
+        assert!(!parse(r#"[{"a":{"b":1,"b":1}}]"#));
+        assert!(parse(r#"[{"a":1},{"a":1}]"#));
+    }
 
     #[test]
     fn splits_queries() {

@@ -105,6 +105,10 @@ impl Reader {
         Ok(outbox::stats(&self.conn)?)
     }
 
+    pub fn published_events(&self) -> Result<i64, StoreError> {
+        Ok(outbox::published_count(&self.conn)?)
+    }
+
     pub fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         Ok(outbox::pending(&self.conn, limit)?)
     }

@@ -18,6 +18,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 const MAX_BATCH: usize = 128;
+/// Rows of each table one pruning step deletes, in a transaction of its own: a few
+/// milliseconds that queued orders wait at most.
+const PRUNE_STEP_ROWS: usize = 1000;
+/// How long one `prune` call keeps deleting; what is left waits for the next call.
+const PRUNE_BUDGET: Duration = Duration::from_secs(2);
 /// Idempotency records are kept a little over the 24 h the contract promises.
 const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
 
@@ -55,7 +60,8 @@ enum Command {
         since: i64,
         reply: Reply<usize>,
     },
-    Prune {
+    /// One bounded step of pruning; run alone, never in a batch of orders.
+    PruneStep {
         outbox_before: i64,
         idempotency_before: i64,
         reply: Reply<usize>,
@@ -94,16 +100,27 @@ impl WriterHandle {
     }
 
     /// Deletes events published longer ago than `outbox_retention`, and idempotency
-    /// records past theirs.
+    /// records past theirs, in steps of at most `PRUNE_STEP_ROWS` rows each in its own
+    /// transaction, for up to `PRUNE_BUDGET`. Returns how many rows went.
     pub fn prune(&self, outbox_retention: Duration) -> Result<usize, StoreError> {
         let now = now_micros();
         let ago =
             |d: Duration| now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        self.call(|reply| Command::Prune {
-            outbox_before: ago(outbox_retention),
-            idempotency_before: ago(IDEMPOTENCY_RETENTION),
-            reply,
-        })
+        let (outbox_before, idempotency_before) =
+            (ago(outbox_retention), ago(IDEMPOTENCY_RETENTION));
+        let started = std::time::Instant::now();
+        let mut total = 0;
+        loop {
+            let deleted = self.call(|reply| Command::PruneStep {
+                outbox_before,
+                idempotency_before,
+                reply,
+            })?;
+            total += deleted;
+            if deleted == 0 || started.elapsed() > PRUNE_BUDGET {
+                return Ok(total);
+            }
+        }
     }
 
     /// Keeps the product service's latest answers (and forgets products it no longer
@@ -178,12 +195,28 @@ impl Writer {
     }
 
     fn run(mut self, commands: Receiver<Command>) {
-        while let Ok(first) = commands.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match commands.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
+        let mut held = None;
+        loop {
+            let first = match held.take() {
+                Some(cmd) => cmd,
+                None => match commands.recv() {
+                    Ok(cmd) => cmd,
                     Err(_) => break,
+                },
+            };
+            let mut batch = vec![first];
+            // Housekeeping commits on its own, so orders never wait on it in their
+            // transaction (nor roll back with it).
+            if !batch[0].runs_alone() {
+                while batch.len() < MAX_BATCH {
+                    match commands.try_recv() {
+                        Ok(cmd) if cmd.runs_alone() => {
+                            held = Some(cmd);
+                            break;
+                        }
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
                 }
             }
             self.run_batch(batch);
@@ -238,6 +271,12 @@ impl Writer {
                 // a disconnected reply and reports the database unavailable.
             }
         }
+    }
+}
+
+impl Command {
+    fn runs_alone(&self) -> bool {
+        matches!(self, Command::PruneStep { .. })
     }
 }
 
@@ -316,15 +355,15 @@ fn apply(ids: &mut Ids<'_>, tx: &Connection, cmd: Command) -> Answer {
             reply,
             outbox::mark_blocked(tx, id, since).map_err(StoreError::from),
         ),
-        Command::Prune {
+        Command::PruneStep {
             outbox_before,
             idempotency_before,
             reply,
         } => Answer::Count(
             reply,
             (|| {
-                Ok(outbox::prune(tx, outbox_before)?
-                    + writes::prune_idempotency(tx, idempotency_before)?)
+                Ok(outbox::prune(tx, outbox_before, PRUNE_STEP_ROWS)?
+                    + writes::prune_idempotency(tx, idempotency_before, PRUNE_STEP_ROWS)?)
             })(),
         ),
         Command::RememberProducts(fresh, unknown, reply) => Answer::Unit(
@@ -431,4 +470,99 @@ fn change_status(
     order.updated_at = now;
     ids.record_event(tx, &order, Some(from), now)?;
     Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A migrated database in a fresh folder, removed on drop.
+    struct TempDb(std::path::PathBuf);
+
+    impl TempDb {
+        fn new() -> TempDb {
+            let dir = std::env::temp_dir().join(format!(
+                "order-service-writer-{}-{}",
+                std::process::id(),
+                now_micros()
+            ));
+            TempDb(dir.join("orders.db"))
+        }
+    }
+
+    impl Drop for TempDb {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    #[test]
+    fn pruning_goes_in_small_steps_that_writes_get_between() {
+        let db = TempDb::new();
+        let mut conn = super::super::open_write(&db.0).unwrap();
+        super::super::migrate(&mut conn).unwrap();
+        let old_rows: i64 = 300_000;
+        // All published long ago; the newest must stay all the same.
+        conn.execute(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?1)
+             INSERT INTO outbox (id, order_id, event_type, payload, created_at, published_at)
+             SELECT x, x, 'order_created', hex(randomblob(100)), 1, 1 FROM n",
+            [old_rows],
+        )
+        .unwrap();
+        conn.execute(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 5000)
+             INSERT INTO idempotency_keys
+               (user_id, idem_key, request, response_status, response_body, created_at)
+             SELECT 'u', 'k' || x, '{}', 201, '{}', 1 FROM n",
+            [],
+        )
+        .unwrap();
+        let (wake, _woken) = bounded(1);
+        let (handle, thread) = Writer::spawn(conn, "unit".into(), wake).unwrap();
+
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (pruned, slowest) = std::thread::scope(|s| {
+            let pings = s.spawn(|| {
+                let mut slowest = Duration::ZERO;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let started = Instant::now();
+                    handle.ping(Duration::from_secs(30)).unwrap();
+                    slowest = slowest.max(started.elapsed());
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                slowest
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let mut pruned = 0;
+            // As the relay calls it, hourly: each call may leave some for the next.
+            loop {
+                let n = handle.prune(Duration::from_secs(1)).unwrap();
+                if n == 0 {
+                    break;
+                }
+                pruned += n;
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            (pruned, pings.join().unwrap())
+        });
+        eprintln!("pruned {pruned} rows; the slowest write meanwhile took {slowest:?}");
+        assert_eq!(pruned, old_rows as usize - 1 + 5000);
+        assert!(
+            slowest < Duration::from_millis(250),
+            "a write waited {slowest:?} while pruning"
+        );
+        drop(handle);
+        thread.join().unwrap();
+        let conn = super::super::open_read(&db.0).unwrap();
+        let left: Vec<i64> = conn
+            .prepare("SELECT id FROM outbox")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, vec![old_rows], "the newest row stays");
+    }
 }

@@ -64,17 +64,28 @@ pub(crate) fn insert_idempotency(
     Ok(())
 }
 
-pub(crate) fn prune_idempotency(conn: &Connection, before: i64) -> rusqlite::Result<usize> {
-    conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")?
-        .execute([before])
+/// Deletes at most `limit` idempotency records created before `before`.
+pub(crate) fn prune_idempotency(
+    conn: &Connection,
+    before: i64,
+    limit: usize,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE rowid IN (
+           SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+    )?
+    .execute(params![before, limit as i64])
 }
 
+/// Keeps `p` unless the cache holds a newer answer: a slow lookup that commits last
+/// must not put back an older price.
 pub(crate) fn upsert_product(conn: &Connection, p: &CachedProduct) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
-           price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at",
+           price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
+         WHERE excluded.fetched_at >= product_cache.fetched_at",
     )?
     .execute(params![p.product_id.get(), p.name, p.price.cents(), p.stock, p.fetched_at])?;
     Ok(())

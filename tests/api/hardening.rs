@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 const CLOSED_WITHIN: Duration = Duration::from_secs(20);
 
 /// A raw client connection; reads wait at most 250 ms each, so callers can keep time.
-fn open(app: &TestApp) -> TcpStream {
+pub(crate) fn open(app: &TestApp) -> TcpStream {
     let stream = TcpStream::connect(("127.0.0.1", app.port())).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_millis(250)))
@@ -23,7 +23,7 @@ fn open(app: &TestApp) -> TcpStream {
 
 /// Reads until the server closes the connection (EOF or reset) or `deadline` passes.
 /// Returns what was read, and whether the connection was closed by then.
-fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, bool) {
+pub(crate) fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, bool) {
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -43,7 +43,10 @@ fn read_until_closed(stream: &mut TcpStream, deadline: Instant) -> (Vec<u8>, boo
 /// One response: the status, the head (header names in lower case) and the body. Only
 /// Content-Length framing, which is what the service uses for its small answers. `None`
 /// if the connection closed (or `limit` passed) before a whole response arrived.
-fn read_response(stream: &mut TcpStream, limit: Duration) -> Option<(u16, String, Vec<u8>)> {
+pub(crate) fn read_response(
+    stream: &mut TcpStream,
+    limit: Duration,
+) -> Option<(u16, String, Vec<u8>)> {
     let deadline = Instant::now() + limit;
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -92,7 +95,8 @@ fn a_huge_content_length_does_not_bring_the_service_down() {
          {{\"items\":"
     );
 
-    // The answers come before the bodies; the server then skips what it can of them.
+    // Both are refused before their bodies are read (the edge takes no body over 64 KiB,
+    // whatever the route), and their connections close.
     let mut get_connection = app.connect_raw();
     let get_answer = get_connection.send(get.as_bytes());
     let mut post_connection = app.connect_raw();
@@ -107,7 +111,9 @@ fn a_huge_content_length_does_not_bring_the_service_down() {
     );
     again.assert_status(200);
     app.health().assert_status(200);
-    assert_eq!(get_answer.map(|r| r.status), Some(200), "GET /health");
+    get_answer
+        .expect("GET /health: no answer")
+        .assert_error(413, "payload_too_large");
     post_answer
         .expect("POST /api/orders: no answer")
         .assert_error(413, "payload_too_large");
@@ -411,7 +417,7 @@ fn a_request_with_fifty_headers_is_served() {
 }
 
 #[test]
-fn an_unsupported_http_version_gets_505() {
+fn an_unsupported_http_version_gets_505_and_the_connection_closes() {
     // The 505 was written behind the request's own response slot, which the same thread
     // still held: the connection hung for good, with no timeout to end it.
     let app = spawn_app();
@@ -419,23 +425,28 @@ fn an_unsupported_http_version_gets_505() {
     stream
         .write_all(b"GET /health HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n")
         .unwrap();
-
-    let answer = read_response(&mut stream, Duration::from_secs(5));
-
-    let (status, _, _) = answer.expect("no answer to an HTTP/2.0 request line within 5 s");
-    assert_eq!(status, 505);
-    // Only the 505: not a 500 for the dropped request as well.
     stream.write_all(HEALTH).unwrap();
-    let (status, _, body) =
-        read_response(&mut stream, Duration::from_secs(5)).expect("no answer to the next request");
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    let (status, _, _) = read_response(&mut stream, Duration::from_secs(5))
+        .expect("no answer to an HTTP/2.0 request line within 5 s");
+    assert_eq!(status, 505);
+    // Only the 505: no 500 for a dropped request, and nothing after it is read as a
+    // request.
+    let (rest, closed) = read_until_closed(&mut stream, Instant::now() + Duration::from_secs(5));
+    assert!(closed, "the connection stayed open after the 505");
+    assert!(
+        rest.is_empty(),
+        "more after the 505: {}",
+        String::from_utf8_lossy(&rest)
+    );
 }
 
 #[test]
-fn stopping_does_not_say_close_before_a_pipelined_answer() {
-    // Two pipelined requests, both read before the stop: the first (slow) is answered
-    // after it. Its answer said `Connection: close` while the second answer still
-    // followed on the connection, which a client then takes as unanswered.
+fn stopping_closes_after_the_answer_in_progress_and_reads_no_pipelined_request() {
+    // Two pipelined requests; the stop comes while the first (slow) is being answered.
+    // Requests are read one at a time, so the second has not been read: the first
+    // answer says `Connection: close` and nothing follows it, which tells the client the
+    // second was never taken (an answer after a `close` would be taken as unanswered).
     let mut app = spawn_app();
     const SLOW: i64 = 32;
     app.products.set(
@@ -457,8 +468,6 @@ fn stopping_does_not_say_close_before_a_pipelined_answer() {
     requests.extend_from_slice(HEALTH);
     let mut connection = app.connect_raw();
 
-    // The signal comes while the client waits for its answers, once both requests are
-    // read (the second is answered at once, behind the first).
     let (first, second) = std::thread::scope(|s| {
         s.spawn(|| {
             assert!(
@@ -475,15 +484,13 @@ fn stopping_does_not_say_close_before_a_pipelined_answer() {
 
     let first = first.expect("no answer to the first request");
     first.assert_status(201);
-    second
-        .expect("no answer to the second request")
-        .assert_status(200);
     assert!(
-        !first
+        first
             .header("connection")
             .is_some_and(|c| c.contains("close")),
-        "the first answer says Connection: close, yet a second one followed: {first:?}"
+        "the answer in progress at the stop does not say Connection: close: {first:?}"
     );
+    assert!(second.is_none(), "an answer followed a close: {second:?}");
     let exit = exit.unwrap_or_else(|| panic!("no exit within 15 s\n{}", app.stderr()));
     assert!(exit.success(), "exit status {exit}\n{}", app.stderr());
 }

@@ -940,6 +940,21 @@ pub enum Behaviour {
     Slow(Duration, Box<Behaviour>),
     /// 404, as for an id the catalog does not hold.
     NotFound,
+    /// Exactly this status, Content-Type and body: a proxy's page, say.
+    Answer {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+}
+
+/// The Content-Type the stand-in sends with `behaviour`.
+fn content_type(behaviour: &Behaviour) -> &'static str {
+    match behaviour {
+        Behaviour::Answer { content_type, .. } => content_type,
+        Behaviour::Wrapped(_, inner) | Behaviour::Slow(_, inner) => content_type(inner),
+        _ => "application/json",
+    }
 }
 
 pub fn product(name: &str, price: &str, stock: i64) -> Behaviour {
@@ -1138,8 +1153,9 @@ fn serve_connection(
         };
         let (status, body) = render(id.unwrap_or(0), &behaviour, stopping);
         let response = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{body}",
+            "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}\r\n{body}",
             reason(status),
+            content_type(&behaviour),
             body.len(),
             if close { "Connection: close\r\n" } else { "" },
         );
@@ -1185,6 +1201,7 @@ fn render(id: i64, behaviour: &Behaviour, stopping: &AtomicBool) -> (u16, String
             render(id, inner, stopping)
         }
         Behaviour::NotFound => (404, r#"{"error":"Product not found"}"#.to_string()),
+        Behaviour::Answer { status, body, .. } => (*status, body.clone()),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod backup;
 mod broker;
 mod broker_trouble;
 mod relay;
@@ -9,11 +10,15 @@ mod relay;
 mod cancel_status;
 mod concurrency;
 mod create;
+mod edge;
 mod errors;
 mod hardening;
 mod idempotency;
 mod migrations_pg;
 mod operations;
+mod product_answers;
 mod products;
 mod read;
 mod restart;
+mod storage;
+mod systemd_boot;

@@ -91,22 +91,18 @@
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
-#[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-use zeroize::Zeroizing;
-
 use std::error::Error;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
+use std::io::Write;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use client::ClientConnection;
 use connection::Connection;
 use util::MessagesQueue;
 
@@ -115,21 +111,23 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use wire::Limits;
 
 mod client;
 mod common;
 mod connection;
 mod request;
 mod response;
-mod ssl;
 mod test;
 mod util;
+#[doc(hidden)]
+pub mod wire;
 
 /// The main class of this library.
 ///
-/// Destroying this object will immediately close the listening socket and the reading
-///  part of all the client's connections. Requests that have already been returned by
-///  the `recv()` function will not close and the responses will be transferred to the client.
+/// Destroying this object will immediately close the listening socket. Requests that have
+/// already been returned by the `recv()` function will not close and the responses will be
+/// transferred to the client; requests still queued are answered 500.
 pub struct Server {
     // should be false as long as the server exists
     // when set to true, all the subtasks will close within a few hundreds ms
@@ -143,11 +141,14 @@ pub struct Server {
     // `Connection: close`.
     stopping: Arc<AtomicBool>,
 
+    // PATCHES.md, 17: connections open now.
+    open: Arc<AtomicUsize>,
+
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
 }
 
-enum Message {
+pub(crate) enum Message {
     Error(IoError),
     NewRequest(Request),
 }
@@ -170,16 +171,15 @@ trait MustBeShareDummy: Sync + Send {}
 #[doc(hidden)]
 impl MustBeShareDummy for Server {}
 
-/// Local patch (PATCHES.md, 5): read and write timeout of every accepted TCP connection.
-/// A client that stalls (in its headers, its body, or reading the answer) or a kept-alive
-/// connection left idle then frees its thread instead of holding it for good.
-const SOCKET_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Local patch (PATCHES.md, 8): pauses after a failed `accept()`, doubling up to the
 /// maximum while failures go on, so running out of file descriptors is not logged 20
 /// times a second.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// PATCHES.md, 17: the stack of a connection's thread. It parses and copies; nothing on
+/// it is large (buffers are on the heap).
+const CONNECTION_STACK: usize = 128 * 1024;
 
 pub struct IncomingRequests<'a> {
     server: &'a Server,
@@ -190,18 +190,28 @@ pub struct IncomingRequests<'a> {
 pub struct ServerConfig {
     /// The addresses to try to listen to.
     pub addr: ConfigListenAddr,
-
-    /// If `Some`, then the server will use SSL to encode the communications.
-    pub ssl: Option<SslConfig>,
 }
 
-/// Configuration of the server for SSL.
+/// Local (PATCHES.md, 16, 17): how the server bounds its clients.
 #[derive(Debug, Clone)]
-pub struct SslConfig {
-    /// Contains the public certificate to send to clients.
-    pub certificate: Vec<u8>,
-    /// Contains the ultra-secret private key used to decode communications.
-    pub private_key: Vec<u8>,
+pub struct Options {
+    /// The bounds of one request, in bytes and time.
+    pub limits: Limits,
+    /// Connections served at once; one more gets a 503 and is closed at once.
+    pub max_connections: usize,
+    /// The answer to a request the server refuses on its own (400, 408, 413, 414, 417,
+    /// 431, 505, and 503 when full), by status: an empty body unless set.
+    pub refusal: fn(u16) -> ResponseBox,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            limits: Limits::default(),
+            max_connections: 512,
+            refusal: |status| Response::empty(status).boxed(),
+        }
+    }
 }
 
 impl Server {
@@ -213,189 +223,68 @@ impl Server {
     {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: None,
         })
     }
 
-    /// Shortcut for an HTTPS server on a specific address.
-    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-    #[inline]
-    pub fn https<A>(
-        addr: A,
-        config: SslConfig,
-    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
-    where
-        A: ToSocketAddrs,
-    {
-        Server::new(ServerConfig {
-            addr: ConfigListenAddr::from_socket_addrs(addr)?,
-            ssl: Some(config),
-        })
-    }
-
+    /// Shortcut for a UNIX socket server at a specific path
     #[cfg(unix)]
     #[inline]
-    /// Shortcut for a UNIX socket server at a specific path
     pub fn http_unix(
         path: &std::path::Path,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         Server::new(ServerConfig {
             addr: ConfigListenAddr::unix_from_path(path),
-            ssl: None,
         })
     }
 
     /// Builds a new server that listens on the specified address.
     pub fn new(config: ServerConfig) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = config.addr.bind()?;
-        Self::from_listener(listener, config.ssl)
+        Self::from_listener(listener, Options::default())
     }
 
-    /// Builds a new server using the specified TCP listener.
+    /// Builds a new server using the specified TCP listener, within `options`.
     ///
     /// This is useful if you've constructed TcpListener using some less usual method
     /// such as from systemd. For other cases, you probably want the `new()` function.
     pub fn from_listener<L: Into<Listener>>(
         listener: L,
-        ssl_config: Option<SslConfig>,
+        options: Options,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
-        // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
         let stopping = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
+        let local_addr = listener.local_addr()?;
+        log::debug!("Server listening on {}", local_addr);
 
-        // building the TcpListener
-        let (server, local_addr) = {
-            let local_addr = listener.local_addr()?;
-            log::debug!("Server listening on {}", local_addr);
-            (listener, local_addr)
-        };
-
-        // building the SSL capabilities
-        #[cfg(all(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        compile_error!(
-            "Features 'ssl-openssl' and 'ssl-rustls' must not be enabled at the same time"
-        );
-        #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-        type SslContext = ();
-        #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-        type SslContext = crate::ssl::SslContextImpl;
-        let ssl: Option<SslContext> = {
-            match ssl_config {
-                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                Some(config) => Some(SslContext::from_pem(
-                    config.certificate,
-                    Zeroizing::new(config.private_key),
-                )?),
-                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                Some(_) => return Err(
-                    "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
-                        .into(),
-                ),
-                None => None,
-            }
-        };
-
-        // creating a task where server.accept() is continuously called
-        // and ClientConnection objects are pushed in the messages queue
         let messages = MessagesQueue::with_capacity(8);
-
-        let inside_close_trigger = close_trigger.clone();
-        let inside_messages = messages.clone();
-        let inside_stopping = stopping.clone();
-        thread::spawn(move || {
-            // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
-            let mut backoff = ACCEPT_BACKOFF_MIN;
-
-            log::debug!("Running accept thread");
-            while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    // PATCHES.md, 6: the connection that wakes a stopping accept thread
-                    // (or any taken after `stop_accepting`) is not served; the listening
-                    // socket closes as this thread ends.
-                    Ok(_) if inside_close_trigger.load(SeqCst) => break,
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        backoff = ACCEPT_BACKOFF_MIN;
-                        // PATCHES.md, 5. TCP only: Unix sockets are left as they were.
-                        if let Connection::Tcp(ref tcp) = sock {
-                            let _ = tcp.set_read_timeout(Some(SOCKET_TIMEOUT));
-                            let _ = tcp.set_write_timeout(Some(SOCKET_TIMEOUT));
-                        }
-                        let streams = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
-                        };
-
-                        // PATCHES.md, 10: failing to duplicate the socket (out of file
-                        // descriptors) is an accept error like any other.
-                        streams.map(|(read_closable, write_closable)| {
-                            ClientConnection::new(
-                                write_closable,
-                                read_closable,
-                                inside_stopping.clone(),
-                            )
-                        })
-                    }
-                    Err(e) => Err(e),
-                };
-
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
-                            }
-                        }));
-                    }
-
-                    Err(e) => {
-                        // A failed accept (out of file descriptors, a connection reset
-                        // before it was taken) must not stop the server for good.
-                        log::error!(
-                            "Error accepting new client: {} (next try in {:?})",
-                            e,
-                            backoff
-                        );
-                        thread::sleep(backoff);
-                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    }
-                }
-            }
-            log::debug!("Terminating accept thread");
+        let shared = Arc::new(client::Shared {
+            messages: messages.clone(),
+            stopping: stopping.clone(),
+            limits: options.limits.clone(),
+            refusal: options.refusal,
         });
 
-        // result
+        let inside_close_trigger = close_trigger.clone();
+        let inside_open = open.clone();
+        thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || {
+                accept_loop(
+                    listener,
+                    &inside_close_trigger,
+                    &inside_open,
+                    &options,
+                    &shared,
+                )
+            })?;
+
         Ok(Server {
             messages,
             close: close_trigger,
             stopping,
+            open,
             listening_addr: local_addr,
         })
     }
@@ -416,8 +305,7 @@ impl Server {
 
     /// Returns the number of clients currently connected to the server.
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        self.open.load(SeqCst)
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
@@ -425,7 +313,7 @@ impl Server {
         match self.messages.pop() {
             Some(Message::Error(err)) => Err(err),
             Some(Message::NewRequest(rq)) => Ok(rq),
-            None => Err(IoError::new(IoErrorKind::Other, "thread unblocked")),
+            None => Err(IoError::other("thread unblocked")),
         }
     }
 
@@ -494,6 +382,8 @@ impl Drop for Server {
     fn drop(&mut self) {
         // PATCHES.md, 6: the same as `stop_accepting` (which moved the code from here).
         self.stop_accepting();
+        // Requests still queued are answered (500), so their connections end.
+        while self.messages.try_pop().is_some() {}
 
         #[cfg(unix)]
         if let ListenAddr::Unix(addr) = &self.listening_addr {
@@ -502,4 +392,88 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// Takes connections and gives each a thread of its own, up to `max_connections`.
+fn accept_loop(
+    listener: Listener,
+    close: &AtomicBool,
+    open: &Arc<AtomicUsize>,
+    options: &Options,
+    shared: &Arc<client::Shared>,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    log::debug!("Running accept thread");
+    while !close.load(Relaxed) {
+        let (conn, remote_addr) = match listener.accept() {
+            // PATCHES.md, 6: the connection that wakes a stopping accept thread (or any
+            // taken after `stop_accepting`) is not served; the listening socket closes as
+            // this thread ends.
+            Ok(_) if close.load(SeqCst) => break,
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // PATCHES.md, 2, 8: a failed accept (out of file descriptors, a connection
+                // reset before it was taken) must not stop the server for good.
+                log::error!(
+                    "Error accepting new client: {} (next try in {:?})",
+                    e,
+                    backoff
+                );
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = ACCEPT_BACKOFF_MIN;
+        // PATCHES.md, 17: answers go out in one write; without this, Nagle held back a
+        // small last segment until the client's delayed ACK (40 ms).
+        let _ = conn.set_nodelay(true);
+
+        let slot = Slot::take(open, options.max_connections);
+        let Some(slot) = slot else {
+            refuse_at_once(conn, (options.refusal)(503));
+            continue;
+        };
+        let shared = shared.clone();
+        let started = thread::Builder::new()
+            .name("http-conn".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || {
+                let _slot = slot;
+                client::serve(conn, remote_addr, &shared);
+            });
+        if let Err(e) = started {
+            // The closure, and with it the connection and its slot, is dropped: the
+            // client sees the connection close, and the server goes on.
+            log::error!("Cannot start a connection thread: {}", e);
+        }
+    }
+    log::debug!("Terminating accept thread");
+}
+
+/// One of the `max_connections` places, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        open.fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Past `max_connections`: the refusal goes out without waiting on the client (it fits in
+/// any socket buffer) and the connection closes, on the accept thread itself.
+fn refuse_at_once(mut conn: Connection, response: ResponseBox) {
+    let mut bytes = Vec::new();
+    let _ = response.raw_print_closing(&mut bytes, HTTPVersion(1, 1), &[], false, None, true);
+    let _ = conn.set_nonblocking(true);
+    let _ = conn.write_all(&bytes);
+    let _ = conn.shutdown(Shutdown::Write);
 }

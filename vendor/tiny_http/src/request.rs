@@ -1,65 +1,37 @@
 use std::io::Error as IoError;
-use std::io::{self, Cursor, ErrorKind, Read, Write};
+use std::io::{self, Cursor, Read, Write};
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::str::FromStr;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
-use crate::util::{EqualReader, FusedReader};
-use crate::{HTTPVersion, Header, Method, Response, StatusCode};
-use chunked_transfer::Decoder;
+use crate::wire::Parsed;
+use crate::{HTTPVersion, Header, Method, Response};
 
 /// Represents an HTTP request made by a client.
 ///
 /// A `Request` object is what is produced by the server, and is your what
 /// your code must analyse and answer.
 ///
-/// This object implements the `Send` trait, therefore you can dispatch your requests to
-/// worker threads.
+/// Local (PATCHES.md, 16): the request has been read whole, body included, by the
+/// connection's own thread before it is handed out, so reading its body never waits on
+/// the client. Its answer is written to a buffer and handed back to that thread, which
+/// writes it: answering never waits on the client either.
 ///
-/// # Pipelining
+/// # Handling
 ///
-/// If a client sends multiple requests in a row (without waiting for the response), then you will
-/// get multiple `Request` objects simultaneously. This is called *requests pipelining*.
-/// Tiny-http automatically reorders the responses so that you don't need to worry about the order
-/// in which you call `respond` or `into_writer`.
-///
-/// This mechanic is disabled if:
-///
-///  - The body of a request is large enough (handling requires pipelining requires storing the
-///    body of the request in a buffer ; if the body is too big, tiny-http will avoid doing that)
-///  - A request sends a `Expect: 100-continue` header (which means that the client waits to
-///    know whether its body will be processed before sending it)
-///  - A request sends a `Connection: close` header or `Connection: upgrade` header (used for
-///    websockets), which indicates that this is the last request that will be received on this
-///    connection
-///
-/// # Automatic cleanup
-///
-/// If a `Request` object is destroyed without `into_writer` or `respond` being called,
-/// an empty response with a 500 status code (internal server error) will automatically be
-/// sent back to the client.
-/// This means that if your code fails during the handling of a request, this "internal server
-/// error" response will automatically be sent during the stack unwinding.
-///
-/// # Testing
-///
-/// If you want to build fake requests to test your server, use [`TestRequest`](crate::test::TestRequest).
+/// Handling the request is done by calling `respond`. If the request is dropped without
+/// an answer, it is answered with an empty 500.
 pub struct Request {
-    // where to read the body from
-    data_reader: Option<Box<dyn Read + Send + 'static>>,
+    body: Cursor<Vec<u8>>,
 
-    // if this writer is empty, then the request has been answered
-    response_writer: Option<Box<dyn Write + Send + 'static>>,
+    // where the answer goes; `None` once answered
+    answer: Option<SyncSender<Outgoing>>,
 
     remote_addr: Option<SocketAddr>,
-
-    // true if HTTPS, false if HTTP
-    secure: bool,
 
     method: Method,
 
@@ -71,231 +43,71 @@ pub struct Request {
 
     body_length: Option<usize>,
 
-    // true if a `100 Continue` response must be sent when `as_reader()` is called
-    must_send_continue: bool,
-
-    // If Some, a message must be sent after responding
-    notify_when_responded: Option<Sender<()>>,
-
-    // Local patch (PATCHES.md, 6): the response says `Connection: close` when the
-    // connection will read no request after this one (the client asked for it, or the
-    // server was stopping when the request was read), or when the server is stopping by
-    // the time the response is written. HTTP/1.1 clients otherwise assume keep-alive.
+    // the connection reads nothing after this request (the client said so, or the server
+    // was stopping when it was read); the answer then says `Connection: close`, as it
+    // does when the server is stopping by the time it is written
     last_on_connection: bool,
     server_stopping: Option<Arc<AtomicBool>>,
-    // PATCHES.md, 13: the number of the latest request handed out on the connection, and
-    // this one's; a response closes on stopping only if they are the same.
-    latest_request: Option<Arc<AtomicUsize>>,
-    number: usize,
 }
 
-/// PATCHES.md, 13: `latest_request` once a response said `Connection: close`.
-pub(crate) const CONNECTION_CLOSING: usize = usize::MAX;
-
-struct NotifyOnDrop<R> {
-    sender: Sender<()>,
-    inner: R,
-}
-
-impl<R: Read> Read for NotifyOnDrop<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
-    }
-}
-impl<R: Write> Write for NotifyOnDrop<R> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-impl<R> Drop for NotifyOnDrop<R> {
-    fn drop(&mut self) {
-        self.sender.send(()).unwrap();
-    }
-}
-
-/// Error that can happen when building a `Request` object.
-#[derive(Debug)]
-pub enum RequestCreationError {
-    /// The client sent an `Expect` header that was not recognized by tiny-http.
-    ExpectationFailed,
-
-    /// Error while reading data from the socket during the creation of the `Request`.
-    CreationIoError(IoError),
-}
-
-impl From<IoError> for RequestCreationError {
-    fn from(err: IoError) -> RequestCreationError {
-        RequestCreationError::CreationIoError(err)
-    }
-}
-
-/// Builds a new request.
-///
-/// After the request line and headers have been read from the socket, a new `Request` object
-/// is built.
-///
-/// You must pass a `Read` that will allow the `Request` object to read from the incoming data.
-/// It is the responsibility of the `Request` to read only the data of the request and not further.
-///
-/// The `Write` object will be used by the `Request` to write the response.
-///
-/// Also returns, for a body read through an `EqualReader`, the receiver that learns how
-/// much of the body is left unread once the request is dropped (PATCHES.md, 4).
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub fn new_request<R, W>(
-    secure: bool,
-    method: Method,
-    path: String,
-    version: HTTPVersion,
-    headers: Vec<Header>,
-    remote_addr: Option<SocketAddr>,
-    mut source_data: R,
-    writer: W,
-) -> Result<(Request, Option<Receiver<io::Result<usize>>>), RequestCreationError>
-where
-    R: Read + Send + 'static,
-    W: Write + Send + 'static,
-{
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length: Option<usize> = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
-    };
-
-    // true if the client sent a `Expect: 100-continue` header
-    let expects_continue = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Expect"))
-            .map(|h| h.value.as_str())
-        {
-            None => false,
-            Some(v) if v.eq_ignore_ascii_case("100-continue") => true,
-            _ => return Err(RequestCreationError::ExpectationFailed),
-        }
-    };
-
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
-    };
-
-    let mut unread_body = None;
-
-    // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
-    // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
-        if content_length == 0 {
-            Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= PRE_READ_BODY_LIMIT && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
-            //
-            // Local patch (PATCHES.md, 9): up to 64 KiB instead of 1 KiB. This runs on the
-            // connection's own thread, before the request is queued, so a client that
-            // stalls in its body holds that thread only (until the socket timeout), never
-            // one of the application's worker threads. The buffer grows as data arrives,
-            // rather than being allocated for the announced length up front.
-            let buffer = read_small_body(&mut source_data, content_length)?;
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
-        } else {
-            let (data_reader, left) = EqualReader::new(source_data, content_length);
-            unread_body = Some(left);
-            Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
-        }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
-    } else {
-        // if we have neither a Content-Length nor a Transfer-Encoding,
-        // assuming that we have no data
-        // TODO: could also be multipart/byteranges
-        Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-    };
-
-    let request = Request {
-        data_reader: Some(reader),
-        response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
-        remote_addr,
-        secure,
-        method,
-        path,
-        http_version: version,
-        headers,
-        body_length: content_length,
-        must_send_continue: expects_continue,
-        notify_when_responded: None,
-        last_on_connection: false,
-        server_stopping: None,
-        latest_request: None,
-        number: 0,
-    };
-    Ok((request, unread_body))
-}
-
-/// Bodies up to this length are read before the request is handed out (PATCHES.md, 9).
-const PRE_READ_BODY_LIMIT: usize = 64 * 1024;
-
-/// Reads a body of `length` bytes (PATCHES.md, 9) into a buffer that grows as data
-/// arrives, at most doubling and never past `length`.
-///
-/// Local patch (PATCHES.md, 14): was `take(length).read_to_end`, which grows its buffer
-/// past `length` (a 64 KiB body ended in a 128 KiB allocation).
-fn read_small_body<R: Read>(source: &mut R, length: usize) -> io::Result<Vec<u8>> {
-    let mut buffer = Vec::with_capacity(length.min(8 * 1024));
-    let mut chunk = [0u8; 8 * 1024];
-    while buffer.len() < length {
-        let want = (length - buffer.len()).min(chunk.len());
-        let read = match source.read(&mut chunk[..want]) {
-            Ok(0) => {
-                // the socket returned EOF, but we were before the expected content-length
-                // aborting
-                let info = "Connection has been closed before we received enough data";
-                return Err(IoError::new(ErrorKind::ConnectionAborted, info));
-            }
-            Ok(read) => read,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buffer.capacity() - buffer.len() < read {
-            let grown = (buffer.capacity() * 2).min(length);
-            buffer.reserve_exact(grown - buffer.len());
-        }
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    Ok(buffer)
+/// An answer as bytes, for the connection's thread to write; `close` when the connection
+/// ends after it.
+pub(crate) struct Outgoing {
+    pub bytes: Vec<u8>,
+    pub close: bool,
 }
 
 impl Request {
+    pub(crate) fn read(
+        parsed: Parsed,
+        remote_addr: Option<SocketAddr>,
+        last_on_connection: bool,
+        server_stopping: Arc<AtomicBool>,
+        answer: SyncSender<Outgoing>,
+    ) -> Request {
+        Request {
+            body: Cursor::new(parsed.body),
+            answer: Some(answer),
+            remote_addr,
+            method: parsed.method,
+            path: parsed.path,
+            http_version: parsed.version,
+            headers: parsed.headers,
+            body_length: parsed.content_length,
+            last_on_connection,
+            server_stopping: Some(server_stopping),
+        }
+    }
+
+    /// A request made in memory (`TestRequest`); its answer goes nowhere.
+    pub(crate) fn in_memory(
+        method: Method,
+        path: String,
+        http_version: HTTPVersion,
+        headers: Vec<Header>,
+        body: Vec<u8>,
+        remote_addr: Option<SocketAddr>,
+    ) -> Request {
+        let body_length = Some(body.len());
+        let (answer, _) = std::sync::mpsc::sync_channel(1);
+        Request {
+            body: Cursor::new(body),
+            answer: Some(answer),
+            remote_addr,
+            method,
+            path,
+            http_version,
+            headers,
+            body_length,
+            last_on_connection: true,
+            server_stopping: None,
+        }
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {
-        self.secure
+        false
     }
 
     /// Returns the method requested by the client (eg. `GET`, `POST`, etc.).
@@ -322,9 +134,8 @@ impl Request {
         &self.http_version
     }
 
-    /// Returns the length of the body in bytes.
-    ///
-    /// Returns `None` if the length is unknown.
+    /// Returns the length of the body in bytes as the client announced it
+    /// (`Content-Length`); `None` for a chunked body or none.
     #[inline]
     pub fn body_length(&self) -> Option<usize> {
         self.body_length
@@ -343,138 +154,21 @@ impl Request {
         self.remote_addr.as_ref()
     }
 
-    /// Sends a response with a `Connection: upgrade` header, then turns the `Request` into a `Stream`.
-    ///
-    /// The main purpose of this function is to support websockets.
-    /// If you detect that the request wants to use some kind of protocol upgrade, you can
-    ///  call this function to obtain full control of the socket stream.
-    ///
-    /// If you call this on a non-websocket request, tiny-http will wait until this `Stream` object
-    ///  is destroyed before continuing to read or write on the socket. Therefore you should always
-    ///  destroy it as soon as possible.
-    pub fn upgrade<R: Read>(
-        mut self,
-        protocol: &str,
-        response: Response<R>,
-    ) -> Box<dyn ReadWrite + Send> {
-        use crate::util::CustomStream;
-
-        response
-            .raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                false,
-                Some(protocol),
-            )
-            .ok(); // TODO: unused result
-
-        self.response_writer.as_mut().unwrap().flush().ok(); // TODO: unused result
-
-        let stream = CustomStream::new(self.extract_reader_impl(), self.extract_writer_impl());
-        if let Some(sender) = self.notify_when_responded.take() {
-            let stream = NotifyOnDrop {
-                sender,
-                inner: stream,
-            };
-            Box::new(stream) as Box<dyn ReadWrite + Send>
-        } else {
-            Box::new(stream) as Box<dyn ReadWrite + Send>
-        }
-    }
-
-    /// Allows to read the body of the request.
-    ///
-    /// # Example
-    ///
-    /// ```no_run
-    /// # extern crate rustc_serialize;
-    /// # extern crate tiny_http;
-    /// # use rustc_serialize::json::Json;
-    /// # use std::io::Read;
-    /// # fn get_content_type(_: &tiny_http::Request) -> &'static str { "" }
-    /// # fn main() {
-    /// # let server = tiny_http::Server::http("0.0.0.0:0").unwrap();
-    /// let mut request = server.recv().unwrap();
-    ///
-    /// if get_content_type(&request) == "application/json" {
-    ///     let mut content = String::new();
-    ///     request.as_reader().read_to_string(&mut content).unwrap();
-    ///     let json: Json = content.parse().unwrap();
-    /// }
-    /// # }
-    /// ```
-    ///
-    /// If the client sent a `Expect: 100-continue` header with the request, calling this
-    ///  function will send back a `100 Continue` response.
+    /// Allows to read the body of the request, already in memory.
     #[inline]
     pub fn as_reader(&mut self) -> &mut dyn Read {
-        if self.must_send_continue {
-            let msg = Response::new_empty(StatusCode(100));
-            msg.raw_print(
-                self.response_writer.as_mut().unwrap().by_ref(),
-                self.http_version.clone(),
-                &self.headers,
-                true,
-                None,
-            )
-            .ok();
-            self.response_writer.as_mut().unwrap().flush().ok();
-            self.must_send_continue = false;
-        }
-
-        self.data_reader.as_mut().unwrap()
+        &mut self.body
     }
 
-    /// Turns the `Request` into a writer.
-    ///
-    /// The writer has a raw access to the stream to the user.
-    /// This function is useful for things like CGI.
-    ///
-    /// Note that the destruction of the `Writer` object may trigger
-    /// some events. For exemple if a client has sent multiple requests and the requests
-    /// have been processed in parallel, the destruction of a writer will trigger
-    /// the writing of the next response.
-    /// Therefore you should always destroy the `Writer` as soon as possible.
+    /// Turns the `Request` into a writer of the raw answer: what is written is sent as
+    /// is once the writer is dropped, and the connection then closes (its framing is the
+    /// writer's own).
     #[inline]
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
-        let writer = self.extract_writer_impl();
-        if let Some(sender) = self.notify_when_responded.take() {
-            let writer = NotifyOnDrop {
-                sender,
-                inner: writer,
-            };
-            Box::new(writer) as Box<dyn Write + Send + 'static>
-        } else {
-            writer
-        }
-    }
-
-    /// Extract the response `Writer` object from the Request, dropping this `Writer` has the same side effects
-    /// as the object returned by `into_writer` above.
-    ///
-    /// This may only be called once on a single request.
-    fn extract_writer_impl(&mut self) -> Box<dyn Write + Send + 'static> {
-        use std::mem;
-
-        assert!(self.response_writer.is_some());
-
-        let mut writer = None;
-        mem::swap(&mut self.response_writer, &mut writer);
-        writer.unwrap()
-    }
-
-    /// Extract the body `Reader` object from the Request.
-    ///
-    /// This may only be called once on a single request.
-    fn extract_reader_impl(&mut self) -> Box<dyn Read + Send + 'static> {
-        use std::mem;
-
-        assert!(self.data_reader.is_some());
-
-        let mut reader = None;
-        mem::swap(&mut self.data_reader, &mut reader);
-        reader.unwrap()
+        Box::new(RawAnswer {
+            bytes: Vec::new(),
+            answer: self.answer.take(),
+        })
     }
 
     /// Sends a response to this request.
@@ -483,80 +177,60 @@ impl Request {
     where
         R: Read,
     {
-        let res = self.respond_impl(response);
-        if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
-        }
-        res
+        self.respond_impl(response)
     }
 
     fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), IoError>
     where
         R: Read,
     {
-        let mut writer = self.extract_writer_impl();
-
-        let do_not_send_body = self.method == Method::Head;
-        // PATCHES.md, 13: on stopping, only while no later request was handed out (that
-        // one's answer then says it), else a pipelined answer followed a `close`.
+        let Some(answer) = self.answer.take() else {
+            return Ok(());
+        };
         let closing = self.last_on_connection
-            || (self
+            || self
                 .server_stopping
                 .as_ref()
-                .is_some_and(|s| s.load(Ordering::SeqCst))
-                && self.latest_request.as_ref().is_some_and(|latest| {
-                    latest
-                        .compare_exchange(
-                            self.number,
-                            CONNECTION_CLOSING,
-                            Ordering::SeqCst,
-                            Ordering::SeqCst,
-                        )
-                        .is_ok()
-                }));
-
-        Self::ignore_client_closing_errors(response.raw_print_closing(
-            writer.by_ref(),
+                .is_some_and(|s| s.load(Ordering::SeqCst));
+        let mut bytes = Vec::with_capacity(256 + response.data_length().unwrap_or(0));
+        let printed = response.raw_print_closing(
+            &mut bytes,
             self.http_version.clone(),
             &self.headers,
-            do_not_send_body,
+            self.method == Method::Head,
             None,
             closing,
-        ))?;
-
-        Self::ignore_client_closing_errors(writer.flush())
+        );
+        // A response whose reader failed midway cannot be framed: close after what went out.
+        let close = closing || printed.is_err();
+        // The connection may be gone already; nothing waits on the client here.
+        let _ = answer.send(Outgoing { bytes, close });
+        printed
     }
+}
 
-    fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
-        result.or_else(|err| match err.kind() {
-            ErrorKind::BrokenPipe => Ok(()),
-            ErrorKind::ConnectionAborted => Ok(()),
-            ErrorKind::ConnectionRefused => Ok(()),
-            ErrorKind::ConnectionReset => Ok(()),
-            _ => Err(err),
-        })
+/// The writer of `Request::into_writer`.
+struct RawAnswer {
+    bytes: Vec<u8>,
+    answer: Option<SyncSender<Outgoing>>,
+}
+
+impl Write for RawAnswer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
     }
-
-    pub(crate) fn with_notify_sender(mut self, sender: Sender<()>) -> Self {
-        self.notify_when_responded = Some(sender);
-        self
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
+}
 
-    /// PATCHES.md, 6: whether the connection reads no request after this one, and the
-    /// server's stopping flag, checked again when the response is written; 13: the
-    /// connection's latest request number, and this request's.
-    pub(crate) fn with_connection_state(
-        mut self,
-        last_on_connection: bool,
-        server_stopping: Arc<AtomicBool>,
-        latest_request: Arc<AtomicUsize>,
-        number: usize,
-    ) -> Self {
-        self.last_on_connection = last_on_connection;
-        self.server_stopping = Some(server_stopping);
-        self.latest_request = Some(latest_request);
-        self.number = number;
-        self
+impl Drop for RawAnswer {
+    fn drop(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            let bytes = std::mem::take(&mut self.bytes);
+            let _ = answer.send(Outgoing { bytes, close: true });
+        }
     }
 }
 
@@ -572,45 +246,19 @@ impl fmt::Debug for Request {
 
 impl Drop for Request {
     fn drop(&mut self) {
-        if self.response_writer.is_some() {
+        if self.answer.is_some() {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
-            if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
-            }
         }
     }
 }
 
-/// Dummy trait that regroups the `Read` and `Write` traits.
-///
-/// Automatically implemented on all types that implement both `Read` and `Write`.
 pub trait ReadWrite: Read + Write {}
 impl<T> ReadWrite for T where T: Read + Write {}
 
 #[cfg(test)]
 mod tests {
     use super::Request;
-
-    #[test]
-    fn a_small_body_takes_no_more_memory_than_its_length() {
-        // PATCHES.md, 14. A reader that hands out 1000 bytes at a time, like a socket.
-        struct Trickle(std::io::Cursor<Vec<u8>>);
-        impl std::io::Read for Trickle {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = buf.len().min(1000);
-                self.0.read(&mut buf[..n])
-            }
-        }
-        for length in [1, 1000, 8192, 8193, 40_000, 65_536] {
-            let mut source = Trickle(std::io::Cursor::new(vec![7; length + 10]));
-            let body = super::read_small_body(&mut source, length).unwrap();
-            assert_eq!(body.len(), length);
-            assert!(body.capacity() <= length, "{length}: {}", body.capacity());
-        }
-        let mut short = Trickle(std::io::Cursor::new(vec![7; 100]));
-        assert!(super::read_small_body(&mut short, 101).is_err());
-    }
 
     #[test]
     fn must_be_send() {

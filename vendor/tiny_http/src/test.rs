@@ -1,4 +1,4 @@
-use crate::{request::new_request, HTTPVersion, Header, HeaderField, Method, Request};
+use crate::{HTTPVersion, Header, HeaderField, Method, Request};
 use ascii::AsciiString;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -64,18 +64,14 @@ impl From<TestRequest> for Request {
                 value: AsciiString::from_ascii(mock.body.len().to_string()).unwrap(),
             });
         }
-        new_request(
-            mock.secure,
+        Request::in_memory(
             mock.method,
             mock.path,
             mock.http_version,
             mock.headers,
+            mock.body.as_bytes().to_vec(),
             Some(mock.remote_addr),
-            mock.body.as_bytes(),
-            std::io::sink(),
         )
-        .unwrap()
-        .0
     }
 }
 

@@ -1,0 +1,120 @@
+//! What the product service's answers are taken to mean: which 404 says "no such
+//! product", prices read from their exact text, and a cache that never goes back in time.
+
+use crate::helpers::*;
+use serde_json::json;
+
+fn proxy_page(content_type: &'static str, body: &str) -> Behaviour {
+    Behaviour::Answer {
+        status: 404,
+        content_type,
+        body: body.to_string(),
+    }
+}
+
+#[test]
+fn a_404_that_is_not_the_product_service_s_json_is_an_outage() {
+    let app = spawn_app();
+    for page in [
+        proxy_page(
+            "text/html",
+            "<html><body><h1>404 Not Found</h1>default backend</body></html>",
+        ),
+        proxy_page("text/plain; charset=utf-8", "404 page not found"),
+        proxy_page("application/json", "<html>not json</html>"),
+    ] {
+        app.products.set(MOUSE, page.clone());
+        let response = app.create_order(&ALICE, &items(&[(MOUSE, 1)]));
+        response.assert_error(503, "product_service_unavailable");
+        assert!(response.header("Retry-After").is_some(), "{page:?}");
+    }
+    assert_eq!(app.count_orders(), 0);
+
+    // The product service's own JSON 404 still means an unknown product.
+    app.products.set(MOUSE, Behaviour::NotFound);
+    let body = app
+        .create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_error(422, "unknown_product");
+    assert_eq!(body["details"]["product_ids"], json!([MOUSE]));
+}
+
+#[test]
+fn a_proxy_404_serves_the_cache_and_keeps_it() {
+    let app = TestApp::builder()
+        .env("PRODUCT_CACHE_MAX_AGE", "60")
+        .spawn();
+    app.place_order(&ALICE, &[(MONITOR, 1)]);
+    app.products
+        .set(MONITOR, proxy_page("text/html", "<h1>404 Not Found</h1>"));
+
+    let response = app.create_order(&ALICE, &items(&[(MONITOR, 1)]));
+    response.assert_status(201);
+    assert_eq!(
+        line_for(&response.json(), MONITOR)["price"].as_f64(),
+        Some(249.5)
+    );
+    let cached: i64 = app
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM product_cache WHERE product_id = ?1",
+            [MONITOR],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cached, 1, "the cached answer is kept");
+}
+
+#[test]
+fn a_price_with_more_than_two_decimals_is_refused_whatever_a_float_makes_of_it() {
+    let app = spawn_app();
+    // As an f64 this is exactly 20.0.
+    app.products
+        .set(MOUSE, product("Mouse", "19.999999999999999", 1000));
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_error(503, "product_service_unavailable");
+    app.products
+        .set(MOUSE, product("Mouse", "20.000000000000001", 1000));
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_error(503, "product_service_unavailable");
+    assert_eq!(app.count_orders(), 0);
+
+    app.products.set(MOUSE, product("Mouse", "19.90", 1000));
+    let order = app.place_order(&ALICE, &[(MOUSE, 1)]);
+    assert_eq!(line_for(&order, MOUSE)["price"].as_f64(), Some(19.9));
+}
+
+fn cached_price_cents(app: &TestApp, id: i64) -> i64 {
+    app.db()
+        .query_row(
+            "SELECT price_cents FROM product_cache WHERE product_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_slow_lookup_does_not_put_back_an_older_price() {
+    let app = spawn_app();
+    app.products.set(
+        MOUSE,
+        Behaviour::Slow(
+            std::time::Duration::from_millis(1200),
+            Box::new(product("Mouse", "10.00", 1000)),
+        ),
+    );
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| app.create_order(&ALICE, &items(&[(MOUSE, 1)])));
+        // The slow lookup has started; the price changes and a fast lookup sees it.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        app.products.set(MOUSE, product("Mouse", "20.00", 1000));
+        app.place_order(&BOB, &[(MOUSE, 1)]);
+        assert_eq!(cached_price_cents(&app, MOUSE), 2000);
+        slow.join().unwrap().assert_status(201);
+    });
+    assert_eq!(
+        cached_price_cents(&app, MOUSE),
+        2000,
+        "the answer fetched first was written last and replaced the newer one"
+    );
+}

@@ -1,0 +1,158 @@
+//! The database as an operator meets it: what `DATABASE_URL` may name, and probes that
+//! stay cheap however many events the outbox keeps.
+
+use crate::helpers::*;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Runs `serve` with `DATABASE_URL=url` and a free port; returns its exit code and
+/// stderr, or panics if it is still serving after 10 s.
+fn serve_exit(url: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new();
+    let mut child = clean_command(dir.path())
+        .env("DATABASE_URL", url)
+        .env("PORT", free_port().to_string())
+        .env("PRODUCT_SERVICE_URL", "file:none.json")
+        .env("RABBITMQ_PORT", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start order-service");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("DATABASE_URL={url}: the service started and kept serving");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+#[test]
+fn an_in_memory_database_is_refused_at_start() {
+    for url in [":memory:", "sqlite::memory:", "file::memory:"] {
+        let (code, stderr) = serve_exit(url);
+        assert_eq!(code, Some(2), "DATABASE_URL={url}: stderr {stderr:?}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+        assert!(
+            stderr.contains("DATABASE_URL") && stderr.contains("in-memory"),
+            "names the variable and why: {stderr:?}"
+        );
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_database_it_creates_is_private() {
+    let dir = TempDir::new();
+    let state = dir.path().join("state").join("orders");
+    let db = state.join("orders.db");
+    let app = TestApp::builder()
+        .env("DATABASE_URL", db.to_str().unwrap())
+        .spawn();
+    app.place_order_id(&ALICE, MOUSE, 1);
+    for folder in [dir.path().join("state"), state.clone()] {
+        assert_eq!(mode(&folder), 0o700, "{}", folder.display());
+    }
+    for file in ["orders.db", "orders.db-wal", "orders.db-shm"] {
+        assert_eq!(mode(&state.join(file)), 0o600, "{file}");
+    }
+
+    // `migrate` creates it the same way.
+    let other = dir.path().join("fresh").join("m.db");
+    let out = clean_command(dir.path())
+        .env("DATABASE_URL", other.to_str().unwrap())
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "migrate: {out:?}");
+    assert_eq!(mode(other.parent().unwrap()), 0o700);
+    assert_eq!(mode(&other), 0o600);
+}
+
+/// Median time of `count` calls of `probe`.
+fn median(count: usize, mut probe: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..count)
+        .map(|_| {
+            let started = Instant::now();
+            probe();
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[count / 2]
+}
+
+/// A service whose outbox holds `published` rows the broker confirmed.
+fn app_with_published(published: i64) -> TestApp {
+    let mut app = spawn_app();
+    if published > 0 {
+        app.kill();
+        crate::backup::fill_outbox_with(&app.db_path, published, true, 16);
+        app.restart();
+    }
+    app
+}
+
+/// `PROBE_TEST_ROWS` changes the 1 M published rows.
+fn probe_rows() -> i64 {
+    std::env::var("PROBE_TEST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+#[test]
+fn probes_cost_the_same_with_a_million_published_events_as_with_none() {
+    let rows = probe_rows();
+    // A fresh connection per probe, as a load balancer or Prometheus makes them (and
+    // clear of the test client's 40 ms delayed-ACK stall on a kept-alive connection).
+    let probe = |app: &TestApp, path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        app.raw(request.as_bytes()).assert_status(200);
+    };
+    let cost = |app: &TestApp| {
+        probe(app, "/ready");
+        let ready = median(41, || probe(app, "/ready"));
+        let metrics = median(41, || probe(app, "/metrics"));
+        (ready, metrics)
+    };
+    let empty = app_with_published(0);
+    let (ready_none, metrics_none) = cost(&empty);
+    drop(empty);
+    let full = app_with_published(rows);
+    let (ready_full, metrics_full) = cost(&full);
+    assert_eq!(
+        full.ready().json()["outbox"]["pending"],
+        serde_json::json!(0)
+    );
+    eprintln!(
+        "probe medians, none vs {rows} published: /ready {ready_none:?} vs {ready_full:?}, \
+         /metrics {metrics_none:?} vs {metrics_full:?}"
+    );
+    // Generous: a scan of the published rows costs tens of milliseconds.
+    let bound = |none: Duration| none * 2 + Duration::from_millis(5);
+    assert!(
+        ready_full <= bound(ready_none),
+        "/ready: {ready_none:?} with none, {ready_full:?} with {rows} published"
+    );
+    assert!(
+        metrics_full <= bound(metrics_none),
+        "/metrics: {metrics_none:?} with none, {metrics_full:?} with {rows} published"
+    );
+}

@@ -1,0 +1,715 @@
+//! Local (PATCHES.md, 16): reading one whole request off a connection, strictly and within
+//! bounds, before anything else sees it.
+//!
+//! The head is parsed by `httparse`; what it lets through that RFC 9112 does not (a bare
+//! LF as a line end) is refused here, and so is any framing that two parsers could read
+//! two ways: `Transfer-Encoding` other than exactly `chunked`, `Transfer-Encoding` with
+//! `Content-Length`, several or malformed `Content-Length`s. The body, chunked or not, is
+//! read whole into memory. Every byte is bounded (`Limits`), and so is the time one
+//! request may take from its first byte to its last. A refusal always ends the
+//! connection: nothing after it is ever read as a request.
+
+use std::io::{self, ErrorKind};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use ascii::AsciiString;
+
+use crate::common::{HTTPVersion, Header, HeaderField, Method};
+
+/// The bounds of one request. Every byte a client sends counts against one of them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request line and headers, CRLFs included.
+    pub max_head: usize,
+    /// The longest request line (a longer one gets 414).
+    pub max_request_line: usize,
+    /// Header lines.
+    pub max_headers: usize,
+    /// The body after any chunked decoding.
+    pub max_body: usize,
+    /// What chunked framing may add to the body: chunk-size lines, CRLFs and trailers.
+    pub max_chunk_framing: usize,
+    /// From a request's first byte to its last.
+    pub request_timeout: Duration,
+    /// How long a kept-alive connection may wait for the first byte of its next request.
+    pub idle_timeout: Duration,
+    /// How long an answer may take to be written.
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_head: 64 * 1024,
+            max_request_line: 8 * 1024,
+            max_headers: 100,
+            max_body: 64 * 1024,
+            max_chunk_framing: 16 * 1024,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// The most a connection ever holds of what its client sent.
+    pub fn max_buffered(&self) -> usize {
+        self.max_head + self.max_body + self.max_chunk_framing
+    }
+}
+
+/// A byte stream with deadlines: a socket, or bytes in memory in the tests.
+pub trait Wire {
+    /// Reads what has arrived, waiting no later than `deadline`; `Ok(0)` at the end of the
+    /// stream, an error of kind `TimedOut` or `WouldBlock` when the deadline passed.
+    fn read_by(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize>;
+    /// Writes all of `bytes`, finishing no later than `deadline`.
+    fn write_by(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()>;
+}
+
+/// A request read whole.
+#[derive(Debug)]
+pub struct Parsed {
+    pub method: Method,
+    pub path: String,
+    pub version: HTTPVersion,
+    pub headers: Vec<Header>,
+    pub body: Vec<u8>,
+    /// The length the client announced, when it announced one.
+    pub content_length: Option<usize>,
+    /// The client will send nothing after this request (`Connection: close`, HTTP/1.0).
+    pub last: bool,
+}
+
+/// What reading the next request came to.
+#[derive(Debug)]
+pub enum Next {
+    Request(Parsed),
+    /// The client closed, went away, or stayed idle past `idle_timeout` between requests:
+    /// nothing to answer.
+    Closed,
+    /// Answer this status and close the connection.
+    Refused(u16),
+}
+
+/// Reads the requests of one connection, one at a time. Bytes the client sent past the
+/// current request (pipelining) wait in its buffer, which never passes
+/// `Limits::max_buffered`.
+pub struct RequestReader {
+    limits: Limits,
+    buf: Vec<u8>,
+}
+
+const READ_SIZE: usize = 16 * 1024;
+const MAX_CHUNK_LINE: usize = 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+impl RequestReader {
+    pub fn new(limits: Limits) -> RequestReader {
+        RequestReader {
+            limits,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Bytes held that belong to no request yet.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Reads the next whole request.
+    pub fn next_request<W: Wire>(&mut self, wire: &mut W) -> Next {
+        if self.buf.is_empty() {
+            let idle_until = Instant::now() + self.limits.idle_timeout;
+            match self.fill(wire, idle_until) {
+                Fill::Got => {}
+                Fill::Closed | Fill::TimedOut | Fill::Full => return Next::Closed,
+            }
+        }
+        let deadline = Instant::now() + self.limits.request_timeout;
+        match self.read_request(wire, deadline) {
+            Ok(parsed) => Next::Request(parsed),
+            Err(Stop::Closed) => Next::Closed,
+            Err(Stop::Refuse(status)) => {
+                // Where the next request would start is not known: nothing more is read.
+                self.buf = Vec::new();
+                Next::Refused(status)
+            }
+        }
+    }
+
+    fn read_request<W: Wire>(&mut self, wire: &mut W, deadline: Instant) -> Result<Parsed, Stop> {
+        let head_len = self.read_head(wire, deadline)?;
+        let head = parse_head(&self.buf[..head_len], &self.limits)?;
+        let mut parsed = Parsed {
+            method: head.method,
+            path: head.path,
+            version: head.version,
+            headers: head.headers,
+            body: Vec::new(),
+            content_length: None,
+            last: head.last,
+        };
+        let consumed = match head.framing {
+            Framing::None => head_len,
+            Framing::Length(length) => {
+                if length > self.limits.max_body {
+                    return Err(Stop::Refuse(413));
+                }
+                parsed.content_length = Some(length);
+                if head.expects_continue && self.buf.len() == head_len && length > 0 {
+                    wire.write_by(CONTINUE, deadline)
+                        .map_err(|_| Stop::Closed)?;
+                }
+                while self.buf.len() < head_len + length {
+                    self.more(wire, deadline)?;
+                }
+                parsed.body = self.buf[head_len..head_len + length].to_vec();
+                head_len + length
+            }
+            Framing::Chunked => {
+                if head.expects_continue && self.buf.len() == head_len {
+                    wire.write_by(CONTINUE, deadline)
+                        .map_err(|_| Stop::Closed)?;
+                }
+                let mut chunks = Chunked::new(head_len);
+                let end = loop {
+                    match chunks.advance(&self.buf, &self.limits)? {
+                        Some(end) => break end,
+                        None => self.more(wire, deadline)?,
+                    }
+                };
+                parsed.body = chunks.body;
+                end
+            }
+        };
+        self.buf.drain(..consumed);
+        Ok(parsed)
+    }
+
+    /// Reads until the buffer holds a whole head; returns its length.
+    fn read_head<W: Wire>(&mut self, wire: &mut W, deadline: Instant) -> Result<usize, Stop> {
+        loop {
+            let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(&self.buf) {
+                Ok(httparse::Status::Complete(length)) => {
+                    if length > self.limits.max_head {
+                        return Err(Stop::Refuse(431));
+                    }
+                    return Ok(length);
+                }
+                Ok(httparse::Status::Partial) => {
+                    let line_end = self.buf.iter().position(|&b| b == b'\n');
+                    if line_end.unwrap_or(self.buf.len()) > self.limits.max_request_line {
+                        return Err(Stop::Refuse(414));
+                    }
+                    if self.buf.len() >= self.limits.max_head {
+                        return Err(Stop::Refuse(431));
+                    }
+                }
+                Err(httparse::Error::TooManyHeaders) => return Err(Stop::Refuse(431)),
+                Err(httparse::Error::Version) => {
+                    return Err(Stop::Refuse(version_error(&self.buf)))
+                }
+                Err(_) => return Err(Stop::Refuse(400)),
+            }
+            self.more(wire, deadline)?;
+        }
+    }
+
+    /// Reads more of the current request.
+    fn more<W: Wire>(&mut self, wire: &mut W, deadline: Instant) -> Result<(), Stop> {
+        match self.fill(wire, deadline) {
+            Fill::Got => Ok(()),
+            // The client went away in the middle of its request: nobody to answer.
+            Fill::Closed => Err(Stop::Closed),
+            Fill::TimedOut => Err(Stop::Refuse(408)),
+            // Each limit is checked before more is read, so a full buffer means the
+            // request is larger than they allow together.
+            Fill::Full => Err(Stop::Refuse(413)),
+        }
+    }
+
+    fn fill<W: Wire>(&mut self, wire: &mut W, deadline: Instant) -> Fill {
+        let room = self.limits.max_buffered().saturating_sub(self.buf.len());
+        if room == 0 {
+            return Fill::Full;
+        }
+        let start = self.buf.len();
+        self.buf.resize(start + room.min(READ_SIZE), 0);
+        let result = loop {
+            match wire.read_by(&mut self.buf[start..], deadline) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let got = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(start + got);
+        match result {
+            Ok(0) => Fill::Closed,
+            Ok(_) => Fill::Got,
+            Err(e) if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) => {
+                Fill::TimedOut
+            }
+            Err(_) => Fill::Closed,
+        }
+    }
+}
+
+enum Fill {
+    Got,
+    Closed,
+    TimedOut,
+    Full,
+}
+
+#[derive(Debug)]
+enum Stop {
+    Closed,
+    Refuse(u16),
+}
+
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+struct Head {
+    method: Method,
+    path: String,
+    version: HTTPVersion,
+    headers: Vec<Header>,
+    framing: Framing,
+    expects_continue: bool,
+    last: bool,
+}
+
+/// 505 for a well-formed version other than 1.x (`HTTP/2.0`), 400 for anything else.
+fn version_error(buf: &[u8]) -> u16 {
+    let line = buf
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    match parts.as_slice() {
+        [_, _, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            505
+        }
+        _ => 400,
+    }
+}
+
+/// Checks and converts a complete head that `httparse` accepted.
+fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Head, Stop> {
+    let bad = Stop::Refuse(400);
+    check_line_ends(bytes)?;
+    let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut request = httparse::Request::new(&mut raw);
+    request.parse(bytes).map_err(|_| Stop::Refuse(400))?;
+    let (Some(method), Some(path), Some(minor)) = (request.method, request.path, request.version)
+    else {
+        return Err(bad);
+    };
+    let request_line = bytes.iter().position(|&b| b == b'\n').unwrap_or(0);
+    if request_line > limits.max_request_line {
+        return Err(Stop::Refuse(414));
+    }
+    let version = HTTPVersion(1, minor);
+    let method = Method::from_str(method).map_err(|_| Stop::Refuse(400))?;
+
+    let mut headers = Vec::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        let field = HeaderField::from_bytes(h.name.as_bytes()).map_err(|_| Stop::Refuse(400))?;
+        let value = AsciiString::from_ascii(h.value.trim_ascii()).map_err(|_| Stop::Refuse(400))?;
+        headers.push(Header { field, value });
+    }
+
+    fn values<'h>(headers: &'h [Header], name: &'static str) -> impl Iterator<Item = &'h str> {
+        headers
+            .iter()
+            .filter(move |h| h.field.equiv(name))
+            .map(|h| h.value.as_str())
+    }
+    let values = |name: &'static str| values(&headers, name);
+    let tokens = |name: &'static str| {
+        values(name)
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+    };
+
+    let lengths: Vec<&str> = values("Content-Length").collect();
+    let encodings = tokens("Transfer-Encoding");
+    let has_encoding = values("Transfer-Encoding").next().is_some();
+    let framing = match (lengths.as_slice(), has_encoding) {
+        ([], false) => Framing::None,
+        ([], true) if version == HTTPVersion(1, 1) && encodings == ["chunked"] => Framing::Chunked,
+        ([length], false) => Framing::Length(parse_length(length).ok_or(bad)?),
+        _ => return Err(Stop::Refuse(400)),
+    };
+
+    let expects_continue = match values("Expect").collect::<Vec<_>>().as_slice() {
+        [] => false,
+        [v] if v.eq_ignore_ascii_case("100-continue") => version == HTTPVersion(1, 1),
+        _ => return Err(Stop::Refuse(417)),
+    };
+
+    let connection = tokens("Connection");
+    let last = connection.iter().any(|t| t == "close")
+        || (version == HTTPVersion(1, 0) && !connection.iter().any(|t| t == "keep-alive"));
+
+    Ok(Head {
+        method,
+        path: path.to_owned(),
+        version,
+        headers,
+        framing,
+        expects_continue,
+        last,
+    })
+}
+
+/// Every line ends in CRLF: no bare CR or LF, no other control character, no line folding.
+fn check_line_ends(head: &[u8]) -> Result<(), Stop> {
+    let bad = Err(Stop::Refuse(400));
+    for (i, &b) in head.iter().enumerate() {
+        let ok = match b {
+            b'\r' => head.get(i + 1) == Some(&b'\n'),
+            b'\n' => i > 0 && head[i - 1] == b'\r',
+            b'\t' => true,
+            0..=0x1f | 0x7f => false,
+            _ => true,
+        };
+        if !ok {
+            return bad;
+        }
+        // A line after the request line that starts with white space is a folded one.
+        if b == b'\n' && matches!(head.get(i + 1), Some(b' ' | b'\t')) {
+            return bad;
+        }
+    }
+    Ok(())
+}
+
+/// `1*DIGIT`, nothing else: no sign, no white space inside, no list.
+fn parse_length(value: &str) -> Option<usize> {
+    if value.is_empty() || value.len() > 18 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+/// An incremental decoder of a chunked body held in the connection's buffer.
+struct Chunked {
+    /// Where the next framing or data starts in the buffer.
+    pos: usize,
+    /// Where the body starts in the buffer.
+    start: usize,
+    state: ChunkState,
+    body: Vec<u8>,
+}
+
+enum ChunkState {
+    Size,
+    Data(usize),
+    Trailers,
+}
+
+impl Chunked {
+    fn new(start: usize) -> Chunked {
+        Chunked {
+            pos: start,
+            start,
+            state: ChunkState::Size,
+            body: Vec::new(),
+        }
+    }
+
+    /// Decodes what `buf` holds: `Some(end)` once the body is complete, `None` when more
+    /// is needed.
+    fn advance(&mut self, buf: &[u8], limits: &Limits) -> Result<Option<usize>, Stop> {
+        loop {
+            let framing = (self.pos - self.start) - self.body.len();
+            if framing > limits.max_chunk_framing {
+                return Err(Stop::Refuse(413));
+            }
+            match self.state {
+                ChunkState::Size => {
+                    let Some(line) = line_at(buf, self.pos, MAX_CHUNK_LINE)? else {
+                        return Ok(None);
+                    };
+                    let size = parse_chunk_size(&buf[self.pos..self.pos + line])?;
+                    if self.body.len() + size > limits.max_body {
+                        return Err(Stop::Refuse(413));
+                    }
+                    self.pos += line + 2;
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(size) => {
+                    if buf.len() < self.pos + size + 2 {
+                        return Ok(None);
+                    }
+                    if &buf[self.pos + size..self.pos + size + 2] != b"\r\n" {
+                        return Err(Stop::Refuse(400));
+                    }
+                    self.body.extend_from_slice(&buf[self.pos..self.pos + size]);
+                    self.pos += size + 2;
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    let room = limits.max_chunk_framing.saturating_sub(framing);
+                    let Some(line) = line_at(buf, self.pos, room.max(2))? else {
+                        return Ok(None);
+                    };
+                    let text = &buf[self.pos..self.pos + line];
+                    self.pos += line + 2;
+                    if text.is_empty() {
+                        return Ok(Some(self.pos));
+                    }
+                    // Trailers are read past and dropped, but must be well formed.
+                    let colon = text.iter().position(|&b| b == b':');
+                    if colon.is_none_or(|c| c == 0) || matches!(text[0], b' ' | b'\t') {
+                        return Err(Stop::Refuse(400));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The length of the CRLF-ended line at `pos` (without its CRLF), `None` if it has not
+/// all arrived yet; 400 for a control character or a bare CR/LF in it, 413 past `max`.
+fn line_at(buf: &[u8], pos: usize, max: usize) -> Result<Option<usize>, Stop> {
+    for (i, &b) in buf[pos..].iter().enumerate() {
+        if i + 2 > max {
+            return Err(Stop::Refuse(413));
+        }
+        match b {
+            b'\r' => {
+                return match buf.get(pos + i + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some(i)),
+                    Some(_) => Err(Stop::Refuse(400)),
+                }
+            }
+            b'\t' => {}
+            0..=0x1f | 0x7f => return Err(Stop::Refuse(400)),
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+/// `1*HEXDIG`, optionally followed by chunk extensions (ignored).
+fn parse_chunk_size(line: &[u8]) -> Result<usize, Stop> {
+    let digits = line
+        .iter()
+        .position(|&b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let rest = &line[digits..];
+    let rest_ok = rest.is_empty() || rest.trim_ascii_start().first() == Some(&b';');
+    if digits == 0 || digits > 8 || !rest_ok {
+        return Err(Stop::Refuse(400));
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| Stop::Refuse(400))?;
+    usize::from_str_radix(text, 16).map_err(|_| Stop::Refuse(400))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// Bytes in memory, handed out in the pieces given, as a socket would.
+    pub(crate) struct Pieces {
+        pub pieces: VecDeque<Vec<u8>>,
+        pub written: Vec<u8>,
+    }
+
+    impl Pieces {
+        pub(crate) fn new<I: IntoIterator<Item = Vec<u8>>>(pieces: I) -> Pieces {
+            Pieces {
+                pieces: pieces.into_iter().collect(),
+                written: Vec::new(),
+            }
+        }
+        pub(crate) fn whole(bytes: &[u8]) -> Pieces {
+            Pieces::new([bytes.to_vec()])
+        }
+    }
+
+    impl Wire for Pieces {
+        fn read_by(&mut self, buf: &mut [u8], _deadline: Instant) -> io::Result<usize> {
+            let Some(piece) = self.pieces.front_mut() else {
+                return Ok(0);
+            };
+            let n = piece.len().min(buf.len());
+            buf[..n].copy_from_slice(&piece[..n]);
+            piece.drain(..n);
+            if piece.is_empty() {
+                self.pieces.pop_front();
+            }
+            Ok(n)
+        }
+        fn write_by(&mut self, bytes: &[u8], _deadline: Instant) -> io::Result<()> {
+            self.written.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    /// Everything a connection reads from `wire`: requests until the first non-request.
+    pub(crate) fn read_all(wire: &mut Pieces) -> (Vec<Parsed>, Next) {
+        let mut reader = RequestReader::new(Limits::default());
+        let mut requests = Vec::new();
+        loop {
+            assert!(reader.buffered() <= Limits::default().max_buffered());
+            match reader.next_request(wire) {
+                Next::Request(p) => {
+                    let last = p.last;
+                    requests.push(p);
+                    if last {
+                        return (requests, Next::Closed);
+                    }
+                }
+                other => return (requests, other),
+            }
+        }
+    }
+
+    fn refused(bytes: &[u8]) -> Option<u16> {
+        match read_all(&mut Pieces::whole(bytes)) {
+            (_, Next::Refused(status)) => Some(status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn reads_a_request_with_its_body() {
+        let mut wire =
+            Pieces::whole(b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        let (requests, end) = read_all(&mut wire);
+        assert!(matches!(end, Next::Closed));
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].method, Method::Post);
+        assert_eq!(requests[0].path, "/a?b=1");
+        assert_eq!(requests[0].body, b"hello");
+        assert_eq!(requests[0].content_length, Some(5));
+        assert!(!requests[0].last);
+    }
+
+    #[test]
+    fn reads_pipelined_requests_one_at_a_time() {
+        let one = b"GET /1 HTTP/1.1\r\n\r\n";
+        let two = b"GET /2 HTTP/1.1\r\nConnection: close\r\n\r\nGET /3 HTTP/1.1\r\n\r\n";
+        let mut wire = Pieces::whole(&[&one[..], &two[..]].concat());
+        let (requests, _) = read_all(&mut wire);
+        let paths: Vec<_> = requests.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/1", "/2"]);
+        assert!(requests[1].last);
+    }
+
+    #[test]
+    fn decodes_chunked_bodies_byte_by_byte() {
+        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nTrailer: x\r\n\r\nGET /next HTTP/1.1\r\n\r\n";
+        let mut wire = Pieces::new(raw.iter().map(|&b| vec![b]));
+        let (requests, _) = read_all(&mut wire);
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].body, b"hello!");
+        assert_eq!(requests[1].path, "/next");
+    }
+
+    #[test]
+    fn refuses_ambiguous_framing() {
+        let cases: &[&[u8]] = &[
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x3\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: x\n\n",
+            b"GET / HTTP/1.1\r\nHost: x\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x01b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+        ];
+        for case in cases {
+            assert_eq!(
+                refused(case),
+                Some(400),
+                "{}",
+                String::from_utf8_lossy(case)
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_past_each_bound() {
+        let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+        assert_eq!(refused(long_line.as_bytes()), Some(414));
+        let long_head = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(70_000));
+        assert_eq!(refused(long_head.as_bytes()), Some(431));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(101));
+        assert_eq!(refused(many.as_bytes()), Some(431));
+        let big = b"POST / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n";
+        assert_eq!(refused(big), Some(413));
+        let huge = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999\r\n\r\n";
+        assert_eq!(refused(huge), Some(413));
+        let endless_size = [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            &vec![b'0'; 5000],
+        ]
+        .concat();
+        assert_eq!(refused(&endless_size), Some(413));
+        let big_chunk = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\n";
+        assert_eq!(refused(big_chunk), Some(413));
+        assert_eq!(refused(b"GET / HTTP/2.0\r\n\r\n"), Some(505));
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nExpect: magic\r\n\r\n"),
+            Some(417)
+        );
+    }
+
+    #[test]
+    fn answers_100_continue_only_before_a_body_it_will_read() {
+        let head = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        let mut wire = Pieces::new([head.to_vec(), b"ok".to_vec()]);
+        let (requests, _) = read_all(&mut wire);
+        assert_eq!(requests[0].body, b"ok");
+        assert_eq!(wire.written, CONTINUE);
+
+        let too_big = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 70000\r\n\r\n";
+        let mut wire = Pieces::whole(too_big);
+        assert!(matches!(read_all(&mut wire).1, Next::Refused(413)));
+        assert!(wire.written.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_ends_the_connection_whatever_follows() {
+        let raw =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+        let (requests, end) = read_all(&mut Pieces::whole(raw));
+        assert!(requests.is_empty());
+        assert!(matches!(end, Next::Refused(400)));
+    }
+}
