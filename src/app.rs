@@ -10,6 +10,10 @@ use crossbeam_channel::bounded;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// At most this long for the writer to commit what is queued when the relay is left behind.
+const WRITER_FLUSH: Duration = Duration::from_secs(5);
 
 /// The running service.
 pub struct App {
@@ -82,15 +86,23 @@ impl App {
 
     /// Stops taking connections; gives the relay a last drain while the workers answer
     /// what open connections still send; lets the writer commit what it holds; joins
-    /// every thread.
+    /// every thread. Bounded whatever the broker does: the relay gets `relay::STOP_WITHIN`.
     pub fn shutdown(self) {
         // Workers keep answering (open connections, one request each) while the relay
         // makes its last pass; what they commit meanwhile waits in the outbox.
         self.http.stop_accepting();
-        self.relay.shutdown();
+        let relay_stopped = self.relay.shutdown(relay::STOP_WITHIN);
         self.http.shutdown();
-        drop(self.writer);
-        let _ = self.writer_thread.join();
+        if relay_stopped {
+            drop(self.writer);
+            let _ = self.writer_thread.join();
+        } else {
+            // The relay left behind holds a writer handle, so the writer would wait for it.
+            // A ping is answered once everything queued before it is committed.
+            if let Err(e) = self.writer.ping(WRITER_FLUSH) {
+                log::error!("writer at shutdown: {e}");
+            }
+        }
     }
 }
 

@@ -39,19 +39,6 @@ pub struct RabbitConfig {
     pub queue: String,
 }
 
-impl RabbitConfig {
-    /// The AMQP URL with heartbeat and connect timeout; holds the password, so never log it.
-    pub fn url(&self) -> String {
-        format!(
-            "amqp://{}:{}@{}:{}/%2f?heartbeat=10&connection_timeout=3000",
-            percent_encode(&self.user),
-            percent_encode(self.password.expose()),
-            self.host,
-            self.port
-        )
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: IpAddr,
@@ -412,17 +399,6 @@ fn default_store_id() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "store".to_string())
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

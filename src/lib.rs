@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod products;
 pub mod queue;
+pub mod redact;
 pub mod relay;
 pub mod store;
 pub mod systemd;

@@ -8,6 +8,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 enum Command {
     Serve,
@@ -102,6 +103,9 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
         Config::load(config_file.as_deref()).map_err(|e| Failure::Config(e.to_string()))?;
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
+        // amiquip logs the AMQP handshake at debug, and its start-ok holds the broker
+        // password in clear: no RUST_LOG may show it.
+        .filter_module("amiquip::io_loop::handshake_state", log::LevelFilter::Info)
         .init();
     match cmd {
         Command::Serve => serve(&config),
@@ -140,9 +144,24 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
     }
 }
 
+/// From the first SIGTERM/SIGINT, the shutdown gets this long (systemd's stop timeout is
+/// 30 s); past it the process exits with status 1.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(25);
+
 fn serve(config: &Config) -> Result<(), Failure> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::Other(format!("signals: {e}")))?;
+    let (signal_tx, signal_rx) = crossbeam_channel::unbounded();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal_tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| Failure::Other(format!("signals: {e}")))?;
     let app = App::build(config).map_err(Failure::Other)?;
     log::info!(
         "order-service {} listening on http://{} (store {}, database {})",
@@ -152,13 +171,39 @@ fn serve(config: &Config) -> Result<(), Failure> {
         config.database_path.display()
     );
     systemd::notify("READY=1");
-    if let Some(signal) = signals.forever().next() {
+    if let Ok(signal) = signal_rx.recv() {
         log::info!("signal {signal}: shutting down");
     }
     systemd::notify("STOPPING=1");
+    std::thread::Builder::new()
+        .name("stop-guard".into())
+        .spawn(move || guard_shutdown(&signal_rx))
+        .map_err(|e| Failure::Other(format!("signals: {e}")))?;
     app.shutdown();
     log::info!("stopped");
     Ok(())
+}
+
+/// While the service shuts down: a second signal ends the process at once, as does
+/// `SHUTDOWN_LIMIT`. Either way nothing acknowledged is lost: a 2xx was committed (and
+/// synced) before it was sent, and the outbox keeps what the relay did not publish.
+fn guard_shutdown(signals: &crossbeam_channel::Receiver<i32>) {
+    crossbeam_channel::select! {
+        recv(signals) -> signal => {
+            let Ok(signal) = signal else { return };
+            log::warn!("signal {signal} again: exiting now");
+            // Dies of the signal, as without a handler (systemd counts that as a clean stop).
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
+            std::process::exit(128 + signal);
+        },
+        recv(crossbeam_channel::after(SHUTDOWN_LIMIT)) -> _ => {
+            log::error!(
+                "shutdown did not finish within {} s; exiting now",
+                SHUTDOWN_LIMIT.as_secs()
+            );
+            std::process::exit(1);
+        },
+    }
 }
 
 fn outbox_status(config: &Config) -> Result<(), Failure> {
@@ -182,6 +227,18 @@ fn outbox_status(config: &Config) -> Result<(), Failure> {
     match stats.oldest_pending_age_seconds() {
         Some(age) => println!("oldest_pending_age_seconds: {age}"),
         None => println!("oldest_pending_age_seconds: none"),
+    }
+    let blocked = reader
+        .blocked_event()
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    match blocked {
+        Some(b) => println!(
+            "blocked_event: {} {} refused by the broker since {}; the events after it wait",
+            b.event_id,
+            b.event_type,
+            order_service::clock::rfc3339(b.since)
+        ),
+        None => println!("blocked_event: none"),
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Counters and histograms, rendered in the Prometheus text format.
 
-use crate::store::OutboxStats;
+use crate::store::{BlockedEvent, OutboxStats};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -84,8 +84,8 @@ impl Metrics {
         self.broker_connected.load(Relaxed)
     }
 
-    /// The whole exposition; `outbox` is read from the database at scrape time.
-    pub fn render(&self, outbox: Option<&OutboxStats>) -> String {
+    /// The whole exposition; `outbox` and `blocked` are read from the database at scrape time.
+    pub fn render(&self, outbox: Option<&OutboxStats>, blocked: Option<&BlockedEvent>) -> String {
         let mut out = String::with_capacity(4096);
         header(
             &mut out,
@@ -170,6 +170,29 @@ impl Metrics {
                 "order_service_outbox_oldest_pending_age_seconds {}",
                 stats.oldest_pending_age_seconds().unwrap_or(0)
             );
+            header(
+                &mut out,
+                "order_service_outbox_blocked_event_sequence",
+                "gauge",
+                "Sequence (outbox id) of the event the broker keeps refusing, which the events after it wait for; 0 when none.",
+            );
+            let _ = writeln!(
+                out,
+                "order_service_outbox_blocked_event_sequence {}",
+                blocked.map_or(0, |b| b.id)
+            );
+            header(
+                &mut out,
+                "order_service_outbox_blocked_seconds",
+                "gauge",
+                "Time since the broker first refused that event; 0 when none is blocked.",
+            );
+            let _ = writeln!(
+                out,
+                "order_service_outbox_blocked_seconds {}",
+                blocked.map_or(0, |b| ((crate::clock::now_micros() - b.since) / 1_000_000)
+                    .max(0))
+            );
         }
         out
     }
@@ -189,7 +212,7 @@ mod tests {
         let m = Metrics::default();
         m.observe_request("/health", 200, Duration::from_millis(3));
         m.observe_request("/health", 200, Duration::from_millis(30));
-        let text = m.render(None);
+        let text = m.render(None, None);
         assert!(
             text.contains("order_service_http_requests_total{route=\"/health\",status=\"200\"} 2")
         );

@@ -28,7 +28,8 @@ pub struct Unavailable(pub String);
 
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "product service: {}", self.0)
+        // PRODUCT_SERVICE_URL may carry credentials; the message quotes it.
+        write!(f, "product service: {}", crate::redact::userinfo(&self.0))
     }
 }
 

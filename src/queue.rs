@@ -6,7 +6,9 @@ use crate::config::RabbitConfig;
 /// Prints up to `max` messages of the queue, oldest first, and puts them back.
 pub fn peek(rabbit: &RabbitConfig, max: usize) -> Result<usize, String> {
     let (connection, channel) = crate::relay::open_channel(rabbit)?;
-    let queue = crate::relay::declare_queue(&channel, rabbit)?;
+    let queue = channel
+        .queue_declare_passive(rabbit.queue.as_str())
+        .map_err(|e| format!("look up queue {}: {e}", rabbit.queue))?;
     println!(
         "queue {}: {} message(s)",
         rabbit.queue,

@@ -4,15 +4,25 @@
 //! unbroken run from the oldest pending row, so what reaches the queue keeps the outbox
 //! order (a row after a failed one is sent again with it: at least once, never reordered
 //! by a retry). Without a broker it backs off and tries again; orders keep coming.
+//!
+//! A broker can also be there and refuse one event (nack or return), for example a queue at
+//! its length limit with `reject-publish`. Then that event is sent again alone, so none
+//! after it reaches the queue first; after `STUCK_AFTER` refusals it is named once in the
+//! log and recorded in the outbox (`outbox status`, /ready and /metrics show it) until it
+//! goes through. A refusal is not a lost connection: the link stays up and says so.
 
 use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
-use crate::store::{OutboxRow, Reader, WriterHandle};
+use crate::store::{BlockedEvent, OutboxRow, Reader, WriterHandle};
 use amiquip::{
-    AmqpProperties, AmqpValue, Channel, Confirm, ConfirmSmoother, Connection, FieldTable, Publish,
-    Queue, QueueDeclareOptions, Return,
+    AmqpProperties, AmqpValue, Auth, Channel, Confirm, ConfirmSmoother, Connection,
+    ConnectionOptions, ConnectionTuning, Error as AmqpError, FieldTable, Publish,
+    QueueDeclareOptions, Return,
 };
-use crossbeam_channel::{after, bounded, select, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{
+    after, bounded, never, select, Receiver, RecvTimeoutError, Sender, TryRecvError,
+};
+use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,48 +32,125 @@ const BATCH: usize = 500;
 /// The outbox is read again this often even when nobody wakes the relay.
 const POLL: Duration = Duration::from_secs(5);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// For the TCP connect and, separately, the AMQP handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// AMQP heartbeats notice a dead connection that no call is waiting on.
+const HEARTBEAT_SECS: u16 = 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// At shutdown, the relay gets this long to publish what is pending.
+/// Refusals of the same event after which it is declared stuck (about 4 s of backoff).
+const STUCK_AFTER: u32 = 5;
+/// At shutdown, the relay gets this long to publish what is pending, confirms included.
 const LAST_DRAIN: Duration = Duration::from_secs(3);
+/// Closing a link waits for the broker's close-ok, which a hung broker never sends; after
+/// this long the link is left to its I/O thread (the heartbeat ends it, or the exit does).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `RelayHandle::shutdown` waits for the relay: its last drain and the close,
+/// with room for one broker call already under way (a connect is bounded by 2 × 3 s).
+pub const STOP_WITHIN: Duration = Duration::from_secs(8);
 
 pub struct RelaySettings {
     pub rabbit: RabbitConfig,
     pub retention: Duration,
 }
 
-/// Opens a connection to the broker and a channel on it.
+/// Opens a connection to the broker and a channel on it. The connection is built from its
+/// parts (host, port, user, password), never from a URL: amiquip quotes a URL, password
+/// included, in its connect errors, and those end up in the log and on the terminal.
 pub fn open_channel(rabbit: &RabbitConfig) -> Result<(Connection, Channel), String> {
-    let mut connection = Connection::insecure_open(&rabbit.url())
-        .map_err(|e| format!("connect to {}:{}: {e}", rabbit.host, rabbit.port))?;
+    let at = format!("{}:{}", rabbit.host, rabbit.port);
+    let stream =
+        tcp_connect(&rabbit.host, rabbit.port).map_err(|e| format!("connect to {at}: {e}"))?;
+    let options = ConnectionOptions::default()
+        .auth(Auth::Plain {
+            username: rabbit.user.clone(),
+            password: rabbit.password.expose().to_string(),
+        })
+        .heartbeat(HEARTBEAT_SECS)
+        .connection_timeout(Some(CONNECT_TIMEOUT));
+    let mut connection =
+        Connection::insecure_open_stream(stream, options, ConnectionTuning::default())
+            .map_err(|e| format!("connect to {at}: {e}"))?;
     let channel = connection
         .open_channel(None)
         .map_err(|e| format!("open channel: {e}"))?;
+    let channel = ensure_queue(&mut connection, channel, &rabbit.queue)?;
     Ok((connection, channel))
 }
 
-/// Declares the durable queue the events go to (creating it if the broker has none).
-pub fn declare_queue<'a>(channel: &'a Channel, rabbit: &RabbitConfig) -> Result<Queue<'a>, String> {
+/// Makes sure the durable queue `queue` exists, and returns a channel to use.
+///
+/// A queue that exists is used as it is, with whatever arguments the operator gave it (a
+/// length limit, a dead-letter exchange…): declaring it again with other arguments would
+/// fail and the relay would never publish. Only a missing queue is created, durable and
+/// without arguments. A failed passive declare closes its channel, hence a fresh one.
+fn ensure_queue(
+    connection: &mut Connection,
+    channel: Channel,
+    queue: &str,
+) -> Result<Channel, String> {
+    match channel.queue_declare_passive(queue) {
+        Ok(_) => return Ok(channel),
+        Err(AmqpError::ServerClosedChannel { code: 404, .. }) => {}
+        Err(e) => return Err(format!("look up queue {queue}: {e}")),
+    }
+    drop(channel);
+    let channel = connection
+        .open_channel(None)
+        .map_err(|e| format!("open channel: {e}"))?;
     let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
     channel
-        .queue_declare(rabbit.queue.as_str(), options)
-        .map_err(|e| format!("declare queue {}: {e}", rabbit.queue))
+        .queue_declare(queue, options)
+        .map_err(|e| format!("declare queue {queue}: {e}"))?;
+    Ok(channel)
+}
+
+/// A TCP connection to the first address of `host` that answers within `CONNECT_TIMEOUT`.
+fn tcp_connect(host: &str, port: u16) -> std::io::Result<mio::net::TcpStream> {
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        match std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return mio::net::TcpStream::from_stream(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the name has no address")))
 }
 
 /// The running relay; dropping `stop` (or calling `shutdown`) ends it after a last drain.
 pub struct RelayHandle {
     stop: Sender<()>,
+    /// Disconnected when the relay thread ends.
+    done: Receiver<()>,
     thread: JoinHandle<()>,
 }
 
 impl RelayHandle {
-    pub fn shutdown(self) {
+    /// Asks the relay to stop and waits for it up to `within`. False if it is still stuck
+    /// in a broker call that does not return: it is then left behind (the process is
+    /// about to exit; what it did not mark published goes out again at the next start).
+    pub fn shutdown(self, within: Duration) -> bool {
         drop(self.stop);
-        let _ = self.thread.join();
+        match self.done.recv_timeout(within) {
+            Err(RecvTimeoutError::Timeout) => {
+                log::warn!(
+                    "relay: still waiting on the broker after {} s; leaving it",
+                    within.as_secs()
+                );
+                false
+            }
+            _ => {
+                let _ = self.thread.join();
+                true
+            }
+        }
     }
 }
 
@@ -75,6 +162,9 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<RelayHandle> {
     let (stop_tx, stop_rx) = bounded::<()>(0);
+    let (done_tx, done_rx) = bounded::<()>(0);
+    // A block recorded by an earlier run goes on: the event is sent alone until it passes.
+    let refusal = reader.blocked_event().ok().flatten().map(Refusal::recorded);
     let relay = Relay {
         settings,
         reader,
@@ -85,12 +175,19 @@ pub fn spawn(
         backoff: BACKOFF_MIN,
         jitter: Jitter::seeded(),
         last_prune: None,
+        refusal,
+        stop: stop_rx,
+        drain_by: None,
     };
     let thread = std::thread::Builder::new()
         .name("relay".into())
-        .spawn(move || crate::app::exit_on_panic("relay", move || relay.run(wake, stop_rx)))?;
+        .spawn(move || {
+            let _done = done_tx;
+            crate::app::exit_on_panic("relay", move || relay.run(wake))
+        })?;
     Ok(RelayHandle {
         stop: stop_tx,
+        done: done_rx,
         thread,
     })
 }
@@ -122,6 +219,36 @@ struct Relay {
     backoff: Duration,
     jitter: Jitter,
     last_prune: Option<Instant>,
+    /// The oldest pending event, while the broker refuses it.
+    refusal: Option<Refusal>,
+    stop: Receiver<()>,
+    /// Once asked to stop: the end of the last drain.
+    drain_by: Option<Instant>,
+}
+
+/// Refusals of one event in a row.
+struct Refusal {
+    row: i64,
+    event_id: String,
+    event_type: String,
+    count: u32,
+    /// First refusal, in microseconds.
+    since: i64,
+    /// Logged and recorded in the outbox as stuck.
+    declared: bool,
+}
+
+impl Refusal {
+    fn recorded(b: BlockedEvent) -> Refusal {
+        Refusal {
+            row: b.id,
+            event_id: b.event_id,
+            event_type: b.event_type,
+            count: STUCK_AFTER,
+            since: b.since,
+            declared: true,
+        }
+    }
 }
 
 /// What one pass over the outbox achieved.
@@ -135,33 +262,31 @@ enum Pass {
 }
 
 impl Relay {
-    fn run(mut self, wake: Receiver<()>, stop: Receiver<()>) {
+    fn run(mut self, wake: Receiver<()>) {
         loop {
             self.housekeeping();
             let wait = match self.pass() {
-                Pass::Progress if stop_asked(&stop) => break,
+                _ if self.drain_by.is_some() => break,
+                Pass::Progress if stop_asked(&self.stop) => break,
                 Pass::Progress => continue,
                 Pass::Idle => POLL,
                 Pass::Failed => self.next_backoff(),
             };
             select! {
-                recv(stop) -> _ => break,
+                recv(self.stop) -> _ => break,
                 recv(wake) -> msg => if msg.is_err() { break },
                 recv(after(wait)) -> _ => {},
             }
         }
         self.last_drain();
-        if let Some(link) = self.link.take() {
-            let _ = link.channel.close();
-            let _ = link.connection.close();
-        }
+        self.drop_link();
         self.metrics.set_broker_connected(false);
         log::debug!("relay stopped");
     }
 
     /// One more try at what is pending, bounded in time, before the process exits.
     fn last_drain(&mut self) {
-        let deadline = Instant::now() + LAST_DRAIN;
+        let deadline = *self.drain_by.get_or_insert(Instant::now() + LAST_DRAIN);
         while Instant::now() < deadline {
             match self.pass() {
                 Pass::Progress => {}
@@ -187,9 +312,16 @@ impl Relay {
                 return Pass::Failed;
             }
         };
+        let stopping = self.drain_by.is_some();
         if rows.is_empty() {
-            self.check_idle_link();
+            if !stopping {
+                self.check_idle_link();
+            }
             return Pass::Idle;
+        }
+        if self.link.is_none() && stopping && self.state == LinkState::Down {
+            // Known to be away: a connect could outlast the drain.
+            return Pass::Failed;
         }
         if self.link.is_none() {
             match self.connect() {
@@ -203,17 +335,34 @@ impl Relay {
                 }
             }
         }
+        if self.refusal.as_ref().is_some_and(|r| r.row < rows[0].id) {
+            self.refusal = None; // published meanwhile
+        }
+        // While the oldest event is refused it goes alone: nothing after it may reach the
+        // queue before it.
+        let alone = self.refusal.as_ref().is_some_and(|r| r.row == rows[0].id);
+        let rows = if alone { &rows[..1] } else { &rows[..] };
         let link = self.link.as_mut().expect("connected above");
-        let (sent, confirmed, error) = publish_batch(link, &rows, &self.settings.rabbit.queue);
+        let stop = if stopping { never() } else { self.stop.clone() };
+        let outcome = publish_batch(
+            link,
+            rows,
+            &self.settings.rabbit.queue,
+            &stop,
+            self.drain_by,
+        );
+        if outcome.stop_seen {
+            self.drain_by.get_or_insert(Instant::now() + LAST_DRAIN);
+        }
         // Sent but not confirmed (nack, return, lost connection); rows never sent are not failures.
-        let failed = sent - confirmed.len();
+        let failed = outcome.sent - outcome.confirmed.len();
         if failed > 0 {
             self.metrics.events_failed(failed as u64);
         }
-        let progressed = !confirmed.is_empty();
+        let progressed = !outcome.confirmed.is_empty();
         if progressed {
-            let n = confirmed.len() as u64;
-            match self.writer.mark_published(confirmed) {
+            let n = outcome.confirmed.len() as u64;
+            match self.writer.mark_published(outcome.confirmed.clone()) {
                 Ok(_) => self.metrics.events_published(n),
                 Err(e) => {
                     // Published but not marked: they go out again later (at least once).
@@ -221,28 +370,90 @@ impl Relay {
                     return Pass::Failed;
                 }
             }
+            self.went_through(&outcome.confirmed);
         }
-        match error {
-            None => {
-                self.backoff = BACKOFF_MIN;
-                Pass::Progress
-            }
+        if let Some((index, why)) = outcome.refused {
+            self.refused(&rows[index], why);
+        }
+        if outcome.returned {
+            // Unroutable: the queue may have been deleted; a fresh link declares it again.
+            // The broker is there all the same, so the link state does not change.
+            self.drop_link();
+        }
+        match outcome.link_error {
             Some(e) => {
                 // Whatever went wrong, a fresh connection and channel start clean.
-                self.link = None;
+                self.drop_link();
                 self.set_state(LinkState::Down, Some(&e));
-                if progressed {
-                    Pass::Progress
-                } else {
-                    Pass::Failed
-                }
             }
+            None if outcome.refused.is_none() => {
+                self.backoff = BACKOFF_MIN;
+                return Pass::Progress;
+            }
+            None => {}
+        }
+        if progressed {
+            Pass::Progress
+        } else {
+            Pass::Failed
+        }
+    }
+
+    /// The broker refused `row` (nack or return) once more.
+    fn refused(&mut self, row: &OutboxRow, why: &str) {
+        let refusal = match &mut self.refusal {
+            Some(r) if r.row == row.id => {
+                r.count += 1;
+                r
+            }
+            slot => slot.insert(Refusal {
+                row: row.id,
+                event_id: row.event_id.clone(),
+                event_type: row.event_type.clone(),
+                count: 1,
+                since: crate::clock::now_micros(),
+                declared: false,
+            }),
+        };
+        log::debug!(
+            "relay: the broker refused event {} ({}, {why}), {} time(s) in a row",
+            refusal.event_id,
+            refusal.event_type,
+            refusal.count
+        );
+        if refusal.count < STUCK_AFTER || refusal.declared {
+            return;
+        }
+        log::warn!(
+            "relay: the broker refused event {} ({}) {} times in a row ({why}); it is retried \
+             alone, and the events after it wait until it goes through",
+            refusal.event_id,
+            refusal.event_type,
+            refusal.count
+        );
+        match self.writer.mark_blocked(refusal.row, refusal.since) {
+            Ok(_) => refusal.declared = true,
+            Err(e) => log::error!("relay cannot record the refused event: {e}"),
+        }
+    }
+
+    /// Ends a refusal whose event the broker has now confirmed.
+    fn went_through(&mut self, confirmed: &[i64]) {
+        let Some(r) = self.refusal.take_if(|r| confirmed.contains(&r.row)) else {
+            return;
+        };
+        if r.declared {
+            let secs = (crate::clock::now_micros() - r.since).max(0) / 1_000_000;
+            log::info!(
+                "relay: event {} ({}) went through after {secs} s; the events after it follow",
+                r.event_id,
+                r.event_type
+            );
         }
     }
 
     fn connect(&self) -> Result<Link, String> {
         let (connection, channel) = open_channel(&self.settings.rabbit)?;
-        declare_queue(&channel, &self.settings.rabbit)?;
         let returns = channel
             .listen_for_returns()
             .map_err(|e| format!("listen for returns: {e}"))?;
@@ -270,8 +481,29 @@ impl Relay {
             .channel
             .queue_declare_passive(self.settings.rabbit.queue.as_str())
         {
-            self.link = None;
+            self.drop_link();
             self.set_state(LinkState::Down, Some(&format!("idle check: {e}")));
+        }
+    }
+
+    /// Closes the link, waiting at most `CLOSE_TIMEOUT` for the broker to answer.
+    fn drop_link(&mut self) {
+        let Some(link) = self.link.take() else { return };
+        let (done_tx, done_rx) = bounded::<()>(0);
+        let closing = std::thread::Builder::new()
+            .name("relay-close".into())
+            .spawn(move || {
+                let _done = done_tx;
+                let _ = link.channel.close();
+                let _ = link.connection.close();
+            });
+        if closing.is_ok()
+            && matches!(
+                done_rx.recv_timeout(CLOSE_TIMEOUT),
+                Err(RecvTimeoutError::Timeout)
+            )
+        {
+            log::debug!("relay: the broker did not answer the close; leaving the link");
         }
     }
 
@@ -319,13 +551,30 @@ fn stop_asked(stop: &Receiver<()>) -> bool {
     matches!(stop.try_recv(), Err(TryRecvError::Disconnected))
 }
 
-/// Publishes `rows` and waits for their confirms. Returns how many were sent, the ids
-/// confirmed as an unbroken run from the first row, and the error that cut it short.
+/// What became of a batch.
+struct Outcome {
+    sent: usize,
+    /// Ids confirmed as an unbroken run from the first row.
+    confirmed: Vec<i64>,
+    /// The row (index) the run stops at, when the broker refused it: nack or return.
+    refused: Option<(usize, &'static str)>,
+    /// Some event came back unroutable.
+    returned: bool,
+    /// The link failed: publish error, no confirm in time, lost connection.
+    link_error: Option<String>,
+    /// The relay was asked to stop while it waited.
+    stop_seen: bool,
+}
+
+/// Publishes `rows` and waits for their confirms: up to `CONFIRM_TIMEOUT`, and no later
+/// than `drain_by`, or `LAST_DRAIN` after `stop` fires.
 fn publish_batch(
     link: &mut Link,
     rows: &[OutboxRow],
     queue: &str,
-) -> (usize, Vec<i64>, Option<String>) {
+    stop: &Receiver<()>,
+    drain_by: Option<Instant>,
+) -> Outcome {
     let first_tag = link.next_tag;
     let mut sent = 0;
     let mut error = None;
@@ -355,19 +604,39 @@ fn publish_batch(
     // Tags first_tag .. first_tag + sent are in flight; collect their confirms.
     let mut acked_upto = first_tag - 1;
     let mut nacked = None;
-    let deadline = Instant::now() + CONFIRM_TIMEOUT;
+    let mut deadline = Instant::now() + CONFIRM_TIMEOUT;
+    if let Some(by) = drain_by {
+        deadline = deadline.min(by);
+    }
+    let mut stop = stop.clone();
+    let mut stop_seen = false;
     let last_tag = first_tag + sent as u64 - 1;
     while sent > 0 && acked_upto < last_tag && nacked.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let raw = match link.confirms.recv_timeout(left) {
-            Ok(c) => c,
-            Err(_) => {
+        let raw = select! {
+            recv(link.confirms) -> c => match c {
+                Ok(c) => c,
+                Err(_) => {
+                    error.get_or_insert_with(|| "the connection was lost".into());
+                    break;
+                }
+            },
+            recv(stop) -> _ => {
+                // Shutting down: what is in flight gets the last drain's time, no more.
+                deadline = deadline.min(Instant::now() + LAST_DRAIN);
+                stop = never();
+                stop_seen = true;
+                continue;
+            },
+            recv(after(left)) -> _ => {
                 error.get_or_insert_with(|| "no confirm from the broker in time".into());
                 break;
-            }
+            },
         };
         for confirm in link.smoother.process(raw) {
             match confirm {
+                // Late confirms of an earlier batch, cut short by a refusal, are not ours.
+                Confirm::Ack(p) | Confirm::Nack(p) if p.delivery_tag < first_tag => {}
                 Confirm::Ack(p) if nacked.is_none() => acked_upto = acked_upto.max(p.delivery_tag),
                 Confirm::Ack(_) => {}
                 Confirm::Nack(p) => {
@@ -378,7 +647,6 @@ fn publish_batch(
     }
     if let Some(tag) = nacked {
         acked_upto = acked_upto.min(tag - 1);
-        error.get_or_insert_with(|| "the broker refused an event (nack)".into());
     }
     // A mandatory message that routed nowhere comes back as a Return and is acked too.
     let mut returned = Vec::new();
@@ -393,12 +661,26 @@ fn publish_batch(
         }
         confirmed.push(row.id);
     }
-    if !returned.is_empty() {
-        error.get_or_insert_with(|| {
-            format!("{} events could not be routed to the queue", returned.len())
-        });
+    let refused = rows.get(confirmed.len()).and_then(|row| {
+        if nacked == Some(first_tag + confirmed.len() as u64) {
+            Some((confirmed.len(), "nack"))
+        } else if returned.contains(&row.event_id) {
+            Some((confirmed.len(), "returned as unroutable"))
+        } else {
+            None
+        }
+    });
+    if confirmed.len() < rows.len() && refused.is_none() {
+        error.get_or_insert_with(|| "the broker did not confirm every event".into());
     }
-    (sent, confirmed, error)
+    Outcome {
+        sent,
+        confirmed,
+        refused,
+        returned: !returned.is_empty(),
+        link_error: error,
+        stop_seen,
+    }
 }
 
 fn headers(row: &OutboxRow) -> FieldTable {

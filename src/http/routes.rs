@@ -69,7 +69,10 @@ pub fn handle(
         ("/metrics", _) => Ok(Reply::text(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(reader.outbox_stats().ok().as_ref()),
+            shared.metrics.render(
+                reader.outbox_stats().ok().as_ref(),
+                reader.blocked_event().ok().flatten().as_ref(),
+            ),
         )),
         ("/openapi.json", _) => Ok(Reply::raw_json(200, super::OPENAPI.to_string())),
         (_, _) => {
@@ -246,6 +249,8 @@ fn ready(shared: &Shared, reader: &Reader) -> Reply {
         (_, Err(e)) => e.to_string(),
     };
     let outbox = outbox.ok();
+    let blocked = reader.blocked_event().ok().flatten();
+    let blocked = blocked.as_ref();
     let body = json!({
         "status": if db_ok { "ready" } else { "unavailable" },
         "database": db_text,
@@ -253,6 +258,9 @@ fn ready(shared: &Shared, reader: &Reader) -> Reply {
         "outbox": {
             "pending": outbox.as_ref().map(|o| o.pending),
             "oldest_pending_age_seconds": outbox.as_ref().and_then(|o| o.oldest_pending_age_seconds()),
+            "blocked_event_id": blocked.map(|b| &b.event_id),
+            "blocked_event_type": blocked.map(|b| &b.event_type),
+            "blocked_since": blocked.map(|b| crate::clock::rfc3339(b.since)),
         },
     });
     if db_ok {

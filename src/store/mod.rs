@@ -6,7 +6,7 @@ mod reads;
 mod writer;
 mod writes;
 
-pub use outbox::{OutboxRow, OutboxStats};
+pub use outbox::{BlockedEvent, OutboxRow, OutboxStats};
 pub use reads::{CachedProduct, IdempotencyRecord, Reader};
 pub use writer::{Created, NewOrderRecord, Writer, WriterHandle};
 

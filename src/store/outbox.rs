@@ -197,3 +197,42 @@ pub(crate) fn max_id(conn: &Connection) -> rusqlite::Result<i64> {
     .optional()
     .map(|v| v.flatten().unwrap_or(0))
 }
+
+/// An event the broker refused again and again; the events after it wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedEvent {
+    /// The outbox id (the event's `sequence`).
+    pub id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    /// When the broker first refused it, in microseconds.
+    pub since: i64,
+}
+
+/// The refused event, while it is still pending (publishing it ends the block).
+pub fn blocked(conn: &Connection) -> rusqlite::Result<Option<BlockedEvent>> {
+    conn.prepare_cached(
+        "SELECT id, event_type, payload, blocked_since FROM outbox
+         WHERE blocked_since IS NOT NULL AND published_at IS NULL ORDER BY id LIMIT 1",
+    )?
+    .query_row([], |r| {
+        let payload: String = r.get(2)?;
+        let head: EventHead = serde_json::from_str(&payload).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?;
+        Ok(BlockedEvent {
+            id: r.get(0)?,
+            event_id: head.event_id,
+            event_type: r.get(1)?,
+            since: r.get(3)?,
+        })
+    })
+    .optional()
+}
+
+pub(crate) fn mark_blocked(conn: &Connection, id: i64, since: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "UPDATE outbox SET blocked_since = ?1 WHERE id = ?2 AND published_at IS NULL",
+    )?
+    .execute(params![since, id])
+}

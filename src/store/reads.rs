@@ -1,6 +1,6 @@
 //! Read queries, on a connection of the caller's own.
 
-use super::outbox::{self, OutboxRow, OutboxStats};
+use super::outbox::{self, BlockedEvent, OutboxRow, OutboxStats};
 use super::StoreError;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, ProductId, Status, UserId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -111,6 +111,11 @@ impl Reader {
 
     pub fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         Ok(outbox::pending(&self.conn, limit)?)
+    }
+
+    /// The pending event the broker keeps refusing, if the relay declared one.
+    pub fn blocked_event(&self) -> Result<Option<BlockedEvent>, StoreError> {
+        Ok(outbox::blocked(&self.conn)?)
     }
 }
 

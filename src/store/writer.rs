@@ -55,6 +55,11 @@ enum Command {
     Cancel(OrderId, UserId, Reply<Order>),
     SetStatus(OrderId, Status, Reply<Order>),
     MarkPublished(Vec<i64>, Reply<usize>),
+    MarkBlocked {
+        id: i64,
+        since: i64,
+        reply: Reply<usize>,
+    },
     /// One bounded step of pruning; run alone, never in a batch of orders.
     PruneStep {
         outbox_before: i64,
@@ -87,6 +92,11 @@ impl WriterHandle {
 
     pub fn mark_published(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
         self.call(|r| Command::MarkPublished(ids, r))
+    }
+
+    /// Records that the broker keeps refusing pending event `id`, since `since` (µs).
+    pub fn mark_blocked(&self, id: i64, since: i64) -> Result<usize, StoreError> {
+        self.call(|reply| Command::MarkBlocked { id, since, reply })
     }
 
     /// Deletes events published longer ago than `outbox_retention`, and idempotency
@@ -340,6 +350,10 @@ fn apply(ids: &mut Ids<'_>, tx: &Connection, cmd: Command) -> Answer {
         Command::MarkPublished(event_ids, reply) => Answer::Count(
             reply,
             outbox::mark_published(tx, &event_ids, now_micros()).map_err(StoreError::from),
+        ),
+        Command::MarkBlocked { id, since, reply } => Answer::Count(
+            reply,
+            outbox::mark_blocked(tx, id, since).map_err(StoreError::from),
         ),
         Command::PruneStep {
             outbox_before,

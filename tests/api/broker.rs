@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use amiquip::{
-    Connection, ConsumerMessage, ConsumerOptions, QueueDeclareOptions, QueueDeleteOptions,
+    Connection, ConsumerMessage, ConsumerOptions, FieldTable, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use serde_json::Value;
 
@@ -63,6 +64,12 @@ pub struct TestQueue {
 
 impl TestQueue {
     pub fn declare() -> TestQueue {
+        TestQueue::declare_with(FieldTable::new())
+    }
+
+    /// A durable queue with these arguments (`x-max-length`, `x-overflow`…), as an
+    /// operator may set them up before the service first connects.
+    pub fn declare_with(arguments: FieldTable) -> TestQueue {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -73,8 +80,12 @@ impl TestQueue {
         let mut connection = connect();
         {
             let channel = connection.open_channel(None).expect("open a channel");
+            let options = QueueDeclareOptions {
+                arguments,
+                ..durable()
+            };
             channel
-                .queue_declare(name.as_str(), durable())
+                .queue_declare(name.as_str(), options)
                 .unwrap_or_else(|e| panic!("declare queue {name}: {e}"));
         }
         let _ = connection.close();
@@ -83,6 +94,18 @@ impl TestQueue {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Deletes the queue now (and again, harmlessly, when dropped).
+    pub fn delete(&self) {
+        let mut connection = connect();
+        {
+            let channel = connection.open_channel(None).expect("open a channel");
+            channel
+                .queue_delete(self.name.as_str(), QueueDeleteOptions::default())
+                .unwrap_or_else(|e| panic!("delete queue {}: {e}", self.name));
+        }
+        let _ = connection.close();
     }
 
     /// Messages ready in the queue (not counting those delivered to a consumer).
@@ -309,6 +332,8 @@ struct ProxyShared {
     live: Mutex<Vec<TcpStream>>,
     /// Connections piped to the broker so far.
     piped: AtomicU64,
+    /// Cleared by `black_hole`: bytes are read and dropped, both ways.
+    forwarding: AtomicBool,
 }
 
 /// Listens on 127.0.0.1:<some port> and pipes every connection both ways to the broker.
@@ -328,6 +353,7 @@ impl TcpProxy {
             stopping: AtomicBool::new(false),
             live: Mutex::new(Vec::new()),
             piped: AtomicU64::new(0),
+            forwarding: AtomicBool::new(true),
         });
         let thread = {
             let shared = shared.clone();
@@ -357,6 +383,12 @@ impl TcpProxy {
     pub fn restore(&self) {
         let _live = self.shared.live.lock().unwrap();
         self.shared.open.store(true, Ordering::SeqCst);
+    }
+
+    /// A broker that hangs: every connection stays open, but from now on nothing said on
+    /// it arrives, either way (no close-ok, no confirm, no heartbeat).
+    pub fn black_hole(&self) {
+        self.shared.forwarding.store(false, Ordering::SeqCst);
     }
 
     /// Connections piped to the broker so far.
@@ -410,17 +442,19 @@ fn accept_loop(listener: TcpListener, shared: &Arc<ProxyShared>) {
             client.try_clone().expect("clone a socket"),
             upstream.try_clone().expect("clone a socket"),
         );
-        std::thread::spawn(move || pipe(client, upstream));
-        std::thread::spawn(move || pipe(u2, c2));
+        let (s1, s2) = (shared.clone(), shared.clone());
+        std::thread::spawn(move || pipe(client, upstream, &s1));
+        std::thread::spawn(move || pipe(u2, c2, &s2));
     }
 }
 
 /// Copies `from` to `to` until either side ends, then closes both.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, shared: &ProxyShared) {
     let mut buf = [0u8; 16384];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
+            Ok(_) if !shared.forwarding.load(Ordering::SeqCst) => {}
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;

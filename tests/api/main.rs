@@ -4,6 +4,7 @@ mod helpers;
 
 mod backup;
 mod broker;
+mod broker_trouble;
 mod relay;
 
 mod cancel_status;

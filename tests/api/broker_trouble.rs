@@ -1,0 +1,482 @@
+//! The broker on a bad day: it cannot be reached (and no password is printed while it is
+//! not), it refuses one event forever (the event is named and the ones after it wait), it
+//! stops answering mid-conversation (shutdown stays bounded, a second signal ends it now).
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::broker::*;
+use crate::helpers::*;
+
+// ---------------------------------------------------------------------------------------
+// Secrets never printed
+// ---------------------------------------------------------------------------------------
+
+/// A password no test output would contain by chance.
+const CANARY: &str = "canary-pw-5f0c2e91";
+
+/// A host name that fails inside the resolver: a label over 63 bytes cannot be put in a
+/// DNS query, so no query leaves the machine.
+fn unresolvable_host() -> String {
+    format!("{}.invalid", "x".repeat(70))
+}
+
+#[track_caller]
+fn assert_no_canary(what: &str, text: &str) {
+    assert!(
+        !text.contains(CANARY),
+        "{what} shows the password:\n{}",
+        text.lines()
+            .filter(|l| l.contains(CANARY))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Runs the binary with `env` (and every log line on), in `dir`; stdout and stderr together.
+fn run_cli(dir: &Path, env: &[(&str, String)], args: &[&str]) -> String {
+    let Output { stdout, stderr, .. } = clean_command(dir)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "trace")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run order-service {args:?}: {e}"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&stderr)
+    )
+}
+
+/// A service whose broker password and product-service credentials are the canary, with
+/// every log line on; one order waits in the outbox, so the relay keeps trying the broker,
+/// and one order failed on the product service, so its error is logged.
+fn app_with_canary(host: &str, port: u16) -> TestApp {
+    let products = ProductStandIn::with_default_catalog();
+    let product_url = products
+        .url()
+        .replace("http://", &format!("http://shop:{CANARY}@"));
+    let app = TestApp::builder()
+        .products(products)
+        .env("PRODUCT_SERVICE_URL", &product_url)
+        .env("RABBITMQ_HOST", host)
+        .env("RABBITMQ_PORT", &port.to_string())
+        .env("RABBITMQ_PASSWORD", CANARY)
+        .env("RUST_LOG", "trace")
+        .spawn();
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    app.products.set(CABLE, Behaviour::Status(500));
+    app.create_order(&ALICE, &items(&[(CABLE, 1)]))
+        .assert_error(503, "product_service_unavailable");
+    app
+}
+
+/// Everything the service and its commands print, with the broker unreachable (nothing
+/// listens), unresolvable, or refusing the password: no line holds the password.
+#[test]
+fn no_log_line_or_command_output_shows_a_password() {
+    let mut brokers = vec![("127.0.0.1".to_string(), 1, "connect to 127.0.0.1:1")];
+    brokers.push((unresolvable_host(), BROKER_PORT, "connect to xxxx"));
+    if require_broker() {
+        // The real broker, which refuses the canary password.
+        brokers.push((
+            BROKER_HOST.to_string(),
+            BROKER_PORT,
+            "connect to 127.0.0.1:5672",
+        ));
+    }
+    for (host, port, failure) in brokers {
+        let app = app_with_canary(&host, port);
+        assert!(
+            wait_until(Duration::from_secs(10), || app
+                .stderr()
+                .contains("broker unavailable")),
+            "the relay did not report the broker unavailable ({host}:{port}):\n{}",
+            app.stderr()
+        );
+        // A few more tries, each of them logged at debug or trace.
+        std::thread::sleep(Duration::from_millis(800));
+        let stderr = app.stderr();
+        assert_no_canary(&format!("the service's log ({host}:{port})"), &stderr);
+        assert!(
+            stderr.contains(failure),
+            "the log names the broker it tried ({failure}):\n{stderr}"
+        );
+        assert!(
+            stderr.contains("GET http://***@127.0.0.1:"),
+            "the product-service failure is logged with its URL, credentials hidden:\n{stderr}"
+        );
+        assert_no_canary("GET /ready", &app.ready().body);
+        assert_no_canary("GET /metrics", &app.metrics().body);
+
+        let dir = TempDir::new();
+        let env = [
+            ("DATABASE_URL", app.db_path.display().to_string()),
+            ("RABBITMQ_HOST", host.clone()),
+            ("RABBITMQ_PORT", port.to_string()),
+            ("RABBITMQ_PASSWORD", CANARY.to_string()),
+            ("STORE_ID", "test-store".to_string()),
+        ];
+        let peek = run_cli(dir.path(), &env, &["queue", "peek"]);
+        assert!(
+            peek.contains(failure),
+            "queue peek says why it failed ({failure}):\n{peek}"
+        );
+        assert_no_canary("queue peek", &peek);
+        for args in [
+            &["outbox", "status"][..],
+            &["migrate"],
+            &["--help"],
+            &["queue", "peek", "x"],
+        ] {
+            assert_no_canary(&format!("{args:?}"), &run_cli(dir.path(), &env, args));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A stuck event is named
+// ---------------------------------------------------------------------------------------
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+fn pending(app: &TestApp) -> i64 {
+    app.db()
+        .query_row(
+            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// `order-service outbox status` on the service's database, while it runs.
+fn outbox_status(app: &TestApp) -> String {
+    let dir = TempDir::new();
+    run_cli(
+        dir.path(),
+        &[("DATABASE_URL", app.db_path.display().to_string())],
+        &["outbox", "status"],
+    )
+}
+
+/// Products 10..20 with names of 500 characters: an order of all ten makes an event of
+/// about 6 KB, where an order of one mouse makes one of about 500 bytes.
+fn long_named_products(products: &ProductStandIn) -> Vec<(i64, i64)> {
+    (10..20)
+        .map(|id| {
+            products.set(
+                id,
+                product(&format!("{id:03}{}", "n".repeat(497)), "1.00", 100),
+            );
+            (id, 1)
+        })
+        .collect()
+}
+
+/// The queue takes at most 4,000 bytes and refuses (`reject-publish`) what would not fit:
+/// the 6 KB event is refused forever, small events would still fit. The relay names the
+/// refused event once, in the log, /ready, /metrics and `outbox status`; the events after
+/// it do not reach the queue; the broker shows as connected all along. Once the queue is
+/// gone (the relay declares a plain one again), the event goes through, then the rest, in
+/// order, and the block is cleared everywhere.
+#[test]
+fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
+    if !require_broker() {
+        return;
+    }
+    let mut arguments = amiquip::FieldTable::new();
+    arguments.insert(
+        "x-max-length-bytes".into(),
+        amiquip::AmqpValue::LongLongInt(4000),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        amiquip::AmqpValue::LongString("reject-publish".into()),
+    );
+    let queue = TestQueue::declare_with(arguments);
+    let products = ProductStandIn::with_default_catalog();
+    let big_order = long_named_products(&products);
+    let app = TestApp::builder()
+        .products(products)
+        .env("RABBITMQ_PORT", &BROKER_PORT.to_string())
+        .env("RABBITMQ_QUEUE", queue.name())
+        .env("RUST_LOG", "info")
+        .spawn();
+
+    // Event 1 fits.
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    assert!(
+        wait_until(Duration::from_secs(10), || pending(&app) == 0),
+        "the first event was not published into the queue that has its own arguments:\n{}",
+        app.stderr()
+    );
+    // Event 2 never will.
+    app.create_order(&ALICE, &items(&big_order))
+        .assert_status(201);
+    let mut ready = serde_json::Value::Null;
+    let named = wait_until(Duration::from_secs(20), || {
+        ready = app.ready().json();
+        ready["outbox"]["blocked_event_id"] == "test-store:2"
+    });
+    assert!(
+        named,
+        "/ready does not name the refused event: {ready}\n{}",
+        app.stderr()
+    );
+    assert_eq!(
+        ready["outbox"]["blocked_event_type"], "order_created",
+        "{ready}"
+    );
+    assert_utc_rfc3339(&ready["outbox"]["blocked_since"]);
+    assert_eq!(ready["broker"], "connected", "{ready}");
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    // Event 3 would fit, but waits behind event 2.
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        queue.message_count(),
+        1,
+        "only event 1 is in the queue; event 3 must not overtake event 2"
+    );
+    assert_eq!(pending(&app), 2);
+    let metrics = app.metrics().body;
+    assert_eq!(
+        metric(&metrics, "order_service_outbox_blocked_event_sequence"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "order_service_outbox_blocked_seconds").is_some_and(|s| s >= 3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "order_service_broker_connected"),
+        Some(1.0)
+    );
+    let status = outbox_status(&app);
+    assert!(
+        status.contains("pending: 2")
+            && status
+                .contains("blocked_event: test-store:2 order_created refused by the broker since "),
+        "outbox status:\n{status}"
+    );
+    let log = app.stderr();
+    let named_lines = log
+        .lines()
+        .filter(|l| l.contains("refused event test-store:2 (order_created)"))
+        .count();
+    assert_eq!(named_lines, 1, "the event is named once in the log:\n{log}");
+    assert_eq!(
+        log.matches("relay connected").count(),
+        1,
+        "a refusal is not a reconnect:\n{log}"
+    );
+    assert!(
+        !log.contains("broker unavailable"),
+        "the broker was there all along; the log must not say otherwise:\n{log}"
+    );
+
+    // A restart keeps the block, and still sends nothing past it.
+    let mut app = app;
+    app.restart();
+    let ready = app.ready().json();
+    assert_eq!(
+        ready["outbox"]["blocked_event_id"], "test-store:2",
+        "{ready}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        queue.message_count(),
+        1,
+        "event 3 overtook event 2 after a restart"
+    );
+
+    // Without the limit, event 2 goes through, then event 3.
+    queue.delete();
+    assert!(
+        wait_until(Duration::from_secs(20), || pending(&app) == 0),
+        "the events did not go out once the queue took them:\n{}",
+        app.stderr()
+    );
+    let consumer = QueueConsumer::start(&queue);
+    assert!(consumer.wait_for(Duration::from_secs(10), |r| r.len() >= 2));
+    let ids: Vec<String> = consumer.received().iter().map(|m| m.id()).collect();
+    assert_eq!(ids, ["test-store:2", "test-store:3"]);
+    let ready = app.ready().json();
+    assert!(
+        ready["outbox"]["blocked_event_id"].is_null(),
+        "the block is over: {ready}"
+    );
+    assert_eq!(
+        metric(
+            &app.metrics().body,
+            "order_service_outbox_blocked_event_sequence"
+        ),
+        Some(0.0)
+    );
+    assert!(outbox_status(&app).contains("blocked_event: none"));
+    assert!(
+        app.stderr()
+            .contains("event test-store:2 (order_created) went through"),
+        "{}",
+        app.stderr()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Bounded shutdown
+// ---------------------------------------------------------------------------------------
+
+/// A service publishing through `proxy` into `queue`, with one event already published
+/// (so the relay holds a live link through the proxy).
+fn app_through(proxy: &TcpProxy, queue: &TestQueue) -> TestApp {
+    let app = TestApp::builder()
+        .env("RABBITMQ_PORT", &proxy.port().to_string())
+        .env("RABBITMQ_QUEUE", queue.name())
+        .env("RUST_LOG", "info")
+        .spawn();
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    assert!(
+        wait_until(Duration::from_secs(10), || pending(&app) == 0),
+        "the first event did not go out through the proxy:\n{}",
+        app.stderr()
+    );
+    app
+}
+
+/// Three more orders while the broker hangs: the relay publishes them and waits for
+/// confirms that never come.
+fn orders_into_a_hung_broker(app: &TestApp, proxy: &TcpProxy) {
+    proxy.black_hole();
+    for _ in 0..3 {
+        app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+            .assert_status(201);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// What the service acknowledged is in the database after it exited.
+#[track_caller]
+fn assert_acknowledged_orders_kept(app: &TestApp, orders: i64) {
+    assert_eq!(app.count_orders(), orders, "an acknowledged order was lost");
+    assert_eq!(
+        app.count_outbox(),
+        orders,
+        "an acknowledged order lost its event"
+    );
+}
+
+/// The broker stops answering while the relay waits for confirms: SIGTERM still ends the
+/// process well inside systemd's 30 s, with status 0, and the unconfirmed events stay in
+/// the outbox for the next start.
+#[test]
+fn a_hung_broker_does_not_hold_up_shutdown() {
+    if !require_broker() {
+        return;
+    }
+    let queue = TestQueue::declare();
+    let proxy = TcpProxy::start();
+    let mut app = app_through(&proxy, &queue);
+    orders_into_a_hung_broker(&app, &proxy);
+
+    let asked = std::time::Instant::now();
+    app.signal("TERM");
+    let status = app.wait_exit(Duration::from_secs(40));
+    let took = asked.elapsed();
+    eprintln!(
+        "exit {:.1} s after SIGTERM with a hung broker",
+        took.as_secs_f64()
+    );
+    let status = status.expect("the service did not exit within 40 s of SIGTERM");
+    assert!(
+        took < Duration::from_secs(10),
+        "the service took {took:?} to exit after SIGTERM with a hung broker:\n{}",
+        app.stderr()
+    );
+    assert!(status.success(), "exit status {status}:\n{}", app.stderr());
+    assert_acknowledged_orders_kept(&app, 4);
+    assert_eq!(pending(&app), 3, "unconfirmed events stay in the outbox");
+}
+
+/// The broker hangs while the relay is idle (its link check waits on it): SIGTERM leaves
+/// the stuck relay behind after `STOP_WITHIN` (8 s) and still exits 0.
+#[test]
+fn a_broker_that_hangs_while_the_relay_is_idle_does_not_hold_up_shutdown() {
+    if !require_broker() {
+        return;
+    }
+    let queue = TestQueue::declare();
+    let proxy = TcpProxy::start();
+    let mut app = app_through(&proxy, &queue);
+    proxy.black_hole();
+    // The idle relay checks its link every 5 s; by now a check waits on the broker.
+    std::thread::sleep(Duration::from_secs(6));
+
+    let asked = std::time::Instant::now();
+    app.signal("TERM");
+    let status = app.wait_exit(Duration::from_secs(40));
+    let took = asked.elapsed();
+    eprintln!(
+        "exit {:.1} s after SIGTERM with a hung broker, relay idle",
+        took.as_secs_f64()
+    );
+    let status = status.expect("the service did not exit within 40 s of SIGTERM");
+    assert!(
+        took < Duration::from_secs(12),
+        "the service took {took:?} to exit after SIGTERM:\n{}",
+        app.stderr()
+    );
+    assert!(status.success(), "exit status {status}:\n{}", app.stderr());
+    assert_acknowledged_orders_kept(&app, 1);
+}
+
+/// A second SIGTERM during a shutdown that waits on a hung broker ends the process at
+/// once, killed by the signal; every order it acknowledged is in the database.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    use std::os::unix::process::ExitStatusExt;
+    if !require_broker() {
+        return;
+    }
+    let queue = TestQueue::declare();
+    let proxy = TcpProxy::start();
+    let mut app = app_through(&proxy, &queue);
+    orders_into_a_hung_broker(&app, &proxy);
+
+    app.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        app.wait_exit(Duration::ZERO).is_none(),
+        "the first SIGTERM should still be waiting on the broker"
+    );
+    let asked = std::time::Instant::now();
+    app.signal("TERM");
+    let status = app
+        .wait_exit(Duration::from_secs(40))
+        .expect("the service did not exit within 40 s");
+    let took = asked.elapsed();
+    eprintln!(
+        "exit {:.0} ms after the second SIGTERM",
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the second SIGTERM took {took:?} to end the process:\n{}",
+        app.stderr()
+    );
+    assert_eq!(status.signal(), Some(15), "killed by SIGTERM: {status}");
+    assert_acknowledged_orders_kept(&app, 4);
+}
