@@ -1,11 +1,12 @@
 //! Start-up and shutdown: the threads, in order, and how they are joined.
 
 use crate::config::Config;
-use crate::http::{HttpServer, InFlight, Shared};
+use crate::http::{HttpServer, Shared};
 use crate::metrics::Metrics;
+use crate::orders::Orders;
 use crate::products::Catalog;
 use crate::relay::{self, RelayHandle, RelaySettings};
-use crate::store::{self, Reader, Writer, WriterHandle};
+use crate::store::{self, Reader, Reads, SqliteEngine, StoreError, WriterHandle};
 use crossbeam_channel::bounded;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -36,20 +37,25 @@ impl App {
         }
         let metrics = Arc::new(Metrics::default());
         let (wake_tx, wake_rx) = bounded(1);
+        let engine = SqliteEngine::new(conn).map_err(|e| e.to_string())?;
         let (writer, writer_thread) =
-            Writer::spawn(conn, config.store_id.clone(), wake_tx).map_err(|e| e.to_string())?;
+            store::spawn_writer(Box::new(engine), wake_tx).map_err(|e| e.to_string())?;
+        let database = config.database_path.clone();
+        let open_reads = Arc::new(move || -> Result<Box<dyn Reads>, StoreError> {
+            Ok(Box::new(Reader::open(&database)?))
+        });
 
         let listener = TcpListener::bind((config.host, config.port))
             .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         let shared = Arc::new(Shared {
+            orders: Orders::new(writer.clone(), &config.store_id),
             writer: writer.clone(),
             catalog: Catalog::new(config, metrics.clone()),
             metrics: metrics.clone(),
-            database_path: config.database_path.clone(),
+            open_reads: open_reads.clone(),
             admin_token: config.admin_token.clone(),
             gateway_token: config.gateway_token.clone(),
-            in_flight: InFlight::default(),
         });
         let http = HttpServer::start(
             listener,
@@ -59,7 +65,7 @@ impl App {
         )
         .map_err(|e| format!("cannot start HTTP workers: {e}"))?;
 
-        let relay_reader = Reader::open(&config.database_path).map_err(|e| e.to_string())?;
+        let relay_reader = open_reads().map_err(|e| e.to_string())?;
         let relay = relay::spawn(
             RelaySettings {
                 rabbit: config.rabbitmq.clone(),
@@ -103,15 +109,5 @@ impl App {
                 log::error!("writer at shutdown: {e}");
             }
         }
-    }
-}
-
-/// Runs a background thread's body; a panic there ends the process with status 1.
-/// Without its writer or relay the service would answer but not work, and a restart
-/// (systemd's Restart=on-failure) is the way back; committed data is safe on disk.
-pub fn exit_on_panic(thread: &str, body: impl FnOnce()) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
-        log::error!("the {thread} thread panicked; exiting so the service can be restarted");
-        std::process::exit(1);
     }
 }

@@ -213,8 +213,9 @@ fn outbox_status(config: &Config) -> Result<(), Failure> {
             config.database_path.display()
         )));
     }
-    let reader =
-        store::Reader::open(&config.database_path).map_err(|e| Failure::Other(e.to_string()))?;
+    let reader: Box<dyn store::Reads> = Box::new(
+        store::Reader::open(&config.database_path).map_err(|e| Failure::Other(e.to_string()))?,
+    );
     let stats = reader
         .outbox_stats()
         .map_err(|e| Failure::Other(e.to_string()))?;

@@ -24,9 +24,9 @@ pub struct Product {
 
 /// The product service could not give a usable answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unavailable(pub String);
+pub struct Outage(pub String);
 
-impl fmt::Display for Unavailable {
+impl fmt::Display for Outage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // PRODUCT_SERVICE_URL may carry credentials; the message quotes it.
         write!(f, "product service: {}", crate::redact::userinfo(&self.0))
@@ -46,7 +46,7 @@ pub struct Shortage {
 pub enum PricingError {
     Unknown(Vec<ProductId>),
     InsufficientStock(Vec<Shortage>),
-    Unavailable(Unavailable),
+    Outage(Outage),
 }
 
 /// The outcome of pricing an order, and what the product service said on the way:
@@ -151,10 +151,10 @@ impl Catalog {
         ids: &[ProductId],
         now: i64,
         cached: impl FnOnce(&[ProductId]) -> Vec<CachedProduct>,
-        e: Unavailable,
+        e: Outage,
     ) -> Result<Vec<PricedLine>, PricingError> {
         if self.cache_max_age.is_zero() {
-            return Err(PricingError::Unavailable(e));
+            return Err(PricingError::Outage(e));
         }
         let max_age = i64::try_from(self.cache_max_age.as_micros()).unwrap_or(i64::MAX);
         let oldest = now.saturating_sub(max_age);
@@ -181,13 +181,13 @@ impl Catalog {
                 self.metrics.product_cache_hit();
                 priced_lines(order, &answers)
             }
-            None => Err(PricingError::Unavailable(e)),
+            None => Err(PricingError::Outage(e)),
         }
     }
 
     /// One answer per id, in order: `None` for an unknown product. The whole lookup
     /// shares one deadline (`PRODUCT_TIMEOUT_MS`), and the first failure stops the rest.
-    fn lookup_all(&self, ids: &[ProductId]) -> Result<Vec<Option<Product>>, Unavailable> {
+    fn lookup_all(&self, ids: &[ProductId]) -> Result<Vec<Option<Product>>, Outage> {
         let (agent, base) = match &self.source {
             Source::File(path) => {
                 let catalog = read_catalog(path)?;
@@ -225,7 +225,7 @@ impl Catalog {
             for w in workers {
                 let part = w
                     .join()
-                    .map_err(|_| Unavailable("lookup thread failed".into()))??;
+                    .map_err(|_| Outage("lookup thread failed".into()))??;
                 all.extend(part);
             }
             Ok(all)
@@ -243,14 +243,14 @@ struct Lookup<'a> {
 }
 
 impl Lookup<'_> {
-    fn fetch(&self, id: ProductId) -> Result<Option<Product>, Unavailable> {
+    fn fetch(&self, id: ProductId) -> Result<Option<Product>, Outage> {
         if self.failed.load(Ordering::Relaxed) {
-            return Err(Unavailable("an earlier lookup of this order failed".into()));
+            return Err(Outage("an earlier lookup of this order failed".into()));
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             self.failed.store(true, Ordering::Relaxed);
-            return Err(Unavailable("out of time for this order".into()));
+            return Err(Outage("out of time for this order".into()));
         }
         self.metrics.product_call();
         let result = fetch_one(self.agent, self.base, id, left);
@@ -267,7 +267,7 @@ fn fetch_one(
     base: &str,
     id: ProductId,
     time_left: Duration,
-) -> Result<Option<Product>, Unavailable> {
+) -> Result<Option<Product>, Outage> {
     let url = format!("{base}/api/products/{id}");
     let mut response = agent
         .get(&url)
@@ -276,10 +276,10 @@ fn fetch_one(
         .timeout_global(Some(time_left))
         .build()
         .call()
-        .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+        .map_err(|e| Outage(format!("GET {url}: {e}")))?;
     let status = response.status().as_u16();
     if status != 200 && status != 404 {
-        return Err(Unavailable(format!("GET {url} answered {status}")));
+        return Err(Outage(format!("GET {url} answered {status}")));
     }
     let json = response
         .headers()
@@ -291,7 +291,7 @@ fn fetch_one(
         .with_config()
         .limit(MAX_ANSWER_BYTES)
         .read_to_string()
-        .map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+        .map_err(|e| Outage(format!("GET {url}: {e}")))?;
     if status == 404 {
         // Only the product service's own answer says the product does not exist. A
         // proxy's or ingress's 404 (an HTML or text page while a deploy is under way)
@@ -300,14 +300,14 @@ fn fetch_one(
         return if own {
             Ok(None)
         } else {
-            Err(Unavailable(format!(
+            Err(Outage(format!(
                 "GET {url} answered 404 without a JSON body; taken for a proxy, not the product service"
             )))
         };
     }
-    let product = parse_product(&text).map_err(|e| Unavailable(format!("GET {url}: {e}")))?;
+    let product = parse_product(&text).map_err(|e| Outage(format!("GET {url}: {e}")))?;
     if product.id != id {
-        return Err(Unavailable(format!(
+        return Err(Outage(format!(
             "GET {url}: answered for product {}",
             product.id
         )));
@@ -392,16 +392,15 @@ struct Answer<'a> {
     stock: Option<Value>,
 }
 
-fn read_catalog(path: &PathBuf) -> Result<Vec<Product>, Unavailable> {
+fn read_catalog(path: &PathBuf) -> Result<Vec<Product>, Outage> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| Unavailable(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| Outage(format!("cannot read {}: {e}", path.display())))?;
     let list: Vec<&RawValue> = serde_json::from_str(&text)
-        .map_err(|e| Unavailable(format!("{} must hold a JSON array: {e}", path.display())))?;
+        .map_err(|e| Outage(format!("{} must hold a JSON array: {e}", path.display())))?;
     list.iter()
         .enumerate()
         .map(|(i, v)| {
-            parse_product(v.get())
-                .map_err(|e| Unavailable(format!("{} entry {i}: {e}", path.display())))
+            parse_product(v.get()).map_err(|e| Outage(format!("{} entry {i}: {e}", path.display())))
         })
         .collect()
 }

@@ -13,7 +13,7 @@
 
 use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
-use crate::store::{BlockedEvent, OutboxRow, Reader, WriterHandle};
+use crate::store::{BlockedEvent, OutboxRow, Reads, WriterHandle};
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Confirm, ConfirmSmoother, Connection,
     ConnectionOptions, ConnectionTuning, Error as AmqpError, FieldTable, Publish,
@@ -156,7 +156,7 @@ impl RelayHandle {
 
 pub fn spawn(
     settings: RelaySettings,
-    reader: Reader,
+    reader: Box<dyn Reads>,
     writer: WriterHandle,
     wake: Receiver<()>,
     metrics: Arc<Metrics>,
@@ -179,12 +179,10 @@ pub fn spawn(
         stop: stop_rx,
         drain_by: None,
     };
-    let thread = std::thread::Builder::new()
-        .name("relay".into())
-        .spawn(move || {
-            let _done = done_tx;
-            crate::app::exit_on_panic("relay", move || relay.run(wake))
-        })?;
+    let thread = crate::threads::spawn_critical("relay", move || {
+        let _done = done_tx;
+        relay.run(wake)
+    })?;
     Ok(RelayHandle {
         stop: stop_tx,
         done: done_rx,
@@ -211,7 +209,7 @@ enum LinkState {
 
 struct Relay {
     settings: RelaySettings,
-    reader: Reader,
+    reader: Box<dyn Reads>,
     writer: WriterHandle,
     metrics: Arc<Metrics>,
     link: Option<Link>,

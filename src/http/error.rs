@@ -1,6 +1,7 @@
 //! The one place where an error becomes an HTTP status, a code and a JSON body.
 
 use crate::domain::{FieldError, ProductId, Status};
+use crate::orders::OrderError;
 use crate::products::{PricingError, Shortage};
 use crate::store::StoreError;
 use serde_json::{json, Value};
@@ -29,7 +30,7 @@ pub enum ApiError {
     IdempotencyKeyInProgress,
     ProductServiceUnavailable(String),
     /// The database could not take or answer the request; the cause is logged, not shown.
-    Unavailable(String),
+    DatabaseUnavailable(String),
     /// A bug: logged with its cause, answered with a generic sentence.
     Internal(String),
     /// The HTTP edge refused the request before any worker saw it: malformed or
@@ -53,7 +54,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => 415,
             ApiError::UnknownProduct(_) | ApiError::IdempotencyKeyReused => 422,
             ApiError::Internal(_) => 500,
-            ApiError::ProductServiceUnavailable(_) | ApiError::Unavailable(_) => 503,
+            ApiError::ProductServiceUnavailable(_) | ApiError::DatabaseUnavailable(_) => 503,
             ApiError::Edge(status) => *status,
         }
     }
@@ -74,7 +75,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::IdempotencyKeyInProgress => "idempotency_key_in_progress",
             ApiError::ProductServiceUnavailable(_) => "product_service_unavailable",
-            ApiError::Unavailable(_) => "service_unavailable",
+            ApiError::DatabaseUnavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
             ApiError::Edge(413) => "payload_too_large",
             ApiError::Edge(status) => match status {
@@ -128,7 +129,7 @@ impl ApiError {
                 "The product service cannot be reached to verify stock and price; retry later."
                     .into()
             }
-            ApiError::Unavailable(_) => {
+            ApiError::DatabaseUnavailable(_) => {
                 "The service cannot take this request right now; retry later.".into()
             }
             ApiError::Internal(_) => "Something went wrong on our side.".into(),
@@ -163,7 +164,7 @@ impl ApiError {
         match self {
             ApiError::MethodNotAllowed(allow) => vec![("Allow", allow.join(", "))],
             ApiError::ProductServiceUnavailable(_)
-            | ApiError::Unavailable(_)
+            | ApiError::DatabaseUnavailable(_)
             | ApiError::Edge(503) => vec![("Retry-After", RETRY_AFTER_SECS.to_string())],
             _ => Vec::new(),
         }
@@ -181,7 +182,7 @@ impl ApiError {
     pub fn cause(&self) -> Option<&str> {
         match self {
             ApiError::ProductServiceUnavailable(c)
-            | ApiError::Unavailable(c)
+            | ApiError::DatabaseUnavailable(c)
             | ApiError::Internal(c) => Some(c),
             _ => None,
         }
@@ -203,11 +204,20 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound => ApiError::NotFound,
-            StoreError::InvalidTransition { from, to } => ApiError::InvalidTransition { from, to },
-            StoreError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
-            StoreError::Unavailable(why) => ApiError::Unavailable(why),
-            StoreError::Db(e) => ApiError::Unavailable(format!("database: {e}")),
+            StoreError::Unavailable(why) => ApiError::DatabaseUnavailable(why),
+            StoreError::Db(e) => ApiError::DatabaseUnavailable(format!("database: {e}")),
+        }
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::NotFound => ApiError::NotFound,
+            OrderError::InvalidTransition { from, to } => ApiError::InvalidTransition { from, to },
+            OrderError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            OrderError::IdempotencyKeyInProgress => ApiError::IdempotencyKeyInProgress,
+            OrderError::Store(e) => e.into(),
         }
     }
 }
@@ -217,7 +227,7 @@ impl From<PricingError> for ApiError {
         match e {
             PricingError::Unknown(ids) => ApiError::UnknownProduct(ids),
             PricingError::InsufficientStock(s) => ApiError::InsufficientStock(s),
-            PricingError::Unavailable(u) => ApiError::ProductServiceUnavailable(u.to_string()),
+            PricingError::Outage(u) => ApiError::ProductServiceUnavailable(u.to_string()),
         }
     }
 }

@@ -2,20 +2,18 @@
 //! knows about status codes and headers.
 
 mod error;
-mod in_flight;
 mod request;
 mod routes;
 
 pub use error::ApiError;
-pub use in_flight::InFlight;
-pub use routes::ROUTES;
+pub use routes::{Route, ROUTES};
 
 use crate::config::Secret;
 use crate::metrics::Metrics;
+use crate::orders::Orders;
 use crate::products::Catalog;
-use crate::store::{Reader, WriterHandle};
+use crate::store::{Reads, StoreError, WriterHandle};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,38 +22,42 @@ use std::time::{Duration, Instant};
 /// The OpenAPI description of this API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
+/// Opens a read connection of a worker's own.
+pub type OpenReads = Arc<dyn Fn() -> Result<Box<dyn Reads>, StoreError> + Send + Sync>;
+
 /// What every worker shares.
 pub struct Shared {
+    pub orders: Orders,
+    /// For `/ready`: proves the database takes a write.
     pub writer: WriterHandle,
     pub catalog: Catalog,
     pub metrics: Arc<Metrics>,
-    pub database_path: PathBuf,
+    pub open_reads: OpenReads,
     pub admin_token: Option<Secret>,
     pub gateway_token: Option<Secret>,
-    pub in_flight: InFlight,
 }
 
 /// A response before it is written.
-pub struct Reply {
+pub struct Response {
     status: u16,
     content_type: &'static str,
     body: String,
     headers: Vec<(&'static str, String)>,
 }
 
-impl Reply {
+impl Response {
     /// Serialized directly (not through `serde_json::Value`), so money keeps its two decimals.
-    pub fn json<T: serde::Serialize + ?Sized>(status: u16, body: &T) -> Reply {
+    pub fn json<T: serde::Serialize + ?Sized>(status: u16, body: &T) -> Response {
         let text = serde_json::to_string(body).expect("reply bodies always serialize");
-        Reply::raw_json(status, text)
+        Response::raw_json(status, text)
     }
 
-    pub fn raw_json(status: u16, body: String) -> Reply {
-        Reply::text(status, "application/json", body)
+    pub fn raw_json(status: u16, body: String) -> Response {
+        Response::text(status, "application/json", body)
     }
 
-    pub fn text(status: u16, content_type: &'static str, body: String) -> Reply {
-        Reply {
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Response {
+        Response {
             status,
             content_type,
             body,
@@ -63,18 +65,18 @@ impl Reply {
         }
     }
 
-    pub fn with_header(mut self, name: &'static str, value: String) -> Reply {
+    pub fn with_header(mut self, name: &'static str, value: String) -> Response {
         self.headers.push((name, value));
         self
     }
 
-    fn from_error(e: &ApiError) -> Reply {
-        let mut reply = Reply::json(e.status(), &e.body());
+    fn from_error(e: &ApiError) -> Response {
+        let mut reply = Response::json(e.status(), &e.body());
         reply.headers.extend(e.headers());
         reply
     }
 
-    fn into_response(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    fn into_wire(self) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
         let mut response = tiny_http::Response::from_data(self.body.into_bytes())
             .with_status_code(self.status)
             .with_header(response_header("Content-Type", self.content_type));
@@ -87,8 +89,8 @@ impl Reply {
 
 /// The answer to a request the HTTP edge refuses before any worker sees it.
 fn edge_refusal(status: u16) -> tiny_http::ResponseBox {
-    Reply::from_error(&ApiError::Edge(status))
-        .into_response()
+    Response::from_error(&ApiError::Edge(status))
+        .into_wire()
         .boxed()
 }
 
@@ -174,7 +176,7 @@ impl HttpServer {
 }
 
 fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
-    let reader = match Reader::open(&shared.database_path) {
+    let reader = match (shared.open_reads)() {
         Ok(r) => r,
         Err(e) => {
             log::error!("http worker cannot open the database: {e}");
@@ -183,7 +185,7 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
     };
     while !stopping.load(Ordering::SeqCst) {
         match server.recv_timeout(Duration::from_millis(250)) {
-            Ok(Some(req)) => serve(shared, &reader, req),
+            Ok(Some(req)) => serve(shared, reader.as_ref(), req),
             Ok(None) => {}
             Err(e) => log::debug!("http: {e}"),
         }
@@ -192,13 +194,13 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
     let deadline = Instant::now() + DRAIN_LIMIT;
     while Instant::now() < deadline {
         match server.recv_timeout(DRAIN_QUIET) {
-            Ok(Some(req)) => serve(shared, &reader, req),
+            Ok(Some(req)) => serve(shared, reader.as_ref(), req),
             Ok(None) | Err(_) => break,
         }
     }
 }
 
-fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request) {
+fn serve(shared: &Shared, reader: &dyn Reads, mut req: tiny_http::Request) {
     let started = Instant::now();
     let request_id = request::header(&req, "X-Request-Id")
         .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
@@ -209,13 +211,13 @@ fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request) {
     // What the client sent is escaped before it reaches a log line.
     let method = escaped(req.method().as_str()).into_owned();
     let shown_path = escaped(path);
-    let route = routes::route(path);
-    let label = route.as_ref().map_or("unmatched", |r| r.pattern);
+    let route = Route::parse(path);
+    let label = route.as_ref().map_or("unmatched", Route::pattern);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         request::refuse_ambiguous_headers(&req)?;
         match &route {
             None => Err(ApiError::NotFound),
-            Some(route) => routes::handle(shared, reader, &mut req, route, &query),
+            Some(route) => routes::handle(shared, reader, &mut req, *route, &query),
         }
     }));
     let path = shown_path;
@@ -225,17 +227,17 @@ fn serve(shared: &Shared, reader: &Reader, mut req: tiny_http::Request) {
             if let Some(cause) = e.cause() {
                 log::error!("{method} {path} [{request_id}]: {e}: {cause}");
             }
-            Reply::from_error(&e)
+            Response::from_error(&e)
         }
         Err(_) => {
             let e = ApiError::Internal("handler panicked".into());
             log::error!("{method} {path} [{request_id}]: handler panicked");
-            Reply::from_error(&e)
+            Response::from_error(&e)
         }
     };
     let status = reply.status;
     let response = reply
-        .into_response()
+        .into_wire()
         .with_header(response_header("X-Request-Id", &request_id));
     if let Err(e) = req.respond(response) {
         log::debug!("{method} {path} [{request_id}]: client went away: {e}");

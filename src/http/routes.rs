@@ -1,72 +1,104 @@
-//! Routing and the handlers: each a plain function from a request to a reply.
+//! Routing and the handlers: each a plain function from a request to a response.
 
 use super::error::ApiError;
 use super::request::{header, json_body, query_number};
-use super::{Reply, Shared};
+use super::{Response, Shared};
 use crate::domain::{Email, IdempotencyKey, NewOrder, OrderId, Status, UserId};
-use crate::store::{Created, NewOrderRecord, Reader};
+use crate::orders::{Answer, Created, Idempotent, PricedOrder};
+use crate::store::Reads;
 use serde_json::json;
 use std::time::Duration;
 
-/// A route: its pattern (the metrics label) and the methods it takes.
-pub struct Route {
-    pub pattern: &'static str,
-    pub allow: &'static [&'static str],
-    /// The `:id` segment, as written.
-    pub id: Option<String>,
+/// A request's path, parsed once. An `:id` that is not an order id is kept as `None`:
+/// such a path answers 404 like a missing order, after the method and identity checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Ready,
+    Metrics,
+    OpenApi,
+    Orders,
+    Order(Option<OrderId>),
+    Cancel(Option<OrderId>),
+    Status(Option<OrderId>),
 }
 
-/// Every route the server knows, as (pattern, methods).
+/// Every route the server knows, as (pattern, methods): for the OpenAPI check.
 pub const ROUTES: &[(&str, &[&str])] = &[
-    ("/health", &["GET"]),
-    ("/ready", &["GET"]),
-    ("/metrics", &["GET"]),
-    ("/openapi.json", &["GET"]),
-    ("/api/orders", &["GET", "POST"]),
-    ("/api/orders/:id", &["GET"]),
-    ("/api/orders/:id/cancel", &["PATCH"]),
-    ("/api/orders/:id/status", &["PATCH"]),
+    Route::Health.entry(),
+    Route::Ready.entry(),
+    Route::Metrics.entry(),
+    Route::OpenApi.entry(),
+    Route::Orders.entry(),
+    Route::Order(None).entry(),
+    Route::Cancel(None).entry(),
+    Route::Status(None).entry(),
 ];
 
-pub fn route(path: &str) -> Option<Route> {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let (pattern, id) = match segments.as_slice() {
-        ["health"] => ("/health", None),
-        ["ready"] => ("/ready", None),
-        ["metrics"] => ("/metrics", None),
-        ["openapi.json"] => ("/openapi.json", None),
-        ["api", "orders"] => ("/api/orders", None),
-        ["api", "orders", id] => ("/api/orders/:id", Some(*id)),
-        ["api", "orders", id, "cancel"] => ("/api/orders/:id/cancel", Some(*id)),
-        ["api", "orders", id, "status"] => ("/api/orders/:id/status", Some(*id)),
-        _ => return None,
-    };
-    let allow = ROUTES
-        .iter()
-        .find(|(p, _)| *p == pattern)
-        .map(|(_, m)| *m)?;
-    Some(Route {
-        pattern,
-        allow,
-        id: id.map(str::to_string),
-    })
+impl Route {
+    pub fn parse(path: &str) -> Option<Route> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        Some(match segments.as_slice() {
+            ["health"] => Route::Health,
+            ["ready"] => Route::Ready,
+            ["metrics"] => Route::Metrics,
+            ["openapi.json"] => Route::OpenApi,
+            ["api", "orders"] => Route::Orders,
+            ["api", "orders", id] => Route::Order(OrderId::parse(id)),
+            ["api", "orders", id, "cancel"] => Route::Cancel(OrderId::parse(id)),
+            ["api", "orders", id, "status"] => Route::Status(OrderId::parse(id)),
+            _ => return None,
+        })
+    }
+
+    /// The pattern, as the metrics label it.
+    pub const fn pattern(&self) -> &'static str {
+        match self {
+            Route::Health => "/health",
+            Route::Ready => "/ready",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Orders => "/api/orders",
+            Route::Order(_) => "/api/orders/:id",
+            Route::Cancel(_) => "/api/orders/:id/cancel",
+            Route::Status(_) => "/api/orders/:id/status",
+        }
+    }
+
+    /// The methods it takes (`Allow` of a 405).
+    pub const fn allow(&self) -> &'static [&'static str] {
+        match self {
+            Route::Orders => &["GET", "POST"],
+            Route::Cancel(_) | Route::Status(_) => &["PATCH"],
+            _ => &["GET"],
+        }
+    }
+
+    const fn entry(self) -> (&'static str, &'static [&'static str]) {
+        (self.pattern(), self.allow())
+    }
 }
 
 pub fn handle(
     shared: &Shared,
-    reader: &Reader,
+    reader: &dyn Reads,
     req: &mut tiny_http::Request,
-    route: &Route,
+    route: Route,
     query: &[(&str, &str)],
-) -> Result<Reply, ApiError> {
+) -> Result<Response, ApiError> {
     let method = req.method().as_str().to_ascii_uppercase();
-    if !route.allow.contains(&method.as_str()) {
-        return Err(ApiError::MethodNotAllowed(route.allow));
+    if !route.allow().contains(&method.as_str()) {
+        return Err(ApiError::MethodNotAllowed(route.allow()));
     }
-    match (route.pattern, method.as_str()) {
-        ("/health", _) => Ok(Reply::json(200, &json!({"status": "ok"}))),
-        ("/ready", _) => Ok(ready(shared, reader)),
-        ("/metrics", _) => Ok(Reply::text(
+    let api = |req: &tiny_http::Request| -> Result<UserId, ApiError> {
+        check_gateway(shared, req)?;
+        user_id(req)
+    };
+    let found = |id: Option<OrderId>| id.ok_or(ApiError::NotFound);
+    match route {
+        Route::Health => Ok(Response::json(200, &json!({"status": "ok"}))),
+        Route::Ready => Ok(ready(shared, reader)),
+        Route::Metrics => Ok(Response::text(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             shared.metrics.render(
@@ -74,51 +106,44 @@ pub fn handle(
                 reader.blocked_event().ok().flatten().as_ref(),
             ),
         )),
-        ("/openapi.json", _) => Ok(Reply::raw_json(200, super::OPENAPI.to_string())),
-        (_, _) => {
-            check_gateway(shared, req)?;
-            let user = user_id(req)?;
-            let id = route
-                .id
-                .as_deref()
-                .map(|raw| OrderId::parse(raw).ok_or(ApiError::NotFound));
-            match (route.pattern, method.as_str()) {
-                ("/api/orders", "GET") => list(reader, &user, query),
-                ("/api/orders", "POST") => create(shared, reader, req, user),
-                ("/api/orders/:id", _) => {
-                    let admin = is_admin(shared, req);
-                    let order = reader
-                        .order(id.expect("route has an id")?)?
-                        .filter(|o| admin || o.user_id == user)
-                        .ok_or(ApiError::NotFound)?;
-                    Ok(Reply::json(200, &order))
-                }
-                ("/api/orders/:id/cancel", _) => {
-                    let order = shared.writer.cancel(id.expect("route has an id")?, user)?;
-                    Ok(Reply::json(200, &order))
-                }
-                ("/api/orders/:id/status", _) => {
-                    if !is_admin(shared, req) {
-                        return Err(ApiError::Forbidden);
-                    }
-                    let status = parse_status(&json_body(req)?)?;
-                    let order = shared
-                        .writer
-                        .set_status(id.expect("route has an id")?, status)?;
-                    Ok(Reply::json(200, &order))
-                }
-                _ => Err(ApiError::MethodNotAllowed(route.allow)),
+        Route::OpenApi => Ok(Response::raw_json(200, super::OPENAPI.to_string())),
+        Route::Orders if method == "GET" => list(reader, &api(req)?, query),
+        Route::Orders => {
+            let user = api(req)?;
+            create(shared, reader, req, user)
+        }
+        Route::Order(id) => {
+            let user = api(req)?;
+            let admin = is_admin(shared, req);
+            let order = reader
+                .order(found(id)?)?
+                .filter(|o| admin || o.user_id == user)
+                .ok_or(ApiError::NotFound)?;
+            Ok(Response::json(200, &order))
+        }
+        Route::Cancel(id) => {
+            let user = api(req)?;
+            let order = shared.orders.cancel(found(id)?, user)?;
+            Ok(Response::json(200, &order))
+        }
+        Route::Status(id) => {
+            api(req)?;
+            if !is_admin(shared, req) {
+                return Err(ApiError::Forbidden);
             }
+            let status = parse_status(&json_body(req)?)?;
+            let order = shared.orders.set_status(found(id)?, status)?;
+            Ok(Response::json(200, &order))
         }
     }
 }
 
-fn list(reader: &Reader, user: &UserId, query: &[(&str, &str)]) -> Result<Reply, ApiError> {
+fn list(reader: &dyn Reads, user: &UserId, query: &[(&str, &str)]) -> Result<Response, ApiError> {
     let page = query_number(query, "page", 1, 1..=u32::MAX)?;
     let per_page = query_number(query, "per_page", 10, 1..=100)?;
     let (orders, total) = reader.orders_of(user, page, per_page)?;
     let pages = (total + i64::from(per_page) - 1) / i64::from(per_page);
-    Ok(Reply::json(
+    Ok(Response::json(
         200,
         &OrderPage {
             orders,
@@ -141,10 +166,10 @@ struct OrderPage {
 
 fn create(
     shared: &Shared,
-    reader: &Reader,
+    reader: &dyn Reads,
     req: &mut tiny_http::Request,
     user: UserId,
-) -> Result<Reply, ApiError> {
+) -> Result<Response, ApiError> {
     let email = match header(req, "X-User-Email") {
         None => {
             return Err(ApiError::Unauthorized(
@@ -164,20 +189,15 @@ fn create(
     let order = NewOrder::parse(&json_body(req)?)?;
     let request = order.canonical();
 
-    // Held until this request is answered: a repeat that arrives meanwhile gets 409.
+    // The claim is held until this request is answered.
     let _claim = match &key {
         None => None,
         Some(key) => {
-            let claim = shared
-                .in_flight
-                .claim(&user, key)
-                .ok_or(ApiError::IdempotencyKeyInProgress)?;
-            if let Some(seen) = reader.idempotency_record(&user, key.as_str())? {
-                return if seen.request == request {
-                    Ok(replay(seen.status, seen.body))
-                } else {
-                    Err(ApiError::IdempotencyKeyReused)
-                };
+            let (claim, earlier) = shared
+                .orders
+                .begin_idempotent(reader, &user, key, &request)?;
+            if let Some(answer) = earlier {
+                return Ok(replay(answer));
             }
             Some(claim)
         }
@@ -193,34 +213,42 @@ fn create(
         Ok(lines) => lines,
         Err(e) => {
             shared
-                .writer
+                .orders
                 .remember_products(pricing.fresh, pricing.unknown);
             return Err(e.into());
         }
     };
-    let created = shared.writer.create(NewOrderRecord {
+    let idempotent = key.map(|key| Idempotent {
+        key,
+        request,
+        answer: Box::new(|order| Answer {
+            status: 201,
+            body: serde_json::to_string(order).expect("an order always serializes"),
+        }),
+    });
+    let priced = PricedOrder {
         user_id: user,
         user_email: email,
         lines,
-        idempotency: key.map(|k| (k, request)),
         fresh_products: pricing.fresh,
-    })?;
-    match created {
+    };
+    match shared.orders.create(priced, idempotent)? {
         Created::New(order) => {
             shared.metrics.order_created();
             let location = format!("/api/orders/{}", order.id);
-            Ok(Reply::json(201, &order).with_header("Location", location))
+            Ok(Response::json(201, &order).with_header("Location", location))
         }
-        Created::Replayed { status, body } => Ok(replay(status, body)),
+        Created::Replayed(answer) => Ok(replay(answer)),
     }
 }
 
-fn replay(status: u16, body: String) -> Reply {
+/// A repeat of an idempotent create: the first answer, marked as a replay.
+fn replay(Answer { status, body }: Answer) -> Response {
     let location = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("id").and_then(|id| id.as_i64()))
         .map(|id| format!("/api/orders/{id}"));
-    let reply = Reply::raw_json(status, body).with_header("Idempotent-Replayed", "true".into());
+    let reply = Response::raw_json(status, body).with_header("Idempotent-Replayed", "true".into());
     match location {
         Some(l) if status == 201 => reply.with_header("Location", l),
         _ => reply,
@@ -239,7 +267,7 @@ fn parse_status(body: &serde_json::Value) -> Result<Status, ApiError> {
         })
 }
 
-fn ready(shared: &Shared, reader: &Reader) -> Reply {
+fn ready(shared: &Shared, reader: &dyn Reads) -> Response {
     let database = shared.writer.ping(Duration::from_secs(2));
     let outbox = reader.outbox_stats();
     let db_ok = database.is_ok() && outbox.is_ok();
@@ -264,10 +292,10 @@ fn ready(shared: &Shared, reader: &Reader) -> Reply {
         },
     });
     if db_ok {
-        Reply::json(200, &body)
+        Response::json(200, &body)
     } else {
         log::warn!("not ready: {db_text}");
-        Reply::json(503, &body).with_header("Retry-After", "5".into())
+        Response::json(503, &body).with_header("Retry-After", "5".into())
     }
 }
 
@@ -316,14 +344,22 @@ mod tests {
 
     #[test]
     fn routes_by_pattern() {
+        let id = OrderId::parse("12");
         assert_eq!(
-            route("/api/orders/12/cancel").unwrap().pattern,
-            "/api/orders/:id/cancel"
+            Route::parse("/api/orders/12/cancel"),
+            Some(Route::Cancel(id))
         );
-        assert_eq!(route("/api/orders/12").unwrap().id.as_deref(), Some("12"));
-        assert_eq!(route("/api/orders/").unwrap().pattern, "/api/orders");
-        assert!(route("/api/orders/1/2/3").is_none());
-        assert!(route("/nope").is_none());
+        assert_eq!(Route::parse("/api/orders/12"), Some(Route::Order(id)));
+        assert_eq!(Route::parse("/api/orders/abc"), Some(Route::Order(None)));
+        assert_eq!(Route::parse("/api/orders/"), Some(Route::Orders));
+        assert_eq!(
+            Route::parse("/api/orders/x/status").unwrap().pattern(),
+            "/api/orders/:id/status"
+        );
+        assert!(Route::parse("/api/orders/1/2/3").is_none());
+        assert!(Route::parse("/nope").is_none());
+        assert_eq!(ROUTES.len(), 8);
+        assert_eq!(ROUTES[4], ("/api/orders", &["GET", "POST"][..]));
     }
 
     #[test]

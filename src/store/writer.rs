@@ -1,19 +1,13 @@
-//! The writer thread: the one write connection, fed by a channel.
+//! The writer thread: one write session, fed with jobs by a channel (group commit).
 //!
-//! It takes whatever commands are queued (up to `MAX_BATCH`), runs each in a savepoint
-//! of ONE transaction and answers every caller only after COMMIT: one fsync for many
-//! orders (group commit), and a command that fails rolls back alone.
+//! It takes whatever jobs are queued (up to `MAX_BATCH`), runs each in a savepoint of ONE
+//! transaction and answers every caller only after COMMIT: one fsync for many orders,
+//! and a job that fails rolls back alone. A job is a closure over `Tx`, so a new kind of
+//! write needs no change here. If the COMMIT fails, every caller of the batch is told so.
 
-use super::outbox;
-use super::reads::{load_idempotency, load_order, CachedProduct};
-use super::writes;
-use super::StoreError;
+use super::{StoreError, Tx};
 use crate::clock::now_micros;
-use crate::domain::{
-    Email, IdempotencyKey, Money, Order, OrderId, OrderItem, PricedLine, ProductId, Status, UserId,
-};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use rusqlite::{Connection, TransactionBehavior};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,77 +20,71 @@ const PRUNE_BUDGET: Duration = Duration::from_secs(2);
 /// Idempotency records are kept a little over the 24 h the contract promises.
 const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
 
-/// An order ready to be stored: priced, with what the product service answered.
-#[derive(Debug, Clone)]
-pub struct NewOrderRecord {
-    pub user_id: UserId,
-    pub user_email: Email,
-    pub lines: Vec<PricedLine>,
-    /// The key and the canonical request it answers.
-    pub idempotency: Option<(IdempotencyKey, String)>,
-    /// Fresh product answers, kept for the offline policy.
-    pub fresh_products: Vec<CachedProduct>,
+/// A database engine as the writer drives it: transactions, savepoints, and the `Tx`
+/// inside them.
+pub trait Engine: Send + 'static {
+    fn begin(&mut self) -> Result<(), StoreError>;
+    fn savepoint(&mut self) -> Result<(), StoreError>;
+    /// Keeps what the job since the savepoint did.
+    fn release(&mut self) -> Result<(), StoreError>;
+    /// Undoes what the job since the savepoint did.
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError>;
+    fn commit(&mut self) -> Result<(), StoreError>;
+    /// After a failure anywhere in the batch: nothing of it is kept.
+    fn abandon(&mut self);
+    fn tx(&mut self) -> &mut dyn Tx;
+    /// Whether the transaction committed last wrote an event (the relay is then woken).
+    fn wrote_events(&mut self) -> bool;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Created {
-    New(Order),
-    /// The key was used before with the same request: its first answer.
-    Replayed {
-        status: u16,
-        body: String,
-    },
+/// A job's result held until COMMIT, and how to deliver it: `None` if the batch
+/// committed, else why it did not.
+struct Settled {
+    ok: bool,
+    deliver: Box<dyn FnOnce(Option<StoreError>) + Send>,
 }
 
-type Reply<T> = Sender<Result<T, StoreError>>;
+/// A job's work over the batch's transaction.
+type Work = Box<dyn FnOnce(&mut dyn Tx) -> Settled + Send>;
 
-enum Command {
-    Create(Box<NewOrderRecord>, Reply<Created>),
-    Cancel(OrderId, UserId, Reply<Order>),
-    SetStatus(OrderId, Status, Reply<Order>),
-    MarkPublished(Vec<i64>, Reply<usize>),
-    MarkBlocked {
-        id: i64,
-        since: i64,
-        reply: Reply<usize>,
-    },
-    /// One bounded step of pruning; run alone, never in a batch of orders.
-    PruneStep {
-        outbox_before: i64,
-        idempotency_before: i64,
-        reply: Reply<usize>,
-    },
-    RememberProducts(Vec<CachedProduct>, Vec<ProductId>, Reply<()>),
-    Ping(Reply<()>),
+struct Job {
+    work: Work,
+    /// Answers the caller when the job never ran (its batch failed first).
+    refuse: Box<dyn FnOnce(StoreError) + Send>,
+    /// Housekeeping commits on its own: orders never wait on it in their transaction
+    /// (nor roll back with it).
+    alone: bool,
 }
 
-/// Sends commands to the writer and waits for their answers. Cheap to clone.
+/// Sends jobs to the writer and waits for their answers. Cheap to clone.
 #[derive(Clone)]
 pub struct WriterHandle {
-    commands: Sender<Command>,
+    jobs: Sender<Job>,
 }
 
 impl WriterHandle {
-    pub fn create(&self, record: NewOrderRecord) -> Result<Created, StoreError> {
-        self.call(|r| Command::Create(Box::new(record), r))
+    /// Runs `work` in the next batch and returns its result once the batch committed.
+    /// An `Err` from `work` undoes what it wrote; the rest of the batch goes on.
+    pub fn run<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
+    {
+        let answer = self.send(work, false)?;
+        // No timeout: the writer always answers, and giving up early could report a
+        // failure for a change that then commits.
+        answer.recv().map_err(|_| stopped())?
     }
 
-    /// Cancels the caller's own order; another user's order is `NotFound`.
-    pub fn cancel(&self, id: OrderId, user: UserId) -> Result<Order, StoreError> {
-        self.call(|r| Command::Cancel(id, user, r))
-    }
-
-    pub fn set_status(&self, id: OrderId, status: Status) -> Result<Order, StoreError> {
-        self.call(|r| Command::SetStatus(id, status, r))
-    }
-
+    /// Marks events published once the broker confirmed them; returns how many were.
     pub fn mark_published(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
-        self.call(|r| Command::MarkPublished(ids, r))
+        self.run(move |tx| tx.mark_published(&ids, now_micros()))
     }
 
-    /// Records that the broker keeps refusing pending event `id`, since `since` (µs).
+    /// Records that the broker keeps refusing event `id`, since `since`.
     pub fn mark_blocked(&self, id: i64, since: i64) -> Result<usize, StoreError> {
-        self.call(|reply| Command::MarkBlocked { id, since, reply })
+        self.run(move |tx| tx.mark_blocked(id, since))
     }
 
     /// Deletes events published longer ago than `outbox_retention`, and idempotency
@@ -111,11 +99,14 @@ impl WriterHandle {
         let started = std::time::Instant::now();
         let mut total = 0;
         loop {
-            let deleted = self.call(|reply| Command::PruneStep {
-                outbox_before,
-                idempotency_before,
-                reply,
-            })?;
+            let step = self.send(
+                move |tx| -> Result<usize, StoreError> {
+                    Ok(tx.prune_outbox(outbox_before, PRUNE_STEP_ROWS)?
+                        + tx.prune_idempotency(idempotency_before, PRUNE_STEP_ROWS)?)
+                },
+                true,
+            )?;
+            let deleted = step.recv().map_err(|_| stopped())??;
             total += deleted;
             if deleted == 0 || started.elapsed() > PRUNE_BUDGET {
                 return Ok(total);
@@ -123,353 +114,138 @@ impl WriterHandle {
         }
     }
 
-    /// Keeps the product service's latest answers (and forgets products it no longer
-    /// knows) without waiting: the caller's request has failed and must not wait on it.
-    pub fn remember_products(&self, fresh: Vec<CachedProduct>, unknown: Vec<ProductId>) {
-        if fresh.is_empty() && unknown.is_empty() {
-            return;
-        }
-        let (tx, _) = bounded(1);
-        let _ = self
-            .commands
-            .send(Command::RememberProducts(fresh, unknown, tx));
-    }
-
-    /// Proves the database takes a write, within `timeout`.
+    /// Proves the database takes a write, within `timeout`. A ping is answered once
+    /// everything queued before it is committed.
     pub fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
-        let (tx, rx) = bounded(1);
-        self.commands
-            .send(Command::Ping(tx))
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        rx.recv_timeout(timeout)
-            .map_err(|_| StoreError::Unavailable("writer did not answer in time".into()))?
+        self.send(|tx| tx.heartbeat(now_micros()), false)?
+            .recv_timeout(timeout)
+            .map_err(|_| StoreError::Unavailable("the writer did not answer in time".into()))?
     }
 
-    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
-        let (tx, rx) = bounded(1);
-        self.commands
-            .send(make(tx))
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        // No timeout: the writer always answers, and giving up early could report a
-        // failure for a change that then commits.
-        rx.recv()
-            .map_err(|_| StoreError::Unavailable("the change was not committed".into()))?
+    fn send<T, E, F>(&self, work: F, alone: bool) -> Result<Receiver<Result<T, E>>, StoreError>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
+    {
+        let (answer, answered) = bounded(1);
+        let refused = answer.clone();
+        let refuse = Box::new(move |e: StoreError| {
+            let _ = refused.send(Err(e.into()));
+        });
+        let work = Box::new(move |tx: &mut dyn Tx| {
+            let result = work(tx);
+            Settled {
+                ok: result.is_ok(),
+                deliver: Box::new(move |failed: Option<StoreError>| {
+                    // A caller that went away no longer needs its answer.
+                    let _ = answer.send(match failed {
+                        None => result,
+                        Some(e) => Err(e.into()),
+                    });
+                }),
+            }
+        });
+        self.jobs
+            .send(Job {
+                work,
+                refuse,
+                alone,
+            })
+            .map_err(|_| stopped())?;
+        Ok(answered)
     }
 }
 
-pub struct Writer {
-    conn: Connection,
-    source: String,
-    next_order_id: i64,
-    next_event_id: i64,
+/// Starts the writer on `engine`; it stops when every handle is dropped. `wake_relay`
+/// is signalled after each commit that wrote an event.
+pub fn spawn(
+    engine: Box<dyn Engine>,
     wake_relay: Sender<()>,
+) -> Result<(WriterHandle, JoinHandle<()>), StoreError> {
+    let (jobs, queue) = unbounded();
+    let thread = crate::threads::spawn_critical("writer", move || run(engine, queue, wake_relay))
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+    Ok((WriterHandle { jobs }, thread))
 }
 
-impl Writer {
-    /// Starts the writer on `conn`; it stops when every handle is dropped.
-    pub fn spawn(
-        conn: Connection,
-        source: String,
-        wake_relay: Sender<()>,
-    ) -> Result<(WriterHandle, JoinHandle<()>), StoreError> {
-        let mut writer = Writer {
-            conn,
-            source,
-            next_order_id: 0,
-            next_event_id: 0,
-            wake_relay,
+fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>) {
+    let mut held = None;
+    loop {
+        let first = match held.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
         };
-        writer.reload_ids()?;
-        let (tx, rx) = unbounded();
-        let thread = std::thread::Builder::new()
-            .name("writer".into())
-            .spawn(move || crate::app::exit_on_panic("writer", move || writer.run(rx)))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start writer: {e}")))?;
-        Ok((WriterHandle { commands: tx }, thread))
-    }
-
-    fn reload_ids(&mut self) -> rusqlite::Result<()> {
-        self.next_order_id = writes::max_order_id(&self.conn)? + 1;
-        self.next_event_id = outbox::max_id(&self.conn)? + 1;
-        Ok(())
-    }
-
-    fn run(mut self, commands: Receiver<Command>) {
-        let mut held = None;
-        loop {
-            let first = match held.take() {
-                Some(cmd) => cmd,
-                None => match commands.recv() {
-                    Ok(cmd) => cmd,
-                    Err(_) => break,
-                },
-            };
-            let mut batch = vec![first];
-            // Housekeeping commits on its own, so orders never wait on it in their
-            // transaction (nor roll back with it).
-            if !batch[0].runs_alone() {
-                while batch.len() < MAX_BATCH {
-                    match commands.try_recv() {
-                        Ok(cmd) if cmd.runs_alone() => {
-                            held = Some(cmd);
-                            break;
-                        }
-                        Ok(cmd) => batch.push(cmd),
-                        Err(_) => break,
+        let mut batch = vec![first];
+        if !batch[0].alone {
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) if job.alone => {
+                        held = Some(job);
+                        break;
                     }
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
                 }
             }
-            self.run_batch(batch);
         }
-        log::debug!("writer: all handles dropped, stopping");
+        run_batch(engine.as_mut(), batch, &wake_relay);
     }
+    log::debug!("writer: all handles dropped, stopping");
+}
 
-    fn run_batch(&mut self, batch: Vec<Command>) {
-        let events_before = self.next_event_id;
-        let outcome = (|| {
-            let mut tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut answers = Vec::with_capacity(batch.len());
-            for cmd in batch {
-                let mut sp = tx.savepoint()?;
-                let answer = apply(
-                    &mut Ids {
-                        order: &mut self.next_order_id,
-                        event: &mut self.next_event_id,
-                        source: &self.source,
-                    },
-                    &sp,
-                    cmd,
-                );
-                if answer.succeeded() {
-                    sp.commit()?;
-                } else {
-                    sp.rollback()?;
-                }
-                answers.push(answer);
+fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, wake_relay: &Sender<()>) {
+    let mut settled = Vec::with_capacity(batch.len());
+    let mut waiting = batch.into_iter();
+    let outcome = (|| {
+        engine.begin()?;
+        for job in waiting.by_ref() {
+            if let Err(e) = engine.savepoint() {
+                (job.refuse)(not_committed());
+                return Err(e);
             }
-            tx.commit()?;
-            Ok::<_, rusqlite::Error>(answers)
-        })();
-        match outcome {
-            Ok(answers) => {
-                for a in answers {
-                    a.send();
-                }
-                if self.next_event_id != events_before {
-                    let _ = self.wake_relay.try_send(());
-                }
-            }
-            Err(e) => {
-                log::error!("writer: transaction failed, nothing of this batch was kept: {e}");
-                if let Err(e) = self.reload_ids() {
-                    log::error!("writer: cannot read ids back: {e}");
-                }
-                // The commands are gone with the failed transaction; their callers were
-                // handed their channels inside `answers`, dropped here, so each call sees
-                // a disconnected reply and reports the database unavailable.
-            }
-        }
-    }
-}
-
-impl Command {
-    fn runs_alone(&self) -> bool {
-        matches!(self, Command::PruneStep { .. })
-    }
-}
-
-struct Ids<'a> {
-    order: &'a mut i64,
-    event: &'a mut i64,
-    source: &'a str,
-}
-
-impl Ids<'_> {
-    fn record_event(
-        &mut self,
-        conn: &Connection,
-        order: &Order,
-        previous: Option<Status>,
-        at: i64,
-    ) -> rusqlite::Result<()> {
-        let id = *self.event;
-        *self.event += 1;
-        let payload = outbox::payload(id, self.source, order, previous, at);
-        outbox::insert(
-            conn,
-            id,
-            order.id.get(),
-            outbox::event_type(previous, order.status),
-            &payload,
-            at,
-        )
-    }
-}
-
-/// A command's result, held until the transaction commits.
-enum Answer {
-    Created(Reply<Created>, Result<Created, StoreError>),
-    Order(Reply<Order>, Result<Order, StoreError>),
-    Count(Reply<usize>, Result<usize, StoreError>),
-    Unit(Reply<()>, Result<(), StoreError>),
-}
-
-impl Answer {
-    fn succeeded(&self) -> bool {
-        match self {
-            Answer::Created(_, r) => r.is_ok(),
-            Answer::Order(_, r) => r.is_ok(),
-            Answer::Count(_, r) => r.is_ok(),
-            Answer::Unit(_, r) => r.is_ok(),
-        }
-    }
-
-    fn send(self) {
-        // A caller that went away no longer needs its answer.
-        let _ = match self {
-            Answer::Created(tx, r) => tx.send(r).is_ok(),
-            Answer::Order(tx, r) => tx.send(r).is_ok(),
-            Answer::Count(tx, r) => tx.send(r).is_ok(),
-            Answer::Unit(tx, r) => tx.send(r).is_ok(),
-        };
-    }
-}
-
-fn apply(ids: &mut Ids<'_>, tx: &Connection, cmd: Command) -> Answer {
-    match cmd {
-        Command::Create(record, reply) => Answer::Created(reply, create(ids, tx, *record)),
-        Command::Cancel(id, user, reply) => Answer::Order(
-            reply,
-            change_status(ids, tx, id, Some(&user), Status::Cancelled),
-        ),
-        Command::SetStatus(id, status, reply) => {
-            Answer::Order(reply, change_status(ids, tx, id, None, status))
-        }
-        Command::MarkPublished(event_ids, reply) => Answer::Count(
-            reply,
-            outbox::mark_published(tx, &event_ids, now_micros()).map_err(StoreError::from),
-        ),
-        Command::MarkBlocked { id, since, reply } => Answer::Count(
-            reply,
-            outbox::mark_blocked(tx, id, since).map_err(StoreError::from),
-        ),
-        Command::PruneStep {
-            outbox_before,
-            idempotency_before,
-            reply,
-        } => Answer::Count(
-            reply,
-            (|| {
-                Ok(outbox::prune(tx, outbox_before, PRUNE_STEP_ROWS)?
-                    + writes::prune_idempotency(tx, idempotency_before, PRUNE_STEP_ROWS)?)
-            })(),
-        ),
-        Command::RememberProducts(fresh, unknown, reply) => Answer::Unit(
-            reply,
-            (|| {
-                for p in &fresh {
-                    writes::upsert_product(tx, p)?;
-                }
-                for id in &unknown {
-                    writes::forget_product(tx, *id)?;
-                }
-                Ok(())
-            })(),
-        ),
-        Command::Ping(reply) => Answer::Unit(
-            reply,
-            writes::heartbeat(tx, now_micros()).map_err(StoreError::from),
-        ),
-    }
-}
-
-fn create(ids: &mut Ids<'_>, tx: &Connection, r: NewOrderRecord) -> Result<Created, StoreError> {
-    if let Some((key, request)) = &r.idempotency {
-        if let Some(seen) = load_idempotency(tx, &r.user_id, key.as_str())? {
-            return if &seen.request == request {
-                Ok(Created::Replayed {
-                    status: seen.status,
-                    body: seen.body,
-                })
+            let done = (job.work)(engine.tx());
+            let ok = done.ok;
+            settled.push(done);
+            if ok {
+                engine.release()?;
             } else {
-                Err(StoreError::IdempotencyKeyReused)
-            };
+                engine.rollback_to_savepoint()?;
+            }
+        }
+        engine.commit()
+    })();
+    match outcome {
+        Ok(()) => {
+            for s in settled {
+                (s.deliver)(None);
+            }
+            if engine.wrote_events() {
+                let _ = wake_relay.try_send(());
+            }
+        }
+        Err(e) => {
+            log::error!("writer: transaction failed, nothing of this batch was kept: {e}");
+            engine.abandon();
+            for s in settled {
+                (s.deliver)(Some(not_committed()));
+            }
+            for job in waiting {
+                (job.refuse)(not_committed());
+            }
         }
     }
-    let now = now_micros();
-    let items: Vec<OrderItem> = r
-        .lines
-        .iter()
-        .map(|l| OrderItem {
-            product_id: l.product_id,
-            product_name: l.product_name.clone(),
-            quantity: l.quantity.get(),
-            price: l.price,
-            subtotal: l.subtotal(),
-        })
-        .collect();
-    let total = items
-        .iter()
-        .try_fold(Money::ZERO, |sum, i| sum.plus(i.subtotal))
-        .expect("totals are bounded by the item and quantity limits");
-    let order = Order {
-        id: OrderId::from_trusted(*ids.order),
-        user_id: r.user_id.clone(),
-        user_email: r.user_email,
-        items,
-        total,
-        status: Status::Pending,
-        created_at: now,
-        updated_at: now,
-    };
-    *ids.order += 1;
-    writes::insert_order(tx, &order)?;
-    ids.record_event(tx, &order, None, now)?;
-    if let Some((key, request)) = &r.idempotency {
-        let body = serde_json::to_string(&order).expect("an order always serializes");
-        writes::insert_idempotency(
-            tx,
-            r.user_id.as_str(),
-            key.as_str(),
-            request,
-            201,
-            &body,
-            now,
-        )?;
-    }
-    for p in &r.fresh_products {
-        writes::upsert_product(tx, p)?;
-    }
-    Ok(Created::New(order))
 }
 
-/// Moves an order to `to` if the contract allows it; the same status is a no-op
-/// (no event). With `owner`, only that user's order is visible.
-fn change_status(
-    ids: &mut Ids<'_>,
-    tx: &Connection,
-    id: OrderId,
-    owner: Option<&UserId>,
-    to: Status,
-) -> Result<Order, StoreError> {
-    let mut order = load_order(tx, id)?
-        .filter(|o| owner.is_none_or(|u| &o.user_id == u))
-        .ok_or(StoreError::NotFound)?;
-    let from = order.status;
-    if from == to {
-        return Ok(order);
-    }
-    if !from.can_become(to) {
-        return Err(StoreError::InvalidTransition { from, to });
-    }
-    let now = now_micros().max(order.updated_at);
-    writes::update_status(tx, id.get(), to, now)?;
-    order.status = to;
-    order.updated_at = now;
-    ids.record_event(tx, &order, Some(from), now)?;
-    Ok(order)
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the writer stopped".into())
+}
+
+fn not_committed() -> StoreError {
+    StoreError::Unavailable("the change was not committed".into())
 }
 
 #[cfg(test)]
@@ -500,8 +276,8 @@ mod tests {
     #[test]
     fn pruning_goes_in_small_steps_that_writes_get_between() {
         let db = TempDb::new();
-        let mut conn = super::super::open_write(&db.0).unwrap();
-        super::super::migrate(&mut conn).unwrap();
+        let mut conn = crate::store::open_write(&db.0).unwrap();
+        crate::store::migrate(&mut conn).unwrap();
         let old_rows: i64 = 300_000;
         // All published long ago; the newest must stay all the same.
         conn.execute(
@@ -520,7 +296,8 @@ mod tests {
         )
         .unwrap();
         let (wake, _woken) = bounded(1);
-        let (handle, thread) = Writer::spawn(conn, "unit".into(), wake).unwrap();
+        let engine = crate::store::SqliteEngine::new(conn).unwrap();
+        let (handle, thread) = spawn(Box::new(engine), wake).unwrap();
 
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (pruned, slowest) = std::thread::scope(|s| {
@@ -555,7 +332,7 @@ mod tests {
         );
         drop(handle);
         thread.join().unwrap();
-        let conn = super::super::open_read(&db.0).unwrap();
+        let conn = crate::store::open_read(&db.0).unwrap();
         let left: Vec<i64> = conn
             .prepare("SELECT id FROM outbox")
             .unwrap()

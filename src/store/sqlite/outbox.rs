@@ -1,72 +1,7 @@
-//! The outbox table: events waiting for the broker, and what they look like.
+//! The outbox table's statements.
 
-use crate::clock::{now_micros, rfc3339};
-use crate::domain::{Email, Money, Order, OrderId, OrderItem, Status, UserId};
+use crate::store::{BlockedEvent, NewEvent, OutboxRow, OutboxStats};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
-
-/// An unpublished event, as the relay reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub order_id: i64,
-    pub event_type: String,
-    pub payload: String,
-    pub created_at: i64,
-    /// As written in the payload when the event was committed, whatever STORE_ID is now.
-    pub event_id: String,
-    pub source: String,
-}
-
-/// `<source>:<outbox id>`: what consumers deduplicate on.
-pub(crate) fn event_id(source: &str, id: i64) -> String {
-    format!("{source}:{id}")
-}
-
-/// What `/ready` and `/metrics` show of the outbox. Both are read through the partial
-/// index of pending rows, so a probe costs the same however many published rows the
-/// outbox keeps (measured: the same with 1 M published rows as with none).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutboxStats {
-    pub pending: i64,
-    /// Creation time of the oldest unpublished event, in microseconds.
-    pub oldest_pending_at: Option<i64>,
-}
-
-impl OutboxStats {
-    pub fn oldest_pending_age_seconds(&self) -> Option<i64> {
-        self.oldest_pending_at
-            .map(|t| ((now_micros() - t) / 1_000_000).max(0))
-    }
-}
-
-pub(crate) fn event_type(previous: Option<Status>, now: Status) -> &'static str {
-    match (previous, now) {
-        (None, _) => "order_created",
-        (Some(_), Status::Cancelled) => "order_cancelled",
-        (Some(_), _) => "order_status_updated",
-    }
-}
-
-/// The event as consumers receive it.
-#[derive(Serialize)]
-struct Event<'a> {
-    event_id: String,
-    event_type: &'static str,
-    /// The outbox id: commit order, for a consumer that wants to drop stale events.
-    sequence: i64,
-    occurred_at: String,
-    source: &'a str,
-    order_id: OrderId,
-    user_id: &'a UserId,
-    user_email: &'a Email,
-    status: Status,
-    previous_status: Option<Status>,
-    total: Money,
-    items: &'a [OrderItem],
-    created_at: String,
-    updated_at: String,
-}
 
 #[derive(serde::Deserialize)]
 struct EventHead {
@@ -74,44 +9,11 @@ struct EventHead {
     source: String,
 }
 
-pub(crate) fn payload(
-    id: i64,
-    source: &str,
-    order: &Order,
-    previous: Option<Status>,
-    at: i64,
-) -> String {
-    let event = Event {
-        event_id: event_id(source, id),
-        event_type: event_type(previous, order.status),
-        sequence: id,
-        occurred_at: rfc3339(at),
-        source,
-        order_id: order.id,
-        user_id: &order.user_id,
-        user_email: &order.user_email,
-        status: order.status,
-        previous_status: previous,
-        total: order.total,
-        items: &order.items,
-        created_at: rfc3339(order.created_at),
-        updated_at: rfc3339(order.updated_at),
-    };
-    serde_json::to_string(&event).expect("an event always serializes")
-}
-
-pub(crate) fn insert(
-    conn: &Connection,
-    id: i64,
-    order_id: i64,
-    event_type: &str,
-    payload: &str,
-    at: i64,
-) -> rusqlite::Result<()> {
+pub(crate) fn insert(conn: &Connection, e: &NewEvent<'_>) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO outbox (id, order_id, event_type, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![id, order_id, event_type, payload, at])?;
+    .execute(params![e.id, e.order_id.get(), e.event_type, e.payload, e.at])?;
     Ok(())
 }
 
@@ -196,17 +98,6 @@ pub(crate) fn max_id(conn: &Connection) -> rusqlite::Result<i64> {
     })
     .optional()
     .map(|v| v.flatten().unwrap_or(0))
-}
-
-/// An event the broker refused again and again; the events after it wait for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockedEvent {
-    /// The outbox id (the event's `sequence`).
-    pub id: i64,
-    pub event_id: String,
-    pub event_type: String,
-    /// When the broker first refused it, in microseconds.
-    pub since: i64,
 }
 
 /// The refused event, while it is still pending (publishing it ends the block).

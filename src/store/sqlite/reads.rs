@@ -1,8 +1,10 @@
 //! Read queries, on a connection of the caller's own.
 
-use super::outbox::{self, BlockedEvent, OutboxRow, OutboxStats};
-use super::StoreError;
+use super::outbox;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, ProductId, Status, UserId};
+use crate::store::{
+    BlockedEvent, CachedProduct, IdempotencyRecord, OutboxRow, OutboxStats, Reads, StoreError,
+};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
 
@@ -11,37 +13,20 @@ pub struct Reader {
     conn: Connection,
 }
 
-/// A stored answer to an idempotent create.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyRecord {
-    pub request: String,
-    pub status: u16,
-    pub body: String,
-}
-
-/// The last good product-service answer for one product.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedProduct {
-    pub product_id: ProductId,
-    pub name: String,
-    pub price: Money,
-    pub stock: i64,
-    pub fetched_at: i64,
-}
-
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, StoreError> {
         Ok(Reader {
             conn: super::open_read(path)?,
         })
     }
+}
 
-    pub fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+impl Reads for Reader {
+    fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
         Ok(load_order(&self.conn, id)?)
     }
 
-    /// One page of a user's orders, newest first, and how many they have in all.
-    pub fn orders_of(
+    fn orders_of(
         &self,
         user: &UserId,
         page: u32,
@@ -71,7 +56,7 @@ impl Reader {
         Ok((orders, total))
     }
 
-    pub fn idempotency_record(
+    fn idempotency_record(
         &self,
         user: &UserId,
         key: &str,
@@ -79,7 +64,7 @@ impl Reader {
         Ok(load_idempotency(&self.conn, user, key)?)
     }
 
-    pub fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError> {
+    fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache WHERE product_id = ?1",
         )?;
@@ -101,20 +86,19 @@ impl Reader {
         Ok(found)
     }
 
-    pub fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+    fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         Ok(outbox::stats(&self.conn)?)
     }
 
-    pub fn published_events(&self) -> Result<i64, StoreError> {
+    fn published_events(&self) -> Result<i64, StoreError> {
         Ok(outbox::published_count(&self.conn)?)
     }
 
-    pub fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+    fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         Ok(outbox::pending(&self.conn, limit)?)
     }
 
-    /// The pending event the broker keeps refusing, if the relay declared one.
-    pub fn blocked_event(&self) -> Result<Option<BlockedEvent>, StoreError> {
+    fn blocked_event(&self) -> Result<Option<BlockedEvent>, StoreError> {
         Ok(outbox::blocked(&self.conn)?)
     }
 }

@@ -1,7 +1,7 @@
 //! Statements that change the database, one function a change. Run by the writer only.
 
-use super::reads::CachedProduct;
-use crate::domain::{Order, ProductId, Status};
+use crate::domain::{Order, ProductId, Status, UserId};
+use crate::store::{CachedProduct, IdempotencyRecord};
 use rusqlite::{params, Connection};
 
 pub(crate) fn insert_order(conn: &Connection, o: &Order) -> rusqlite::Result<()> {
@@ -49,18 +49,16 @@ pub(crate) fn update_status(
 
 pub(crate) fn insert_idempotency(
     conn: &Connection,
-    user_id: &str,
+    user: &UserId,
     key: &str,
-    request: &str,
-    status: u16,
-    body: &str,
+    r: &IdempotencyRecord,
     at: i64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO idempotency_keys (user_id, idem_key, request, response_status, response_body, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![user_id, key, request, status, body, at])?;
+    .execute(params![user.as_str(), key, r.request, r.status, r.body, at])?;
     Ok(())
 }
 

@@ -1,0 +1,94 @@
+//! The order rules, each a function over one storage transaction: what it checks, what
+//! it writes, and the event it records with it.
+
+use super::events;
+use super::idempotency::{self, Answer, Idempotent};
+use super::{Created, OrderError, PricedOrder};
+use crate::domain::{Money, Order, OrderId, OrderItem, Status, UserId};
+use crate::store::{IdempotencyRecord, Tx};
+
+/// Stores a priced order with its `order_created` event (and, with a key, the answer
+/// repeats will get); a repeat of an earlier keyed create gets that create's answer.
+pub fn create(
+    tx: &mut dyn Tx,
+    source: &str,
+    order: PricedOrder,
+    idempotent: Option<Idempotent>,
+    now: i64,
+) -> Result<Created, OrderError> {
+    if let Some(i) = &idempotent {
+        let seen = tx.idempotency(&order.user_id, i.key.as_str())?;
+        if let Some(answer) = idempotency::replay(seen, &i.request)? {
+            return Ok(Created::Replayed(answer));
+        }
+    }
+    let items: Vec<OrderItem> = order
+        .lines
+        .iter()
+        .map(|l| OrderItem {
+            product_id: l.product_id,
+            product_name: l.product_name.clone(),
+            quantity: l.quantity.get(),
+            price: l.price,
+            subtotal: l.subtotal(),
+        })
+        .collect();
+    let total = items
+        .iter()
+        .try_fold(Money::ZERO, |sum, i| sum.plus(i.subtotal))
+        .expect("totals are bounded by the item and quantity limits");
+    let created = Order {
+        id: tx.next_order_id()?,
+        user_id: order.user_id,
+        user_email: order.user_email,
+        items,
+        total,
+        status: Status::Pending,
+        created_at: now,
+        updated_at: now,
+    };
+    tx.insert_order(&created)?;
+    events::record(tx, source, &created, None, now)?;
+    if let Some(i) = idempotent {
+        let Answer { status, body } = (i.answer)(&created);
+        let record = IdempotencyRecord {
+            request: i.request,
+            status,
+            body,
+        };
+        tx.insert_idempotency(&created.user_id, i.key.as_str(), &record, now)?;
+    }
+    for p in &order.fresh_products {
+        tx.upsert_product(p)?;
+    }
+    Ok(Created::New(created))
+}
+
+/// Moves an order to `to` if the contract allows it, with its event; the same status is
+/// a no-op (no event). With `owner`, only that user's order is visible.
+pub fn change_status(
+    tx: &mut dyn Tx,
+    source: &str,
+    id: OrderId,
+    owner: Option<&UserId>,
+    to: Status,
+    now: i64,
+) -> Result<Order, OrderError> {
+    let mut order = tx
+        .order_for_update(id)?
+        .filter(|o| owner.is_none_or(|u| &o.user_id == u))
+        .ok_or(OrderError::NotFound)?;
+    let from = order.status;
+    if from == to {
+        return Ok(order);
+    }
+    if !from.can_become(to) {
+        return Err(OrderError::InvalidTransition { from, to });
+    }
+    let now = now.max(order.updated_at);
+    tx.update_status(id, to, now)?;
+    order.status = to;
+    order.updated_at = now;
+    events::record(tx, source, &order, Some(from), now)?;
+    Ok(order)
+}

@@ -1,0 +1,175 @@
+//! The rules on an in-memory SQLite database, one transaction per call as the writer
+//! would run them.
+
+use super::*;
+use crate::domain::{IdempotencyKey, Money, PricedLine, ProductId, Quantity};
+use crate::store::{Engine, SqliteEngine};
+
+const SOURCE: &str = "store-test";
+
+fn alice() -> UserId {
+    UserId::parse("alice").unwrap()
+}
+
+fn priced(user: UserId) -> PricedOrder {
+    PricedOrder {
+        user_id: user,
+        user_email: Email::parse("alice@example.com").unwrap(),
+        lines: vec![PricedLine {
+            product_id: ProductId::new(2).unwrap(),
+            product_name: "Mouse".into(),
+            quantity: Quantity::new(3).unwrap(),
+            price: Money::from_cents(1999),
+        }],
+        fresh_products: Vec::new(),
+    }
+}
+
+/// Runs `rule` in one committed transaction (rolled back if it fails).
+fn in_tx<T>(
+    db: &mut SqliteEngine,
+    rule: impl FnOnce(&mut dyn crate::store::Tx) -> Result<T, OrderError>,
+) -> Result<T, OrderError> {
+    db.begin().unwrap();
+    let result = rule(db.tx());
+    if result.is_ok() {
+        db.commit().unwrap();
+    } else {
+        db.abandon();
+    }
+    result
+}
+
+fn create(db: &mut SqliteEngine, idempotent: Option<Idempotent>) -> Created {
+    in_tx(db, |tx| {
+        rules::create(tx, SOURCE, priced(alice()), idempotent, 1_000)
+    })
+    .unwrap()
+}
+
+fn keyed(key: &str, request: &str) -> Option<Idempotent> {
+    Some(Idempotent {
+        key: IdempotencyKey::parse(key).unwrap(),
+        request: request.into(),
+        answer: Box::new(|order| Answer {
+            status: 201,
+            body: format!("order {}", order.id),
+        }),
+    })
+}
+
+fn event_types(db: &SqliteEngine) -> Vec<String> {
+    db.pending_events()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect()
+}
+
+#[test]
+fn a_create_stores_the_order_and_its_event_with_exact_money() {
+    let mut db = SqliteEngine::in_memory();
+
+    let Created::New(order) = create(&mut db, None) else {
+        panic!("not created")
+    };
+
+    assert_eq!(order.id.get(), 1);
+    assert_eq!(order.status, Status::Pending);
+    assert_eq!(order.total, Money::from_cents(5997));
+    assert_eq!(order.items[0].subtotal, Money::from_cents(5997));
+    let events = db.pending_events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "order_created");
+    assert_eq!(events[0].event_id, format!("{SOURCE}:1"));
+    let payload: serde_json::Value = serde_json::from_str(&events[0].payload).unwrap();
+    assert_eq!(payload["total"].to_string(), "59.97");
+    assert_eq!(payload["sequence"], 1);
+}
+
+#[test]
+fn a_repeated_key_gets_the_first_answer_and_writes_nothing() {
+    let mut db = SqliteEngine::in_memory();
+    create(&mut db, keyed("k", "r1"));
+
+    let again = create(&mut db, keyed("k", "r1"));
+
+    assert_eq!(
+        again,
+        Created::Replayed(Answer {
+            status: 201,
+            body: "order 1".into()
+        })
+    );
+    assert_eq!(event_types(&db), ["order_created"]);
+    let other = in_tx(&mut db, |tx| {
+        rules::create(tx, SOURCE, priced(alice()), keyed("k", "r2"), 2_000)
+    });
+    assert!(matches!(other, Err(OrderError::IdempotencyKeyReused)));
+    assert_eq!(event_types(&db), ["order_created"]);
+}
+
+#[test]
+fn a_cancel_is_for_the_owner_once_and_follows_the_transitions() {
+    let mut db = SqliteEngine::in_memory();
+    let Created::New(order) = create(&mut db, None) else {
+        panic!("not created")
+    };
+    let bob = UserId::parse("bob").unwrap();
+    let cancel = |db: &mut SqliteEngine, user: &UserId| {
+        let user = user.clone();
+        in_tx(db, move |tx| {
+            rules::change_status(tx, SOURCE, order.id, Some(&user), Status::Cancelled, 5_000)
+        })
+    };
+
+    assert!(matches!(cancel(&mut db, &bob), Err(OrderError::NotFound)));
+    let cancelled = cancel(&mut db, &alice()).unwrap();
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert_eq!(cancelled.updated_at, 5_000);
+    let again = cancel(&mut db, &alice()).unwrap();
+    assert_eq!(again.status, Status::Cancelled);
+    assert_eq!(event_types(&db), ["order_created", "order_cancelled"]);
+
+    let ship = in_tx(&mut db, |tx| {
+        rules::change_status(tx, SOURCE, order.id, None, Status::Shipped, 6_000)
+    });
+    assert!(matches!(
+        ship,
+        Err(OrderError::InvalidTransition {
+            from: Status::Cancelled,
+            to: Status::Shipped
+        })
+    ));
+    assert_eq!(event_types(&db).len(), 2);
+}
+
+#[test]
+fn a_status_change_records_the_previous_status_and_never_goes_back_in_time() {
+    let mut db = SqliteEngine::in_memory();
+    create(&mut db, None);
+    let id = OrderId::from_trusted(1);
+
+    // A clock behind the order's own time: updated_at does not go backwards.
+    let confirmed = in_tx(&mut db, |tx| {
+        rules::change_status(tx, SOURCE, id, None, Status::Confirmed, 500)
+    })
+    .unwrap();
+
+    assert_eq!(confirmed.updated_at, 1_000);
+    let events = db.pending_events();
+    assert_eq!(events[1].event_type, "order_status_updated");
+    let payload: serde_json::Value = serde_json::from_str(&events[1].payload).unwrap();
+    assert_eq!(payload["previous_status"], "pending");
+    assert_eq!(payload["status"], "confirmed");
+    let missing = in_tx(&mut db, |tx| {
+        rules::change_status(
+            tx,
+            SOURCE,
+            OrderId::from_trusted(9),
+            None,
+            Status::Confirmed,
+            1,
+        )
+    });
+    assert!(matches!(missing, Err(OrderError::NotFound)));
+}

@@ -1,0 +1,65 @@
+//! Rows as the store hands them out, whatever the engine.
+
+use crate::clock::now_micros;
+use crate::domain::{Money, ProductId};
+
+/// An unpublished event, as the relay reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub order_id: i64,
+    pub event_type: String,
+    pub payload: String,
+    pub created_at: i64,
+    /// As written in the payload when the event was committed, whatever STORE_ID is now.
+    pub event_id: String,
+    pub source: String,
+}
+
+/// What `/ready` and `/metrics` show of the outbox. Both are read through the partial
+/// index of pending rows, so a probe costs the same however many published rows the
+/// outbox keeps (measured: the same with 1 M published rows as with none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    /// Creation time of the oldest unpublished event, in microseconds.
+    pub oldest_pending_at: Option<i64>,
+}
+
+impl OutboxStats {
+    pub fn oldest_pending_age_seconds(&self) -> Option<i64> {
+        self.oldest_pending_at
+            .map(|t| ((now_micros() - t) / 1_000_000).max(0))
+    }
+}
+
+/// An event the broker refused again and again; the events after it wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedEvent {
+    /// The outbox id (the event's `sequence`).
+    pub id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    /// When the broker first refused it, in microseconds.
+    pub since: i64,
+}
+
+/// The first answer to an idempotent request, as the HTTP layer handed it over: the
+/// store keeps it, opaque.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The canonical form of the request it answered.
+    pub request: String,
+    pub status: u16,
+    pub body: String,
+}
+
+/// The last good product-service answer for one product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedProduct {
+    pub product_id: ProductId,
+    pub name: String,
+    pub price: Money,
+    pub stock: i64,
+    pub fetched_at: i64,
+}

@@ -1,0 +1,187 @@
+//! The one SQLite write connection as the writer drives it, and `Tx` over it.
+//!
+//! Ids come from counters held here rather than from the database: this connection is
+//! the only writer of the file, so `MAX(id) + 1` read once at start (and again after a
+//! failed transaction) is exact, and costs no statement per order.
+
+use super::{outbox, reads, writes};
+use crate::domain::{Order, OrderId, ProductId, Status, UserId};
+use crate::store::{CachedProduct, Engine, IdempotencyRecord, NewEvent, StoreError, Tx};
+use rusqlite::Connection;
+
+pub struct SqliteEngine {
+    conn: Connection,
+    next_order_id: i64,
+    next_event_id: i64,
+    /// The event counter when the transaction began.
+    events_at_begin: i64,
+    events_at_commit: i64,
+}
+
+impl SqliteEngine {
+    /// Takes the write connection (from `open_write`, migrated).
+    pub fn new(conn: Connection) -> Result<SqliteEngine, StoreError> {
+        let mut engine = SqliteEngine {
+            conn,
+            next_order_id: 0,
+            next_event_id: 0,
+            events_at_begin: 0,
+            events_at_commit: 0,
+        };
+        engine.reload_ids()?;
+        Ok(engine)
+    }
+
+    fn reload_ids(&mut self) -> rusqlite::Result<()> {
+        self.next_order_id = writes::max_order_id(&self.conn)? + 1;
+        self.next_event_id = outbox::max_id(&self.conn)? + 1;
+        self.events_at_commit = self.next_event_id;
+        Ok(())
+    }
+
+    fn exec(&self, sql: &str) -> Result<(), StoreError> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+}
+
+impl Engine for SqliteEngine {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.events_at_begin = self.next_event_id;
+        // IMMEDIATE: the write lock now, not at the first write, so a batch never fails
+        // half-way on a lock.
+        self.exec("BEGIN IMMEDIATE")
+    }
+
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        self.exec("SAVEPOINT job")
+    }
+
+    fn release(&mut self) -> Result<(), StoreError> {
+        self.exec("RELEASE job")
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        self.exec("ROLLBACK TO job")?;
+        self.exec("RELEASE job")
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.exec("COMMIT")?;
+        self.events_at_commit = self.next_event_id;
+        Ok(())
+    }
+
+    fn abandon(&mut self) {
+        if !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                log::error!("writer: cannot roll back: {e}");
+            }
+        }
+        if let Err(e) = self.reload_ids() {
+            log::error!("writer: cannot read ids back: {e}");
+        }
+    }
+
+    fn tx(&mut self) -> &mut dyn Tx {
+        self
+    }
+
+    fn wrote_events(&mut self) -> bool {
+        self.events_at_commit != self.events_at_begin
+    }
+}
+
+impl Tx for SqliteEngine {
+    fn next_order_id(&mut self) -> Result<OrderId, StoreError> {
+        let id = self.next_order_id;
+        self.next_order_id += 1;
+        Ok(OrderId::from_trusted(id))
+    }
+
+    fn insert_order(&mut self, order: &Order) -> Result<(), StoreError> {
+        Ok(writes::insert_order(&self.conn, order)?)
+    }
+
+    fn order_for_update(&mut self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        // The transaction holds the database's one write lock: nothing else changes it.
+        Ok(reads::load_order(&self.conn, id)?)
+    }
+
+    fn update_status(&mut self, id: OrderId, status: Status, at: i64) -> Result<(), StoreError> {
+        Ok(writes::update_status(&self.conn, id.get(), status, at)?)
+    }
+
+    fn next_event_id(&mut self) -> Result<i64, StoreError> {
+        let id = self.next_event_id;
+        self.next_event_id += 1;
+        Ok(id)
+    }
+
+    fn insert_event(&mut self, event: &NewEvent<'_>) -> Result<(), StoreError> {
+        Ok(outbox::insert(&self.conn, event)?)
+    }
+
+    fn idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        Ok(reads::load_idempotency(&self.conn, user, key)?)
+    }
+
+    fn insert_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        record: &IdempotencyRecord,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        Ok(writes::insert_idempotency(
+            &self.conn, user, key, record, at,
+        )?)
+    }
+
+    fn upsert_product(&mut self, product: &CachedProduct) -> Result<(), StoreError> {
+        Ok(writes::upsert_product(&self.conn, product)?)
+    }
+
+    fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError> {
+        Ok(writes::forget_product(&self.conn, id)?)
+    }
+
+    fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError> {
+        Ok(outbox::mark_published(&self.conn, ids, at)?)
+    }
+
+    fn mark_blocked(&mut self, id: i64, since: i64) -> Result<usize, StoreError> {
+        Ok(outbox::mark_blocked(&self.conn, id, since)?)
+    }
+
+    fn prune_outbox(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        Ok(outbox::prune(&self.conn, before, limit)?)
+    }
+
+    fn prune_idempotency(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        Ok(writes::prune_idempotency(&self.conn, before, limit)?)
+    }
+
+    fn heartbeat(&mut self, at: i64) -> Result<(), StoreError> {
+        Ok(writes::heartbeat(&self.conn, at)?)
+    }
+}
+
+#[cfg(test)]
+impl SqliteEngine {
+    /// A migrated in-memory database, for the order rules' unit tests.
+    pub fn in_memory() -> SqliteEngine {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::migrate(&mut conn).unwrap();
+        SqliteEngine::new(conn).unwrap()
+    }
+
+    /// The events not yet published, oldest first.
+    pub fn pending_events(&self) -> Vec<crate::store::OutboxRow> {
+        outbox::pending(&self.conn, 1000).unwrap()
+    }
+}

@@ -1,0 +1,196 @@
+//! The SQLite engine: connections, migrations, backup, the write session (`engine.rs`),
+//! reads, and the statements behind them.
+
+mod engine;
+mod outbox;
+mod reads;
+mod writes;
+
+pub use engine::SqliteEngine;
+pub use reads::Reader;
+
+use super::StoreError;
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::Duration;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The WAL grows past its usual 4 MB while a long read (a backup) holds checkpoints
+/// back; after the next checkpoint it is cut back to this size instead of keeping its
+/// largest size for good.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Opens (creating if needed) the one write connection: WAL, full fsync on commit.
+pub fn open_write(path: &Path) -> Result<Connection, StoreError> {
+    create_private(path)?;
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk before the writer answers (2xx means durable).
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    Ok(conn)
+}
+
+/// Creates the database file 0600 (and any missing folder 0700) before SQLite does:
+/// the orders hold customers' e-mail addresses. SQLite gives the -wal and -shm files
+/// the database file's mode. Files and folders that exist already are left as they are.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let failed = |what: &Path, e: std::io::Error| {
+        StoreError::Unavailable(format!("cannot create {}: {e}", what.display()))
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| failed(dir, e))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(failed(path, e)),
+    }
+}
+
+/// A read-only connection; each HTTP worker and the relay own one.
+pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Applies the embedded migrations that the database has not seen; returns their names.
+pub fn migrate(conn: &mut Connection) -> Result<Vec<String>, String> {
+    let report = embedded::migrations::runner()
+        .run(conn)
+        .map_err(|e| format!("migrations: {e}"))?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect())
+}
+
+/// What a backup wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupReport {
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Copies the live database into `dest` consistently, with the service running or not.
+///
+/// One `VACUUM INTO` reads the whole database in a single read transaction, so writes
+/// from the service neither restart nor block it (SQLite's stepwise online backup
+/// starts over after every write from another connection and may never finish on a
+/// busy store). It writes a temporary file next to `dest`, created exclusively with
+/// mode 0600, syncs it, and links it to `dest` only when complete: `dest` is never a
+/// partial file and an existing file there is never replaced. A run killed midway
+/// leaves only `<dest>.partial-<pid>`, which can be deleted.
+pub fn backup(src: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let started = std::time::Instant::now();
+    let failed = |what: &str, e: std::io::Error| StoreError::Unavailable(format!("{what}: {e}"));
+    if dest.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "{} exists already; choose a new path",
+            dest.display()
+        )));
+    }
+    if !src.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "no database at {}",
+            src.display()
+        )));
+    }
+    let mut partial = dest.as_os_str().to_owned();
+    partial.push(format!(".partial-{}", std::process::id()));
+    let partial = std::path::PathBuf::from(partial);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| failed(&format!("cannot create {}", partial.display()), e))?;
+    let copied = (|| -> Result<u64, StoreError> {
+        let from = open_read(src)?;
+        let target = partial
+            .to_str()
+            .ok_or_else(|| StoreError::Unavailable("the backup path is not UTF-8".into()))?;
+        from.execute("VACUUM INTO ?1", [target])?;
+        drop(from);
+        // VACUUM INTO does not sync what it wrote.
+        let file = std::fs::File::open(&partial).map_err(|e| failed("reopen the copy", e))?;
+        file.sync_all().map_err(|e| failed("sync the copy", e))?;
+        let bytes = file
+            .metadata()
+            .map_err(|e| failed("size of the copy", e))?
+            .len();
+        // A hard link fails rather than replace a file that appeared meanwhile.
+        std::fs::hard_link(&partial, dest)
+            .map_err(|e| failed(&format!("cannot create {}", dest.display()), e))?;
+        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(dir) = std::fs::File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(bytes)
+    })();
+    let _ = std::fs::remove_file(&partial);
+    Ok(BackupReport {
+        bytes: copied?,
+        elapsed: started.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_shrinks_back_after_a_big_write() {
+        let dir = std::env::temp_dir().join(format!(
+            "order-service-wal-{}-{}",
+            std::process::id(),
+            crate::clock::now_micros()
+        ));
+        let db = dir.join("orders.db");
+        let conn = open_write(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE big (b BLOB);
+             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 20000)
+             INSERT INTO big SELECT zeroblob(4000) FROM n;",
+        )
+        .unwrap();
+        let wal = dir.join("orders.db-wal");
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        assert!(grown > JOURNAL_SIZE_LIMIT as u64, "the WAL grew to {grown}");
+        // The next write starts the WAL over after the checkpoint, and cuts it back.
+        conn.execute_batch("INSERT INTO big VALUES (x'00')")
+            .unwrap();
+        let after = std::fs::metadata(&wal).unwrap().len();
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            after <= JOURNAL_SIZE_LIMIT as u64,
+            "the WAL kept {after} bytes after a checkpoint (it grew to {grown})"
+        );
+    }
+}
