@@ -11,14 +11,16 @@
 //! log and recorded in the outbox (`outbox status`, /ready and /metrics show it) until it
 //! goes through. A refusal is not a lost connection: the link stays up and says so.
 
+mod confirms;
+
 use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
 use crate::store::{BlockedEvent, OutboxRow, Reads, WriterHandle};
 use amiquip::{
-    AmqpProperties, AmqpValue, Auth, Channel, Confirm, ConfirmSmoother, Connection,
-    ConnectionOptions, ConnectionTuning, Error as AmqpError, FieldTable, Publish,
-    QueueDeclareOptions, Return,
+    AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
+    ConnectionTuning, Error as AmqpError, FieldTable, Publish, QueueDeclareOptions, Return,
 };
+use confirms::Confirms;
 use crossbeam_channel::{
     after, bounded, never, select, Receiver, RecvTimeoutError, Sender, TryRecvError,
 };
@@ -196,8 +198,8 @@ struct Link {
     connection: Connection,
     confirms: Receiver<Confirm>,
     returns: Receiver<Return>,
-    smoother: ConfirmSmoother,
-    next_tag: u64,
+    /// What the broker confirmed of what went out on `channel`.
+    tally: Confirms,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -466,8 +468,7 @@ impl Relay {
             connection,
             confirms,
             returns,
-            smoother: ConfirmSmoother::new(),
-            next_tag: 1,
+            tally: Confirms::new(),
         })
     }
 
@@ -573,7 +574,7 @@ fn publish_batch(
     stop: &Receiver<()>,
     drain_by: Option<Instant>,
 ) -> Outcome {
-    let first_tag = link.next_tag;
+    link.tally.start_batch();
     let mut sent = 0;
     let mut error = None;
     for row in rows {
@@ -596,20 +597,16 @@ fn publish_batch(
             error = Some(format!("publish: {e}"));
             break;
         }
-        link.next_tag += 1;
+        link.tally.published();
         sent += 1;
     }
-    // Tags first_tag .. first_tag + sent are in flight; collect their confirms.
-    let mut acked_upto = first_tag - 1;
-    let mut nacked = None;
     let mut deadline = Instant::now() + CONFIRM_TIMEOUT;
     if let Some(by) = drain_by {
         deadline = deadline.min(by);
     }
     let mut stop = stop.clone();
     let mut stop_seen = false;
-    let last_tag = first_tag + sent as u64 - 1;
-    while sent > 0 && acked_upto < last_tag && nacked.is_none() {
+    while link.tally.waiting() {
         let left = deadline.saturating_duration_since(Instant::now());
         let raw = select! {
             recv(link.confirms) -> c => match c {
@@ -631,50 +628,21 @@ fn publish_batch(
                 break;
             },
         };
-        for confirm in link.smoother.process(raw) {
-            match confirm {
-                // Late confirms of an earlier batch, cut short by a refusal, are not ours.
-                Confirm::Ack(p) | Confirm::Nack(p) if p.delivery_tag < first_tag => {}
-                Confirm::Ack(p) if nacked.is_none() => acked_upto = acked_upto.max(p.delivery_tag),
-                Confirm::Ack(_) => {}
-                Confirm::Nack(p) => {
-                    nacked.get_or_insert(p.delivery_tag);
-                }
-            }
-        }
-    }
-    if let Some(tag) = nacked {
-        acked_upto = acked_upto.min(tag - 1);
+        link.tally.record(raw);
     }
     // A mandatory message that routed nowhere comes back as a Return and is acked too.
     let mut returned = Vec::new();
     while let Ok(r) = link.returns.try_recv() {
         returned.extend(r.properties.message_id().clone());
     }
-    let mut confirmed = Vec::new();
-    for (i, row) in rows.iter().enumerate() {
-        let tag = first_tag + i as u64;
-        if tag > acked_upto || returned.contains(&row.event_id) {
-            break;
-        }
-        confirmed.push(row.id);
-    }
-    let refused = rows.get(confirmed.len()).and_then(|row| {
-        if nacked == Some(first_tag + confirmed.len() as u64) {
-            Some((confirmed.len(), "nack"))
-        } else if returned.contains(&row.event_id) {
-            Some((confirmed.len(), "returned as unroutable"))
-        } else {
-            None
-        }
-    });
-    if confirmed.len() < rows.len() && refused.is_none() {
+    let settlement = confirms::settle(rows, link.tally.batch(), &returned);
+    if settlement.incomplete {
         error.get_or_insert_with(|| "the broker did not confirm every event".into());
     }
     Outcome {
         sent,
-        confirmed,
-        refused,
+        confirmed: settlement.confirmed,
+        refused: settlement.refused,
         returned: !returned.is_empty(),
         link_error: error,
         stop_seen,
