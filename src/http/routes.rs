@@ -4,7 +4,7 @@ use super::error::ApiError;
 use super::request::{header, json_body, query_number};
 use super::{Response, Shared};
 use crate::domain::{Email, IdempotencyKey, NewOrder, OrderId, Status, UserId};
-use crate::orders::{Answer, Created, Idempotent, PricedOrder};
+use crate::orders::{Answer, Claimed, Idempotent, PricedOrder};
 use crate::store::Reads;
 use serde_json::json;
 use std::time::Duration;
@@ -189,18 +189,13 @@ fn create(
     let order = NewOrder::parse(&json_body(req)?)?;
     let request = order.canonical();
 
-    // The claim is held until this request is answered.
-    let _claim = match &key {
+    // A fresh claim is released if this request fails before its order commits.
+    let claim = match &key {
         None => None,
-        Some(key) => {
-            let (claim, earlier) = shared
-                .orders
-                .begin_idempotent(reader, &user, key, &request)?;
-            if let Some(answer) = earlier {
-                return Ok(replay(answer));
-            }
-            Some(claim)
-        }
+        Some(key) => match shared.orders.claim(&user, key, &request)? {
+            (Claimed::Replay(answer), _) => return Ok(replay(answer)),
+            (Claimed::Fresh, guard) => guard,
+        },
     };
 
     let pricing = shared.catalog.price(&order, |ids| {
@@ -220,7 +215,6 @@ fn create(
     };
     let idempotent = key.map(|key| Idempotent {
         key,
-        request,
         answer: Box::new(|order| Answer {
             status: 201,
             body: serde_json::to_string(order).expect("an order always serializes"),
@@ -232,14 +226,13 @@ fn create(
         lines,
         fresh_products: pricing.fresh,
     };
-    match shared.orders.create(priced, idempotent)? {
-        Created::New(order) => {
-            shared.metrics.order_created();
-            let location = format!("/api/orders/{}", order.id);
-            Ok(Response::json(201, &order).with_header("Location", location))
-        }
-        Created::Replayed(answer) => Ok(replay(answer)),
+    let order = shared.orders.create(priced, idempotent)?;
+    if let Some(claim) = claim {
+        claim.answered();
     }
+    shared.metrics.order_created();
+    let location = format!("/api/orders/{}", order.id);
+    Ok(Response::json(201, &order).with_header("Location", location))
 }
 
 /// A repeat of an idempotent create: the first answer, marked as a replay.

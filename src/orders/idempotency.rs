@@ -1,21 +1,23 @@
-//! Idempotent creates, end to end: a key is held while its first request is being
-//! processed (a repeat meanwhile gets 409), a repeat of a finished one gets the first
-//! answer again, and a key reused with another request is refused. The answer itself is
-//! the HTTP layer's, kept opaque.
+//! Idempotent creates, end to end: a key is claimed by the request that brings it first
+//! (a row without an answer, in its own small transaction), so a repeat meanwhile gets
+//! 409 whichever instance it reaches; the claim gets the first request's answer in the
+//! create's own transaction, so a repeat of a finished one gets that answer again; a key
+//! reused with another request is refused; a request that fails releases its claim, so
+//! the key can be tried again. The answer itself is the HTTP layer's, kept opaque.
 
 use super::OrderError;
-use crate::domain::{IdempotencyKey, UserId};
-use crate::store::IdempotencyRecord;
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use crate::domain::{IdempotencyKey, Order, UserId};
+use crate::store::{IdempotencyRecord, Tx};
 
-/// A create that carries an `Idempotency-Key`.
+/// A claim that never got its answer this long after it was made is taken over: its
+/// holder died (a request takes seconds at most: `PRODUCT_TIMEOUT_MS`, then a commit).
+pub const CLAIM_TIMEOUT_MICROS: i64 = 60 * 1_000_000;
+
+/// A create that carries an `Idempotency-Key`, already claimed.
 pub struct Idempotent {
     pub key: IdempotencyKey,
-    /// The canonical form of the request: a repeat must match it.
-    pub request: String,
     /// The answer to keep for repeats, given the order created.
-    pub answer: Box<dyn FnOnce(&crate::domain::Order) -> Answer + Send>,
+    pub answer: Box<dyn FnOnce(&Order) -> Answer + Send>,
 }
 
 /// An answer as the HTTP layer writes it.
@@ -25,56 +27,68 @@ pub struct Answer {
     pub body: String,
 }
 
-/// What an earlier request with the same key says about this one: `Some` answer to give
-/// again, `None` if there was none, or an error if the key was used for another request.
-pub fn replay(
-    seen: Option<IdempotencyRecord>,
+/// What claiming a key came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// This request holds the key: go on, then answer or release it.
+    Fresh,
+    /// A finished request with the same key and body: its answer, again.
+    Replay(Answer),
+}
+
+/// Claims `key` for `request`, or says what an earlier request with it decides.
+pub fn claim(
+    tx: &mut dyn Tx,
+    user: &UserId,
+    key: &IdempotencyKey,
     request: &str,
-) -> Result<Option<Answer>, OrderError> {
-    match seen {
-        None => Ok(None),
-        Some(seen) if seen.request == request => Ok(Some(Answer {
+    now: i64,
+) -> Result<Claimed, OrderError> {
+    if tx.claim_idempotency(user, key.as_str(), request, now)? {
+        return Ok(Claimed::Fresh);
+    }
+    match tx.idempotency(user, key.as_str())? {
+        // Released between the two statements: the key is free again, but was not ours.
+        None => Err(OrderError::IdempotencyKeyInProgress),
+        Some(seen) if seen.status == 0 => {
+            let stale_before = now - CLAIM_TIMEOUT_MICROS;
+            if seen.created_at < stale_before
+                && tx.retake_idempotency(user, key.as_str(), request, now, stale_before)?
+            {
+                Ok(Claimed::Fresh)
+            } else {
+                Err(OrderError::IdempotencyKeyInProgress)
+            }
+        }
+        Some(seen) => replay(seen, request).map(Claimed::Replay),
+    }
+}
+
+/// The first answer, if `seen` answered the same request.
+fn replay(seen: IdempotencyRecord, request: &str) -> Result<Answer, OrderError> {
+    if seen.request == request {
+        Ok(Answer {
             status: seen.status,
             body: seen.body,
-        })),
-        Some(_) => Err(OrderError::IdempotencyKeyReused),
+        })
+    } else {
+        Err(OrderError::IdempotencyKeyReused)
     }
 }
 
-/// Keys whose first request is still being processed, in this process.
-#[derive(Default, Clone)]
-pub struct InFlight {
-    keys: Arc<Mutex<HashSet<(String, String)>>>,
-}
-
-/// Holds a key for as long as it lives.
-pub struct Claim {
-    keys: Arc<Mutex<HashSet<(String, String)>>>,
-    entry: (String, String),
-}
-
-impl InFlight {
-    /// Takes the key for this user, or 409 while another request holds it.
-    pub fn claim(&self, user: &UserId, key: &IdempotencyKey) -> Result<Claim, OrderError> {
-        let entry = (user.as_str().to_string(), key.as_str().to_string());
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if keys.insert(entry.clone()) {
-            Ok(Claim {
-                keys: Arc::clone(&self.keys),
-                entry,
-            })
-        } else {
-            Err(OrderError::IdempotencyKeyInProgress)
-        }
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.entry);
+/// Stores the answer on the claim, in the create's transaction.
+pub fn answer(
+    tx: &mut dyn Tx,
+    user: &UserId,
+    idempotent: Idempotent,
+    order: &Order,
+) -> Result<(), OrderError> {
+    let Answer { status, body } = (idempotent.answer)(order);
+    if tx.answer_idempotency(user, idempotent.key.as_str(), status, &body)? {
+        Ok(())
+    } else {
+        // Taken over after `CLAIM_TIMEOUT_MICROS`: the other request answers it.
+        Err(OrderError::IdempotencyKeyInProgress)
     }
 }
 
@@ -82,40 +96,26 @@ impl Drop for Claim {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_key_is_held_until_released() {
-        let f = InFlight::default();
-        let user = UserId::parse("u").unwrap();
-        let key = IdempotencyKey::parse("k").unwrap();
-        let claim = f.claim(&user, &key).unwrap();
-        assert!(matches!(
-            f.claim(&user, &key),
-            Err(OrderError::IdempotencyKeyInProgress)
-        ));
-        assert!(f.claim(&UserId::parse("v").unwrap(), &key).is_ok());
-        drop(claim);
-        assert!(f.claim(&user, &key).is_ok());
+    fn record(request: &str, status: u16) -> IdempotencyRecord {
+        IdempotencyRecord {
+            request: request.into(),
+            status,
+            body: "{}".into(),
+            created_at: 0,
+        }
     }
 
     #[test]
     fn a_repeat_gets_the_first_answer_and_another_request_is_refused() {
-        let seen = || {
-            Some(IdempotencyRecord {
-                request: "r1".into(),
-                status: 201,
-                body: "{}".into(),
-            })
-        };
-        assert_eq!(replay(None, "r1").unwrap(), None);
         assert_eq!(
-            replay(seen(), "r1").unwrap(),
-            Some(Answer {
+            replay(record("r1", 201), "r1").unwrap(),
+            Answer {
                 status: 201,
                 body: "{}".into()
-            })
+            }
         );
         assert!(matches!(
-            replay(seen(), "r2"),
+            replay(record("r1", 201), "r2"),
             Err(OrderError::IdempotencyKeyReused)
         ));
     }

@@ -7,11 +7,11 @@ mod idempotency;
 mod rules;
 
 pub use events::event_type;
-pub use idempotency::{Answer, Claim, Idempotent, InFlight};
+pub use idempotency::{Answer, Claimed, Idempotent};
 
 use crate::clock::now_micros;
-use crate::domain::{Email, Order, OrderId, PricedLine, ProductId, Status, UserId};
-use crate::store::{CachedProduct, Reads, StoreError, WriterHandle};
+use crate::domain::{Email, IdempotencyKey, Order, OrderId, PricedLine, ProductId, Status, UserId};
+use crate::store::{CachedProduct, StoreError, WriterHandle};
 use std::fmt;
 use std::sync::Arc;
 
@@ -23,13 +23,6 @@ pub struct PricedOrder {
     pub lines: Vec<PricedLine>,
     /// The product service's fresh answers, kept for the offline policy.
     pub fresh_products: Vec<CachedProduct>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Created {
-    New(Order),
-    /// The key was used before with the same request: its first answer.
-    Replayed(Answer),
 }
 
 #[derive(Debug)]
@@ -73,7 +66,6 @@ pub struct Orders {
     writer: WriterHandle,
     /// `STORE_ID`: the source of every event.
     source: Arc<str>,
-    in_flight: InFlight,
 }
 
 impl Orders {
@@ -81,29 +73,38 @@ impl Orders {
         Orders {
             writer,
             source: source.into(),
-            in_flight: InFlight::default(),
         }
     }
 
-    /// Holds `key` for this user until the claim is dropped (409 while another request
-    /// holds it), and answers a repeat of a finished request from its record.
-    pub fn begin_idempotent(
+    /// Claims `key` for this request (409 while another request holds it, on any
+    /// instance), or gives a finished request's answer again. A fresh claim comes with a
+    /// guard that releases it unless the create committed.
+    pub fn claim(
         &self,
-        reads: &dyn Reads,
         user: &UserId,
-        key: &crate::domain::IdempotencyKey,
+        key: &IdempotencyKey,
         request: &str,
-    ) -> Result<(Claim, Option<Answer>), OrderError> {
-        let claim = self.in_flight.claim(user, key)?;
-        let seen = reads.idempotency_record(user, key.as_str())?;
-        Ok((claim, idempotency::replay(seen, request)?))
+    ) -> Result<(Claimed, Option<ClaimGuard>), OrderError> {
+        let (u, k, r) = (user.clone(), key.clone(), request.to_string());
+        let claimed = self
+            .writer
+            .run(move |tx| idempotency::claim(tx, &u, &k, &r, now_micros()))?;
+        let guard = (claimed == Claimed::Fresh).then(|| ClaimGuard {
+            writer: self.writer.clone(),
+            user: user.clone(),
+            key: key.clone(),
+            answered: false,
+        });
+        Ok((claimed, guard))
     }
 
+    /// Stores a priced order; with `idempotent`, its key must be claimed by this request
+    /// (`claim`), and the claim gets the answer in the same transaction.
     pub fn create(
         &self,
         order: PricedOrder,
         idempotent: Option<Idempotent>,
-    ) -> Result<Created, OrderError> {
+    ) -> Result<Order, OrderError> {
         let source = self.source.clone();
         self.writer
             .run(move |tx| rules::create(tx, &source, order, idempotent, now_micros()))
@@ -149,6 +150,37 @@ impl Orders {
         });
         if let Err(e) = kept {
             log::warn!("product cache not updated: {e}");
+        }
+    }
+}
+
+/// A fresh claim of an idempotency key; released when dropped unless `answered`.
+pub struct ClaimGuard {
+    writer: WriterHandle,
+    user: UserId,
+    key: IdempotencyKey,
+    answered: bool,
+}
+
+impl ClaimGuard {
+    /// The create committed with the claim's answer: nothing to release.
+    pub fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let (user, key) = (self.user.clone(), self.key.clone());
+        let released = self
+            .writer
+            .run(move |tx| tx.release_idempotency(&user, key.as_str()));
+        if let Err(e) = released {
+            // Taken over after its timeout by the next request with the key.
+            log::warn!("idempotency claim not released: {e}");
         }
     }
 }

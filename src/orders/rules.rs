@@ -2,26 +2,20 @@
 //! it writes, and the event it records with it.
 
 use super::events;
-use super::idempotency::{self, Answer, Idempotent};
-use super::{Created, OrderError, PricedOrder};
+use super::idempotency::{self, Idempotent};
+use super::{OrderError, PricedOrder};
 use crate::domain::{Money, Order, OrderId, OrderItem, Status, UserId};
-use crate::store::{IdempotencyRecord, Tx};
+use crate::store::Tx;
 
-/// Stores a priced order with its `order_created` event (and, with a key, the answer
-/// repeats will get); a repeat of an earlier keyed create gets that create's answer.
+/// Stores a priced order with its `order_created` event and, with a key claimed for it,
+/// the answer repeats will get.
 pub fn create(
     tx: &mut dyn Tx,
     source: &str,
     order: PricedOrder,
     idempotent: Option<Idempotent>,
     now: i64,
-) -> Result<Created, OrderError> {
-    if let Some(i) = &idempotent {
-        let seen = tx.idempotency(&order.user_id, i.key.as_str())?;
-        if let Some(answer) = idempotency::replay(seen, &i.request)? {
-            return Ok(Created::Replayed(answer));
-        }
-    }
+) -> Result<Order, OrderError> {
     let items: Vec<OrderItem> = order
         .lines
         .iter()
@@ -50,18 +44,12 @@ pub fn create(
     tx.insert_order(&created)?;
     events::record(tx, source, &created, None, now)?;
     if let Some(i) = idempotent {
-        let Answer { status, body } = (i.answer)(&created);
-        let record = IdempotencyRecord {
-            request: i.request,
-            status,
-            body,
-        };
-        tx.insert_idempotency(&created.user_id, i.key.as_str(), &record, now)?;
+        idempotency::answer(tx, &created.user_id, i, &created)?;
     }
     for p in &order.fresh_products {
         tx.upsert_product(p)?;
     }
-    Ok(Created::New(created))
+    Ok(created)
 }
 
 /// Moves an order to `to` if the contract allows it, with its event; the same status is

@@ -40,21 +40,27 @@ fn in_tx<T>(
     result
 }
 
-fn create(db: &mut SqliteEngine, idempotent: Option<Idempotent>) -> Created {
+fn create(db: &mut SqliteEngine, idempotent: Option<Idempotent>) -> Order {
     in_tx(db, |tx| {
         rules::create(tx, SOURCE, priced(alice()), idempotent, 1_000)
     })
     .unwrap()
 }
 
-fn keyed(key: &str, request: &str) -> Option<Idempotent> {
+fn keyed(key: &str) -> Option<Idempotent> {
     Some(Idempotent {
         key: IdempotencyKey::parse(key).unwrap(),
-        request: request.into(),
         answer: Box::new(|order| Answer {
             status: 201,
             body: format!("order {}", order.id),
         }),
+    })
+}
+
+fn claim(db: &mut SqliteEngine, key: &str, request: &str, now: i64) -> Result<Claimed, OrderError> {
+    let key = IdempotencyKey::parse(key).unwrap();
+    in_tx(db, |tx| {
+        idempotency::claim(tx, &alice(), &key, request, now)
     })
 }
 
@@ -69,9 +75,7 @@ fn event_types(db: &SqliteEngine) -> Vec<String> {
 fn a_create_stores_the_order_and_its_event_with_exact_money() {
     let mut db = SqliteEngine::in_memory();
 
-    let Created::New(order) = create(&mut db, None) else {
-        panic!("not created")
-    };
+    let order = create(&mut db, None);
 
     assert_eq!(order.id.get(), 1);
     assert_eq!(order.status, Status::Pending);
@@ -87,33 +91,57 @@ fn a_create_stores_the_order_and_its_event_with_exact_money() {
 }
 
 #[test]
-fn a_repeated_key_gets_the_first_answer_and_writes_nothing() {
+fn a_key_is_claimed_once_answered_with_the_order_and_replayed() {
     let mut db = SqliteEngine::in_memory();
-    create(&mut db, keyed("k", "r1"));
+    assert_eq!(claim(&mut db, "k", "r1", 1_000).unwrap(), Claimed::Fresh);
 
-    let again = create(&mut db, keyed("k", "r1"));
+    // While the first request holds it, a repeat is refused, whatever its body.
+    assert!(matches!(
+        claim(&mut db, "k", "r1", 1_001),
+        Err(OrderError::IdempotencyKeyInProgress)
+    ));
+    create(&mut db, keyed("k"));
 
     assert_eq!(
-        again,
-        Created::Replayed(Answer {
+        claim(&mut db, "k", "r1", 2_000).unwrap(),
+        Claimed::Replay(Answer {
             status: 201,
             body: "order 1".into()
         })
     );
+    assert!(matches!(
+        claim(&mut db, "k", "r2", 2_000),
+        Err(OrderError::IdempotencyKeyReused)
+    ));
     assert_eq!(event_types(&db), ["order_created"]);
-    let other = in_tx(&mut db, |tx| {
-        rules::create(tx, SOURCE, priced(alice()), keyed("k", "r2"), 2_000)
+}
+
+#[test]
+fn a_released_or_abandoned_claim_can_be_taken_again() {
+    let mut db = SqliteEngine::in_memory();
+    claim(&mut db, "k", "r1", 1_000).unwrap();
+    in_tx(&mut db, |tx| Ok(tx.release_idempotency(&alice(), "k")?)).unwrap();
+    assert_eq!(claim(&mut db, "k", "r2", 2_000).unwrap(), Claimed::Fresh);
+
+    // A claim whose holder died is taken over once it is older than the timeout.
+    let later = 2_000 + idempotency::CLAIM_TIMEOUT_MICROS;
+    assert!(claim(&mut db, "k", "r2", later).is_err());
+    assert_eq!(
+        claim(&mut db, "k", "r2", later + 1).unwrap(),
+        Claimed::Fresh
+    );
+    // Answering a claim that is gone says so: the create then fails and rolls back.
+    let late = in_tx(&mut db, |tx| {
+        tx.answer_idempotency(&alice(), "other", 201, "{}")
+            .map_err(OrderError::from)
     });
-    assert!(matches!(other, Err(OrderError::IdempotencyKeyReused)));
-    assert_eq!(event_types(&db), ["order_created"]);
+    assert!(!late.unwrap());
 }
 
 #[test]
 fn a_cancel_is_for_the_owner_once_and_follows_the_transitions() {
     let mut db = SqliteEngine::in_memory();
-    let Created::New(order) = create(&mut db, None) else {
-        panic!("not created")
-    };
+    let order = create(&mut db, None);
     let bob = UserId::parse("bob").unwrap();
     let cancel = |db: &mut SqliteEngine, user: &UserId| {
         let user = user.clone();

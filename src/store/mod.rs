@@ -32,13 +32,35 @@ pub trait Tx {
         user: &UserId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
-    fn insert_idempotency(
+    /// Claims `key` for `request` (a row without an answer) unless it has a row already;
+    /// whether it did. Across instances the key's uniqueness decides who claims it.
+    fn claim_idempotency(
         &mut self,
         user: &UserId,
         key: &str,
-        record: &IdempotencyRecord,
+        request: &str,
         at: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
+    /// Takes over a claim made before `stale_before` that never got its answer (its
+    /// holder died); whether it did.
+    fn retake_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        request: &str,
+        at: i64,
+        stale_before: i64,
+    ) -> Result<bool, StoreError>;
+    /// Stores the answer of a claim; whether the claim was still there to answer.
+    fn answer_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<bool, StoreError>;
+    /// Deletes a claim that got no answer: the key may be used again.
+    fn release_idempotency(&mut self, user: &UserId, key: &str) -> Result<(), StoreError>;
     /// Keeps a product-service answer unless the cache holds a newer one.
     fn upsert_product(&mut self, product: &CachedProduct) -> Result<(), StoreError>;
     fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError>;
@@ -63,11 +85,6 @@ pub trait Reads: Send {
         page: u32,
         per_page: u32,
     ) -> Result<(Vec<Order>, i64), StoreError>;
-    fn idempotency_record(
-        &self,
-        user: &UserId,
-        key: &str,
-    ) -> Result<Option<IdempotencyRecord>, StoreError>;
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError>;
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
     /// Published rows still kept: a scan, for `outbox status`, never for a probe.

@@ -44,14 +44,16 @@ pub struct BlockedEvent {
     pub since: i64,
 }
 
-/// The first answer to an idempotent request, as the HTTP layer handed it over: the
-/// store keeps it, opaque.
+/// An idempotency key's row: claimed by a request being processed, then holding that
+/// request's answer as the HTTP layer handed it over (opaque to the store).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
     /// The canonical form of the request it answered.
     pub request: String,
+    /// 0 while the claim has no answer yet.
     pub status: u16,
     pub body: String,
+    pub created_at: i64,
 }
 
 /// The last good product-service answer for one product.

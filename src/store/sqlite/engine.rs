@@ -130,16 +130,50 @@ impl Tx for SqliteEngine {
         Ok(reads::load_idempotency(&self.conn, user, key)?)
     }
 
-    fn insert_idempotency(
+    fn claim_idempotency(
         &mut self,
         user: &UserId,
         key: &str,
-        record: &IdempotencyRecord,
+        request: &str,
         at: i64,
-    ) -> Result<(), StoreError> {
-        Ok(writes::insert_idempotency(
-            &self.conn, user, key, record, at,
+    ) -> Result<bool, StoreError> {
+        Ok(writes::claim_idempotency(
+            &self.conn, user, key, request, at,
         )?)
+    }
+
+    fn retake_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        request: &str,
+        at: i64,
+        stale_before: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(writes::retake_idempotency(
+            &self.conn,
+            user,
+            key,
+            request,
+            at,
+            stale_before,
+        )?)
+    }
+
+    fn answer_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(writes::answer_idempotency(
+            &self.conn, user, key, status, body,
+        )?)
+    }
+
+    fn release_idempotency(&mut self, user: &UserId, key: &str) -> Result<(), StoreError> {
+        Ok(writes::release_idempotency(&self.conn, user, key)?)
     }
 
     fn upsert_product(&mut self, product: &CachedProduct) -> Result<(), StoreError> {

@@ -56,14 +56,6 @@ impl Reads for Reader {
         Ok((orders, total))
     }
 
-    fn idempotency_record(
-        &self,
-        user: &UserId,
-        key: &str,
-    ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        Ok(load_idempotency(&self.conn, user, key)?)
-    }
-
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache WHERE product_id = ?1",
@@ -126,7 +118,7 @@ pub(crate) fn load_idempotency(
     key: &str,
 ) -> rusqlite::Result<Option<IdempotencyRecord>> {
     conn.prepare_cached(
-        "SELECT request, response_status, response_body FROM idempotency_keys
+        "SELECT request, response_status, response_body, created_at FROM idempotency_keys
          WHERE user_id = ?1 AND idem_key = ?2",
     )?
     .query_row(params![user.as_str(), key], |r| {
@@ -134,6 +126,7 @@ pub(crate) fn load_idempotency(
             request: r.get(0)?,
             status: r.get(1)?,
             body: r.get(2)?,
+            created_at: r.get(3)?,
         })
     })
     .optional()

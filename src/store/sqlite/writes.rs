@@ -1,7 +1,7 @@
 //! Statements that change the database, one function a change. Run by the writer only.
 
 use crate::domain::{Order, ProductId, Status, UserId};
-use crate::store::{CachedProduct, IdempotencyRecord};
+use crate::store::CachedProduct;
 use rusqlite::{params, Connection};
 
 pub(crate) fn insert_order(conn: &Connection, o: &Order) -> rusqlite::Result<()> {
@@ -47,18 +47,64 @@ pub(crate) fn update_status(
     Ok(())
 }
 
-pub(crate) fn insert_idempotency(
+pub(crate) fn claim_idempotency(
     conn: &Connection,
     user: &UserId,
     key: &str,
-    r: &IdempotencyRecord,
+    request: &str,
     at: i64,
+) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (user_id, idem_key, request, response_status, response_body, created_at)
+             VALUES (?1, ?2, ?3, 0, '', ?4) ON CONFLICT (user_id, idem_key) DO NOTHING",
+        )?
+        .execute(params![user.as_str(), key, request, at])?;
+    Ok(n == 1)
+}
+
+pub(crate) fn retake_idempotency(
+    conn: &Connection,
+    user: &UserId,
+    key: &str,
+    request: &str,
+    at: i64,
+    stale_before: i64,
+) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE idempotency_keys SET request = ?3, created_at = ?4
+             WHERE user_id = ?1 AND idem_key = ?2 AND response_status = 0 AND created_at < ?5",
+        )?
+        .execute(params![user.as_str(), key, request, at, stale_before])?;
+    Ok(n == 1)
+}
+
+pub(crate) fn answer_idempotency(
+    conn: &Connection,
+    user: &UserId,
+    key: &str,
+    status: u16,
+    body: &str,
+) -> rusqlite::Result<bool> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE idempotency_keys SET response_status = ?3, response_body = ?4
+             WHERE user_id = ?1 AND idem_key = ?2 AND response_status = 0",
+        )?
+        .execute(params![user.as_str(), key, status, body])?;
+    Ok(n == 1)
+}
+
+pub(crate) fn release_idempotency(
+    conn: &Connection,
+    user: &UserId,
+    key: &str,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO idempotency_keys (user_id, idem_key, request, response_status, response_body, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "DELETE FROM idempotency_keys WHERE user_id = ?1 AND idem_key = ?2 AND response_status = 0",
     )?
-    .execute(params![user.as_str(), key, r.request, r.status, r.body, at])?;
+    .execute(params![user.as_str(), key])?;
     Ok(())
 }
 
