@@ -75,84 +75,250 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Every variable the service reads, with its default and meaning; `--help` prints this.
-pub const SETTINGS: &[(&str, &str, &str)] = &[
-    ("HOST", "127.0.0.1", "address to bind"),
-    ("PORT", "8003", "port to bind (0 picks a free one)"),
-    (
-        "DATABASE_URL",
-        "./data/orders.db",
-        "SQLite file: a path or sqlite://PATH",
-    ),
-    ("SECRET_KEY", "", "accepted for compatibility; never logged"),
-    ("RABBITMQ_HOST", "localhost", "broker host"),
-    ("RABBITMQ_PORT", "5672", "broker port"),
-    ("RABBITMQ_USER", "guest", "broker user"),
-    (
-        "RABBITMQ_PASSWORD",
-        "guest",
-        "broker password; never logged",
-    ),
-    (
-        "RABBITMQ_QUEUE",
-        "notifications",
-        "durable queue the events go to",
-    ),
-    (
-        "PRODUCT_SERVICE_URL",
-        "http://localhost:8001",
-        "product service base URL, or file:PATH for a local catalog",
-    ),
-    (
-        "PRODUCT_CONNECT_TIMEOUT_MS",
-        "1000",
-        "product service connect timeout",
-    ),
-    (
-        "PRODUCT_READ_TIMEOUT_MS",
-        "2000",
-        "product service response timeout",
-    ),
-    (
-        "PRODUCT_TIMEOUT_MS",
-        "3000",
-        "time allowed for all product lookups of one order",
-    ),
-    ("STORE_ID", "(host name)", "source of every event"),
-    (
-        "ADMIN_TOKEN",
-        "",
-        "Bearer token that grants admin; never logged",
-    ),
-    (
-        "GATEWAY_TOKEN",
-        "",
-        "when set, every /api request needs X-Gateway-Token; never logged",
-    ),
-    (
-        "PRODUCT_CACHE_MAX_AGE",
-        "0",
-        "seconds a cached product answer may serve while the product service is away (0 = off; at most 10 years)",
-    ),
-    (
-        "OUTBOX_RETENTION",
-        "604800",
-        "seconds published events are kept (at most 10 years)",
-    ),
-    ("HTTP_THREADS", "8", "HTTP worker threads (1..=256)"),
-    (
-        "MAX_CONNECTIONS",
-        "512",
-        "client connections served at once; one more gets 503 (1..=65536)",
-    ),
-    (
-        "ALLOW_UNTRUSTED_NETWORK",
-        "",
-        "1 lets a HOST other than loopback start without GATEWAY_TOKEN",
-    ),
-    ("RUST_LOG", "info", "log filter"),
-    ("FLASK_ENV", "", "accepted and ignored"),
+/// One setting, all of it in one place: `Config::from_lookup` reads through it, `--help`
+/// prints it, and tests hold README's table and the env file to it.
+pub struct Setting<T> {
+    pub name: &'static str,
+    /// What an unset or empty variable means, written as an operator would write it: it
+    /// goes through `parse` like any value, so the typed default cannot drift from it.
+    pub default: &'static str,
+    pub help: &'static str,
+    /// Kept as a [`Secret`]: it never reaches a log line.
+    pub secret: bool,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+/// A setting without its parser, so that every setting fits in one list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct About {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+    pub secret: bool,
+}
+
+impl<T> Setting<T> {
+    pub const fn about(&self) -> About {
+        About {
+            name: self.name,
+            default: self.default,
+            help: self.help,
+            secret: self.secret,
+        }
+    }
+
+    /// The value `get` finds (trimmed, empty meaning unset), else the default, parsed.
+    fn read(&self, get: &impl Fn(&str) -> Option<String>) -> Result<T, ConfigError> {
+        let raw = get(self.name);
+        (self.parse)(raw.as_deref().unwrap_or(self.default)).map_err(|problem| ConfigError {
+            variable: self.name.to_string(),
+            problem,
+        })
+    }
+}
+
+pub const HOST: Setting<IpAddr> = Setting {
+    name: "HOST",
+    default: "127.0.0.1",
+    help: "address to bind",
+    secret: false,
+    parse: ip_address,
+};
+pub const PORT: Setting<u16> = Setting {
+    name: "PORT",
+    default: "8003",
+    help: "port to bind (0 picks a free one)",
+    secret: false,
+    parse: port_number,
+};
+pub const DATABASE_URL: Setting<PathBuf> = Setting {
+    name: "DATABASE_URL",
+    default: "./data/orders.db",
+    help: "SQLite file: a path or sqlite://PATH",
+    secret: false,
+    parse: parse_database,
+};
+pub const SECRET_KEY: Setting<Option<Secret>> = Setting {
+    name: "SECRET_KEY",
+    default: "",
+    help: "accepted for compatibility",
+    secret: true,
+    parse: optional_secret,
+};
+pub const RABBITMQ_HOST: Setting<String> = Setting {
+    name: "RABBITMQ_HOST",
+    default: "localhost",
+    help: "broker host",
+    secret: false,
+    parse: text,
+};
+pub const RABBITMQ_PORT: Setting<u16> = Setting {
+    name: "RABBITMQ_PORT",
+    default: "5672",
+    help: "broker port",
+    secret: false,
+    parse: port_number,
+};
+pub const RABBITMQ_USER: Setting<String> = Setting {
+    name: "RABBITMQ_USER",
+    default: "guest",
+    help: "broker user",
+    secret: false,
+    parse: text,
+};
+pub const RABBITMQ_PASSWORD: Setting<Secret> = Setting {
+    name: "RABBITMQ_PASSWORD",
+    default: "guest",
+    help: "broker password",
+    secret: true,
+    parse: secret,
+};
+pub const RABBITMQ_QUEUE: Setting<String> = Setting {
+    name: "RABBITMQ_QUEUE",
+    default: "notifications",
+    help: "durable queue the events go to",
+    secret: false,
+    parse: queue_name,
+};
+pub const PRODUCT_SERVICE_URL: Setting<ProductSource> = Setting {
+    name: "PRODUCT_SERVICE_URL",
+    default: "http://localhost:8001",
+    help: "product service base URL, or file:PATH for a local catalog",
+    secret: false,
+    parse: parse_product_source,
+};
+pub const PRODUCT_CONNECT_TIMEOUT_MS: Setting<Duration> = Setting {
+    name: "PRODUCT_CONNECT_TIMEOUT_MS",
+    default: "1000",
+    help: "product service connect timeout",
+    secret: false,
+    parse: timeout_ms,
+};
+pub const PRODUCT_READ_TIMEOUT_MS: Setting<Duration> = Setting {
+    name: "PRODUCT_READ_TIMEOUT_MS",
+    default: "2000",
+    help: "product service response timeout",
+    secret: false,
+    parse: timeout_ms,
+};
+pub const PRODUCT_TIMEOUT_MS: Setting<Duration> = Setting {
+    name: "PRODUCT_TIMEOUT_MS",
+    default: "3000",
+    help: "time allowed for all product lookups of one order",
+    secret: false,
+    parse: timeout_ms,
+};
+pub const STORE_ID: Setting<String> = Setting {
+    name: "STORE_ID",
+    default: "",
+    help: "source of every event (unset: the host name)",
+    secret: false,
+    parse: store_id,
+};
+pub const ADMIN_TOKEN: Setting<Option<Secret>> = Setting {
+    name: "ADMIN_TOKEN",
+    default: "",
+    help: "Bearer token that grants admin",
+    secret: true,
+    parse: optional_secret,
+};
+pub const GATEWAY_TOKEN: Setting<Option<Secret>> = Setting {
+    name: "GATEWAY_TOKEN",
+    default: "",
+    help: "when set, every /api request needs X-Gateway-Token",
+    secret: true,
+    parse: optional_secret,
+};
+pub const PRODUCT_CACHE_MAX_AGE: Setting<Duration> = Setting {
+    name: "PRODUCT_CACHE_MAX_AGE",
+    default: "0",
+    help: "seconds a cached product answer may serve while the product service is away \
+           (0 = off; at most 10 years)",
+    secret: false,
+    parse: seconds,
+};
+pub const OUTBOX_RETENTION: Setting<Duration> = Setting {
+    name: "OUTBOX_RETENTION",
+    default: "604800",
+    help: "seconds published events are kept (at most 10 years)",
+    secret: false,
+    parse: seconds,
+};
+pub const HTTP_THREADS: Setting<usize> = Setting {
+    name: "HTTP_THREADS",
+    default: "8",
+    help: "HTTP worker threads (1..=256)",
+    secret: false,
+    parse: http_threads,
+};
+pub const MAX_CONNECTIONS: Setting<usize> = Setting {
+    name: "MAX_CONNECTIONS",
+    default: "512",
+    help: "client connections served at once; one more gets 503 (1..=65536)",
+    secret: false,
+    parse: connections,
+};
+pub const ALLOW_UNTRUSTED_NETWORK: Setting<bool> = Setting {
+    name: "ALLOW_UNTRUSTED_NETWORK",
+    default: "0",
+    help: "1 lets a HOST other than loopback start without GATEWAY_TOKEN",
+    secret: false,
+    parse: yes_or_no,
+};
+/// Read by env_logger from the process environment, not by `Config`.
+pub const RUST_LOG: Setting<String> = Setting {
+    name: "RUST_LOG",
+    default: "info",
+    help: "log filter",
+    secret: false,
+    parse: text,
+};
+/// Read by nothing: older deployments set it, and it must not stop them.
+pub const FLASK_ENV: Setting<String> = Setting {
+    name: "FLASK_ENV",
+    default: "",
+    help: "accepted and ignored",
+    secret: false,
+    parse: text,
+};
+
+/// Every setting, in `--help`'s order.
+pub const ALL: &[About] = &[
+    HOST.about(),
+    PORT.about(),
+    DATABASE_URL.about(),
+    SECRET_KEY.about(),
+    RABBITMQ_HOST.about(),
+    RABBITMQ_PORT.about(),
+    RABBITMQ_USER.about(),
+    RABBITMQ_PASSWORD.about(),
+    RABBITMQ_QUEUE.about(),
+    PRODUCT_SERVICE_URL.about(),
+    PRODUCT_CONNECT_TIMEOUT_MS.about(),
+    PRODUCT_READ_TIMEOUT_MS.about(),
+    PRODUCT_TIMEOUT_MS.about(),
+    STORE_ID.about(),
+    ADMIN_TOKEN.about(),
+    GATEWAY_TOKEN.about(),
+    PRODUCT_CACHE_MAX_AGE.about(),
+    OUTBOX_RETENTION.about(),
+    HTTP_THREADS.about(),
+    MAX_CONNECTIONS.about(),
+    ALLOW_UNTRUSTED_NETWORK.about(),
+    RUST_LOG.about(),
+    FLASK_ENV.about(),
 ];
+
+/// `(name, default, help)` of every setting in [`ALL`], for callers that only list them.
+pub const SETTINGS: [(&str, &str, &str); ALL.len()] = {
+    let mut rows = [("", "", ""); ALL.len()];
+    let mut i = 0;
+    while i < ALL.len() {
+        rows[i] = (ALL[i].name, ALL[i].default, ALL[i].help);
+        i += 1;
+    }
+    rows
+};
 
 impl Config {
     /// Reads the settings through `lookup`, so tests need not touch the process environment.
@@ -162,65 +328,21 @@ impl Config {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let host = parse_or(&get, "HOST", "127.0.0.1".parse().unwrap(), |v| {
-            v.parse::<IpAddr>()
-                .map_err(|_| "must be an IP address".into())
-        })?;
-        let port = parse_or(&get, "PORT", 8003, |v| parse_num::<u16>(v, "a port number"))?;
-        let database_path = parse_or(
-            &get,
-            "DATABASE_URL",
-            PathBuf::from("./data/orders.db"),
-            parse_database,
-        )?;
+        // Read in this order, so that of several bad settings the same one is named first.
+        let host = HOST.read(&get)?;
+        let port = PORT.read(&get)?;
+        let database_path = DATABASE_URL.read(&get)?;
         let rabbitmq = RabbitConfig {
-            host: get("RABBITMQ_HOST").unwrap_or_else(|| "localhost".into()),
-            port: parse_or(&get, "RABBITMQ_PORT", 5672, |v| {
-                parse_num::<u16>(v, "a port number")
-            })?,
-            user: get("RABBITMQ_USER").unwrap_or_else(|| "guest".into()),
-            password: Secret(get("RABBITMQ_PASSWORD").unwrap_or_else(|| "guest".into())),
-            queue: parse_or(&get, "RABBITMQ_QUEUE", "notifications".into(), |v| {
-                if v.len() <= 255 && !v.starts_with("amq.") {
-                    Ok(v.to_string())
-                } else {
-                    Err("must be at most 255 bytes and not start with amq.".into())
-                }
-            })?,
+            host: RABBITMQ_HOST.read(&get)?,
+            port: RABBITMQ_PORT.read(&get)?,
+            user: RABBITMQ_USER.read(&get)?,
+            password: RABBITMQ_PASSWORD.read(&get)?,
+            queue: RABBITMQ_QUEUE.read(&get)?,
         };
-        let product_source = parse_or(
-            &get,
-            "PRODUCT_SERVICE_URL",
-            ProductSource::Http("http://localhost:8001".into()),
-            parse_product_source,
-        )?;
-        let ms = |name: &str, default: u64| {
-            parse_or(&get, name, Duration::from_millis(default), |v| {
-                parse_num::<u64>(v, "milliseconds")
-                    .and_then(|n| within(n, 1, MAX_TIMEOUT_MS))
-                    .map(Duration::from_millis)
-            })
-        };
-        let secs = |name: &str, default: u64| {
-            parse_or(&get, name, Duration::from_secs(default), |v| {
-                parse_num::<u64>(v, "seconds")
-                    .and_then(|n| within(n, 0, MAX_SECONDS))
-                    .map(Duration::from_secs)
-            })
-        };
-        let store_id = parse_or(&get, "STORE_ID", default_store_id(), |v| {
-            if v.len() <= 100 && !v.chars().any(char::is_control) {
-                Ok(v.to_string())
-            } else {
-                Err("must be at most 100 characters".into())
-            }
-        })?;
-        let gateway_token = get("GATEWAY_TOKEN").map(Secret);
-        let untrusted_ok = parse_or(&get, "ALLOW_UNTRUSTED_NETWORK", false, |v| match v {
-            "1" | "true" | "yes" => Ok(true),
-            "0" | "false" | "no" => Ok(false),
-            _ => Err("must be 1 or 0".into()),
-        })?;
+        let product_source = PRODUCT_SERVICE_URL.read(&get)?;
+        let store_id = STORE_ID.read(&get)?;
+        let gateway_token = GATEWAY_TOKEN.read(&get)?;
+        let untrusted_ok = ALLOW_UNTRUSTED_NETWORK.read(&get)?;
         // The gateway's headers are the only identity there is: anyone who can reach the
         // port can send them, so beyond loopback they need the gateway's token.
         if !host.is_loopback() && gateway_token.is_none() && !untrusted_ok {
@@ -237,30 +359,19 @@ impl Config {
             host,
             port,
             database_path,
-            secret_key: get("SECRET_KEY").map(Secret),
+            secret_key: SECRET_KEY.read(&get)?,
             rabbitmq,
             product_source,
-            product_connect_timeout: ms("PRODUCT_CONNECT_TIMEOUT_MS", 1000)?,
-            product_read_timeout: ms("PRODUCT_READ_TIMEOUT_MS", 2000)?,
-            product_total_timeout: ms("PRODUCT_TIMEOUT_MS", 3000)?,
+            product_connect_timeout: PRODUCT_CONNECT_TIMEOUT_MS.read(&get)?,
+            product_read_timeout: PRODUCT_READ_TIMEOUT_MS.read(&get)?,
+            product_total_timeout: PRODUCT_TIMEOUT_MS.read(&get)?,
             store_id,
-            admin_token: get("ADMIN_TOKEN").map(Secret),
+            admin_token: ADMIN_TOKEN.read(&get)?,
             gateway_token,
-            product_cache_max_age: secs("PRODUCT_CACHE_MAX_AGE", 0)?,
-            outbox_retention: secs("OUTBOX_RETENTION", 7 * 24 * 3600)?,
-            http_threads: parse_or(&get, "HTTP_THREADS", 8, |v| {
-                parse_num::<usize>(v, "a number of threads").and_then(|n| {
-                    if (1..=256).contains(&n) {
-                        Ok(n)
-                    } else {
-                        Err("must be from 1 to 256".into())
-                    }
-                })
-            })?,
-            max_connections: parse_or(&get, "MAX_CONNECTIONS", 512, |v| {
-                parse_num::<usize>(v, "a number of connections")
-                    .and_then(|n| within(n as u64, 1, 65_536).map(|n| n as usize))
-            })?,
+            product_cache_max_age: PRODUCT_CACHE_MAX_AGE.read(&get)?,
+            outbox_retention: OUTBOX_RETENTION.read(&get)?,
+            http_threads: HTTP_THREADS.read(&get)?,
+            max_connections: MAX_CONNECTIONS.read(&get)?,
         })
     }
 
@@ -316,21 +427,6 @@ fn parse_env_text(text: &str) -> Result<HashMap<String, String>, (usize, String)
         vars.insert(key.to_string(), value.to_string());
     }
     Ok(vars)
-}
-
-fn parse_or<T>(
-    get: &impl Fn(&str) -> Option<String>,
-    name: &str,
-    default: T,
-    parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<T, ConfigError> {
-    match get(name) {
-        None => Ok(default),
-        Some(v) => parse(&v).map_err(|problem| ConfigError {
-            variable: name.to_string(),
-            problem,
-        }),
-    }
 }
 
 /// Ten years: longer periods are surely a typo, and keep time arithmetic far from overflow.
@@ -393,12 +489,84 @@ fn parse_product_source(v: &str) -> Result<ProductSource, String> {
     Err("must start with http://, https:// or file:".into())
 }
 
-fn default_store_id() -> String {
+fn ip_address(v: &str) -> Result<IpAddr, String> {
+    v.parse().map_err(|_| "must be an IP address".into())
+}
+
+fn port_number(v: &str) -> Result<u16, String> {
+    parse_num(v, "a port number")
+}
+
+fn text(v: &str) -> Result<String, String> {
+    Ok(v.to_string())
+}
+
+fn secret(v: &str) -> Result<Secret, String> {
+    Ok(Secret(v.to_string()))
+}
+
+/// Empty (the default) leaves the feature the secret guards off.
+fn optional_secret(v: &str) -> Result<Option<Secret>, String> {
+    Ok((!v.is_empty()).then(|| Secret(v.to_string())))
+}
+
+fn queue_name(v: &str) -> Result<String, String> {
+    if v.len() <= 255 && !v.starts_with("amq.") {
+        Ok(v.to_string())
+    } else {
+        Err("must be at most 255 bytes and not start with amq.".into())
+    }
+}
+
+fn timeout_ms(v: &str) -> Result<Duration, String> {
+    parse_num::<u64>(v, "milliseconds")
+        .and_then(|n| within(n, 1, MAX_TIMEOUT_MS))
+        .map(Duration::from_millis)
+}
+
+fn seconds(v: &str) -> Result<Duration, String> {
+    parse_num::<u64>(v, "seconds")
+        .and_then(|n| within(n, 0, MAX_SECONDS))
+        .map(Duration::from_secs)
+}
+
+/// Empty (the default) is the host name, so that each machine's events tell where they
+/// came from without a setting.
+fn store_id(v: &str) -> Result<String, String> {
+    if v.is_empty() {
+        return Ok(host_name());
+    }
+    if v.len() <= 100 && !v.chars().any(char::is_control) {
+        Ok(v.to_string())
+    } else {
+        Err("must be at most 100 characters".into())
+    }
+}
+
+fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "store".to_string())
+}
+
+fn http_threads(v: &str) -> Result<usize, String> {
+    parse_num::<usize>(v, "a number of threads")
+        .and_then(|n| within(n as u64, 1, 256).map(|n| n as usize))
+}
+
+fn connections(v: &str) -> Result<usize, String> {
+    parse_num::<usize>(v, "a number of connections")
+        .and_then(|n| within(n as u64, 1, 65_536).map(|n| n as usize))
+}
+
+fn yes_or_no(v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err("must be 1 or 0".into()),
+    }
 }
 
 #[cfg(test)]
@@ -530,5 +698,114 @@ mod tests {
         assert_eq!(vars["A"], "x y");
         assert_eq!(vars["B"], "z");
         assert!(parse_env_text("nonsense").is_err());
+    }
+
+    #[test]
+    fn the_table_is_what_config_reads() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        Config::from_lookup(|k| {
+            asked.borrow_mut().push(k.to_string());
+            None
+        })
+        .unwrap();
+        let mut asked = asked.into_inner();
+        asked.sort();
+        // env_logger reads RUST_LOG itself; FLASK_ENV is read by nothing.
+        let mut listed: Vec<String> = ALL
+            .iter()
+            .map(|s| s.name.to_string())
+            .filter(|n| n != RUST_LOG.name && n != FLASK_ENV.name)
+            .collect();
+        listed.sort();
+        assert_eq!(asked, listed);
+        assert_eq!(SETTINGS.len(), ALL.len());
+    }
+
+    #[test]
+    fn readme_lists_every_setting_with_its_default() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let section = section.split("\n## ").next().unwrap();
+        let rows: HashMap<&str, (&str, &str)> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let cells: Vec<&str> = l.splitn(4, '|').map(str::trim).collect();
+                let name = cells[1].trim_matches('`');
+                (name, (cells[2], cells[3]))
+            })
+            .collect();
+        for s in ALL {
+            let (default, meaning) = rows
+                .get(s.name)
+                .unwrap_or_else(|| panic!("README's table lacks {}", s.name));
+            let expected = match s.default {
+                "" => String::new(),
+                d => format!("`{d}`"),
+            };
+            assert_eq!(*default, expected, "README's default for {}", s.name);
+            if s.secret {
+                assert!(
+                    meaning.contains("never logged"),
+                    "README: {} is secret",
+                    s.name
+                );
+            }
+        }
+        for name in rows.keys() {
+            assert!(
+                ALL.iter().any(|s| s.name == *name),
+                "README's table lists {name}, which is no setting"
+            );
+        }
+        assert_eq!(rows.len(), ALL.len(), "a setting listed twice in README");
+    }
+
+    #[test]
+    fn the_env_files_name_only_settings_and_hold_valid_values() {
+        let shipped = include_str!("../config/order-service.env");
+        // `NAME=value` or, for a setting left at its default, `#NAME=value`; prose
+        // comments start with "# ".
+        let named: Vec<&str> = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix('#').unwrap_or(l).split_once('='))
+            .map(|(name, _)| name)
+            .filter(|n| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            })
+            .collect();
+        for s in ALL {
+            assert!(
+                named.contains(&s.name),
+                "config/order-service.env lacks {}",
+                s.name
+            );
+        }
+        for name in &named {
+            assert!(
+                ALL.iter().any(|s| s.name == *name),
+                "config/order-service.env names {name}, which is no setting"
+            );
+        }
+        for (file, text) in [
+            ("order-service.env", shipped),
+            ("local.env", include_str!("../config/local.env")),
+        ] {
+            let vars = parse_env_text(text).unwrap();
+            for name in vars.keys() {
+                assert!(
+                    ALL.iter().any(|s| s.name == *name),
+                    "config/{file} sets {name}, which is no setting"
+                );
+            }
+            if let Err(e) = Config::from_lookup(|k| vars.get(k).cloned()) {
+                panic!("config/{file}: {e}");
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! The one place where errors become exit codes: 0 ok, 1 failure, 2 bad configuration.
 
 use order_service::app::App;
-use order_service::config::{Config, SETTINGS};
+use order_service::config::{self, Config};
 use order_service::{store, systemd};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -260,8 +260,16 @@ fn help() -> String {
          SETTINGS (environment variables):\n",
         env!("CARGO_PKG_VERSION")
     );
-    for (name, default, meaning) in SETTINGS {
-        text.push_str(&format!("    {name:<28} {meaning} [default: {default}]\n"));
+    for s in config::ALL {
+        let never_logged = if s.secret { "; never logged" } else { "" };
+        let default = match s.default {
+            "" => String::new(),
+            d => format!(" [default: {d}]"),
+        };
+        text.push_str(&format!(
+            "    {:<28} {}{never_logged}{default}\n",
+            s.name, s.help
+        ));
     }
     text.push_str("\nEXIT CODES:\n    0 ok, 1 failure, 2 bad command line or configuration\n");
     text
