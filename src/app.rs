@@ -6,7 +6,7 @@ use crate::metrics::Metrics;
 use crate::orders::Orders;
 use crate::products::Catalog;
 use crate::relay::{self, RelayHandle, RelaySettings};
-use crate::store::{self, Reader, Reads, SqliteEngine, StoreError, WriterHandle};
+use crate::store::{self, WriterHandle};
 use crossbeam_channel::bounded;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -22,28 +22,22 @@ pub struct App {
     http: HttpServer,
     relay: RelayHandle,
     writer: WriterHandle,
-    writer_thread: JoinHandle<()>,
+    writer_threads: Vec<JoinHandle<()>>,
 }
 
 impl App {
     /// Migrates the database, starts the writer, binds the port (0 picks one), starts
     /// the HTTP workers and the relay. When this returns, requests are being served.
     pub fn build(config: &Config) -> Result<App, String> {
-        let mut conn = store::open_write(&config.database_path)
-            .map_err(|e| format!("database {}: {e}", config.database_path.display()))?;
-        let applied = store::migrate(&mut conn)?;
-        for m in &applied {
+        let opened = store::open(&config.database, &config.postgres)?;
+        for m in &opened.applied {
             log::info!("applied migration {m}");
         }
         let metrics = Arc::new(Metrics::default());
         let (wake_tx, wake_rx) = bounded(1);
-        let engine = SqliteEngine::new(conn).map_err(|e| e.to_string())?;
-        let (writer, writer_thread) =
-            store::spawn_writer(Box::new(engine), wake_tx).map_err(|e| e.to_string())?;
-        let database = config.database_path.clone();
-        let open_reads = Arc::new(move || -> Result<Box<dyn Reads>, StoreError> {
-            Ok(Box::new(Reader::open(&database)?))
-        });
+        let (writer, writer_threads) =
+            store::spawn_writer(opened.engines, wake_tx).map_err(|e| e.to_string())?;
+        let open_reads = opened.open_reads;
 
         let listener = TcpListener::bind((config.host, config.port))
             .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
@@ -82,7 +76,7 @@ impl App {
             http,
             relay,
             writer,
-            writer_thread,
+            writer_threads,
         })
     }
 
@@ -101,7 +95,9 @@ impl App {
         self.http.shutdown();
         if relay_stopped {
             drop(self.writer);
-            let _ = self.writer_thread.join();
+            for thread in self.writer_threads {
+                let _ = thread.join();
+            }
         } else {
             // The relay left behind holds a writer handle, so the writer would wait for it.
             // A ping is answered once everything queued before it is committed.

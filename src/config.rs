@@ -39,11 +39,39 @@ pub struct RabbitConfig {
     pub queue: String,
 }
 
+/// Where the orders live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file: the default, one instance per file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgresql://user:pass@host:port/db`), which several
+    /// instances may share. The URL may hold a password: it is a `Secret`.
+    Postgres(Secret),
+}
+
+impl Database {
+    /// How to name it in a message: the file, or the URL without its credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => crate::redact::userinfo(url.expose()),
+        }
+    }
+}
+
+/// The PostgreSQL connections: how many write, how long a connect may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresPool {
+    pub writers: usize,
+    pub connect_timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
-    pub database_path: PathBuf,
+    pub database: Database,
+    pub postgres: PostgresPool,
     pub secret_key: Option<Secret>,
     pub rabbitmq: RabbitConfig,
     pub product_source: ProductSource,
@@ -131,12 +159,26 @@ pub const PORT: Setting<u16> = Setting {
     secret: false,
     parse: port_number,
 };
-pub const DATABASE_URL: Setting<PathBuf> = Setting {
+pub const DATABASE_URL: Setting<Database> = Setting {
     name: "DATABASE_URL",
     default: "./data/orders.db",
-    help: "SQLite file: a path or sqlite://PATH",
-    secret: false,
+    help: "SQLite file (a path or sqlite://PATH), or postgresql://user:pass@host:port/db; its password is never logged",
+    secret: true,
     parse: parse_database,
+};
+pub const DATABASE_POOL_SIZE: Setting<usize> = Setting {
+    name: "DATABASE_POOL_SIZE",
+    default: "8",
+    help: "PostgreSQL only: connections that write, each one transaction at a time (1..=64); every HTTP worker and the relay have a reading one besides",
+    secret: false,
+    parse: pool_size,
+};
+pub const DATABASE_CONNECT_TIMEOUT: Setting<Duration> = Setting {
+    name: "DATABASE_CONNECT_TIMEOUT",
+    default: "5",
+    help: "PostgreSQL only: seconds a connection attempt may take (1..=60); while none succeeds, requests get 503",
+    secret: false,
+    parse: connect_timeout,
 };
 pub const SECRET_KEY: Setting<Option<Secret>> = Setting {
     name: "SECRET_KEY",
@@ -287,6 +329,8 @@ pub const ALL: &[About] = &[
     HOST.about(),
     PORT.about(),
     DATABASE_URL.about(),
+    DATABASE_POOL_SIZE.about(),
+    DATABASE_CONNECT_TIMEOUT.about(),
     SECRET_KEY.about(),
     RABBITMQ_HOST.about(),
     RABBITMQ_PORT.about(),
@@ -331,7 +375,11 @@ impl Config {
         // Read in this order, so that of several bad settings the same one is named first.
         let host = HOST.read(&get)?;
         let port = PORT.read(&get)?;
-        let database_path = DATABASE_URL.read(&get)?;
+        let database = DATABASE_URL.read(&get)?;
+        let postgres = PostgresPool {
+            writers: DATABASE_POOL_SIZE.read(&get)?,
+            connect_timeout: DATABASE_CONNECT_TIMEOUT.read(&get)?,
+        };
         let rabbitmq = RabbitConfig {
             host: RABBITMQ_HOST.read(&get)?,
             port: RABBITMQ_PORT.read(&get)?,
@@ -358,7 +406,8 @@ impl Config {
         Ok(Config {
             host,
             port,
-            database_path,
+            database,
+            postgres,
             secret_key: SECRET_KEY.read(&get)?,
             rabbitmq,
             product_source,
@@ -446,11 +495,18 @@ fn parse_num<T: std::str::FromStr>(v: &str, what: &str) -> Result<T, String> {
         .map_err(|_| format!("must be {what}, got {v:?}"))
 }
 
-fn parse_database(v: &str) -> Result<PathBuf, String> {
+fn parse_database(v: &str) -> Result<Database, String> {
     if v.starts_with("postgres://") || v.starts_with("postgresql://") {
-        return Err(
-            "PostgreSQL is not supported by this build yet; use a path or sqlite://PATH".into(),
-        );
+        return match v.parse::<postgres::Config>() {
+            Ok(c) if c.get_dbname().is_some() => Ok(Database::Postgres(Secret(v.to_string()))),
+            Ok(_) => Err(
+                "a PostgreSQL URL must name its database: postgresql://user@host:port/db".into(),
+            ),
+            // The parser's message may quote the URL, password included.
+            Err(_) => {
+                Err("not a valid PostgreSQL URL (postgresql://user:pass@host:port/db)".into())
+            }
+        };
     }
     let path = v
         .strip_prefix("sqlite://")
@@ -467,7 +523,19 @@ fn parse_database(v: &str) -> Result<PathBuf, String> {
     {
         return Err("must be a file: an in-memory database loses every order at exit".into());
     }
-    Ok(PathBuf::from(path))
+    Ok(Database::Sqlite(PathBuf::from(path)))
+}
+
+fn pool_size(v: &str) -> Result<usize, String> {
+    parse_num::<u64>(v, "a number of connections")
+        .and_then(|n| within(n, 1, 64))
+        .map(|n| n as usize)
+}
+
+fn connect_timeout(v: &str) -> Result<Duration, String> {
+    parse_num::<u64>(v, "seconds")
+        .and_then(|n| within(n, 1, 60))
+        .map(Duration::from_secs)
 }
 
 fn parse_product_source(v: &str) -> Result<ProductSource, String> {
@@ -586,7 +654,10 @@ mod tests {
         let c = config(&[]).unwrap();
         assert_eq!(c.port, 8003);
         assert_eq!(c.host.to_string(), "127.0.0.1");
-        assert_eq!(c.database_path, PathBuf::from("./data/orders.db"));
+        assert_eq!(
+            c.database,
+            Database::Sqlite(PathBuf::from("./data/orders.db"))
+        );
         assert_eq!(c.rabbitmq.queue, "notifications");
         assert_eq!(
             c.product_source,
@@ -633,10 +704,30 @@ mod tests {
         let zero = config(&[("PRODUCT_TIMEOUT_MS", "0")]).unwrap_err();
         assert_eq!(zero.variable, "PRODUCT_TIMEOUT_MS");
         assert_eq!(
-            config(&[("DATABASE_URL", "postgresql://db/x")])
+            config(&[("DATABASE_URL", "postgresql://db")])
                 .unwrap_err()
                 .variable,
             "DATABASE_URL"
+        );
+    }
+
+    #[test]
+    fn a_postgresql_url_is_a_secret_with_its_pool() {
+        let url = "postgresql://shop:canary-pw@db.example:5433/orders";
+        let c = config(&[("DATABASE_URL", url), ("DATABASE_POOL_SIZE", "3")]).unwrap();
+        assert_eq!(c.database, Database::Postgres(Secret(url.into())));
+        assert!(!c.database.describe().contains("canary-pw"));
+        assert!(!format!("{c:?}").contains("canary-pw"));
+        assert_eq!(c.postgres.writers, 3);
+        assert_eq!(c.postgres.connect_timeout, Duration::from_secs(5));
+        let c = config(&[("DATABASE_URL", "postgres://u@h/d")]).unwrap();
+        assert!(matches!(c.database, Database::Postgres(_)));
+        let bad = config(&[("DATABASE_URL", "postgresql://u:canary-pw@h:notaport/d")]).unwrap_err();
+        assert_eq!(bad.variable, "DATABASE_URL");
+        assert!(!bad.problem.contains("canary-pw"), "{}", bad.problem);
+        assert_eq!(
+            config(&[("DATABASE_POOL_SIZE", "0")]).unwrap_err().variable,
+            "DATABASE_POOL_SIZE"
         );
     }
 
@@ -655,7 +746,10 @@ mod tests {
             assert!(e.to_string().contains("in-memory"), "{url}: {e}");
         }
         let c = config(&[("DATABASE_URL", "file:/var/lib/o.db")]).unwrap();
-        assert_eq!(c.database_path, PathBuf::from("file:/var/lib/o.db"));
+        assert_eq!(
+            c.database,
+            Database::Sqlite(PathBuf::from("file:/var/lib/o.db"))
+        );
     }
 
     #[test]
@@ -665,7 +759,7 @@ mod tests {
             ("PRODUCT_SERVICE_URL", "file:config/p.json"),
         ])
         .unwrap();
-        assert_eq!(c.database_path, PathBuf::from("/var/lib/o.db"));
+        assert_eq!(c.database, Database::Sqlite(PathBuf::from("/var/lib/o.db")));
         assert_eq!(
             c.product_source,
             ProductSource::File(PathBuf::from("config/p.json"))

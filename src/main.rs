@@ -2,7 +2,7 @@
 //! The one place where errors become exit codes: 0 ok, 1 failure, 2 bad configuration.
 
 use order_service::app::App;
-use order_service::config::{self, Config};
+use order_service::config::{self, Config, Database};
 use order_service::{store, systemd};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -110,12 +110,11 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
     match cmd {
         Command::Serve => serve(&config),
         Command::Migrate => {
-            let mut conn = store::open_write(&config.database_path)
-                .map_err(|e| Failure::Other(e.to_string()))?;
-            let applied = store::migrate(&mut conn).map_err(Failure::Other)?;
+            let applied = store::migrate_database(&config.database, &config.postgres)
+                .map_err(Failure::Other)?;
             println!(
                 "{}: {} migration(s) applied",
-                config.database_path.display(),
+                config.database.describe(),
                 applied.len()
             );
             for m in applied {
@@ -125,11 +124,16 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
         }
         Command::OutboxStatus => outbox_status(&config),
         Command::Backup(dest) => {
-            let report = store::backup(&config.database_path, &dest)
-                .map_err(|e| Failure::Other(e.to_string()))?;
+            let Database::Sqlite(path) = &config.database else {
+                return Err(Failure::Other(
+                    "backup copies an SQLite file; back PostgreSQL up with its own tools (pg_dump)"
+                        .into(),
+                ));
+            };
+            let report = store::backup(path, &dest).map_err(|e| Failure::Other(e.to_string()))?;
             println!(
                 "{} copied to {}: {} bytes in {:.2} s",
-                config.database_path.display(),
+                path.display(),
                 dest.display(),
                 report.bytes,
                 report.elapsed.as_secs_f64()
@@ -168,7 +172,7 @@ fn serve(config: &Config) -> Result<(), Failure> {
         env!("CARGO_PKG_VERSION"),
         app.address(),
         config.store_id,
-        config.database_path.display()
+        config.database.describe()
     );
     systemd::notify("READY=1");
     if let Ok(signal) = signal_rx.recv() {
@@ -207,19 +211,11 @@ fn guard_shutdown(signals: &crossbeam_channel::Receiver<i32>) {
 }
 
 fn outbox_status(config: &Config) -> Result<(), Failure> {
-    if !config.database_path.exists() {
-        return Err(Failure::Other(format!(
-            "no database at {}",
-            config.database_path.display()
-        )));
-    }
-    let reader: Box<dyn store::Reads> = Box::new(
-        store::Reader::open(&config.database_path).map_err(|e| Failure::Other(e.to_string()))?,
-    );
+    let reader = store::reads(&config.database, &config.postgres).map_err(Failure::Other)?;
     let stats = reader
         .outbox_stats()
         .map_err(|e| Failure::Other(e.to_string()))?;
-    println!("database: {}", config.database_path.display());
+    println!("database: {}", config.database.describe());
     println!("pending: {}", stats.pending);
     let published = reader
         .published_events()

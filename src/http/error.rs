@@ -205,7 +205,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(why) => ApiError::DatabaseUnavailable(why),
-            StoreError::Db(e) => ApiError::DatabaseUnavailable(format!("database: {e}")),
+            e => ApiError::DatabaseUnavailable(e.to_string()),
         }
     }
 }

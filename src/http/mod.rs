@@ -12,7 +12,7 @@ use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::orders::Orders;
 use crate::products::Catalog;
-use crate::store::{Reads, StoreError, WriterHandle};
+use crate::store::{OpenReads, Reads, WriterHandle};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,9 +21,6 @@ use std::time::{Duration, Instant};
 
 /// The OpenAPI description of this API, served at `/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
-
-/// Opens a read connection of a worker's own.
-pub type OpenReads = Arc<dyn Fn() -> Result<Box<dyn Reads>, StoreError> + Send + Sync>;
 
 /// What every worker shares.
 pub struct Shared {

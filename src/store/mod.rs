@@ -3,6 +3,7 @@
 //! SQLite engine. The order rules (`crate::orders`) and the relay write through `Tx`;
 //! only this module writes SQL.
 
+mod postgres;
 mod records;
 mod sqlite;
 mod writer;
@@ -11,8 +12,85 @@ pub use records::{BlockedEvent, CachedProduct, IdempotencyRecord, OutboxRow, Out
 pub use sqlite::{backup, migrate, open_read, open_write, BackupReport, Reader, SqliteEngine};
 pub use writer::{spawn as spawn_writer, Engine, WriterHandle};
 
+use crate::config::{Database, PostgresPool};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
 use std::fmt;
+use std::sync::Arc;
+
+/// Opens a read session of a worker's own.
+pub type OpenReads = Arc<dyn Fn() -> Result<Box<dyn Reads>, StoreError> + Send + Sync>;
+
+/// A database opened and migrated, ready for the writer and the readers.
+pub struct Opened {
+    /// One per writer thread.
+    pub engines: Vec<Box<dyn Engine>>,
+    pub open_reads: OpenReads,
+    /// The migrations this start applied.
+    pub applied: Vec<String>,
+}
+
+/// Opens `database`, applies the migrations it has not seen, and connects the writer.
+pub fn open(database: &Database, pool: &PostgresPool) -> Result<Opened, String> {
+    let named = |e: &dyn fmt::Display| format!("database {}: {e}", database.describe());
+    match database {
+        Database::Sqlite(path) => {
+            let mut conn = open_write(path).map_err(|e| named(&e))?;
+            let applied = migrate(&mut conn).map_err(|e| named(&e))?;
+            let engine = SqliteEngine::new(conn).map_err(|e| named(&e))?;
+            let path = path.clone();
+            Ok(Opened {
+                engines: vec![Box::new(engine)],
+                open_reads: Arc::new(move || Ok(Box::new(Reader::open(&path)?))),
+                applied,
+            })
+        }
+        Database::Postgres(url) => {
+            let connector = postgres::Connector::new(url.expose(), pool).map_err(|e| named(&e))?;
+            let applied = postgres::migrate(&connector).map_err(|e| named(&e))?;
+            let engines = postgres::engines(&connector, pool).map_err(|e| named(&e))?;
+            Ok(Opened {
+                engines: engines
+                    .into_iter()
+                    .map(|e| Box::new(e) as Box<dyn Engine>)
+                    .collect(),
+                open_reads: Arc::new(move || Ok(Box::new(postgres::reader(&connector)))),
+                applied,
+            })
+        }
+    }
+}
+
+/// Applies the migrations `database` has not seen; returns their names.
+pub fn migrate_database(database: &Database, pool: &PostgresPool) -> Result<Vec<String>, String> {
+    let named = |e: &dyn fmt::Display| format!("database {}: {e}", database.describe());
+    match database {
+        Database::Sqlite(path) => {
+            let mut conn = open_write(path).map_err(|e| named(&e))?;
+            migrate(&mut conn).map_err(|e| named(&e))
+        }
+        Database::Postgres(url) => {
+            let connector = postgres::Connector::new(url.expose(), pool).map_err(|e| named(&e))?;
+            postgres::migrate(&connector).map_err(|e| named(&e))
+        }
+    }
+}
+
+/// A read session on an existing database, for the command line.
+pub fn reads(database: &Database, pool: &PostgresPool) -> Result<Box<dyn Reads>, String> {
+    let named = |e: &dyn fmt::Display| format!("database {}: {e}", database.describe());
+    match database {
+        Database::Sqlite(path) => {
+            if !path.exists() {
+                return Err(format!("no database at {}", path.display()));
+            }
+            Ok(Box::new(Reader::open(path).map_err(|e| named(&e))?))
+        }
+        Database::Postgres(url) => {
+            let connector = postgres::Connector::new(url.expose(), pool).map_err(|e| named(&e))?;
+            Ok(Box::new(postgres::reader(&connector)))
+        }
+    }
+}
 
 /// What the order rules and the relay may do within one transaction. Each call is one
 /// statement (or one small group); the writer decides where transactions begin and end.
@@ -93,6 +171,11 @@ pub trait Reads: Send {
     fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
     /// The pending event the broker keeps refusing, if the relay declared one.
     fn blocked_event(&self) -> Result<Option<BlockedEvent>, StoreError>;
+    /// Whether this reader's instance is the one that relays (on PostgreSQL, several
+    /// instances share the outbox and one publishes at a time); asked before each pass.
+    fn lead_relay(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 /// An outbox row about to be written, its payload already built.
@@ -111,6 +194,7 @@ pub enum StoreError {
     /// The writer is gone, did not answer in time, or the transaction did not commit.
     Unavailable(String),
     Db(rusqlite::Error),
+    Postgres(::postgres::Error),
 }
 
 impl fmt::Display for StoreError {
@@ -118,11 +202,18 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Unavailable(why) => write!(f, "database unavailable: {why}"),
             StoreError::Db(e) => write!(f, "database: {e}"),
+            StoreError::Postgres(e) => write!(f, "database: {e}"),
         }
     }
 }
 
 impl std::error::Error for StoreError {}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> Self {
+        StoreError::Postgres(e)
+    }
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {

@@ -11,7 +11,6 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-const MAX_BATCH: usize = 128;
 /// Rows of each table one pruning step deletes, in a transaction of its own: a few
 /// milliseconds that queued orders wait at most.
 const PRUNE_STEP_ROWS: usize = 1000;
@@ -23,6 +22,8 @@ const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
 /// A database engine as the writer drives it: transactions, savepoints, and the `Tx`
 /// inside them.
 pub trait Engine: Send + 'static {
+    /// Jobs one transaction may hold.
+    fn max_batch(&self) -> usize;
     fn begin(&mut self) -> Result<(), StoreError>;
     fn savepoint(&mut self) -> Result<(), StoreError>;
     /// Keeps what the job since the savepoint did.
@@ -30,7 +31,9 @@ pub trait Engine: Send + 'static {
     /// Undoes what the job since the savepoint did.
     fn rollback_to_savepoint(&mut self) -> Result<(), StoreError>;
     fn commit(&mut self) -> Result<(), StoreError>;
-    /// After a failure anywhere in the batch: nothing of it is kept.
+    /// Ends the transaction, keeping nothing: its one job failed.
+    fn rollback(&mut self);
+    /// After a failure of the engine itself: nothing of the batch is kept.
     fn abandon(&mut self);
     fn tx(&mut self) -> &mut dyn Tx;
     /// Whether the transaction committed last wrote an event (the relay is then woken).
@@ -157,16 +160,23 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer on `engine`; it stops when every handle is dropped. `wake_relay`
-/// is signalled after each commit that wrote an event.
+/// Starts a writer thread on each engine, all taking jobs from one queue; they stop when
+/// every handle is dropped. `wake_relay` is signalled after each commit that wrote an
+/// event.
 pub fn spawn(
-    engine: Box<dyn Engine>,
+    engines: Vec<Box<dyn Engine>>,
     wake_relay: Sender<()>,
-) -> Result<(WriterHandle, JoinHandle<()>), StoreError> {
+) -> Result<(WriterHandle, Vec<JoinHandle<()>>), StoreError> {
     let (jobs, queue) = unbounded();
-    let thread = crate::threads::spawn_critical("writer", move || run(engine, queue, wake_relay))
-        .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
-    Ok((WriterHandle { jobs }, thread))
+    let mut threads = Vec::with_capacity(engines.len());
+    for engine in engines {
+        let (queue, wake_relay) = (queue.clone(), wake_relay.clone());
+        let thread =
+            crate::threads::spawn_critical("writer", move || run(engine, queue, wake_relay))
+                .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
+        threads.push(thread);
+    }
+    Ok((WriterHandle { jobs }, threads))
 }
 
 fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>) {
@@ -181,7 +191,7 @@ fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>
         };
         let mut batch = vec![first];
         if !batch[0].alone {
-            while batch.len() < MAX_BATCH {
+            while batch.len() < engine.max_batch() {
                 match queue.try_recv() {
                     Ok(job) if job.alone => {
                         held = Some(job);
@@ -197,7 +207,10 @@ fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>
     log::debug!("writer: all handles dropped, stopping");
 }
 
-fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, wake_relay: &Sender<()>) {
+fn run_batch(engine: &mut dyn Engine, mut batch: Vec<Job>, wake_relay: &Sender<()>) {
+    if batch.len() == 1 {
+        return run_one(engine, batch.remove(0), wake_relay);
+    }
     let mut settled = Vec::with_capacity(batch.len());
     let mut waiting = batch.into_iter();
     let outcome = (|| {
@@ -236,6 +249,33 @@ fn run_batch(engine: &mut dyn Engine, batch: Vec<Job>, wake_relay: &Sender<()>) 
             for job in waiting {
                 (job.refuse)(not_committed());
             }
+        }
+    }
+}
+
+/// One job, one transaction: no savepoint needed.
+fn run_one(engine: &mut dyn Engine, job: Job, wake_relay: &Sender<()>) {
+    if let Err(e) = engine.begin() {
+        log::error!("writer: cannot begin a transaction: {e}");
+        engine.abandon();
+        return (job.refuse)(not_committed());
+    }
+    let done = (job.work)(engine.tx());
+    if !done.ok {
+        engine.rollback();
+        return (done.deliver)(None);
+    }
+    match engine.commit() {
+        Ok(()) => {
+            (done.deliver)(None);
+            if engine.wrote_events() {
+                let _ = wake_relay.try_send(());
+            }
+        }
+        Err(e) => {
+            log::error!("writer: transaction failed, nothing of it was kept: {e}");
+            engine.abandon();
+            (done.deliver)(Some(not_committed()));
         }
     }
 }
@@ -297,7 +337,8 @@ mod tests {
         .unwrap();
         let (wake, _woken) = bounded(1);
         let engine = crate::store::SqliteEngine::new(conn).unwrap();
-        let (handle, thread) = spawn(Box::new(engine), wake).unwrap();
+        let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
+        let thread = threads.remove(0);
 
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (pruned, slowest) = std::thread::scope(|s| {

@@ -45,7 +45,14 @@ impl SqliteEngine {
     }
 }
 
+/// Orders one transaction may hold: one fsync for up to this many.
+const MAX_BATCH: usize = 128;
+
 impl Engine for SqliteEngine {
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
     fn begin(&mut self) -> Result<(), StoreError> {
         self.events_at_begin = self.next_event_id;
         // IMMEDIATE: the write lock now, not at the first write, so a batch never fails
@@ -70,6 +77,14 @@ impl Engine for SqliteEngine {
         self.exec("COMMIT")?;
         self.events_at_commit = self.next_event_id;
         Ok(())
+    }
+
+    fn rollback(&mut self) {
+        // The ids the job took stay taken: a gap, never a reuse.
+        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            log::error!("writer: cannot roll back: {e}");
+            self.abandon();
+        }
     }
 
     fn abandon(&mut self) {

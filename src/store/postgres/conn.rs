@@ -1,0 +1,155 @@
+//! One PostgreSQL connection that reconnects after it was lost, with its prepared
+//! statements. A lost server answers `StoreError` (a 503 upstream) until it is back; no
+//! restart is needed.
+
+use crate::store::StoreError;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Statement};
+use std::collections::HashMap;
+
+pub struct Conn {
+    config: postgres::Config,
+    client: Option<Client>,
+    statements: HashMap<&'static str, Statement>,
+    /// Counts connects: a session-level lock (the relay's) is gone with its session.
+    generation: u64,
+    /// Inside a transaction: a lost connection is then an error, never a new one (whose
+    /// statements would run outside the transaction).
+    in_transaction: bool,
+}
+
+impl Conn {
+    /// A connection that is made on first use.
+    pub fn new(config: postgres::Config) -> Conn {
+        Conn {
+            config,
+            client: None,
+            statements: HashMap::new(),
+            generation: 0,
+            in_transaction: false,
+        }
+    }
+
+    /// Connects now, so that a wrong URL or an absent server shows at start-up.
+    pub fn connected(config: postgres::Config) -> Result<Conn, StoreError> {
+        let mut conn = Conn::new(config);
+        conn.client()?;
+        Ok(conn)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            if self.in_transaction {
+                return Err(StoreError::Unavailable(
+                    "the database connection was lost in a transaction".into(),
+                ));
+            }
+            let client = self.config.connect(NoTls).map_err(StoreError::from)?;
+            self.statements.clear();
+            self.generation += 1;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(st) = self.statements.get(sql) {
+            if !self.client.as_ref().is_none_or(Client::is_closed) {
+                return Ok(st.clone());
+            }
+        }
+        let prepared = self.client()?.prepare(sql);
+        let st = prepared.map_err(|e| self.failed(e))?;
+        self.statements.insert(sql, st.clone());
+        Ok(st)
+    }
+
+    /// Forgets a connection that is gone, so the next use makes a new one.
+    fn failed(&mut self, e: postgres::Error) -> StoreError {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+        }
+        StoreError::from(e)
+    }
+
+    pub fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let st = self.statement(sql)?;
+        let result = self.client()?.query(&st, params);
+        result.map_err(|e| self.failed(e))
+    }
+
+    pub fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        let st = self.statement(sql)?;
+        let result = self.client()?.query_opt(&st, params);
+        result.map_err(|e| self.failed(e))
+    }
+
+    pub fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, StoreError> {
+        let st = self.statement(sql)?;
+        let result = self.client()?.query_one(&st, params);
+        result.map_err(|e| self.failed(e))
+    }
+
+    pub fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let st = self.statement(sql)?;
+        let result = self.client()?.execute(&st, params);
+        result.map_err(|e| self.failed(e))
+    }
+
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.batch("BEGIN")?;
+        self.in_transaction = true;
+        Ok(())
+    }
+
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        let done = self.batch("COMMIT");
+        self.in_transaction = false;
+        done
+    }
+
+    /// Ends the transaction, keeping nothing; a lost connection ended it already.
+    pub fn rollback(&mut self) {
+        let open = self.client.as_ref().is_some_and(|c| !c.is_closed());
+        if open {
+            if let Err(e) = self.batch("ROLLBACK") {
+                log::warn!("database: rollback failed: {e}");
+            }
+        }
+        self.in_transaction = false;
+    }
+
+    /// Statements without parameters (transaction control, DDL), in one round trip.
+    pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        let result = self.client()?.batch_execute(sql);
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// The client, for refinery's migrations.
+    pub fn raw(&mut self) -> Result<&mut Client, StoreError> {
+        self.client()
+    }
+}

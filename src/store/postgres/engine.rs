@@ -1,0 +1,283 @@
+//! A PostgreSQL write session as the writer drives it, and `Tx` over it.
+//!
+//! Each session runs one job per transaction (`max_batch` 1): a batch of several would
+//! hold the row locks of several orders at once, and two instances batching the same
+//! orders in another order would deadlock. Concurrent sessions still share the WAL's
+//! flushes, which is PostgreSQL's own group commit.
+
+use super::conn::Conn;
+use super::reads::{load_idempotency, load_order, order_item};
+use crate::domain::{Order, OrderId, ProductId, Status, UserId};
+use crate::store::{CachedProduct, Engine, IdempotencyRecord, NewEvent, StoreError, Tx};
+
+pub struct PgEngine {
+    conn: Conn,
+    wrote_events: bool,
+}
+
+impl PgEngine {
+    pub(super) fn new(conn: Conn) -> PgEngine {
+        PgEngine {
+            conn,
+            wrote_events: false,
+        }
+    }
+}
+
+impl Engine for PgEngine {
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.wrote_events = false;
+        self.conn.begin()
+    }
+
+    fn savepoint(&mut self) -> Result<(), StoreError> {
+        self.conn.batch("SAVEPOINT job")
+    }
+
+    fn release(&mut self) -> Result<(), StoreError> {
+        self.conn.batch("RELEASE SAVEPOINT job")
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.conn.commit()
+    }
+
+    fn rollback(&mut self) {
+        self.wrote_events = false;
+        self.conn.rollback();
+    }
+
+    fn abandon(&mut self) {
+        self.rollback();
+    }
+
+    fn tx(&mut self) -> &mut dyn Tx {
+        self
+    }
+
+    fn wrote_events(&mut self) -> bool {
+        self.wrote_events
+    }
+}
+
+impl Tx for PgEngine {
+    fn next_order_id(&mut self) -> Result<OrderId, StoreError> {
+        let row = self.conn.query_one("SELECT nextval('order_ids')", &[])?;
+        Ok(OrderId::from_trusted(row.get(0)))
+    }
+
+    fn insert_order(&mut self, o: &Order) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &o.id.get(),
+                &o.user_id.as_str(),
+                &o.user_email.as_str(),
+                &o.status.as_str(),
+                &o.total.cents(),
+                &o.created_at,
+                &o.updated_at,
+            ],
+        )?;
+        for (line_no, i) in o.items.iter().enumerate() {
+            let (line_no, quantity) = (line_no as i32 + 1, i.quantity as i32);
+            self.conn.execute(
+                "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, price_cents, subtotal_cents)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &o.id.get(),
+                    &line_no,
+                    &i.product_id.get(),
+                    &i.product_name,
+                    &quantity,
+                    &i.price.cents(),
+                    &i.subtotal.cents(),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn order_for_update(&mut self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        // The row lock holds until the transaction ends: another instance changing the
+        // same order waits, then reads what this one wrote.
+        let Some(head) = self.conn.query_opt(
+            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+             FROM orders WHERE id = $1 FOR UPDATE",
+            &[&id.get()],
+        )?
+        else {
+            return Ok(None);
+        };
+        let items = self.conn.query(
+            "SELECT product_id, product_name, quantity, price_cents, subtotal_cents
+             FROM order_items WHERE order_id = $1 ORDER BY line_no",
+            &[&id.get()],
+        )?;
+        load_order(
+            &head,
+            items.iter().map(order_item).collect::<Result<_, _>>()?,
+        )
+        .map(Some)
+    }
+
+    fn update_status(&mut self, id: OrderId, status: Status, at: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3",
+            &[&status.as_str(), &at, &id.get()],
+        )?;
+        Ok(())
+    }
+
+    fn next_event_id(&mut self) -> Result<i64, StoreError> {
+        let row = self.conn.query_one("SELECT nextval('outbox_ids')", &[])?;
+        Ok(row.get(0))
+    }
+
+    fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO outbox (id, order_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&e.id, &e.order_id.get(), &e.event_type, &e.payload, &e.at],
+        )?;
+        self.wrote_events = true;
+        Ok(())
+    }
+
+    fn idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        load_idempotency(&mut self.conn, user, key)
+    }
+
+    fn claim_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        request: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT INTO idempotency_keys (user_id, idem_key, request, response_status, response_body, created_at)
+             VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (user_id, idem_key) DO NOTHING",
+            &[&user.as_str(), &key, &request, &at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn retake_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        request: &str,
+        at: i64,
+        stale_before: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE idempotency_keys SET request = $3, created_at = $4
+             WHERE user_id = $1 AND idem_key = $2 AND response_status = 0 AND created_at < $5",
+            &[&user.as_str(), &key, &request, &at, &stale_before],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn answer_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE idempotency_keys SET response_status = $3, response_body = $4
+             WHERE user_id = $1 AND idem_key = $2 AND response_status = 0",
+            &[&user.as_str(), &key, &i32::from(status), &body],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn release_idempotency(&mut self, user: &UserId, key: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND response_status = 0",
+            &[&user.as_str(), &key],
+        )?;
+        Ok(())
+    }
+
+    fn upsert_product(&mut self, p: &CachedProduct) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
+               price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
+             WHERE excluded.fetched_at >= product_cache.fetched_at",
+            &[&p.product_id.get(), &p.name, &p.price.cents(), &p.stock, &p.fetched_at],
+        )?;
+        Ok(())
+    }
+
+    fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM product_cache WHERE product_id = $1",
+            &[&id.get()],
+        )?;
+        Ok(())
+    }
+
+    fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE outbox SET published_at = $1 WHERE id = ANY($2) AND published_at IS NULL",
+            &[&at, &ids],
+        )?;
+        Ok(n as usize)
+    }
+
+    fn mark_blocked(&mut self, id: i64, since: i64) -> Result<usize, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE outbox SET blocked_since = $1 WHERE id = $2 AND published_at IS NULL",
+            &[&since, &id],
+        )?;
+        Ok(n as usize)
+    }
+
+    fn prune_outbox(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM outbox WHERE id IN (
+               SELECT id FROM outbox
+               WHERE published_at IS NOT NULL AND published_at < $1
+                 AND id < (SELECT MAX(id) FROM outbox)
+               ORDER BY published_at LIMIT $2)",
+            &[&before, &(limit as i64)],
+        )?;
+        Ok(n as usize)
+    }
+
+    fn prune_idempotency(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM idempotency_keys WHERE (user_id, idem_key) IN (
+               SELECT user_id, idem_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+            &[&before, &(limit as i64)],
+        )?;
+        Ok(n as usize)
+    }
+
+    fn heartbeat(&mut self, at: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO heartbeat (id, beat_at) VALUES (1, $1)
+             ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
+            &[&at],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! The PostgreSQL engine: for a shop that outgrows one box, several instances of the
+//! service on one database. The schema is the same migration files as SQLite's; ids come
+//! from two sequences (SQLite's single writer needs none), made here at start-up.
+//!
+//! Several instances stay correct because the database decides: ids from sequences, a
+//! row lock on every status change (`order_for_update`), idempotency keys claimed under
+//! their unique key, and one relay at a time under an advisory lock (`Reads::lead_relay`).
+
+mod conn;
+mod engine;
+mod reads;
+
+pub use engine::PgEngine;
+pub use reads::PgReader;
+
+use crate::config::PostgresPool;
+use crate::store::StoreError;
+use conn::Conn;
+use std::time::Duration;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Held while migrating, so that instances starting together migrate one at a time.
+const MIGRATION_LOCK: i64 = 0x6f72_6465_7273_0001;
+/// Held by the relaying instance for as long as its session lives.
+pub(crate) const RELAY_LOCK: i64 = 0x6f72_6465_7273_0002;
+
+/// How to connect: the URL's settings and the connect timeout.
+#[derive(Clone)]
+pub struct Connector {
+    config: postgres::Config,
+}
+
+impl Connector {
+    pub fn new(url: &str, pool: &PostgresPool) -> Result<Connector, StoreError> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|_| StoreError::Unavailable("not a valid PostgreSQL URL".into()))?;
+        config
+            .connect_timeout(pool.connect_timeout)
+            .application_name("order-service")
+            // A server that vanished (power cut, cable) is noticed within a minute
+            // rather than after the kernel's two hours.
+            .keepalives_idle(Duration::from_secs(30));
+        Ok(Connector { config })
+    }
+
+    fn lazy(&self) -> Conn {
+        Conn::new(self.config.clone())
+    }
+
+    fn connected(&self) -> Result<Conn, StoreError> {
+        Conn::connected(self.config.clone())
+    }
+}
+
+/// Applies the migrations the database has not seen and makes the id sequences; returns
+/// the migrations applied. Instances starting together take turns.
+pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
+    let mut conn = connector.connected().map_err(|e| e.to_string())?;
+    conn.batch(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .map_err(|e| e.to_string())?;
+    let applied = (|| {
+        let client = conn.raw().map_err(|e| e.to_string())?;
+        let report = embedded::migrations::runner()
+            .run(client)
+            .map_err(|e| format!("migrations: {e}"))?;
+        // A sequence is moved past the largest id only when it is behind it, which happens
+        // only to a database filled by `import-sqlite`: a running instance's ids come from
+        // the sequence, so it is never behind, and a `setval` then could hand out an id
+        // twice.
+        conn.batch(
+            "CREATE SEQUENCE IF NOT EXISTS order_ids;
+             CREATE SEQUENCE IF NOT EXISTS outbox_ids;
+             SELECT setval('order_ids', m) FROM (SELECT MAX(id) AS m FROM orders) t
+               WHERE m > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM order_ids);
+             SELECT setval('outbox_ids', m) FROM (SELECT MAX(id) AS m FROM outbox) t
+               WHERE m > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_ids);",
+        )
+        .map_err(|e| format!("sequences: {e}"))?;
+        Ok(report
+            .applied_migrations()
+            .iter()
+            .map(|m| m.to_string())
+            .collect())
+    })();
+    let _ = conn.batch(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
+    applied
+}
+
+/// `pool.writers` write sessions, each connected now (a wrong URL shows at start-up).
+pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngine>, StoreError> {
+    (0..pool.writers)
+        .map(|_| connector.connected().map(PgEngine::new))
+        .collect()
+}
+
+/// A reading session; it connects on first use and again after a loss.
+pub fn reader(connector: &Connector) -> PgReader {
+    PgReader::new(connector.lazy())
+}

@@ -1,0 +1,268 @@
+//! Reads on a PostgreSQL session of the reader's own, and the relay's leadership.
+
+use super::conn::Conn;
+use super::RELAY_LOCK;
+use crate::domain::{Email, Money, Order, OrderId, OrderItem, ProductId, Status, UserId};
+use crate::store::{
+    BlockedEvent, CachedProduct, IdempotencyRecord, OutboxRow, OutboxStats, Reads, StoreError,
+};
+use postgres::Row;
+use std::cell::RefCell;
+
+pub struct PgReader {
+    conn: RefCell<Conn>,
+    /// The session (by its connect count) that holds the relay's lock, if one does.
+    leading: RefCell<Option<u64>>,
+}
+
+impl PgReader {
+    pub(super) fn new(conn: Conn) -> PgReader {
+        PgReader {
+            conn: RefCell::new(conn),
+            leading: RefCell::new(None),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct EventHead {
+    event_id: String,
+    source: String,
+}
+
+fn event_head(payload: &str) -> Result<EventHead, StoreError> {
+    serde_json::from_str(payload)
+        .map_err(|e| StoreError::Unavailable(format!("an outbox payload does not parse: {e}")))
+}
+
+impl Reads for PgReader {
+    fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        let mut conn = self.conn.borrow_mut();
+        let Some(head) = conn.query_opt(
+            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+             FROM orders WHERE id = $1",
+            &[&id.get()],
+        )?
+        else {
+            return Ok(None);
+        };
+        let items = conn.query(
+            "SELECT product_id, product_name, quantity, price_cents, subtotal_cents
+             FROM order_items WHERE order_id = $1 ORDER BY line_no",
+            &[&id.get()],
+        )?;
+        load_order(
+            &head,
+            items.iter().map(order_item).collect::<Result<_, _>>()?,
+        )
+        .map(Some)
+    }
+
+    fn orders_of(
+        &self,
+        user: &UserId,
+        page: u32,
+        per_page: u32,
+    ) -> Result<(Vec<Order>, i64), StoreError> {
+        let mut conn = self.conn.borrow_mut();
+        let total: i64 = conn
+            .query_one(
+                "SELECT COUNT(*) FROM orders WHERE user_id = $1",
+                &[&user.as_str()],
+            )?
+            .get(0);
+        let offset = i64::from(page - 1) * i64::from(per_page);
+        if offset >= total {
+            return Ok((Vec::new(), total));
+        }
+        let heads = conn.query(
+            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+             FROM orders WHERE user_id = $1
+             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+            &[&user.as_str(), &i64::from(per_page), &offset],
+        )?;
+        let ids: Vec<i64> = heads.iter().map(|h| h.get(0)).collect();
+        // The page's items in one query.
+        let items = conn.query(
+            "SELECT order_id, product_id, product_name, quantity, price_cents, subtotal_cents
+             FROM order_items WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+            &[&ids],
+        )?;
+        let mut orders = Vec::with_capacity(heads.len());
+        for head in &heads {
+            let id: i64 = head.get(0);
+            let mine = items
+                .iter()
+                .filter(|r| r.get::<_, i64>(0) == id)
+                .map(|r| item_at(r, 1))
+                .collect::<Result<_, _>>()?;
+            orders.push(load_order(head, mine)?);
+        }
+        Ok((orders, total))
+    }
+
+    fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        let rows = self.conn.borrow_mut().query(
+            "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache
+             WHERE product_id = ANY($1)",
+            &[&ids],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(CachedProduct {
+                    product_id: ProductId::new(r.get(0)).ok_or_else(|| bad("a product id"))?,
+                    name: r.get(1),
+                    price: Money::from_cents(r.get(2)),
+                    stock: r.get(3),
+                    fetched_at: r.get(4),
+                })
+            })
+            .collect()
+    }
+
+    fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let mut conn = self.conn.borrow_mut();
+        let pending: i64 = conn
+            .query_one(
+                "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+                &[],
+            )?
+            .get(0);
+        let oldest_pending_at = conn
+            .query_opt(
+                "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1",
+                &[],
+            )?
+            .map(|r| r.get(0));
+        Ok(OutboxStats {
+            pending,
+            oldest_pending_at,
+        })
+    }
+
+    fn published_events(&self) -> Result<i64, StoreError> {
+        let row = self.conn.borrow_mut().query_one(
+            "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL",
+            &[],
+        )?;
+        Ok(row.get(0))
+    }
+
+    fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        // By id, from the lowest pending one each time: an event that committed after a
+        // higher id was published is still found (no high-water mark). Per order the
+        // ids follow the changes, which the order's row lock serialises.
+        let rows = self.conn.borrow_mut().query(
+            "SELECT id, order_id, event_type, payload, created_at FROM outbox
+             WHERE published_at IS NULL ORDER BY id LIMIT $1",
+            &[&(limit as i64)],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let payload: String = r.get(3);
+                let head = event_head(&payload)?;
+                Ok(OutboxRow {
+                    id: r.get(0),
+                    order_id: r.get(1),
+                    event_type: r.get(2),
+                    created_at: r.get(4),
+                    event_id: head.event_id,
+                    source: head.source,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    fn blocked_event(&self) -> Result<Option<BlockedEvent>, StoreError> {
+        let row = self.conn.borrow_mut().query_opt(
+            "SELECT id, event_type, payload, blocked_since FROM outbox
+             WHERE blocked_since IS NOT NULL AND published_at IS NULL ORDER BY id LIMIT 1",
+            &[],
+        )?;
+        row.map(|r| {
+            let payload: String = r.get(2);
+            Ok(BlockedEvent {
+                id: r.get(0),
+                event_id: event_head(&payload)?.event_id,
+                event_type: r.get(1),
+                since: r.get(3),
+            })
+        })
+        .transpose()
+    }
+
+    fn lead_relay(&self) -> Result<bool, StoreError> {
+        let mut conn = self.conn.borrow_mut();
+        // A session-level lock lives as long as the session: held if this session (not
+        // an earlier one, lost since) took it. Checking the session costs a round trip.
+        let session = {
+            conn.batch("")?;
+            conn.generation()
+        };
+        if *self.leading.borrow() == Some(session) {
+            return Ok(true);
+        }
+        let took: bool = conn
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])?
+            .get(0);
+        *self.leading.borrow_mut() = took.then_some(session);
+        Ok(took)
+    }
+}
+
+pub(super) fn load_idempotency(
+    conn: &mut Conn,
+    user: &UserId,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
+    let row = conn.query_opt(
+        "SELECT request, response_status, response_body, created_at FROM idempotency_keys
+         WHERE user_id = $1 AND idem_key = $2",
+        &[&user.as_str(), &key],
+    )?;
+    row.map(|r| {
+        Ok(IdempotencyRecord {
+            request: r.get(0),
+            status: u16::try_from(r.get::<_, i32>(1)).map_err(|_| bad("a response status"))?,
+            body: r.get(2),
+            created_at: r.get(3),
+        })
+    })
+    .transpose()
+}
+
+/// An order from its head row (as selected above) and its items.
+pub(super) fn load_order(head: &Row, items: Vec<OrderItem>) -> Result<Order, StoreError> {
+    let status: String = head.get(3);
+    Ok(Order {
+        id: OrderId::from_trusted(head.get(0)),
+        user_id: UserId::from_trusted(head.get(1)),
+        user_email: Email::from_trusted(head.get(2)),
+        items,
+        total: Money::from_cents(head.get(4)),
+        status: Status::parse(&status).ok_or_else(|| bad("a status"))?,
+        created_at: head.get(5),
+        updated_at: head.get(6),
+    })
+}
+
+/// An item from a row selected as above.
+pub(super) fn order_item(r: &Row) -> Result<OrderItem, StoreError> {
+    item_at(r, 0)
+}
+
+fn item_at(r: &Row, first: usize) -> Result<OrderItem, StoreError> {
+    Ok(OrderItem {
+        product_id: ProductId::new(r.get(first)).ok_or_else(|| bad("a product id"))?,
+        product_name: r.get(first + 1),
+        quantity: u32::try_from(r.get::<_, i32>(first + 2)).map_err(|_| bad("a quantity"))?,
+        price: Money::from_cents(r.get(first + 3)),
+        subtotal: Money::from_cents(r.get(first + 4)),
+    })
+}
+
+fn bad(what: &str) -> StoreError {
+    StoreError::Unavailable(format!("the database holds {what} out of range"))
+}
