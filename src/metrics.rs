@@ -29,6 +29,7 @@ pub struct Metrics {
     outbox_published: AtomicU64,
     outbox_failed: AtomicU64,
     broker_connected: AtomicBool,
+    relay_active: AtomicBool,
 }
 
 impl Metrics {
@@ -82,6 +83,15 @@ impl Metrics {
 
     pub fn broker_connected(&self) -> bool {
         self.broker_connected.load(Relaxed)
+    }
+
+    /// Whether this instance publishes the outbox (one at a time on a shared database).
+    pub fn set_relay_active(&self, active: bool) {
+        self.relay_active.store(active, Relaxed);
+    }
+
+    pub fn relay_active(&self) -> bool {
+        self.relay_active.load(Relaxed)
     }
 
     /// The whole exposition; `outbox` and `blocked` are read from the database at scrape time.
@@ -150,6 +160,17 @@ impl Metrics {
             out,
             "order_service_broker_connected {}",
             u8::from(self.broker_connected())
+        );
+        header(
+            &mut out,
+            "order_service_relay_active",
+            "gauge",
+            "1 while this instance publishes the outbox (one instance at a time on a shared database).",
+        );
+        let _ = writeln!(
+            out,
+            "order_service_relay_active {}",
+            u8::from(self.relay_active())
         );
         if let Some(stats) = outbox {
             header(

@@ -276,6 +276,7 @@ fn ready(shared: &Shared, reader: &dyn Reads) -> Response {
         "status": if db_ok { "ready" } else { "unavailable" },
         "database": db_text,
         "broker": if shared.metrics.broker_connected() { "connected" } else { "disconnected" },
+        "relay": if shared.metrics.relay_active() { "active" } else { "standby" },
         "outbox": {
             "pending": outbox.as_ref().map(|o| o.pending),
             "oldest_pending_age_seconds": outbox.as_ref().and_then(|o| o.oldest_pending_age_seconds()),

@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 500;
 /// The outbox is read again this often even when nobody wakes the relay.
 const POLL: Duration = Duration::from_secs(5);
+/// How often an instance that does not relay asks whether it may (PostgreSQL, several
+/// instances): the bound on a failover once the relaying instance is gone.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// For the TCP connect and, separately, the AMQP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -180,6 +183,7 @@ pub fn spawn(
         refusal,
         stop: stop_rx,
         drain_by: None,
+        leading: None,
     };
     let thread = crate::threads::spawn_critical("relay", move || {
         let _done = done_tx;
@@ -224,6 +228,9 @@ struct Relay {
     stop: Receiver<()>,
     /// Once asked to stop: the end of the last drain.
     drain_by: Option<Instant>,
+    /// Whether this instance publishes (one at a time on a shared database); `None`
+    /// until first asked.
+    leading: Option<bool>,
 }
 
 /// Refusals of one event in a row.
@@ -253,6 +260,8 @@ impl Refusal {
 
 /// What one pass over the outbox achieved.
 enum Pass {
+    /// Another instance relays: ask again soon.
+    Standby,
     /// Nothing is pending.
     Idle,
     /// Rows were confirmed; more may be pending.
@@ -269,6 +278,7 @@ impl Relay {
                 _ if self.drain_by.is_some() => break,
                 Pass::Progress if stop_asked(&self.stop) => break,
                 Pass::Progress => continue,
+                Pass::Standby => STANDBY_POLL,
                 Pass::Idle => POLL,
                 Pass::Failed => self.next_backoff(),
             };
@@ -290,7 +300,7 @@ impl Relay {
         while Instant::now() < deadline {
             match self.pass() {
                 Pass::Progress => {}
-                Pass::Idle => return,
+                Pass::Idle | Pass::Standby => return,
                 Pass::Failed => break,
             }
         }
@@ -304,7 +314,37 @@ impl Relay {
         }
     }
 
+    /// Whether this instance may publish now; says so when that changes.
+    fn lead(&mut self) -> Option<bool> {
+        let leading = match self.reader.lead_relay() {
+            Ok(leading) => leading,
+            Err(e) => {
+                log::error!("relay cannot tell whether it leads: {e}");
+                return None;
+            }
+        };
+        if self.leading != Some(leading) {
+            if leading {
+                log::info!("relay: this instance publishes the outbox");
+            } else {
+                log::info!("relay: another instance publishes the outbox; standing by");
+                // The broker link is the relaying instance's; this one holds none.
+                self.drop_link();
+                self.state = LinkState::Unknown;
+                self.metrics.set_broker_connected(false);
+            }
+            self.metrics.set_relay_active(leading);
+            self.leading = Some(leading);
+        }
+        Some(leading)
+    }
+
     fn pass(&mut self) -> Pass {
+        match self.lead() {
+            Some(true) => {}
+            Some(false) => return Pass::Standby,
+            None => return Pass::Failed,
+        }
         let rows = match self.reader.pending_events(BATCH) {
             Ok(rows) => rows,
             Err(e) => {
@@ -534,7 +574,8 @@ impl Relay {
     }
 
     fn housekeeping(&mut self) {
-        if self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY) {
+        if self.leading != Some(true) || self.last_prune.is_some_and(|t| t.elapsed() < PRUNE_EVERY)
+        {
             return;
         }
         self.last_prune = Some(Instant::now());
