@@ -162,7 +162,7 @@ pub const PORT: Setting<u16> = Setting {
 pub const DATABASE_URL: Setting<Database> = Setting {
     name: "DATABASE_URL",
     default: "./data/orders.db",
-    help: "SQLite file (a path or sqlite://PATH), or postgresql://user:pass@host:port/db; its password is never logged",
+    help: "SQLite file (a path or sqlite://PATH), or postgresql://user:pass@host:port/db",
     secret: true,
     parse: parse_database,
 };
