@@ -461,20 +461,63 @@ fn ceilings(run: &mut Run, order_bytes: Option<usize>, failed: &mut bool) {
                             format!("(a) postgres, 1 line, {group} orders/tx"),
                             ceilings::postgres(name, 1, group, count * 4),
                         ));
+                        // The COPY preload, checked here while the service cannot run on
+                        // PostgreSQL, so the scale runs work on the day it can.
+                        let spec = preload::Spec {
+                            orders: 10_000,
+                            users: 100,
+                            big_percent: 20,
+                            pending_events: true,
+                        };
+                        let loaded =
+                            preload::psql_run(name, "TRUNCATE orders, order_items, outbox", |_| {})
+                                .and_then(|_| db.preload(&spec));
+                        match loaded {
+                            Ok(took) => {
+                                let text = format!(
+                                    "10000 orders, 20000 lines, 10000 events by COPY in {:.2} s",
+                                    took.as_secs_f64()
+                                );
+                                run.report.fact(
+                                    "postgres preload check",
+                                    text,
+                                    json!(took.as_secs_f64()),
+                                );
+                            }
+                            Err(e) => {
+                                run.report.note(format!("postgres preload: {e}"));
+                                *failed = true;
+                            }
+                        }
                     }
                 }
             }
         }
     } else {
-        for (label, lines, per_tx) in [
+        // fsync times on a shared disk swing from one second to the next: each variant
+        // runs three times, interleaved, and the best run is its ceiling.
+        let variants = [
             ("1 line, 1 order/tx".to_string(), 1, 1),
             ("5 lines, 1 order/tx".to_string(), 5, 1),
             (format!("1 line, {group} orders/tx"), 1, group),
-        ] {
-            a_lines.push((
-                format!("(a) sqlite, {label}"),
-                ceilings::sqlite(&run.dir, lines, per_tx, time),
-            ));
+        ];
+        let mut best: Vec<Result<Outcome, String>> =
+            variants.iter().map(|_| Err("not run".into())).collect();
+        for _round in 0..3 {
+            for (i, (_, lines, per_tx)) in variants.iter().enumerate() {
+                let out = ceilings::sqlite(&run.dir, *lines, *per_tx, time / 3);
+                let better = match (&out, &best[i]) {
+                    (Ok(new), Ok(old)) => new.rate() > old.rate(),
+                    (Ok(_), Err(_)) => true,
+                    _ => false,
+                };
+                if better || (out.is_err() && best[i].is_err()) {
+                    best[i] = out;
+                }
+            }
+        }
+        for ((label, _, _), out) in variants.into_iter().zip(best) {
+            a_lines.push((format!("(a) sqlite, {label}"), out));
         }
     }
     for (name, result) in a_lines {
@@ -532,6 +575,22 @@ fn ceilings(run: &mut Run, order_bytes: Option<usize>, failed: &mut bool) {
         "(a) 5 lines, 1 order/tx",
     );
     let b = find(&|n| n.starts_with("(b) "), "(b) tiny_http hello");
+    let group_ceiling = find(
+        &|n| n.starts_with("(a) ") && n.ends_with(&format!("{group} orders/tx")),
+        "",
+    );
+    if let (Some((_, g)), Some(create)) = (group_ceiling, run.report.line("create, 1 line")) {
+        let text = format!(
+            "{:.0}/s against {g:.0}/s = {:.2}x",
+            create.rate,
+            create.rate / g
+        );
+        run.report.fact(
+            &format!("create, 1 line vs (a) with group commit, {group} orders/tx"),
+            text,
+            json!(create.rate / g),
+        );
+    }
     for (_, lines) in run.report.sections.iter_mut() {
         for l in lines.iter_mut() {
             l.ceiling = match l.name.as_str() {
