@@ -278,8 +278,18 @@ fn main() {
         ("smoke".into(), json!(o.smoke)),
         ("binary".into(), json!(service::BINARY)),
     ];
+    // Other work on the machine shares the cores too: the load says how much there was.
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let load_before = load();
     let started = Instant::now();
     let failed = run_all(&mut run);
+    let text = format!("{load_before} before, {} after", load());
+    run.report
+        .fact("load average (1, 5, 15 min)", text.clone(), json!(text));
     run.report.fact(
         "whole run",
         format!("{:.1} s", started.elapsed().as_secs_f64()),
