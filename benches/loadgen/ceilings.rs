@@ -1,0 +1,298 @@
+//! The ceilings, measured in the same run on the same machine: what the parts the
+//! service is made of can do with nothing of the service around them.
+//!
+//! (a) SQLite with the service's schema and pragmas, one connection, one durable
+//!     transaction per order (order + lines + outbox row); and the group-commit variant,
+//!     K orders per transaction, which is what the service's writer does under load.
+//! (b) The vendored tiny_http answering an order-sized body from the same number of
+//!     workers, driven by the same client.
+//! (c) amiquip publishing event-sized persistent messages with publisher confirms, in
+//!     the relay's batch size, to a throwaway durable queue.
+
+use crate::preload::{payload, Row};
+use crate::scenarios::{self, Kind, Known, Outcome};
+use amiquip::{AmqpProperties, AmqpValue, Confirm, ConfirmSmoother, FieldTable, Publish};
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The migrations' SQL, in version order: the schema the service runs on.
+pub fn migrations_sql() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(&dir)
+        .expect("migrations/")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let version = name.strip_prefix('V')?.split("__").next()?.parse().ok()?;
+            Some((version, e.path()))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|(_, p)| std::fs::read_to_string(p).expect("a migration"))
+        .collect()
+}
+
+/// (a) on SQLite: `per_tx` orders of `lines` lines per durable transaction, for `time`.
+pub fn sqlite(dir: &Path, lines: usize, per_tx: usize, time: Duration) -> Result<Outcome, String> {
+    let path = dir.join(format!("ceiling-a-{lines}-{per_tx}.db"));
+    let e = |e: rusqlite::Error| e.to_string();
+    let mut conn = rusqlite::Connection::open(&path).map_err(e)?;
+    // As src/store/mod.rs `open_write` sets them.
+    conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(e)?;
+    for sql in migrations_sql() {
+        conn.execute_batch(&sql).map_err(e)?;
+    }
+    let mut out = Outcome::default();
+    let started = Instant::now();
+    let mut id = 0u64;
+    while started.elapsed() < time {
+        let began = Instant::now();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e)?;
+        for _ in 0..per_tx {
+            id += 1;
+            let r = Row::new(
+                id,
+                (id % 1000) as u32,
+                lines,
+                "pending",
+                began.elapsed().as_micros() as i64,
+            );
+            tx.prepare_cached(
+                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            )
+            .and_then(|mut s| s.execute(rusqlite::params![r.id, r.user, r.email, r.status, r.total, r.at]))
+            .map_err(e)?;
+            for (n, (p, name, q, price, sub)) in r.items.iter().enumerate() {
+                tx.prepare_cached(
+                    "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, price_cents, subtotal_cents)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| s.execute(rusqlite::params![r.id, n as i64 + 1, p, name, q, price, sub]))
+                .map_err(e)?;
+            }
+            tx.prepare_cached(
+                "INSERT INTO outbox (id, order_id, event_type, payload, created_at)
+                 VALUES (?1, ?1, 'order_created', ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(rusqlite::params![r.id, payload(&r), r.at]))
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        out.ok += per_tx as u64;
+        out.latencies.push(began.elapsed().as_micros() as u32);
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    out.latencies.sort_unstable();
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(out)
+}
+
+/// (a) on PostgreSQL, through psql on one connection: `count` orders, `per_tx` to a
+/// transaction, synchronous_commit as configured (on by default). No latencies.
+pub fn postgres(db: &str, lines: usize, per_tx: usize, count: u64) -> Result<Outcome, String> {
+    let mut script = Vec::new();
+    let mut id = 0u64;
+    while id < count {
+        script.extend_from_slice(b"BEGIN;\n");
+        for _ in 0..per_tx {
+            id += 1;
+            let r = Row::new(id, (id % 1000) as u32, lines, "pending", id as i64);
+            let _ = writeln!(
+                script,
+                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at) VALUES ({}, '{}', '{}', '{}', {}, {}, {});",
+                r.id, r.user, r.email, r.status, r.total, r.at, r.at
+            );
+            for (n, (p, name, q, price, sub)) in r.items.iter().enumerate() {
+                let _ = writeln!(
+                    script,
+                    "INSERT INTO order_items VALUES ({}, {}, {p}, '{name}', {q}, {price}, {sub});",
+                    r.id,
+                    n + 1
+                );
+            }
+            let _ = writeln!(
+                script,
+                "INSERT INTO outbox (id, order_id, event_type, payload, created_at) VALUES ({}, {}, 'order_created', '{}', {});",
+                r.id,
+                r.id,
+                payload(&r),
+                r.at
+            );
+        }
+        script.extend_from_slice(b"COMMIT;\n");
+    }
+    crate::preload::psql_run(db, "TRUNCATE orders, order_items, outbox", |_| {})?;
+    let started = Instant::now();
+    let mut child = crate::preload::psql(db)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("psql: {e}"))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&script)
+        .map_err(|e| e.to_string())?;
+    let done = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !done.status.success() {
+        return Err(String::from_utf8_lossy(&done.stderr).trim().to_string());
+    }
+    Ok(Outcome {
+        seconds: started.elapsed().as_secs_f64(),
+        ok: count,
+        ..Outcome::default()
+    })
+}
+
+/// (b) tiny_http with `workers` threads answering `body_len` bytes of JSON to every request.
+pub fn hello(
+    body_len: usize,
+    workers: usize,
+    clients: usize,
+    warmup: Duration,
+    time: Duration,
+) -> Outcome {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Arc::new(
+        tiny_http::Server::from_listener(listener, tiny_http::Options::default())
+            .expect("tiny_http on a bound listener"),
+    );
+    let body: Arc<Vec<u8>> = Arc::new(
+        format!(
+            "{{\"pad\":\"{}\"}}",
+            "x".repeat(body_len.saturating_sub(10))
+        )
+        .into_bytes(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let (server, body, stop) = (server.clone(), body.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let json = tiny_http::Header::from_bytes("Content-Type", "application/json")
+                    .expect("static header");
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) {
+                        let response = tiny_http::Response::from_data(body.as_slice())
+                            .with_header(json.clone());
+                        let _ = req.respond(response);
+                    }
+                }
+            })
+        })
+        .collect();
+    let out = scenarios::run(addr, Kind::Hello, &Known::default(), clients, warmup, time);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    server.stop_accepting();
+    out
+}
+
+/// (c) publishing `payload`-sized persistent messages in batches of `batch`, each batch
+/// waited on for its confirms, for `time`. Latencies are per batch.
+pub fn broker(payload_len: usize, batch: usize, time: Duration) -> Result<Outcome, String> {
+    let queue = format!("loadgen-ceiling-{}", std::process::id());
+    let mut connection = amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672")
+        .map_err(|e| format!("connect: {e}"))?;
+    let result = (|| {
+        let channel = connection
+            .open_channel(None)
+            .map_err(|e| format!("channel: {e}"))?;
+        channel
+            .queue_declare(
+                queue.as_str(),
+                amiquip::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| format!("declare: {e}"))?;
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .map_err(|e| format!("confirms: {e}"))?;
+        channel
+            .enable_publisher_confirms()
+            .map_err(|e| format!("confirms: {e}"))?;
+        let body = vec![b'x'; payload_len];
+        let mut smoother = ConfirmSmoother::new();
+        let mut tag = 0u64;
+        let mut out = Outcome::default();
+        let started = Instant::now();
+        while started.elapsed() < time {
+            let began = Instant::now();
+            for _ in 0..batch {
+                tag += 1;
+                // The relay's properties and headers, so the frames are the same size.
+                let mut headers = FieldTable::new();
+                headers.insert("order_id".into(), AmqpValue::LongLongInt(tag as i64));
+                headers.insert("source".into(), AmqpValue::LongString("loadgen".into()));
+                let properties = AmqpProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_message_id(format!("loadgen:{tag}"))
+                    .with_type_("order_created".into())
+                    .with_app_id("order-service".into())
+                    .with_timestamp(1_700_000_000)
+                    .with_headers(headers);
+                channel
+                    .basic_publish(
+                        "",
+                        Publish {
+                            body: &body,
+                            routing_key: queue.clone(),
+                            mandatory: true,
+                            immediate: false,
+                            properties,
+                        },
+                    )
+                    .map_err(|e| format!("publish: {e}"))?;
+            }
+            let mut acked = tag - batch as u64;
+            while acked < tag {
+                let raw = confirms
+                    .recv_timeout(Duration::from_secs(10))
+                    .map_err(|_| "no confirm in 10 s".to_string())?;
+                for c in smoother.process(raw) {
+                    match c {
+                        Confirm::Ack(p) => acked = acked.max(p.delivery_tag),
+                        Confirm::Nack(_) => return Err("the broker refused a message".into()),
+                    }
+                }
+            }
+            out.ok += batch as u64;
+            out.latencies.push(began.elapsed().as_micros() as u32);
+        }
+        out.seconds = started.elapsed().as_secs_f64();
+        out.latencies.sort_unstable();
+        let _ = channel.queue_delete(queue.as_str(), amiquip::QueueDeleteOptions::default());
+        Ok(out)
+    })();
+    let _ = connection.close();
+    if result.is_err() {
+        crate::service::delete_queue(&queue);
+    }
+    result
+}

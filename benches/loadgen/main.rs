@@ -1,0 +1,877 @@
+//! The benchmark program: the release binary on a database of its own, driven over
+//! loopback by keep-alive clients, every figure printed next to a ceiling measured in
+//! the same run (see ceilings.rs). One table on stdout, the same as JSON with --json.
+//!
+//!   cargo bench --bench loadgen                       (full run, defaults below)
+//!   cargo bench --bench loadgen -- --smoke            (a few seconds, for CI)
+//!   cargo bench --bench loadgen -- --duration 5 --clients 32 --preload 1000000 \
+//!       --backend sqlite --json out.json
+//!
+//! cargo builds `target/release/order-service` with the benchmark, from the same sources,
+//! so the binary measured is never stale.
+
+mod ceilings;
+mod client;
+mod preload;
+mod report;
+mod scenarios;
+mod service;
+
+use report::{Line, Report, Target};
+use scenarios::{Kind, Known, Outcome};
+use serde_json::json;
+use service::{ProductStandIn, Service, Setup};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "cargo bench --bench loadgen -- [options]
+  --duration S       measured seconds per scenario (10)
+  --warmup S         warm-up seconds before each (2)
+  --clients N        keep-alive client threads (16)
+  --http-threads N   the service's HTTP_THREADS, and the ceiling's workers (16)
+  --preload N        orders for the scale runs, 0 to skip them (1000000)
+  --users N          users the preloaded orders belong to (10000)
+  --big-share P      percent of the preloaded orders held by one user (20)
+  --drain N          pending events for the outbox drain, 0 to skip it (125000)
+  --backend B        sqlite or postgres (sqlite)
+  --dir PATH         where the databases go (the system's temp folder)
+  --json PATH        write the report as JSON too
+  --smoke            a few seconds in all, small preload: for CI; fails on errors";
+
+/// The relay's batch (src/relay.rs BATCH): rows published before waiting for confirms.
+const RELAY_BATCH: usize = 500;
+/// Users of the fresh-database scenarios: ~30 orders each, so page 1 is full.
+const FRESH_USERS: u32 = 1000;
+
+struct Options {
+    duration: Duration,
+    warmup: Duration,
+    clients: usize,
+    http_threads: usize,
+    preload: u64,
+    users: u32,
+    big_percent: u64,
+    drain: u64,
+    postgres: bool,
+    dir: PathBuf,
+    json: Option<PathBuf>,
+    smoke: bool,
+}
+
+fn options() -> Result<Options, String> {
+    let mut o = Options {
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        clients: 16,
+        http_threads: 16,
+        preload: 1_000_000,
+        users: 10_000,
+        big_percent: 20,
+        drain: 125_000,
+        postgres: false,
+        dir: std::env::temp_dir(),
+        json: None,
+        smoke: false,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // --smoke first, so that explicit options after it still win.
+    if args.iter().any(|a| a == "--smoke") {
+        o.smoke = true;
+        o.duration = Duration::from_millis(500);
+        o.warmup = Duration::from_millis(200);
+        o.clients = 4;
+        o.http_threads = 4;
+        o.preload = 20_000;
+        o.users = 200;
+        o.drain = 5_000;
+    }
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        let secs = |v: String| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| *s >= 0.0 && s.is_finite())
+                .map(Duration::from_secs_f64)
+                .ok_or(format!("not a number of seconds: {v}"))
+        };
+        let count = |v: String| v.parse::<u64>().map_err(|_| format!("not a count: {v}"));
+        match arg.as_str() {
+            // cargo passes --bench to every bench target.
+            "--bench" | "--smoke" => {}
+            "--duration" => o.duration = secs(value("--duration")?)?,
+            "--warmup" => o.warmup = secs(value("--warmup")?)?,
+            "--clients" => o.clients = count(value("--clients")?)?.max(1) as usize,
+            "--http-threads" => {
+                o.http_threads = count(value("--http-threads")?)?.clamp(1, 256) as usize
+            }
+            "--preload" => o.preload = count(value("--preload")?)?,
+            "--users" => o.users = count(value("--users")?)?.clamp(1, 1 << 30) as u32,
+            "--big-share" => o.big_percent = count(value("--big-share")?)?.min(100),
+            "--drain" => o.drain = count(value("--drain")?)?,
+            "--backend" => match value("--backend")?.as_str() {
+                "sqlite" => o.postgres = false,
+                "postgres" | "postgresql" => o.postgres = true,
+                other => return Err(format!("unknown backend {other}: sqlite or postgres")),
+            },
+            "--dir" => o.dir = PathBuf::from(value("--dir")?),
+            "--json" => o.json = Some(PathBuf::from(value("--json")?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+/// A database of the run's own: a SQLite file, or a PostgreSQL database dropped after.
+enum Db {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Db {
+    fn new(o: &Options, dir: &Path, label: &str) -> Result<Db, String> {
+        if !o.postgres {
+            return Ok(Db::Sqlite(dir.join(format!("{label}.db"))));
+        }
+        let name = format!("loadgen_{}_{label}", std::process::id());
+        preload::psql_run("postgres", &format!("CREATE DATABASE {name}"), |_| {})
+            .map_err(|e| format!("cannot create database {name}: {e}"))?;
+        Ok(Db::Postgres(name))
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(p) => p.display().to_string(),
+            Db::Postgres(name) => format!("postgresql://postgres@127.0.0.1:5432/{name}"),
+        }
+    }
+
+    fn preload(&self, spec: &preload::Spec) -> Result<Duration, String> {
+        match self {
+            Db::Sqlite(p) => preload::sqlite(p, spec),
+            Db::Postgres(name) => preload::postgres(name, spec),
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        match self {
+            Db::Sqlite(p) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+                }
+            }
+            Db::Postgres(name) => {
+                let _ = preload::psql_run(
+                    "postgres",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    |_| {},
+                );
+            }
+        }
+    }
+}
+
+struct Run {
+    o: Options,
+    dir: PathBuf,
+    products: ProductStandIn,
+    broker: bool,
+    report: Report,
+}
+
+impl Run {
+    fn setup(&self, db: &Db, queue: &str, label: &str) -> Setup {
+        Setup {
+            database_url: db.url(),
+            products_url: self.products.url.clone(),
+            broker: self.broker,
+            queue: queue.to_string(),
+            http_threads: self.o.http_threads,
+            log: self.dir.join(format!("{label}.log")),
+        }
+    }
+
+    /// Runs one scenario against `svc` and adds its line, peak RSS included.
+    fn scenario(
+        &mut self,
+        section: &str,
+        name: &str,
+        svc: &Service,
+        kind: Kind,
+        known: &Known,
+    ) -> Outcome {
+        let reset = svc.reset_peak_rss();
+        let out = scenarios::run(
+            svc.addr,
+            kind,
+            known,
+            self.o.clients,
+            self.o.warmup,
+            self.o.duration,
+        );
+        let mut line = Line::new(name, &out);
+        line.peak_rss_kib = svc.peak_rss_kib();
+        if !reset {
+            self.report.note(format!(
+                "{name}: peak RSS is since start (clear_refs refused)"
+            ));
+        }
+        println!(
+            "  {name}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {:?}",
+            line.rate, line.p50, line.p99, line.errors
+        );
+        self.report.section(section).push(line);
+        out
+    }
+}
+
+fn main() {
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    let dir = service::run_dir(&o.dir);
+    let broker = service::broker_reachable();
+    let mut run = Run {
+        products: ProductStandIn::start(),
+        broker,
+        report: Report::default(),
+        dir,
+        o,
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let o = &run.o;
+    println!(
+        "order-service loadgen: {} backend, {} clients, {} HTTP workers, {:.1} s per scenario after {:.1} s warm-up, {} cores shared by client and service, broker {}",
+        if o.postgres { "postgres" } else { "sqlite" },
+        o.clients,
+        o.http_threads,
+        o.duration.as_secs_f64(),
+        o.warmup.as_secs_f64(),
+        cores,
+        if broker { "on" } else { "off (no RabbitMQ on 127.0.0.1:5672: no drain, no ceiling c)" }
+    );
+    run.report.setup = vec![
+        (
+            "backend".into(),
+            json!(if o.postgres { "postgres" } else { "sqlite" }),
+        ),
+        ("clients".into(), json!(o.clients)),
+        ("http_threads".into(), json!(o.http_threads)),
+        ("duration_s".into(), json!(o.duration.as_secs_f64())),
+        ("warmup_s".into(), json!(o.warmup.as_secs_f64())),
+        ("preload".into(), json!(o.preload)),
+        ("users".into(), json!(o.users)),
+        ("big_share_percent".into(), json!(o.big_percent)),
+        ("drain".into(), json!(o.drain)),
+        ("cores".into(), json!(cores)),
+        ("broker".into(), json!(broker)),
+        ("smoke".into(), json!(o.smoke)),
+        ("binary".into(), json!(service::BINARY)),
+    ];
+    // Other work on the machine shares the cores too: the load says how much there was.
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let load_before = load();
+    let started = Instant::now();
+    let failed = run_all(&mut run);
+    let text = format!("{load_before} before, {} after", load());
+    run.report
+        .fact("load average (1, 5, 15 min)", text.clone(), json!(text));
+    run.report.fact(
+        "whole run",
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+        json!(started.elapsed().as_secs_f64()),
+    );
+    targets(&mut run.report, &run.o);
+    run.report.print();
+    if let Some(path) = &run.o.json {
+        let text = serde_json::to_string_pretty(&run.report.json()).unwrap();
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!("loadgen: cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+        println!("JSON report: {}", path.display());
+    }
+    let _ = std::fs::remove_dir_all(&run.dir);
+    if run.o.smoke && failed {
+        eprintln!("loadgen: the smoke run saw failures (above)");
+        std::process::exit(1);
+    }
+}
+
+/// Every phase in turn; true if something that should work did not (for --smoke).
+fn run_all(run: &mut Run) -> bool {
+    let mut failed = false;
+    let pid = std::process::id();
+
+    // 1. The fresh database: creates, then reads of what they made, then the mix.
+    println!("fresh database:");
+    let mut order_bytes = None;
+    let mut service_ok = false;
+    match Db::new(&run.o, &run.dir, "fresh") {
+        Err(e) => {
+            run.report.note(e);
+            failed = true;
+        }
+        Ok(db) => {
+            let queue = format!("loadgen-{pid}");
+            let setup = run.setup(&db, &queue, "fresh");
+            match setup.start() {
+                Err(e) => {
+                    run.report.note(format!(
+                        "the service refused DATABASE_URL={}: {e}",
+                        db.url()
+                    ));
+                    failed = true;
+                }
+                Ok(svc) => {
+                    service_ok = true;
+                    run.report.fact(
+                        "start-up to ready, empty database",
+                        format!("{:.1} ms", ms(svc.ready_after)),
+                        json!(ms(svc.ready_after)),
+                    );
+                    order_bytes = fresh(run, &svc);
+                    let log = svc.stop();
+                    look_at_log(&mut run.report, "fresh", &log);
+                }
+            }
+            if run.broker {
+                service::delete_queue(&queue);
+            }
+        }
+    }
+
+    // 2. The ceilings, with the service stopped.
+    println!("ceilings:");
+    ceilings(run, order_bytes, &mut failed);
+
+    // 3. Scale: a big preloaded database.
+    if run.o.preload > 0 && service_ok {
+        println!("scale ({} orders):", run.o.preload);
+        if let Err(e) = scale(run) {
+            run.report.note(format!("scale: {e}"));
+            failed = true;
+        }
+    }
+
+    // 4. The outbox drain.
+    if run.o.drain > 0 && service_ok {
+        if run.broker {
+            println!("outbox drain ({} events):", run.o.drain);
+            if let Err(e) = drain(run) {
+                run.report.note(format!("drain: {e}"));
+                failed = true;
+            }
+        } else {
+            run.report
+                .note("no RabbitMQ on 127.0.0.1:5672: the outbox drain is not measured".into());
+        }
+    }
+
+    for (_, lines) in &run.report.sections {
+        for l in lines {
+            let broken = l.errors.keys().any(|k| k == "io" || k.starts_with('5'));
+            if l.requests == 0 || broken {
+                failed = true;
+            }
+        }
+    }
+    failed
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn look_at_log(report: &mut Report, label: &str, log: &str) {
+    let errors = log.lines().filter(|l| l.contains("ERROR")).count();
+    if errors > 0 {
+        let first = log.lines().find(|l| l.contains("ERROR")).unwrap_or("");
+        report.note(format!(
+            "{label}: the service logged {errors} errors, the first: {first}"
+        ));
+    }
+}
+
+/// The fresh-database scenarios; returns the size of an order's JSON as served.
+fn fresh(run: &mut Run, svc: &Service) -> Option<usize> {
+    let section = "fresh database";
+    let mut known = Known {
+        orders: Vec::new(),
+        users: FRESH_USERS,
+    };
+    for (name, lines) in [("create, 1 line", 1), ("create, 5 lines", 5)] {
+        let out = run.scenario(section, name, svc, Kind::Create(lines), &known);
+        known.orders.extend(out.created);
+    }
+    if known.orders.is_empty() {
+        run.report
+            .note("no order was created: the read scenarios are skipped".into());
+        return None;
+    }
+    let get = run.scenario(section, "get by id", svc, Kind::Get, &known);
+    let order_bytes = (get.bodies > 0).then(|| (get.body_bytes / get.bodies) as usize);
+    run.scenario(
+        section,
+        "list page 1 (10 per page)",
+        svc,
+        Kind::List { big: false },
+        &known,
+    );
+    run.scenario(section, "mix 80/15/5", svc, Kind::Mix, &known);
+    run.report.fact(
+        "orders in the fresh database",
+        format!("{} (of {} users)", known.orders.len(), FRESH_USERS),
+        json!(known.orders.len()),
+    );
+    order_bytes
+}
+
+fn ceilings(run: &mut Run, order_bytes: Option<usize>, failed: &mut bool) {
+    let o = &run.o;
+    let time = (o.duration / 2).max(Duration::from_millis(300));
+    let section = "ceilings";
+    let group = o.clients.max(2);
+    let mut a_lines: Vec<(String, Result<Outcome, String>)> = Vec::new();
+    if o.postgres {
+        match Db::new(o, &run.dir, "ceiling") {
+            Err(e) => a_lines.push(("(a) postgres".into(), Err(e))),
+            Ok(db) => {
+                let Db::Postgres(name) = &db else {
+                    unreachable!()
+                };
+                let schema = ceilings::migrations_sql().join("\n");
+                let count = if o.smoke { 200 } else { 3000 };
+                match preload::psql_run(name, &schema, |_| {}) {
+                    Err(e) => a_lines.push(("(a) postgres".into(), Err(e))),
+                    Ok(()) => {
+                        for (label, lines, per_tx) in
+                            [("1 line, 1 order/tx", 1, 1), ("5 lines, 1 order/tx", 5, 1)]
+                        {
+                            a_lines.push((
+                                format!("(a) postgres, {label}"),
+                                ceilings::postgres(name, lines, per_tx, count),
+                            ));
+                        }
+                        a_lines.push((
+                            format!("(a) postgres, 1 line, {group} orders/tx"),
+                            ceilings::postgres(name, 1, group, count * 4),
+                        ));
+                        // The COPY preload, checked here while the service cannot run on
+                        // PostgreSQL, so the scale runs work on the day it can.
+                        let spec = preload::Spec {
+                            orders: 10_000,
+                            users: 100,
+                            big_percent: 20,
+                            pending_events: true,
+                        };
+                        let loaded =
+                            preload::psql_run(name, "TRUNCATE orders, order_items, outbox", |_| {})
+                                .and_then(|_| db.preload(&spec));
+                        match loaded {
+                            Ok(took) => {
+                                let text = format!(
+                                    "10000 orders, 20000 lines, 10000 events by COPY in {:.2} s",
+                                    took.as_secs_f64()
+                                );
+                                run.report.fact(
+                                    "postgres preload check",
+                                    text,
+                                    json!(took.as_secs_f64()),
+                                );
+                            }
+                            Err(e) => {
+                                run.report.note(format!("postgres preload: {e}"));
+                                *failed = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        // fsync times on a shared disk swing from one second to the next: each variant
+        // runs three times, interleaved, and the best run is its ceiling.
+        let variants = [
+            ("1 line, 1 order/tx".to_string(), 1, 1),
+            ("5 lines, 1 order/tx".to_string(), 5, 1),
+            (format!("1 line, {group} orders/tx"), 1, group),
+        ];
+        let mut best: Vec<Result<Outcome, String>> =
+            variants.iter().map(|_| Err("not run".into())).collect();
+        for _round in 0..3 {
+            for (i, (_, lines, per_tx)) in variants.iter().enumerate() {
+                let out = ceilings::sqlite(&run.dir, *lines, *per_tx, time / 3);
+                let better = match (&out, &best[i]) {
+                    (Ok(new), Ok(old)) => new.rate() > old.rate(),
+                    (Ok(_), Err(_)) => true,
+                    _ => false,
+                };
+                if better || (out.is_err() && best[i].is_err()) {
+                    best[i] = out;
+                }
+            }
+        }
+        for ((label, _, _), out) in variants.into_iter().zip(best) {
+            a_lines.push((format!("(a) sqlite, {label}"), out));
+        }
+    }
+    for (name, result) in a_lines {
+        match result {
+            Ok(out) => {
+                println!("  {name}: {:.0} orders/s", out.rate());
+                run.report.section(section).push(Line::new(&name, &out));
+            }
+            Err(e) => {
+                run.report.note(format!("{name}: {e}"));
+                *failed = true;
+            }
+        }
+    }
+
+    let body = order_bytes.unwrap_or(400);
+    let out = ceilings::hello(body, o.http_threads, o.clients, o.warmup, o.duration);
+    let name = format!("(b) tiny_http, {body} B body, {} workers", o.http_threads);
+    println!("  {name}: {:.0}/s", out.rate());
+    run.report.section(section).push(Line::new(&name, &out));
+
+    if run.broker {
+        let size = preload::typical_payload().len();
+        match ceilings::broker(size, RELAY_BATCH, time) {
+            Ok(out) => {
+                let name = format!("(c) amiquip, {size} B, batch {RELAY_BATCH}, confirms");
+                println!("  {name}: {:.0} msgs/s", out.rate());
+                run.report.section(section).push(Line::new(&name, &out));
+            }
+            Err(e) => {
+                run.report.note(format!("(c) broker ceiling: {e}"));
+                *failed = true;
+            }
+        }
+    } else {
+        run.report
+            .note("(c) is not measured: no RabbitMQ on 127.0.0.1:5672".into());
+    }
+
+    // Each service figure against its ceiling.
+    let find = |pick: &dyn Fn(&str) -> bool, label: &str| {
+        run.report
+            .sections
+            .iter()
+            .flat_map(|(_, l)| l)
+            .find(|l| pick(&l.name))
+            .map(|l| (label.to_string(), l.rate))
+    };
+    let a1 = find(
+        &|n| n.starts_with("(a) ") && n.ends_with("1 line, 1 order/tx"),
+        "(a) 1 line, 1 order/tx",
+    );
+    let a5 = find(
+        &|n| n.starts_with("(a) ") && n.ends_with("5 lines, 1 order/tx"),
+        "(a) 5 lines, 1 order/tx",
+    );
+    let b = find(&|n| n.starts_with("(b) "), "(b) tiny_http hello");
+    let group_ceiling = find(
+        &|n| n.starts_with("(a) ") && n.ends_with(&format!("{group} orders/tx")),
+        "",
+    );
+    if let (Some((_, g)), Some(create)) = (group_ceiling, run.report.line("create, 1 line")) {
+        let text = format!(
+            "{:.0}/s against {g:.0}/s = {:.2}x",
+            create.rate,
+            create.rate / g
+        );
+        run.report.fact(
+            &format!("create, 1 line vs (a) with group commit, {group} orders/tx"),
+            text,
+            json!(create.rate / g),
+        );
+    }
+    for (_, lines) in run.report.sections.iter_mut() {
+        for l in lines.iter_mut() {
+            l.ceiling = match l.name.as_str() {
+                "create, 1 line" => a1.clone(),
+                "create, 5 lines" => a5.clone(),
+                n if n.starts_with("get") || n.starts_with("list") || n.starts_with("mix") => {
+                    b.clone()
+                }
+                _ => None,
+            };
+        }
+    }
+}
+
+fn scale(run: &mut Run) -> Result<(), String> {
+    let o = &run.o;
+    let db = Db::new(o, &run.dir, "scale")?;
+    let setup = run.setup(
+        &db,
+        &format!("loadgen-scale-{}", std::process::id()),
+        "scale",
+    );
+    setup
+        .migrate()
+        .map_err(|e| format!("order-service migrate refused {}: {e}", db.url()))?;
+    let spec = preload::Spec {
+        orders: o.preload,
+        users: o.users,
+        big_percent: o.big_percent,
+        pending_events: false,
+    };
+    let took = db.preload(&spec)?;
+    run.report.fact(
+        "preload",
+        format!(
+            "{} orders ({} lines) over {} users + 1 holding {}%, in {:.1} s",
+            o.preload,
+            2 * o.preload,
+            o.users,
+            o.big_percent,
+            took.as_secs_f64()
+        ),
+        json!(took.as_secs_f64()),
+    );
+    let svc = setup.start()?;
+    run.report.fact(
+        "start-up to ready, preloaded database",
+        format!("{:.1} ms ({} orders)", ms(svc.ready_after), o.preload),
+        json!(ms(svc.ready_after)),
+    );
+    let known = Known {
+        orders: (1..=o.preload)
+            .map(|id| (id as i64, spec.owner(id)))
+            .collect(),
+        users: o.users,
+    };
+    let section = format!("{} orders preloaded", o.preload);
+    let big = o.preload * o.big_percent / 100;
+    run.scenario(&section, "get by id, preloaded", &svc, Kind::Get, &known);
+    run.scenario(
+        &section,
+        "list page 1, preloaded",
+        &svc,
+        Kind::List { big: false },
+        &known,
+    );
+    if big > 0 {
+        run.scenario(
+            &section,
+            &format!("list page 1 of the user with {big} orders"),
+            &svc,
+            Kind::List { big: true },
+            &known,
+        );
+    }
+    let b = run.report.line("get by id").and_then(|l| l.ceiling.clone());
+    for l in run.report.section(&section).iter_mut() {
+        l.ceiling = b.clone();
+    }
+    let log = svc.stop();
+    look_at_log(&mut run.report, "scale", &log);
+    Ok(())
+}
+
+fn drain(run: &mut Run) -> Result<(), String> {
+    let o = &run.o;
+    let db = Db::new(o, &run.dir, "drain")?;
+    let queue = format!("loadgen-drain-{}", std::process::id());
+    let setup = run.setup(&db, &queue, "drain");
+    setup
+        .migrate()
+        .map_err(|e| format!("order-service migrate refused {}: {e}", db.url()))?;
+    let spec = preload::Spec {
+        orders: o.drain,
+        users: o.users,
+        big_percent: 0,
+        pending_events: true,
+    };
+    db.preload(&spec)?;
+    let result = (|| {
+        let svc = setup.start()?;
+        let from = Instant::now();
+        let at_ready = svc.pending_events().unwrap_or(o.drain as i64);
+        let deadline = from + Duration::from_secs(900);
+        let mut peak_rss = 0;
+        let left = loop {
+            peak_rss = peak_rss.max(svc.rss_kib().unwrap_or(0));
+            match svc.pending_events() {
+                Some(0) => break 0,
+                Some(n) if Instant::now() > deadline => break n,
+                _ => {}
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let took = from.elapsed();
+        let hwm = svc.peak_rss_kib().unwrap_or(peak_rss);
+        let log = svc.stop();
+        look_at_log(&mut run.report, "drain", &log);
+        if left > 0 {
+            return Err(format!("{left} events still pending after 900 s"));
+        }
+        let out = Outcome {
+            seconds: took.as_secs_f64(),
+            ok: at_ready as u64,
+            ..Outcome::default()
+        };
+        let mut line = Line::new(&format!("outbox drain, {} events", o.drain), &out);
+        line.peak_rss_kib = Some(hwm);
+        line.ceiling = run
+            .report
+            .sections
+            .iter()
+            .flat_map(|(_, l)| l)
+            .find(|l| l.name.starts_with("(c) "))
+            .map(|l| ("(c) amiquip publisher".to_string(), l.rate));
+        println!(
+            "  {} events drained in {:.2} s after ready ({:.0}/s), peak RSS {:.1} MB",
+            at_ready,
+            took.as_secs_f64(),
+            line.rate,
+            hwm as f64 / 1024.0
+        );
+        run.report.section("outbox drain").push(line);
+        Ok(())
+    })();
+    service::delete_queue(&queue);
+    result
+}
+
+/// The issue's targets, each against the figure this run measured.
+fn targets(r: &mut Report, o: &Options) {
+    let line = |r: &Report, n: &str| {
+        r.line(n)
+            .map(|l| (l.rate, l.p50, l.p99, l.ratio(), l.peak_rss_kib))
+    };
+    let fact = |r: &Report, k: &str| {
+        r.facts
+            .iter()
+            .find(|(key, _, _)| key == k)
+            .and_then(|(_, _, v)| v.as_f64())
+    };
+    let mut t = Vec::new();
+    let mut add = |what: &str, figure: Option<String>, met: Option<bool>| {
+        t.push(Target {
+            what: what.to_string(),
+            figure: figure.unwrap_or_else(|| "not measured".into()),
+            met,
+        })
+    };
+    let c1 = line(r, "create, 1 line");
+    add(
+        "create (product lookup over HTTP) >= 6,000/s",
+        c1.map(|c| format!("{:.0}/s", c.0)),
+        c1.map(|c| c.0 >= 6000.0),
+    );
+    add(
+        "create >= 1.0x ceiling (a)",
+        c1.and_then(|c| c.3).map(|x| format!("{x:.2}x")),
+        c1.and_then(|c| c.3).map(|x| x >= 1.0),
+    );
+    let get = line(r, "get by id");
+    add(
+        "get >= 50% of ceiling (b)",
+        get.and_then(|g| g.3).map(|x| format!("{:.0}%", x * 100.0)),
+        get.and_then(|g| g.3).map(|x| x >= 0.5),
+    );
+    let list = line(r, "list page 1 (10 per page)");
+    add(
+        "list page of 10 >= 15x seed (680/s): 10,200/s",
+        list.map(|l| format!("{:.0}/s = {:.1}x seed", l.0, l.0 / 680.0)),
+        list.map(|l| l.0 >= 10_200.0),
+    );
+    let p99 = match (get, list) {
+        (Some(g), Some(l)) => Some(g.2.max(l.2)),
+        _ => None,
+    };
+    add(
+        "read p99 <= 10 ms (get, list)",
+        p99.map(|p| format!("{p:.2} ms")),
+        p99.map(|p| p <= 10.0),
+    );
+    let n = o.preload;
+    for (what, fresh, big) in [
+        ("get", "get by id", "get by id, preloaded"),
+        (
+            "list",
+            "list page 1 (10 per page)",
+            "list page 1, preloaded",
+        ),
+    ] {
+        let (f, b) = (line(r, fresh), line(r, big));
+        let ratio = f.zip(b).map(|(f, b)| b.1 / f.1);
+        add(
+            &format!("{what} p50 with {n} orders within 25% of empty"),
+            f.zip(b).map(|(f, b)| {
+                format!(
+                    "{:.2} vs {:.2} ms ({:+.0}%)",
+                    b.1,
+                    f.1,
+                    (b.1 / f.1 - 1.0) * 100.0
+                )
+            }),
+            ratio.map(|x| x <= 1.25),
+        );
+    }
+    let big = r
+        .sections
+        .iter()
+        .flat_map(|(_, l)| l)
+        .find(|l| l.name.starts_with("list page 1 of the user with"))
+        .map(|l| l.p50);
+    add(
+        "the big user's first page <= 10 ms p50",
+        big.map(|p| format!("{p:.2} ms")),
+        big.map(|p| p <= 10.0),
+    );
+    let drain = r
+        .sections
+        .iter()
+        .flat_map(|(_, l)| l)
+        .find(|l| l.name.starts_with("outbox drain"))
+        .map(|l| (l.rate, l.ratio(), l.peak_rss_kib));
+    add(
+        "outbox drain >= 80% of ceiling (c)",
+        drain.and_then(|d| d.1.map(|x| format!("{:.0}/s = {:.0}%", d.0, x * 100.0))),
+        drain.and_then(|d| d.1).map(|x| x >= 0.8),
+    );
+    add(
+        &format!("pending events drain with RSS <= 64 MB ({} here)", o.drain),
+        drain
+            .and_then(|d| d.2)
+            .map(|k| format!("{:.1} MB", k as f64 / 1024.0)),
+        drain.and_then(|d| d.2).map(|k| k <= 64 * 1024),
+    );
+    let mix = line(r, "mix 80/15/5").and_then(|m| m.4);
+    add(
+        "peak RSS <= 30 MB in the mix",
+        mix.map(|k| format!("{:.1} MB", k as f64 / 1024.0)),
+        mix.map(|k| k <= 30 * 1024),
+    );
+    let empty = fact(r, "start-up to ready, empty database");
+    add(
+        "start-up to ready <= 100 ms, empty database",
+        empty.map(|v| format!("{v:.1} ms")),
+        empty.map(|v| v <= 100.0),
+    );
+    let full = fact(r, "start-up to ready, preloaded database");
+    add(
+        &format!("start-up to ready <= 1 s with {n} orders"),
+        full.map(|v| format!("{v:.1} ms")),
+        full.map(|v| v <= 1000.0),
+    );
+    r.targets = t;
+}

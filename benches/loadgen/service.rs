@@ -1,0 +1,267 @@
+//! The service under test: the release binary beside this benchmark, started on a
+//! database of the run's own, and the product-service stand-in it prices orders from.
+
+use crate::client::{Conn, Request};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The release binary: cargo builds it with this benchmark (same profile, same sources).
+pub const BINARY: &str = env!("CARGO_BIN_EXE_order-service");
+
+pub struct Service {
+    child: Child,
+    pub addr: SocketAddr,
+    pub ready_after: Duration,
+    log: PathBuf,
+}
+
+/// The environment of every start: the database, the stand-in, the broker and queue.
+pub struct Setup {
+    pub database_url: String,
+    pub products_url: String,
+    pub broker: bool,
+    pub queue: String,
+    pub http_threads: usize,
+    pub log: PathBuf,
+}
+
+impl Setup {
+    fn command(&self, port: u16) -> Command {
+        let mut c = Command::new(BINARY);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("DATABASE_URL", &self.database_url)
+            .env("PRODUCT_SERVICE_URL", &self.products_url)
+            .env("RABBITMQ_HOST", "127.0.0.1")
+            .env("RABBITMQ_PORT", if self.broker { "5672" } else { "1" })
+            .env("RABBITMQ_QUEUE", &self.queue)
+            .env("STORE_ID", "loadgen")
+            .env("HTTP_THREADS", self.http_threads.to_string())
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    /// `order-service migrate`: the schema exactly as the service makes it.
+    pub fn migrate(&self) -> Result<(), String> {
+        let out = self
+            .command(0)
+            .arg("migrate")
+            .output()
+            .map_err(|e| format!("cannot run {BINARY}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// Starts the service and waits for its first 200 on /ready; an exit before that
+    /// is an error carrying what it wrote to stderr.
+    pub fn start(&self) -> Result<Service, String> {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::fs::File::create(&self.log).map_err(|e| e.to_string())?;
+        let spawned = Instant::now();
+        let mut child = self
+            .command(port)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {BINARY}: {e}"))?;
+        let deadline = spawned + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let said = std::fs::read_to_string(&self.log).unwrap_or_default();
+                return Err(format!("the service exited ({status}): {}", said.trim()));
+            }
+            if ready(addr) {
+                return Ok(Service {
+                    child,
+                    addr,
+                    ready_after: spawned.elapsed(),
+                    log: self.log.clone(),
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("the service was not ready within 120 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn ready(addr: SocketAddr) -> bool {
+    let mut conn = Conn::new(addr);
+    conn.send(&Request::get("/ready".into()))
+        .is_ok_and(|r| r.status == 200)
+}
+
+impl Service {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Starts the peak-RSS mark over (`/proc/<pid>/clear_refs`); false if the kernel refused.
+    pub fn reset_peak_rss(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+    }
+
+    /// Peak resident set since start or the last reset, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    /// The outbox's pending count from /ready.
+    pub fn pending_events(&self) -> Option<i64> {
+        let resp = Conn::new(self.addr)
+            .send(&Request::get("/ready".into()))
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).ok()?;
+        v["outbox"]["pending"].as_i64()
+    }
+
+    /// SIGTERM, then wait for the exit; the log is left for a look on failure.
+    pub fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn broker_reachable() -> bool {
+    TcpStream::connect_timeout(&"127.0.0.1:5672".parse().unwrap(), Duration::from_secs(1)).is_ok()
+}
+
+pub fn delete_queue(queue: &str) {
+    if let Ok(mut c) = amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672") {
+        if let Ok(ch) = c.open_channel(None) {
+            let _ = ch.queue_delete(queue, amiquip::QueueDeleteOptions::default());
+        }
+        let _ = c.close();
+    }
+}
+
+/// The product service stand-in: products 1..=10 with endless stock, on keep-alive
+/// connections, one thread each, answering from a fixed table with no parsing beyond the
+/// request line: as cheap as a product service can be, since it shares the cores.
+pub struct ProductStandIn {
+    pub url: String,
+}
+
+impl ProductStandIn {
+    pub fn start() -> ProductStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let answers: Vec<Vec<u8>> = (0..=10)
+            .map(|id| {
+                let (status, body) = if id == 0 {
+                    ("404 Not Found", "{}".to_string())
+                } else {
+                    (
+                        "200 OK",
+                        format!(
+                            r#"{{"id":{id},"name":"Product {id}","price":{}.99,"stock":1000000}}"#,
+                            id * 10
+                        ),
+                    )
+                };
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .into_bytes()
+            })
+            .collect();
+        let answers: &'static [Vec<u8>] = Box::leak(answers.into_boxed_slice());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || serve_products(stream, answers));
+            }
+        });
+        ProductStandIn { url }
+    }
+}
+
+fn serve_products(stream: TcpStream, answers: &[Vec<u8>]) {
+    let _ = stream.set_nodelay(true);
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let id: usize = line
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.rsplit('/').next())
+            .and_then(|s| s.parse().ok())
+            .filter(|id| (1..=10).contains(id))
+            .unwrap_or(0);
+        // The rest of the head; lookups are GETs without a body.
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+        }
+        if writer.write_all(&answers[id]).is_err() {
+            return;
+        }
+    }
+}
+
+/// A folder of the run's own under the chosen parent, removed at the end.
+pub fn run_dir(parent: &Path) -> PathBuf {
+    let dir = parent.join(format!("order-service-loadgen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the run's folder");
+    dir
+}
