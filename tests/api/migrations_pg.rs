@@ -2,8 +2,8 @@
 //! to a fresh PostgreSQL database (created and dropped here) with `psql`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::support::{loud_skip, psql, PostgresDatabase};
 
 const TABLES: [&str; 5] = [
     "idempotency_keys",
@@ -19,7 +19,7 @@ fn every_migration_applies_to_a_fresh_postgresql_database() {
         if std::env::var_os("CI").is_some() {
             panic!("PostgreSQL must be reachable in CI: {why}");
         }
-        crate::helpers::loud_skip(&format!(
+        loud_skip(&format!(
             "PostgreSQL not reachable (psql -h 127.0.0.1 -U postgres), migrations not tried on it: {why}"
         ));
         return;
@@ -29,7 +29,7 @@ fn every_migration_applies_to_a_fresh_postgresql_database() {
         !migrations.is_empty(),
         "no V<n>__*.sql files in migrations/"
     );
-    let db = FreshDatabase::create();
+    let db = PostgresDatabase::create();
 
     for (version, file) in &migrations {
         let file = file.display().to_string();
@@ -87,65 +87,4 @@ fn migration_files() -> Vec<(u64, PathBuf)> {
         .collect();
     files.sort();
     files
-}
-
-/// A database made for one test and dropped afterwards, even when the test fails.
-struct FreshDatabase {
-    name: String,
-}
-
-impl FreshDatabase {
-    fn create() -> FreshDatabase {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("order_service_test_{}_{}", std::process::id(), nanos);
-        psql("postgres", &["-c", &format!("CREATE DATABASE {name}")])
-            .unwrap_or_else(|why| panic!("create database {name}: {why}"));
-        FreshDatabase { name }
-    }
-}
-
-impl Drop for FreshDatabase {
-    fn drop(&mut self) {
-        if let Err(why) = psql(
-            "postgres",
-            &["-c", &format!("DROP DATABASE IF EXISTS {}", self.name)],
-        ) {
-            eprintln!("could not drop test database {}: {why}", self.name);
-        }
-    }
-}
-
-/// Runs psql against `db` on 127.0.0.1 as postgres, stopping at the first error; stdout on success.
-fn psql(db: &str, args: &[&str]) -> Result<String, String> {
-    let output: Output = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-X",
-            "-q",
-            "-w",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            db,
-        ])
-        .args(args)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "psql {} exited with {}: {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
 }
