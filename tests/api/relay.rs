@@ -44,10 +44,10 @@ fn outbox_rows_where(app: &TestApp, condition: &str) -> i64 {
 const WIDGET: i64 = 42;
 
 /// `PRODUCT_SERVICE_URL` for a catalog file in `dir` (Mouse, Cable and a Widget, all with
-/// plenty of stock). The high-volume tests use it instead of the HTTP stand-in: under a
-/// burst of new connections the stand-in's tiny_http connection pool can leave a request
-/// unanswered until the service's 2 s product timeout (503), which is not what these tests
-/// are about.
+/// plenty of stock). The high-volume tests use it instead of the HTTP stand-in: product
+/// lookups are not what they are about, and a file answers a burst of creates without a
+/// socket or a thread per lookup. (It was chosen when the stand-in ran on tiny_http 0.12,
+/// whose pool could leave a request unanswered until the 2 s product timeout.)
 fn catalog_file(dir: &TempDir) -> String {
     let path = write_file(
         dir,

@@ -1,8 +1,9 @@
-//! The harness, by concern: a fresh `order-service` per test (`app`) on its own database
-//! (`db`, SQLite or PostgreSQL by `TEST_BACKEND`), the binary as a process (`process`), HTTP
-//! by hand and the response a test asserts on (`http`), the product-service stand-in
-//! (`stand_in`), users and order bodies (`fixtures`), the order contract's shapes
-//! (`contract`) and Prometheus text (`metrics`).
+//! The harness, by concern: a fresh `order-service` per test (`app`) with one method per
+//! endpoint (`endpoints`) on its own database (`db`: SQLite, or PostgreSQL when
+//! `TEST_BACKEND=postgres`); the binary as a process (`process`); HTTP by hand and the
+//! response a test asserts on (`http`); the product-service stand-in (`stand_in`); users
+//! and order bodies (`fixtures`); the order contract's shapes (`contract`); Prometheus
+//! text (`metrics`).
 //!
 //! No module names `crate::`: a bench can take the whole of it with
 //! `#[path = "../tests/api/support/mod.rs"] mod support;`, or `stand_in.rs` alone.
@@ -10,6 +11,7 @@
 mod app;
 mod contract;
 mod db;
+mod endpoints;
 mod fixtures;
 mod http;
 mod metrics;
