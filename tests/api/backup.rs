@@ -2,7 +2,7 @@
 //! it finishes, the copy is private and complete, and a killed run leaves no partial file
 //! where the backup was asked for.
 
-use crate::helpers::*;
+use crate::support::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,16 +48,16 @@ pub fn fill_outbox_with(db: &Path, rows: i64, published: bool, pad: i64) {
 
 /// A service on a database of about `rows` KB.
 fn big_app(rows: i64) -> TestApp {
-    let mut app = spawn_app();
+    let mut app = TestApp::builder().sqlite_only().spawn();
     app.kill();
-    fill_outbox(&app.db_path, rows, true);
+    fill_outbox(app.db_path(), rows, true);
     app.restart();
     app
 }
 
 fn start_backup(app: &TestApp, dest: &Path) -> Child {
     clean_command(dest.parent().unwrap())
-        .env("DATABASE_URL", app.db_path.to_str().unwrap())
+        .env("DATABASE_URL", app.db_path().to_str().unwrap())
         .args(["backup", dest.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -95,7 +95,7 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_backup_finishes_while_the_service_takes_writes() {
     let app = big_app(big_rows());
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let dest = dir.path().join("orders-backup.db");
     let stop = AtomicBool::new(false);
     let (outcome, created, ready) = std::thread::scope(|s| {
@@ -168,7 +168,7 @@ fn a_backup_finishes_while_the_service_takes_writes() {
 #[test]
 fn a_killed_backup_leaves_no_file_at_its_destination() {
     let app = big_app(big_rows());
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let dest = dir.path().join("orders-backup.db");
     let mut child = start_backup(&app, &dest);
     // Kill it once it has started writing.

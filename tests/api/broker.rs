@@ -32,7 +32,7 @@ pub fn require_broker() -> bool {
                     "RabbitMQ is required in CI (127.0.0.1:5672 did not accept a connection: {e})"
                 );
             }
-            crate::helpers::loud_skip(&format!(
+            crate::support::loud_skip(&format!(
                 "RabbitMQ not reachable on 127.0.0.1:5672, broker tests did not run ({e})"
             ));
             false

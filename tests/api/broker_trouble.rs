@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use crate::broker::*;
-use crate::helpers::*;
+use crate::support::*;
 
 // ---------------------------------------------------------------------------------------
 // Secrets never printed
@@ -111,9 +111,9 @@ fn no_log_line_or_command_output_shows_a_password() {
         assert_no_canary("GET /ready", &app.ready().body);
         assert_no_canary("GET /metrics", &app.metrics().body);
 
-        let dir = TempDir::new();
+        let dir = temp_dir();
         let env = [
-            ("DATABASE_URL", app.db_path.display().to_string()),
+            ("DATABASE_URL", app.database_url()),
             ("RABBITMQ_HOST", host.clone()),
             ("RABBITMQ_PORT", port.to_string()),
             ("RABBITMQ_PASSWORD", CANARY.to_string()),
@@ -140,30 +140,19 @@ fn no_log_line_or_command_output_shows_a_password() {
 // A stuck event is named
 // ---------------------------------------------------------------------------------------
 
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (key, value) = l.split_once(' ')?;
-        (key == name).then(|| value.trim().parse().ok()).flatten()
-    })
-}
-
 fn pending(app: &TestApp) -> i64 {
-    app.db()
-        .query_row(
-            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+    app.query_one(
+        "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+        &[],
+    )
 }
 
 /// `order-service outbox status` on the service's database, while it runs.
 fn outbox_status(app: &TestApp) -> String {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     run_cli(
         dir.path(),
-        &[("DATABASE_URL", app.db_path.display().to_string())],
+        &[("DATABASE_URL", app.database_url())],
         &["outbox", "status"],
     )
 }

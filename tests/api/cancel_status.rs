@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// The contract's transitions: pending → confirmed | cancelled; confirmed → shipped |
 /// cancelled; shipped → delivered; delivered and cancelled are final.

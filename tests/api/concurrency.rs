@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::helpers::*;
+use crate::support::*;
 
 const DAVE: User = User {
     id: "dave",

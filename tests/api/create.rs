@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[test]
 fn create_order_answers_201_with_the_order_and_its_location() {
@@ -47,14 +47,10 @@ fn create_order_stores_the_order_and_its_lines() {
 
     assert_eq!(app.count_orders(), 1);
     assert_eq!(app.count_items(), 2);
-    let (total_cents, status): (i64, String) = app
-        .db()
-        .query_row(
-            "SELECT total_cents, status FROM orders WHERE id = ?1",
-            [order["id"].as_i64()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (total_cents, status): (i64, String) = app.query_one(
+        "SELECT total_cents, status FROM orders WHERE id = ?1",
+        &[order["id"].clone()],
+    );
     assert_eq!(
         total_cents,
         129999 + 3 * 1999,
@@ -477,14 +473,10 @@ fn a_created_order_writes_one_order_created_event() {
         event["items"], order["items"],
         "the event carries the order's lines"
     );
-    let published: Option<i64> = app
-        .db()
-        .query_row(
-            "SELECT published_at FROM outbox WHERE id = ?1",
-            [row.id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let published: Option<i64> = app.query_one(
+        "SELECT published_at FROM outbox WHERE id = ?1",
+        &[row.id.into()],
+    );
     assert_eq!(
         published, None,
         "no broker is reachable, so nothing is published yet"

@@ -3,7 +3,7 @@
 //! workers, exhaust memory or connections, forge log lines or slip in ambiguous input.
 
 use crate::hardening::{open, read_response, read_until_closed};
-use crate::helpers::*;
+use crate::support::*;
 
 use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
@@ -397,7 +397,7 @@ fn a_page_of_ten_orders_answers_in_milliseconds_on_a_kept_alive_connection() {
 
 #[test]
 fn binding_beyond_loopback_without_the_gateway_token_is_refused() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let mut child = clean_command(dir.path())
         .args(["serve"])
         .env("HOST", "0.0.0.0")

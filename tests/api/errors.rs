@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
 const AS_ALICE: [(&str, &str); 2] = [

@@ -3,7 +3,7 @@
 //! too), header bytes that are not ASCII, oversized request heads, and an HTTP version
 //! the server does not speak.
 
-use crate::helpers::*;
+use crate::support::*;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[test]
 fn a_replay_with_the_same_key_and_body_answers_the_same_without_a_second_order() {

@@ -1,6 +1,6 @@
 //! The one integration test binary: every module drives a real `order-service` process.
 
-mod helpers;
+mod support;
 
 mod backup;
 mod broker;

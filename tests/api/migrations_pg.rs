@@ -2,8 +2,8 @@
 //! to a fresh PostgreSQL database (created and dropped here) with `psql`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::support::{loud_skip, psql, temp_dir, PostgresDatabase, TestDatabase};
 
 const TABLES: [&str; 5] = [
     "idempotency_keys",
@@ -15,13 +15,7 @@ const TABLES: [&str; 5] = [
 
 #[test]
 fn every_migration_applies_to_a_fresh_postgresql_database() {
-    if let Err(why) = psql("postgres", &["-c", "SELECT 1"]) {
-        if std::env::var_os("CI").is_some() {
-            panic!("PostgreSQL must be reachable in CI: {why}");
-        }
-        crate::helpers::loud_skip(&format!(
-            "PostgreSQL not reachable (psql -h 127.0.0.1 -U postgres), migrations not tried on it: {why}"
-        ));
+    if !postgres_reachable("migrations not tried on it") {
         return;
     }
     let migrations = migration_files();
@@ -29,7 +23,7 @@ fn every_migration_applies_to_a_fresh_postgresql_database() {
         !migrations.is_empty(),
         "no V<n>__*.sql files in migrations/"
     );
-    let db = FreshDatabase::create();
+    let db = PostgresDatabase::create();
 
     for (version, file) in &migrations {
         let file = file.display().to_string();
@@ -73,6 +67,76 @@ fn migration_files_are_named_by_unique_versions() {
     );
 }
 
+/// The harness's reads (`TestApp::query`) give the same rows from SQLite and PostgreSQL:
+/// columns in their order, NULL, integers, text with a quote, parameters.
+#[test]
+fn the_harness_reads_sqlite_and_postgresql_alike() {
+    if !postgres_reachable("the harness's PostgreSQL reads not checked") {
+        return;
+    }
+    let schema = "CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT NOT NULL, published_at BIGINT);
+                  INSERT INTO t VALUES (1, 'it''s', NULL), (2, 'two', 42), (3, 'three', 7);";
+    let dir = temp_dir();
+    let path = dir.path().join("reads.db");
+    rusqlite::Connection::open(&path)
+        .and_then(|conn| conn.execute_batch(schema))
+        .unwrap();
+    let postgres = PostgresDatabase::create();
+    psql(&postgres.name, &["-c", schema]).unwrap();
+
+    for db in [TestDatabase::Sqlite(path), TestDatabase::Postgres(postgres)] {
+        let backend = db.backend();
+        let rows: Vec<(String, i64, Option<i64>)> =
+            db.query("SELECT name, id, published_at FROM t ORDER BY id DESC", &[]);
+        assert_eq!(
+            rows,
+            [
+                ("three".to_string(), 3, Some(7)),
+                ("two".to_string(), 2, Some(42)),
+                ("it's".to_string(), 1, None),
+            ],
+            "{backend:?}"
+        );
+        let name: String = db.query_one(
+            "SELECT name FROM t WHERE id > ?1 AND name <> ?2 AND id < ?10",
+            &[
+                1.into(),
+                "it's".into(),
+                0.into(),
+                0.into(),
+                0.into(),
+                0.into(),
+                0.into(),
+                0.into(),
+                0.into(),
+                3.into(),
+            ],
+        );
+        assert_eq!(name, "two", "{backend:?}");
+        let id: i64 = db.query_one("SELECT id FROM t WHERE name = ?1", &["it's".into()]);
+        assert_eq!(id, 1, "{backend:?}");
+        let pending: i64 = db.query_one("SELECT COUNT(*) FROM t WHERE published_at IS NULL", &[]);
+        assert_eq!(pending, 1, "{backend:?}");
+        let none: Vec<i64> = db.query("SELECT id FROM t WHERE id > ?1", &[10.into()]);
+        assert!(none.is_empty(), "{backend:?}: {none:?}");
+    }
+}
+
+/// PostgreSQL on 127.0.0.1:5432 answers; in CI it must, elsewhere a loud note says what
+/// was `not_tried`.
+fn postgres_reachable(not_tried: &str) -> bool {
+    let Err(why) = psql("postgres", &["-c", "SELECT 1"]) else {
+        return true;
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("PostgreSQL must be reachable in CI: {why}");
+    }
+    loud_skip(&format!(
+        "PostgreSQL not reachable (psql -h 127.0.0.1 -U postgres), {not_tried}: {why}"
+    ));
+    false
+}
+
 /// `migrations/V<n>__*.sql`, sorted by n as a number (V10 after V9).
 fn migration_files() -> Vec<(u64, PathBuf)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
@@ -87,65 +151,4 @@ fn migration_files() -> Vec<(u64, PathBuf)> {
         .collect();
     files.sort();
     files
-}
-
-/// A database made for one test and dropped afterwards, even when the test fails.
-struct FreshDatabase {
-    name: String,
-}
-
-impl FreshDatabase {
-    fn create() -> FreshDatabase {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("order_service_test_{}_{}", std::process::id(), nanos);
-        psql("postgres", &["-c", &format!("CREATE DATABASE {name}")])
-            .unwrap_or_else(|why| panic!("create database {name}: {why}"));
-        FreshDatabase { name }
-    }
-}
-
-impl Drop for FreshDatabase {
-    fn drop(&mut self) {
-        if let Err(why) = psql(
-            "postgres",
-            &["-c", &format!("DROP DATABASE IF EXISTS {}", self.name)],
-        ) {
-            eprintln!("could not drop test database {}: {why}", self.name);
-        }
-    }
-}
-
-/// Runs psql against `db` on 127.0.0.1 as postgres, stopping at the first error; stdout on success.
-fn psql(db: &str, args: &[&str]) -> Result<String, String> {
-    let output: Output = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-X",
-            "-q",
-            "-w",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            db,
-        ])
-        .args(args)
-        .env("PGCONNECT_TIMEOUT", "5")
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "psql {} exited with {}: {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
 }

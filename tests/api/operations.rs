@@ -2,14 +2,13 @@
 //! OpenAPI description, the command line, backups, request logs, systemd readiness
 //! notification and the systemd unit.
 
-use crate::helpers::*;
+use crate::support::*;
 
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::Read;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,143 +17,10 @@ use std::time::{Duration, Instant};
 // Small tools
 // ---------------------------------------------------------------------------------------
 
-/// A ureq agent that reports HTTP statuses as responses, not errors.
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .new_agent()
-}
-
-/// GET http://127.0.0.1:port/health once; the status, or the transport error's text.
-fn health_status(port: u16) -> Result<u16, String> {
-    agent(Duration::from_secs(2))
-        .get(&format!("http://127.0.0.1:{port}/health"))
-        .call()
-        .map(|r| r.status().as_u16())
-        .map_err(|e| e.to_string())
-}
-
-/// Kills (SIGKILL, by its own pid) a process this test started, when dropped.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("the process is still ours")
-    }
-
-    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
-    fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child().try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The binary with a clean environment (PATH only, plus `env`), run in `dir`.
-fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = clean_command(dir);
-    command.envs(env.iter().copied()).args(args);
-    command
-}
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command that must finish by itself within 20 s (killed and failed otherwise).
-fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Finished {
-    let child = command(dir, args, env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-    let mut guard = ChildGuard(Some(child));
-    let mut out_pipe = guard.child().stdout.take().unwrap();
-    let mut err_pipe = guard.child().stderr.take().unwrap();
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let status = guard.wait_timeout(Duration::from_secs(20));
-    let Some(status) = status else {
-        drop(guard);
-        panic!(
-            "order-service {args:?} did not exit within 20 s; stderr: {}",
-            err_thread.join().unwrap()
-        );
-    };
-    Finished {
-        status,
-        stdout: out_thread.join().unwrap(),
-        stderr: err_thread.join().unwrap(),
-    }
-}
-
-/// `serve` in the background, stdout and stderr to files in `dir`.
-fn spawn_serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ChildGuard {
-    let stderr = std::fs::File::create(dir.join("serve.stderr")).unwrap();
-    let stdout = std::fs::File::create(dir.join("serve.stdout")).unwrap();
-    let child = command(dir, args, env)
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-    ChildGuard(Some(child))
-}
-
-/// Polls /health on `port` until it answers 200 (Ok) or the process exits or 10 s pass.
-fn wait_healthy(guard: &mut ChildGuard, port: u16, dir: &Path) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = guard.child().try_wait().unwrap() {
-            return Err(format!(
-                "exited with {status}; stderr: {}",
-                std::fs::read_to_string(dir.join("serve.stderr")).unwrap_or_default()
-            ));
-        }
-        if health_status(port) == Ok(200) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "no 200 from /health on port {port} within 10 s; stderr: {}",
-                std::fs::read_to_string(dir.join("serve.stderr")).unwrap_or_default()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    let dir = TempDir::new();
-    let probe = dir.write("whoami", "");
+    let dir = temp_dir();
+    let probe = write_file(&dir, "whoami", "");
     std::fs::metadata(probe).unwrap().uid() == 0
 }
 
@@ -390,197 +256,6 @@ fn sigint_also_stops_cleanly() {
 // 3: metrics
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// `name{a="x",b="y"} value` (the optional timestamp after the value is ignored).
-fn parse_sample(line: &str) -> Sample {
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .unwrap_or_else(|| panic!("sample without a value: {line:?}"));
-    let name = line[..name_end].to_string();
-    assert!(
-        !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-            && !name.starts_with(|c: char| c.is_ascii_digit()),
-        "bad metric name in {line:?}"
-    );
-    let mut rest = &line[name_end..];
-    let mut labels = BTreeMap::new();
-    if let Some(inner) = rest.strip_prefix('{') {
-        let mut chars = inner.char_indices().peekable();
-        let mut end = None;
-        loop {
-            // label name
-            while chars.peek().is_some_and(|(_, c)| *c == ',' || *c == ' ') {
-                chars.next();
-            }
-            match chars.peek() {
-                Some((i, '}')) => {
-                    end = Some(*i);
-                    break;
-                }
-                None => break,
-                _ => {}
-            }
-            let mut key = String::new();
-            for (_, c) in chars.by_ref() {
-                if c == '=' {
-                    break;
-                }
-                key.push(c);
-            }
-            assert_eq!(
-                chars.next().map(|(_, c)| c),
-                Some('"'),
-                "label value not quoted in {line:?}"
-            );
-            let mut value = String::new();
-            let mut closed = false;
-            while let Some((_, c)) = chars.next() {
-                match c {
-                    '\\' => match chars.next().map(|(_, c)| c) {
-                        Some('n') => value.push('\n'),
-                        Some(other) => value.push(other),
-                        None => break,
-                    },
-                    '"' => {
-                        closed = true;
-                        break;
-                    }
-                    c => value.push(c),
-                }
-            }
-            assert!(closed, "unterminated label value in {line:?}");
-            assert!(
-                labels.insert(key.trim().to_string(), value).is_none(),
-                "repeated label in {line:?}"
-            );
-        }
-        let end = end.unwrap_or_else(|| panic!("unterminated label set in {line:?}"));
-        rest = &inner[end + 1..];
-    }
-    let value_text = rest
-        .split_whitespace()
-        .next()
-        .unwrap_or_else(|| panic!("sample without a value: {line:?}"));
-    let value = match value_text {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        "NaN" => f64::NAN,
-        v => v
-            .parse()
-            .unwrap_or_else(|_| panic!("value is not a number in {line:?}")),
-    };
-    Sample {
-        name,
-        labels,
-        value,
-    }
-}
-
-struct Exposition {
-    /// family → type
-    types: HashMap<String, String>,
-    samples: Vec<Sample>,
-}
-
-impl Exposition {
-    /// Parses the text format, asserting that every sample's family has `# HELP` and
-    /// `# TYPE` lines before the sample, once each.
-    fn parse(text: &str) -> Exposition {
-        let mut helps: HashSet<String> = HashSet::new();
-        let mut types: HashMap<String, String> = HashMap::new();
-        let mut samples = Vec::new();
-        for line in text.lines() {
-            let line = line.trim_end();
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("# HELP ") {
-                let name = rest.split_whitespace().next().unwrap_or("").to_string();
-                assert!(rest.len() > name.len() + 1, "HELP without text: {line:?}");
-                assert!(helps.insert(name), "HELP twice: {line:?}");
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let mut words = rest.split_whitespace();
-                let name = words.next().unwrap_or("").to_string();
-                let kind = words.next().unwrap_or("").to_string();
-                assert!(
-                    ["counter", "gauge", "histogram", "summary", "untyped"]
-                        .contains(&kind.as_str()),
-                    "bad TYPE line: {line:?}"
-                );
-                assert!(types.insert(name, kind).is_none(), "TYPE twice: {line:?}");
-                continue;
-            }
-            if line.starts_with('#') {
-                continue;
-            }
-            let sample = parse_sample(line);
-            let family = family_of(&sample.name, &types);
-            assert!(
-                helps.contains(&family),
-                "no # HELP for {family} before {line:?}"
-            );
-            assert!(
-                types.contains_key(&family),
-                "no # TYPE for {family} before {line:?}"
-            );
-            samples.push(sample);
-        }
-        Exposition { types, samples }
-    }
-
-    fn with_name<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| s.name == name)
-    }
-
-    /// The one family whose name contains `part`, with its samples.
-    #[track_caller]
-    fn family_containing(&self, part: &str) -> (&str, Vec<&Sample>) {
-        let names: Vec<&String> = self.types.keys().filter(|n| n.contains(part)).collect();
-        assert_eq!(
-            names.len(),
-            1,
-            "expected one metric family named like {part:?}, found {names:?}"
-        );
-        let name = names[0].as_str();
-        let samples: Vec<&Sample> = self
-            .samples
-            .iter()
-            .filter(|s| family_of(&s.name, &self.types) == name)
-            .collect();
-        assert!(!samples.is_empty(), "{name} has no sample");
-        (name, samples)
-    }
-}
-
-/// The family a sample belongs to: its own name, or the histogram/summary it is part of.
-fn family_of(name: &str, types: &HashMap<String, String>) -> String {
-    if types.contains_key(name) {
-        return name.to_string();
-    }
-    for suffix in ["_bucket", "_sum", "_count"] {
-        if let Some(base) = name.strip_suffix(suffix) {
-            if matches!(
-                types.get(base).map(String::as_str),
-                Some("histogram" | "summary")
-            ) {
-                return base.to_string();
-            }
-        }
-    }
-    name.to_string()
-}
-
 #[test]
 fn metrics_are_prometheus_text() {
     let app = spawn_app();
@@ -717,14 +392,10 @@ fn metrics_are_prometheus_text() {
         samples[0].value
     );
     let (name, samples) = metrics.family_containing("outbox_pending");
-    let pending: i64 = app
-        .db()
-        .query_row(
-            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let pending: i64 = app.query_one(
+        "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+        &[],
+    );
     assert_eq!(
         samples[0].value, pending as f64,
         "{name} differs from the outbox (no broker runs, so the event waits)"
@@ -776,6 +447,14 @@ fn health_and_ready() {
     // No broker runs in these tests: the event waits in the outbox.
     check_ready(1);
 
+    if app.backend() != Backend::Sqlite {
+        eprintln!(
+            "health_and_ready: the unwritable-database case makes the SQLite file read-only: \
+             SKIPPED on {:?}",
+            app.backend()
+        );
+        return;
+    }
     if is_root() {
         eprintln!(
             "health_and_ready: running as root, which ignores file permissions: \
@@ -806,7 +485,7 @@ fn health_and_ready() {
             self.set(0o755, 0o644);
         }
     }
-    let read_only = ReadOnly(app.db_path.parent().unwrap().to_path_buf());
+    let read_only = ReadOnly(app.db_path().parent().unwrap().to_path_buf());
     read_only.set(0o555, 0o444);
     let ready = app.ready();
     let create = app.create_order(&BOB, &items(&[(MOUSE, 1)]));
@@ -1009,7 +688,7 @@ fn is_semver(v: &str) -> bool {
 
 #[test]
 fn cli() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let d = dir.path();
 
     // --version
@@ -1113,9 +792,9 @@ fn cli() {
     let mut started = None;
     for _ in 0..5 {
         let port = free_port();
-        let file = dir.write("settings.env", &env_file_text(port, served_db));
+        let file = write_file(&dir, "settings.env", &env_file_text(port, served_db));
         let mut child = spawn_serve(d, &["--config", file.to_str().unwrap()], &[("PORT", "")]);
-        match wait_healthy(&mut child, port, d) {
+        match wait_serving(&mut child, port, d) {
             Ok(()) => {
                 started = Some(child);
                 break;
@@ -1135,14 +814,14 @@ fn cli() {
         if file_port == env_port {
             continue;
         }
-        let file = dir.write("settings.env", &env_file_text(file_port, served_db));
+        let file = write_file(&dir, "settings.env", &env_file_text(file_port, served_db));
         let env_port_text = env_port.to_string();
         let mut child = spawn_serve(
             d,
             &["serve", "--config", file.to_str().unwrap()],
             &[("PORT", &env_port_text)],
         );
-        match wait_healthy(&mut child, env_port, d) {
+        match wait_serving(&mut child, env_port, d) {
             Ok(()) => {
                 started = Some((child, file_port));
                 break;
@@ -1166,14 +845,14 @@ fn cli() {
 
 #[test]
 fn backup_copies_a_live_database() {
-    let app = spawn_app();
+    let app = TestApp::builder().sqlite_only().spawn();
     for user in [ALICE, BOB, CAROL] {
         app.place_order_id(&user, MOUSE, 2);
     }
     let orders = app.count_orders();
     assert_eq!(orders, 3);
-    let dir = TempDir::new();
-    let db = app.db_path.to_str().unwrap().to_string();
+    let dir = temp_dir();
+    let db = app.db_path().to_str().unwrap().to_string();
     let env = [("DATABASE_URL", db.as_str())];
 
     let copy = dir.path().join("copy.db");
@@ -1202,7 +881,7 @@ fn backup_copies_a_live_database() {
     app.place_order_id(&ALICE, MOUSE, 1);
 
     // Onto an existing path: exit 1, the file untouched.
-    let existing = dir.write("existing.db", "precious, not a database\n");
+    let existing = write_file(&dir, "existing.db", "precious, not a database\n");
     let out = run(dir.path(), &["backup", existing.to_str().unwrap()], &env);
     assert_eq!(
         out.status.code(),
@@ -1351,7 +1030,7 @@ fn request_logs() {
 
 #[test]
 fn ready_notification() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
     socket
@@ -1446,8 +1125,8 @@ fn systemd_unit_verifies() {
         + "\n";
     assert_eq!(replaced, 1, "expected one ExecStart= line in the unit");
 
-    let dir = TempDir::new();
-    let unit_path = dir.write("order-service.service", &unit);
+    let dir = temp_dir();
+    let unit_path = write_file(&dir, "order-service.service", &unit);
     let output = Command::new(&tool)
         .arg("verify")
         .arg(&unit_path)

@@ -1,7 +1,7 @@
 //! What the product service's answers are taken to mean: which 404 says "no such
 //! product", prices read from their exact text, and a cache that never goes back in time.
 
-use crate::helpers::*;
+use crate::support::*;
 use serde_json::json;
 
 fn proxy_page(content_type: &'static str, body: &str) -> Behaviour {
@@ -53,14 +53,10 @@ fn a_proxy_404_serves_the_cache_and_keeps_it() {
         line_for(&response.json(), MONITOR)["price"].as_f64(),
         Some(249.5)
     );
-    let cached: i64 = app
-        .db()
-        .query_row(
-            "SELECT COUNT(*) FROM product_cache WHERE product_id = ?1",
-            [MONITOR],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let cached: i64 = app.query_one(
+        "SELECT COUNT(*) FROM product_cache WHERE product_id = ?1",
+        &[MONITOR.into()],
+    );
     assert_eq!(cached, 1, "the cached answer is kept");
 }
 
@@ -84,13 +80,10 @@ fn a_price_with_more_than_two_decimals_is_refused_whatever_a_float_makes_of_it()
 }
 
 fn cached_price_cents(app: &TestApp, id: i64) -> i64 {
-    app.db()
-        .query_row(
-            "SELECT price_cents FROM product_cache WHERE product_id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap()
+    app.query_one(
+        "SELECT price_cents FROM product_cache WHERE product_id = ?1",
+        &[id.into()],
+    )
 }
 
 #[test]

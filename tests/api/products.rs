@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[test]
 fn an_unknown_product_answers_422_with_its_id_and_writes_nothing() {
@@ -368,8 +368,9 @@ fn a_404_is_never_served_from_the_cache() {
 
 #[test]
 fn a_file_catalog_serves_products_without_a_product_service() {
-    let dir = TempDir::new();
-    let catalog = dir.write(
+    let dir = temp_dir();
+    let catalog = write_file(
+        &dir,
         "catalog.json",
         r#"[{"id":1,"name":"File Laptop","price":999.99,"stock":2},{"id":2,"name":"File Mouse","price":9.5,"stock":100}]"#,
     );

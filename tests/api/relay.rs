@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::broker::*;
-use crate::helpers::*;
+use crate::support::*;
 
 /// A service that publishes to the real broker, into `queue`.
 fn app_on_broker(queue: &TestQueue) -> TestApp {
@@ -34,25 +34,23 @@ fn published(app: &TestApp) -> i64 {
 }
 
 fn outbox_rows_where(app: &TestApp, condition: &str) -> i64 {
-    app.db()
-        .query_row(
-            &format!("SELECT COUNT(*) FROM outbox WHERE {condition}"),
-            [],
-            |r| r.get(0),
-        )
-        .unwrap()
+    app.query_one(
+        &format!("SELECT COUNT(*) FROM outbox WHERE {condition}"),
+        &[],
+    )
 }
 
 /// Product id of the catalog-file widget (see `catalog_file`).
 const WIDGET: i64 = 42;
 
 /// `PRODUCT_SERVICE_URL` for a catalog file in `dir` (Mouse, Cable and a Widget, all with
-/// plenty of stock). The high-volume tests use it instead of the HTTP stand-in: under a
-/// burst of new connections the stand-in's tiny_http connection pool can leave a request
-/// unanswered until the service's 2 s product timeout (503), which is not what these tests
-/// are about.
+/// plenty of stock). The high-volume tests use it instead of the HTTP stand-in: product
+/// lookups are not what they are about, and a file answers a burst of creates without a
+/// socket or a thread per lookup. (It was chosen when the stand-in ran on tiny_http 0.12,
+/// whose pool could leave a request unanswered until the 2 s product timeout.)
 fn catalog_file(dir: &TempDir) -> String {
-    let path = dir.write(
+    let path = write_file(
+        dir,
         "catalog.json",
         &json!([
             {"id": MOUSE, "name": "Mouse", "price": 19.99, "stock": 1_000_000},
@@ -83,14 +81,6 @@ fn ready_until(app: &TestApp, timeout: Duration, condition: impl Fn(&Value) -> b
         condition(&last)
     });
     last
-}
-
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (key, value) = l.split_once(' ')?;
-        (key == name).then(|| value.trim().parse().ok()).flatten()
-    })
 }
 
 /// Checks what must hold for every message, whatever the test: the body is JSON whose
@@ -388,7 +378,7 @@ fn a_crash_loses_nothing() {
     }
     let queue = TestQueue::declare();
     let consumer = QueueConsumer::start(&queue);
-    let catalog = TempDir::new();
+    let catalog = temp_dir();
     let mut app = TestApp::builder()
         .env("PRODUCT_SERVICE_URL", &catalog_file(&catalog))
         .env("RABBITMQ_PORT", &BROKER_PORT.to_string())
@@ -520,7 +510,7 @@ fn a_backlog_of_10000_events_drains() {
     const ORDERS: usize = 10_000;
     const CLIENTS: usize = 16;
     let queue = TestQueue::declare();
-    let catalog = TempDir::new();
+    let catalog = temp_dir();
     // The default RABBITMQ_PORT=1: nothing is published while the backlog builds.
     let mut app = TestApp::builder()
         .env("PRODUCT_SERVICE_URL", &catalog_file(&catalog))
@@ -699,7 +689,7 @@ fn outbox_status(app: &TestApp) -> (i64, i64, String) {
             "PATH",
             std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
         )
-        .env("DATABASE_URL", &app.db_path)
+        .env("DATABASE_URL", app.database_url())
         .output()
         .expect("run order-service outbox status");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -1,7 +1,7 @@
 //! A killed process restarted on the same file: orders, events and idempotency records
 //! survive, and new ids continue after the old ones.
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[test]
 fn a_restart_on_the_same_file_keeps_orders_and_outbox() {

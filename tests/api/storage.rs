@@ -1,14 +1,14 @@
 //! The database as an operator meets it: what `DATABASE_URL` may name, and probes that
 //! stay cheap however many events the outbox keeps.
 
-use crate::helpers::*;
+use crate::support::*;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Runs `serve` with `DATABASE_URL=url` and a free port; returns its exit code and
 /// stderr, or panics if it is still serving after 10 s.
 fn serve_exit(url: &str) -> (Option<i32>, String) {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let mut child = clean_command(dir.path())
         .env("DATABASE_URL", url)
         .env("PORT", free_port().to_string())
@@ -59,10 +59,11 @@ fn mode(path: &std::path::Path) -> u32 {
 
 #[test]
 fn the_database_it_creates_is_private() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let state = dir.path().join("state").join("orders");
     let db = state.join("orders.db");
     let app = TestApp::builder()
+        .sqlite_only()
         .env("DATABASE_URL", db.to_str().unwrap())
         .spawn();
     app.place_order_id(&ALICE, MOUSE, 1);
@@ -100,10 +101,10 @@ fn median(count: usize, mut probe: impl FnMut()) -> Duration {
 
 /// A service whose outbox holds `published` rows the broker confirmed.
 fn app_with_published(published: i64) -> TestApp {
-    let mut app = spawn_app();
+    let mut app = TestApp::builder().sqlite_only().spawn();
     if published > 0 {
         app.kill();
-        crate::backup::fill_outbox_with(&app.db_path, published, true, 16);
+        crate::backup::fill_outbox_with(app.db_path(), published, true, 16);
         app.restart();
     }
     app

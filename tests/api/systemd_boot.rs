@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::helpers::{loud_skip, TempDir, BIN};
+use crate::support::{loud_skip, temp_dir, TempDir, BIN};
 
 /// Where the reusable root file system lives: outside the repository, kept between runs.
 const ROOT_CACHE: &str = "/var/cache/order-service-test";
@@ -288,7 +288,7 @@ struct Container {
 
 impl Container {
     fn boot(root: &Path) -> Container {
-        let dir = TempDir::new();
+        let dir = temp_dir();
         let log = fs::File::create(dir.path().join("nspawn.log")).expect("create nspawn.log");
         // No systemd or D-Bus on the host: no registration; the network is the
         // container's own loopback.

@@ -1,0 +1,235 @@
+//! The product service as the tests need it: answers set per product id, served by the
+//! vendored tiny_http, every lookup counted.
+//!
+//! Only std, serde_json and tiny_http, and nothing from the rest of `support/`, so a bench
+//! can take this file alone: `#[path = "../tests/api/support/stand_in.rs"] mod stand_in;`.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+// The default catalog every stand-in starts with.
+pub const LAPTOP: i64 = 1; // 1299.99, stock 50
+pub const MOUSE: i64 = 2; // 19.99, stock 1000
+pub const CABLE: i64 = 3; // 0.10, stock 1000
+pub const ADAPTER: i64 = 4; // 0.20, stock 1000
+pub const MONITOR: i64 = 5; // 249.50, stock 3
+pub const UNKNOWN_PRODUCT: i64 = 999;
+
+/// How the stand-in answers `GET /api/products/{id}` for one id.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// 200 with `{"id","name","price","stock"}`; `price` is JSON number text, e.g. "1299.99".
+    Product {
+        name: String,
+        price: String,
+        stock: i64,
+    },
+    /// 200 with the inner answer's object under this key: "product" or "data".
+    Wrapped(&'static str, Box<Behaviour>),
+    /// This status with a small JSON error body.
+    Status(u16),
+    /// Waits, then answers as the inner behaviour.
+    Slow(Duration, Box<Behaviour>),
+    /// 404, as for an id the catalog does not hold.
+    NotFound,
+    /// Exactly this status, Content-Type and body: a proxy's page, say.
+    Answer {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+}
+
+pub fn product(name: &str, price: &str, stock: i64) -> Behaviour {
+    Behaviour::Product {
+        name: name.into(),
+        price: price.into(),
+        stock,
+    }
+}
+
+type Catalog = Arc<Mutex<HashMap<i64, Behaviour>>>;
+
+/// One thread takes requests from the server and gives each its own thread, so a `Slow`
+/// answer holds up no other lookup, as with a real service under parallel calls.
+pub struct ProductStandIn {
+    server: Arc<tiny_http::Server>,
+    catalog: Catalog,
+    calls: Arc<Mutex<Vec<i64>>>,
+    stopping: Arc<AtomicBool>,
+    dispatcher: Option<JoinHandle<()>>,
+    answers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    port: u16,
+}
+
+impl ProductStandIn {
+    /// An empty catalog: every id answers 404.
+    pub fn start() -> ProductStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("start the product stand-in");
+        let port = listener.local_addr().unwrap().port();
+        let server = tiny_http::Server::from_listener(listener, tiny_http::Options::default())
+            .unwrap_or_else(|e| panic!("start the product stand-in: {e}"));
+        let server = Arc::new(server);
+        let catalog: Catalog = Arc::default();
+        let calls: Arc<Mutex<Vec<i64>>> = Arc::default();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let answers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let dispatcher = {
+            let (server, catalog, calls, stopping, answers) = (
+                server.clone(),
+                catalog.clone(),
+                calls.clone(),
+                stopping.clone(),
+                answers.clone(),
+            );
+            std::thread::spawn(move || loop {
+                let request = match server.recv() {
+                    Ok(request) => request,
+                    // `unblock()` from drop, or an error the server reports: go on unless
+                    // stopping.
+                    Err(_) if stopping.load(Ordering::SeqCst) => return,
+                    Err(_) => continue,
+                };
+                let (catalog, calls, stopping) = (catalog.clone(), calls.clone(), stopping.clone());
+                let answer =
+                    std::thread::spawn(move || answer(request, &catalog, &calls, &stopping));
+                let mut all = answers.lock().unwrap();
+                all.retain(|a| !a.is_finished());
+                all.push(answer);
+            })
+        };
+        ProductStandIn {
+            server,
+            catalog,
+            calls,
+            stopping,
+            dispatcher: Some(dispatcher),
+            answers,
+            port,
+        }
+    }
+
+    /// Laptop, Mouse, Cable, Adapter and Monitor (see the constants above).
+    pub fn with_default_catalog() -> ProductStandIn {
+        let products = ProductStandIn::start();
+        products.set(LAPTOP, product("Laptop", "1299.99", 50));
+        products.set(MOUSE, product("Mouse", "19.99", 1000));
+        products.set(CABLE, product("Cable", "0.10", 1000));
+        products.set(ADAPTER, product("Adapter", "0.20", 1000));
+        products.set(MONITOR, product("Monitor", "249.50", 3));
+        products
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set(&self, id: i64, behaviour: Behaviour) {
+        self.catalog.lock().unwrap().insert(id, behaviour);
+    }
+
+    /// Requests for product ids so far (any id, including unknown ones).
+    pub fn calls(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    pub fn calls_for(&self, id: i64) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&c| c == id)
+            .count()
+    }
+}
+
+impl Drop for ProductStandIn {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.server.unblock();
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let _ = dispatcher.join();
+        }
+        // A `Slow` answer looks at `stopping` every 10 ms.
+        for answer in self.answers.lock().unwrap().drain(..) {
+            let _ = answer.join();
+        }
+        // The server goes with the last reference, here: its listener closes.
+    }
+}
+
+fn answer(
+    request: tiny_http::Request,
+    catalog: &Mutex<HashMap<i64, Behaviour>>,
+    calls: &Mutex<Vec<i64>>,
+    stopping: &AtomicBool,
+) {
+    let id = request
+        .url()
+        .strip_prefix("/api/products/")
+        .and_then(|rest| rest.split(['?', '/']).next())
+        .and_then(|id| id.parse::<i64>().ok());
+    let behaviour = match id {
+        Some(id) if *request.method() == tiny_http::Method::Get => {
+            calls.lock().unwrap().push(id);
+            catalog
+                .lock()
+                .unwrap()
+                .get(&id)
+                .cloned()
+                .unwrap_or(Behaviour::NotFound)
+        }
+        _ => Behaviour::NotFound,
+    };
+    let (status, body) = render(id.unwrap_or(0), &behaviour, stopping);
+    let content_type =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type(&behaviour).as_bytes())
+            .expect("a Content-Type header");
+    let response = tiny_http::Response::from_string(body)
+        .with_status_code(status)
+        .with_header(content_type);
+    // The client may have given up (a test of the service's timeout): nothing to do then.
+    let _ = request.respond(response);
+}
+
+/// The Content-Type the stand-in sends with `behaviour`.
+fn content_type(behaviour: &Behaviour) -> &'static str {
+    match behaviour {
+        Behaviour::Answer { content_type, .. } => content_type,
+        Behaviour::Wrapped(_, inner) | Behaviour::Slow(_, inner) => content_type(inner),
+        _ => "application/json",
+    }
+}
+
+fn render(id: i64, behaviour: &Behaviour, stopping: &AtomicBool) -> (u16, String) {
+    match behaviour {
+        Behaviour::Product { name, price, stock } => (
+            200,
+            format!(
+                r#"{{"id":{id},"name":{},"price":{price},"stock":{stock},"description":"stand-in"}}"#,
+                serde_json::to_string(name).unwrap()
+            ),
+        ),
+        Behaviour::Wrapped(key, inner) => {
+            let (status, body) = render(id, inner, stopping);
+            (
+                status,
+                format!(r#"{{{}:{body}}}"#, serde_json::to_string(key).unwrap()),
+            )
+        }
+        Behaviour::Status(status) => (*status, r#"{"error":"stand-in failure"}"#.to_string()),
+        Behaviour::Slow(delay, inner) => {
+            let until = Instant::now() + *delay;
+            while Instant::now() < until && !stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            render(id, inner, stopping)
+        }
+        Behaviour::NotFound => (404, r#"{"error":"Product not found"}"#.to_string()),
+        Behaviour::Answer { status, body, .. } => (*status, body.clone()),
+    }
+}
