@@ -50,11 +50,24 @@ pub enum Database {
 }
 
 impl Database {
-    /// How to name it in a message: the file, or the URL without its credentials.
+    /// How to name it in a message: the file, or the server and database without the
+    /// user and password.
     pub fn describe(&self) -> String {
         match self {
             Database::Sqlite(path) => path.display().to_string(),
-            Database::Postgres(url) => crate::redact::userinfo(url.expose()),
+            Database::Postgres(url) => match url.expose().parse::<postgres::Config>() {
+                Ok(c) => {
+                    let host = match c.get_hosts().first() {
+                        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+                        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+                        None => "localhost".into(),
+                    };
+                    let port = c.get_ports().first().copied().unwrap_or(5432);
+                    let db = c.get_dbname().unwrap_or_default();
+                    format!("postgresql://{host}:{port}/{db}")
+                }
+                Err(_) => "postgresql".into(),
+            },
         }
     }
 }

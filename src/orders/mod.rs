@@ -140,6 +140,8 @@ impl Orders {
             return;
         }
         let kept = self.writer.run(move |tx| -> Result<(), StoreError> {
+            let mut fresh = fresh;
+            fresh.sort_by_key(|p| p.product_id);
             for p in &fresh {
                 tx.upsert_product(p)?;
             }

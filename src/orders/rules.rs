@@ -46,7 +46,11 @@ pub fn create(
     if let Some(i) = idempotent {
         idempotency::answer(tx, &created.user_id, i, &created)?;
     }
-    for p in &order.fresh_products {
+    // In product order: two transactions refreshing the same products lock their rows
+    // in the same order, so they cannot deadlock (PostgreSQL).
+    let mut fresh = order.fresh_products;
+    fresh.sort_by_key(|p| p.product_id);
+    for p in &fresh {
         tx.upsert_product(p)?;
     }
     Ok(created)

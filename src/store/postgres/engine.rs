@@ -13,6 +13,8 @@ use crate::store::{CachedProduct, Engine, IdempotencyRecord, NewEvent, StoreErro
 pub struct PgEngine {
     conn: Conn,
     wrote_events: bool,
+    /// The event id this transaction took when it began, with the transaction's id.
+    event: Option<(i64, i64)>,
 }
 
 impl PgEngine {
@@ -20,6 +22,7 @@ impl PgEngine {
         PgEngine {
             conn,
             wrote_events: false,
+            event: None,
         }
     }
 }
@@ -31,7 +34,20 @@ impl Engine for PgEngine {
 
     fn begin(&mut self) -> Result<(), StoreError> {
         self.wrote_events = false;
-        self.conn.begin()
+        // Before anything else, so the transaction's id is assigned here, in the same
+        // instant as the event id, and the two orders agree (see `migrate`). A
+        // transaction that writes no event leaves a gap in the ids; that is all.
+        let row = self
+            .conn
+            .begin_with("SELECT id, tx FROM order_service_next_event()")?;
+        let number = |i: usize| {
+            row.get(i)
+                .and_then(|v| v.as_deref())
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(|| StoreError::Unavailable("no event id".into()))
+        };
+        self.event = Some((number(0)?, number(1)?));
+        Ok(())
     }
 
     fn savepoint(&mut self) -> Result<(), StoreError> {
@@ -140,14 +156,18 @@ impl Tx for PgEngine {
     }
 
     fn next_event_id(&mut self) -> Result<i64, StoreError> {
-        let row = self.conn.query_one("SELECT nextval('outbox_ids')", &[])?;
-        Ok(row.get(0))
+        // One event per transaction (one job each): a second id taken later could be
+        // overtaken by another transaction's, and the outbox's order would not hold.
+        self.event.map(|(id, _)| id).ok_or_else(|| {
+            StoreError::Unavailable("one event per transaction on PostgreSQL".into())
+        })
     }
 
     fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
+        let tx = self.event.take().map(|(_, tx)| tx);
         self.conn.execute(
-            "INSERT INTO outbox (id, order_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
-            &[&e.id, &e.order_id.get(), &e.event_type, &e.payload, &e.at],
+            "INSERT INTO outbox (id, order_id, event_type, payload, created_at, tx) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&e.id, &e.order_id.get(), &e.event_type, &e.payload, &e.at, &tx],
         )?;
         self.wrote_events = true;
         Ok(())

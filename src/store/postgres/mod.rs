@@ -24,6 +24,8 @@ mod embedded {
 
 /// Held while migrating, so that instances starting together migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x6f72_6465_7273_0001;
+/// Held for the instant an event id and its transaction's id are taken together.
+const EVENT_ID_LOCK: i64 = 0x6f72_6465_7273_0003;
 /// Held by the relaying instance for as long as its session lives.
 pub(crate) const RELAY_LOCK: i64 = 0x6f72_6465_7273_0002;
 
@@ -80,6 +82,23 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
                WHERE m > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_ids);",
         )
         .map_err(|e| format!("sequences: {e}"))?;
+        // Event ids are taken in the order of their transactions' ids (a transaction
+        // takes its id here, first thing, with its event id): then "every transaction
+        // older than this event's has ended" means every lower event id is committed or
+        // never will be, and the relay keeps the outbox's order (reads.rs,
+        // pending_events). The lock is held for microseconds, not until the commit.
+        conn.batch(&format!(
+            "CREATE OR REPLACE FUNCTION order_service_next_event() RETURNS TABLE (id BIGINT, tx BIGINT)
+             LANGUAGE plpgsql AS $$
+             BEGIN
+               PERFORM pg_advisory_lock({EVENT_ID_LOCK});
+               tx := pg_current_xact_id()::text::bigint;
+               id := nextval('outbox_ids');
+               PERFORM pg_advisory_unlock({EVENT_ID_LOCK});
+               RETURN NEXT;
+             END $$;"
+        ))
+        .map_err(|e| format!("event ids: {e}"))?;
         Ok(report
             .applied_migrations()
             .iter()

@@ -150,12 +150,16 @@ impl Reads for PgReader {
     }
 
     fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        // By id, from the lowest pending one each time: an event that committed after a
-        // higher id was published is still found (no high-water mark). Per order the
-        // ids follow the changes, which the order's row lock serialises.
+        // By id, from the lowest pending one each time (no high-water mark), and only
+        // events whose every older transaction has ended: event ids are taken in the
+        // order of transaction ids, so no lower id can still commit, and the outbox goes
+        // out in its order, as with SQLite. (Per order, the row lock orders the changes
+        // anyway.) The id of the oldest transaction still running, as a number.
         let rows = self.conn.borrow_mut().query(
             "SELECT id, order_id, event_type, payload, created_at FROM outbox
-             WHERE published_at IS NULL ORDER BY id LIMIT $1",
+             WHERE published_at IS NULL
+               AND (tx IS NULL OR tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint)
+             ORDER BY id LIMIT $1",
             &[&(limit as i64)],
         )?;
         rows.iter()
