@@ -4,7 +4,7 @@
 
 use crate::store::StoreError;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, SimpleQueryMessage, Statement};
+use postgres::{Client, NoTls, Row, Statement};
 use std::collections::HashMap;
 
 pub struct Conn {
@@ -119,23 +119,10 @@ impl Conn {
         result.map_err(|e| self.failed(e))
     }
 
-    /// Begins a transaction and runs `first` in it, in one round trip; returns the
-    /// first row `first` selects, as text.
-    pub fn begin_with(&mut self, first: &str) -> Result<Vec<Option<String>>, StoreError> {
-        let result = self.client()?.simple_query(&format!("BEGIN; {first}"));
-        let messages = result.map_err(|e| self.failed(e))?;
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.batch("BEGIN")?;
         self.in_transaction = true;
-        Ok(messages
-            .iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .unwrap_or_default())
+        Ok(())
     }
 
     pub fn commit(&mut self) -> Result<(), StoreError> {

@@ -13,8 +13,10 @@ use crate::store::{CachedProduct, Engine, IdempotencyRecord, NewEvent, StoreErro
 pub struct PgEngine {
     conn: Conn,
     wrote_events: bool,
-    /// The event id this transaction took when it began, with the transaction's id.
+    /// The event id this transaction took, with the transaction's id (see `take_event`).
     event: Option<(i64, i64)>,
+    /// Whether this transaction has written anything yet.
+    wrote: bool,
 }
 
 impl PgEngine {
@@ -23,7 +25,33 @@ impl PgEngine {
             conn,
             wrote_events: false,
             event: None,
+            wrote: false,
         }
+    }
+
+    /// Takes this transaction's event id, and with it the transaction's own id, under a
+    /// lock held for microseconds (`order_service_next_event`, made in `migrate`): event
+    /// ids then follow transaction ids, which lets the relay keep the outbox's order
+    /// (reads.rs, `pending_events`). It must come before the transaction's first write,
+    /// which would assign the transaction's id outside the lock; the rules' first calls
+    /// (`next_order_id`, `order_for_update`) take it, and a later try is refused loudly.
+    fn take_event(&mut self, also_order_id: bool) -> Result<Option<OrderId>, StoreError> {
+        if self.wrote {
+            return Err(StoreError::Unavailable(
+                "an event id taken after the transaction's first write".into(),
+            ));
+        }
+        let row = if also_order_id {
+            self.conn.query_one(
+                "SELECT e.id, e.tx, nextval('order_ids') FROM order_service_next_event() e",
+                &[],
+            )?
+        } else {
+            self.conn
+                .query_one("SELECT id, tx FROM order_service_next_event()", &[])?
+        };
+        self.event = Some((row.get(0), row.get(1)));
+        Ok(also_order_id.then(|| OrderId::from_trusted(row.get(2))))
     }
 }
 
@@ -34,20 +62,9 @@ impl Engine for PgEngine {
 
     fn begin(&mut self) -> Result<(), StoreError> {
         self.wrote_events = false;
-        // Before anything else, so the transaction's id is assigned here, in the same
-        // instant as the event id, and the two orders agree (see `migrate`). A
-        // transaction that writes no event leaves a gap in the ids; that is all.
-        let row = self
-            .conn
-            .begin_with("SELECT id, tx FROM order_service_next_event()")?;
-        let number = |i: usize| {
-            row.get(i)
-                .and_then(|v| v.as_deref())
-                .and_then(|v| v.parse::<i64>().ok())
-                .ok_or_else(|| StoreError::Unavailable("no event id".into()))
-        };
-        self.event = Some((number(0)?, number(1)?));
-        Ok(())
+        self.event = None;
+        self.wrote = false;
+        self.conn.begin()
     }
 
     fn savepoint(&mut self) -> Result<(), StoreError> {
@@ -87,11 +104,17 @@ impl Engine for PgEngine {
 
 impl Tx for PgEngine {
     fn next_order_id(&mut self) -> Result<OrderId, StoreError> {
+        if self.event.is_none() && !self.wrote {
+            if let Some(id) = self.take_event(true)? {
+                return Ok(id);
+            }
+        }
         let row = self.conn.query_one("SELECT nextval('order_ids')", &[])?;
         Ok(OrderId::from_trusted(row.get(0)))
     }
 
     fn insert_order(&mut self, o: &Order) -> Result<(), StoreError> {
+        self.wrote = true;
         self.conn.execute(
             "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -125,8 +148,13 @@ impl Tx for PgEngine {
     }
 
     fn order_for_update(&mut self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        if self.event.is_none() {
+            // The lock below assigns the transaction's id: the event id comes first.
+            self.take_event(false)?;
+        }
         // The row lock holds until the transaction ends: another instance changing the
         // same order waits, then reads what this one wrote.
+        self.wrote = true;
         let Some(head) = self.conn.query_opt(
             "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
              FROM orders WHERE id = $1 FOR UPDATE",
@@ -148,6 +176,7 @@ impl Tx for PgEngine {
     }
 
     fn update_status(&mut self, id: OrderId, status: Status, at: i64) -> Result<(), StoreError> {
+        self.wrote = true;
         self.conn.execute(
             "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3",
             &[&status.as_str(), &at, &id.get()],
@@ -156,14 +185,16 @@ impl Tx for PgEngine {
     }
 
     fn next_event_id(&mut self) -> Result<i64, StoreError> {
-        // One event per transaction (one job each): a second id taken later could be
-        // overtaken by another transaction's, and the outbox's order would not hold.
-        self.event.map(|(id, _)| id).ok_or_else(|| {
-            StoreError::Unavailable("one event per transaction on PostgreSQL".into())
-        })
+        // One event per transaction (one job each): a second id, taken after a write,
+        // could be overtaken by another transaction's.
+        if self.event.is_none() {
+            self.take_event(false)?;
+        }
+        Ok(self.event.expect("taken above").0)
     }
 
     fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
+        self.wrote = true;
         let tx = self.event.take().map(|(_, tx)| tx);
         self.conn.execute(
             "INSERT INTO outbox (id, order_id, event_type, payload, created_at, tx) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -188,6 +219,7 @@ impl Tx for PgEngine {
         request: &str,
         at: i64,
     ) -> Result<bool, StoreError> {
+        self.wrote = true;
         let n = self.conn.execute(
             "INSERT INTO idempotency_keys (user_id, idem_key, request, response_status, response_body, created_at)
              VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (user_id, idem_key) DO NOTHING",
@@ -204,6 +236,7 @@ impl Tx for PgEngine {
         at: i64,
         stale_before: i64,
     ) -> Result<bool, StoreError> {
+        self.wrote = true;
         let n = self.conn.execute(
             "UPDATE idempotency_keys SET request = $3, created_at = $4
              WHERE user_id = $1 AND idem_key = $2 AND response_status = 0 AND created_at < $5",
@@ -219,6 +252,7 @@ impl Tx for PgEngine {
         status: u16,
         body: &str,
     ) -> Result<bool, StoreError> {
+        self.wrote = true;
         let n = self.conn.execute(
             "UPDATE idempotency_keys SET response_status = $3, response_body = $4
              WHERE user_id = $1 AND idem_key = $2 AND response_status = 0",
@@ -228,6 +262,7 @@ impl Tx for PgEngine {
     }
 
     fn release_idempotency(&mut self, user: &UserId, key: &str) -> Result<(), StoreError> {
+        self.wrote = true;
         self.conn.execute(
             "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND response_status = 0",
             &[&user.as_str(), &key],
@@ -236,6 +271,7 @@ impl Tx for PgEngine {
     }
 
     fn upsert_product(&mut self, p: &CachedProduct) -> Result<(), StoreError> {
+        self.wrote = true;
         self.conn.execute(
             "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
              VALUES ($1, $2, $3, $4, $5)
@@ -248,6 +284,7 @@ impl Tx for PgEngine {
     }
 
     fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError> {
+        self.wrote = true;
         self.conn.execute(
             "DELETE FROM product_cache WHERE product_id = $1",
             &[&id.get()],
@@ -256,6 +293,7 @@ impl Tx for PgEngine {
     }
 
     fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError> {
+        self.wrote = true;
         let n = self.conn.execute(
             "UPDATE outbox SET published_at = $1 WHERE id = ANY($2) AND published_at IS NULL",
             &[&at, &ids],
@@ -264,6 +302,7 @@ impl Tx for PgEngine {
     }
 
     fn mark_blocked(&mut self, id: i64, since: i64) -> Result<usize, StoreError> {
+        self.wrote = true;
         let n = self.conn.execute(
             "UPDATE outbox SET blocked_since = $1 WHERE id = $2 AND published_at IS NULL",
             &[&since, &id],
@@ -272,6 +311,7 @@ impl Tx for PgEngine {
     }
 
     fn prune_outbox(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        self.wrote = true;
         let n = self.conn.execute(
             "DELETE FROM outbox WHERE id IN (
                SELECT id FROM outbox
@@ -284,6 +324,7 @@ impl Tx for PgEngine {
     }
 
     fn prune_idempotency(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        self.wrote = true;
         let n = self.conn.execute(
             "DELETE FROM idempotency_keys WHERE (user_id, idem_key) IN (
                SELECT user_id, idem_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
@@ -293,6 +334,7 @@ impl Tx for PgEngine {
     }
 
     fn heartbeat(&mut self, at: i64) -> Result<(), StoreError> {
+        self.wrote = true;
         self.conn.execute(
             "INSERT INTO heartbeat (id, beat_at) VALUES (1, $1)
              ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",

@@ -83,10 +83,11 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
         )
         .map_err(|e| format!("sequences: {e}"))?;
         // Event ids are taken in the order of their transactions' ids (a transaction
-        // takes its id here, first thing, with its event id): then "every transaction
-        // older than this event's has ended" means every lower event id is committed or
-        // never will be, and the relay keeps the outbox's order (reads.rs,
-        // pending_events). The lock is held for microseconds, not until the commit.
+        // gets its id here, with its event id, before its first write: engine.rs,
+        // `take_event`): then "every transaction older than this event's has ended"
+        // means every lower event id is committed or never will be, and the relay keeps
+        // the outbox's order (reads.rs, `pending_events`). The lock is held for
+        // microseconds, not until the commit.
         conn.batch(&format!(
             "CREATE OR REPLACE FUNCTION order_service_next_event() RETURNS TABLE (id BIGINT, tx BIGINT)
              LANGUAGE plpgsql AS $$
