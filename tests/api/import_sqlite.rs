@@ -200,50 +200,62 @@ fn a_store_moves_onto_postgresql_with_its_ids_history_and_pending_events() {
     );
 }
 
+/// Orders the file holds before the copy: 20,000 make the copy last long enough for the
+/// service to commit many times during it. `IMPORT_TEST_ORDERS=100000` gives README's
+/// figure (the time is printed with `--nocapture`).
+fn many_orders() -> i64 {
+    std::env::var("IMPORT_TEST_ORDERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
 #[test]
 fn a_copy_taken_while_the_sqlite_service_writes_is_one_consistent_moment() {
     let Some(db) = FreshDatabase::create_or_skip("the SQLite import under writes") else {
         return;
     };
-    let app = spawn_app();
-    for _ in 0..50 {
-        app.place_order(&ALICE, &[(MOUSE, 1), (CABLE, 2)]);
-    }
+    let mut app = spawn_app();
+    app.place_order(&ALICE, &[(MOUSE, 1), (CABLE, 2)]);
+    app.signal("TERM");
+    assert!(app.wait_exit(Duration::from_secs(30)).is_some());
+    let filled = many_orders();
+    fill_like_order_1(&app.db_path, filled);
+    app.restart();
 
     let stop = AtomicBool::new(false);
-    let imported = std::thread::scope(|s| {
+    let (imported, made_during) = std::thread::scope(|s| {
         let writer = s.spawn(|| {
-            let mut placed = 0;
+            let mut made = 0;
             while !stop.load(Ordering::Relaxed) {
                 let id = app.place_order(&BOB, &[(MOUSE, 1), (ADAPTER, 3)])["id"]
                     .as_i64()
                     .unwrap();
                 app.cancel(&BOB, id).assert_status(200);
-                placed += 1;
+                made += 1;
             }
-            placed
+            made
         });
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
         let imported = import(&app.db_path, &db.url());
-        std::thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::Relaxed);
-        assert!(
-            writer.join().unwrap() > 0,
-            "orders were made during the copy"
-        );
-        imported
+        (imported, writer.join().unwrap())
     });
 
     assert!(imported.status.success(), "{}", text(&imported));
+    eprintln!("{}", String::from_utf8_lossy(&imported.stdout).trim());
     let mut pg = db.connect();
     let orders = pg_count(&mut pg, "orders");
-    assert!(orders > 50, "{orders}");
+    assert!(orders >= filled, "{orders}");
     let torn: i64 = pg
         .query_one(
             "SELECT COUNT(*) FROM orders o
-              WHERE (SELECT COUNT(*) FROM order_items i WHERE i.order_id = o.id) <> 2
-                 OR (SELECT COUNT(*) FROM outbox e WHERE e.order_id = o.id)
-                    <> CASE o.status WHEN 'cancelled' THEN 2 ELSE 1 END",
+               LEFT JOIN (SELECT order_id, COUNT(*) AS n FROM order_items GROUP BY order_id) i
+                 ON i.order_id = o.id
+               LEFT JOIN (SELECT order_id, COUNT(*) AS n FROM outbox GROUP BY order_id) e
+                 ON e.order_id = o.id
+              WHERE COALESCE(i.n, 0) <> 2
+                 OR COALESCE(e.n, 0) <> CASE o.status WHEN 'cancelled' THEN 2 ELSE 1 END",
             &[],
         )
         .unwrap()
@@ -254,10 +266,30 @@ fn a_copy_taken_while_the_sqlite_service_writes_is_one_consistent_moment() {
         .unwrap()
         .get(0);
     assert_eq!(max_event, pg_count(&mut pg, "outbox"), "no event missing");
+    assert!(made_during > 0, "orders were made during the copy");
     assert!(
         app.count_orders() > orders,
         "the service went on writing past the copy"
     );
+}
+
+/// Adds orders 2..=n+1 to a stopped service's file, each a copy of order 1 with its items
+/// and its one event: a big store in a second, where the API would take minutes.
+fn fill_like_order_1(file: &Path, n: i64) {
+    let conn = rusqlite::Connection::open(file).unwrap();
+    let numbers =
+        format!("WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i <= {n})");
+    conn.execute_batch(&format!(
+        "BEGIN;
+         {numbers} INSERT INTO orders SELECT i, user_id, user_email, status, total_cents,
+             created_at, updated_at FROM n, orders WHERE id = 1;
+         {numbers} INSERT INTO order_items SELECT i, line_no, product_id, product_name,
+             quantity, price_cents, subtotal_cents FROM n, order_items WHERE order_id = 1;
+         {numbers} INSERT INTO outbox SELECT i, i, event_type, payload, created_at,
+             published_at, blocked_since FROM n, outbox WHERE id = 1;
+         COMMIT;"
+    ))
+    .unwrap();
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! past the copied ids in the same transaction.
 
 use super::{embedded, Connector};
+use crate::store::StoreError;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::Transaction;
@@ -124,11 +125,9 @@ pub fn import_sqlite(
         .map_err(|e| format!("{source}: {e}"))?;
     same_schema(&sqlite).map_err(|e| format!("{source}: {e}"))?;
 
-    let mut conn = connector
-        .connected()
-        .map_err(|e| format!("{target}: {e}"))?;
-    let client = conn.raw().map_err(|e| format!("{target}: {e}"))?;
-    let pg_failed = |e: postgres::Error| format!("{target}: {e}");
+    let mut conn = connector.connected().map_err(|e| failed(target, e))?;
+    let client = conn.raw().map_err(|e| failed(target, e))?;
+    let pg_failed = |e: postgres::Error| format!("{target}: {}", explain(&e));
     let mut tx = client.transaction().map_err(pg_failed)?;
     // A service started on the target meanwhile, or a second import, waits until this
     // one ends (and then finds the rows), rather than mixing its rows with these.
@@ -149,7 +148,7 @@ pub fn import_sqlite(
     for (table, count) in TABLES.iter().zip(copied.iter_mut()) {
         *count = copy_table(&sqlite, &mut tx, table).map_err(|e| match e {
             CopyError::Read(e) => format!("{source}: reading {}: {e}", table.name),
-            CopyError::Write(e) => format!("{target}: writing {}: {e}", table.name),
+            CopyError::Write(e) => format!("{target}: writing {}: {}", table.name, explain(&e)),
         })?;
     }
     let pending: i64 = tx
@@ -295,4 +294,26 @@ fn rows_present(tx: &mut Transaction<'_>) -> Result<Vec<String>, postgres::Error
             (n > 0).then(|| format!("{n} {name}"))
         })
         .collect())
+}
+
+fn failed(target: &str, e: StoreError) -> String {
+    match e {
+        StoreError::Postgres(e) => format!("{target}: {}", explain(&e)),
+        e => format!("{target}: {e}"),
+    }
+}
+
+/// The server's own words (a key that exists, a value out of range) in one line: the
+/// driver's `Display` says only "db error".
+fn explain(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{}: {} ({detail})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
