@@ -1,4 +1,5 @@
-//! The command line: `order-service [--config FILE] [serve | migrate | outbox status | backup PATH]`.
+//! The command line: `order-service [--config FILE] [serve | migrate | outbox status | backup PATH |
+//! import-sqlite FILE | queue peek [N]]`.
 //! The one place where errors become exit codes: 0 ok, 1 failure, 2 bad configuration.
 
 use order_service::app::App;
@@ -15,6 +16,7 @@ enum Command {
     Migrate,
     OutboxStatus,
     Backup(PathBuf),
+    ImportSqlite(PathBuf),
     QueuePeek(usize),
     Help,
     Version,
@@ -77,6 +79,12 @@ fn parse_args(args: Vec<String>) -> Result<(Command, Option<PathBuf>), Failure> 
                 .map_err(|_| Failure::Usage(format!("queue peek takes a count, got {n:?}")))?,
         ),
         ["backup"] => return Err(Failure::Usage("backup needs a destination path".into())),
+        ["import-sqlite", file] => Command::ImportSqlite(PathBuf::from(file)),
+        ["import-sqlite"] => {
+            return Err(Failure::Usage(
+                "import-sqlite needs the SQLite file to copy".into(),
+            ))
+        }
         _ => {
             return Err(Failure::Usage(format!(
                 "unknown command {:?}; see --help",
@@ -140,6 +148,7 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::ImportSqlite(file) => import_sqlite(&config, &file),
         Command::QueuePeek(n) => {
             order_service::queue::peek(&config.rabbitmq, n).map_err(Failure::Other)?;
             Ok(())
@@ -240,6 +249,29 @@ fn outbox_status(config: &Config) -> Result<(), Failure> {
     Ok(())
 }
 
+fn import_sqlite(config: &Config, file: &std::path::Path) -> Result<(), Failure> {
+    if !matches!(config.database, Database::Postgres(_)) {
+        return Err(Failure::Config(format!(
+            "import-sqlite copies into PostgreSQL: set DATABASE_URL to postgresql://user:pass@host:port/db (it names {})",
+            config.database.describe()
+        )));
+    }
+    let report =
+        store::import_sqlite(file, &config.database, &config.postgres).map_err(Failure::Other)?;
+    println!(
+        "{} copied into {} in {:.2} s",
+        file.display(),
+        config.database.describe(),
+        report.elapsed.as_secs_f64()
+    );
+    println!("orders: {}", report.orders);
+    println!("order_items: {}", report.items);
+    println!("outbox: {} ({} pending)", report.events, report.pending);
+    println!("idempotency_keys: {}", report.idempotency_keys);
+    println!("product_cache: {}", report.products);
+    Ok(())
+}
+
 fn help() -> String {
     let mut text = format!(
         "order-service {}\n\
@@ -249,6 +281,7 @@ fn help() -> String {
          migrate          apply database migrations and exit\n    \
          outbox status    print pending and published event counts from the database\n    \
          backup PATH      copy the live database consistently to a new file PATH (mode 0600)\n    \
+         import-sqlite FILE\n                     copy the SQLite store FILE into the empty PostgreSQL database\n                     DATABASE_URL names (ids, pending events and their order kept)\n    \
          queue peek [N]   show up to N (10) events waiting in RABBITMQ_QUEUE, leaving them there\n\n\
          OPTIONS:\n    -c, --config FILE   read settings from FILE (KEY=VALUE lines, systemd EnvironmentFile format);\n                        \
          the process environment wins over the file\n    -h, --help          print this\n    \

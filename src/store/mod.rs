@@ -8,6 +8,7 @@ mod records;
 mod sqlite;
 mod writer;
 
+pub use postgres::ImportReport;
 pub use records::{BlockedEvent, CachedProduct, IdempotencyRecord, OutboxRow, OutboxStats};
 pub use sqlite::{backup, migrate, open_read, open_write, BackupReport, Reader, SqliteEngine};
 pub use writer::{spawn as spawn_writer, Engine, WriterHandle};
@@ -15,6 +16,7 @@ pub use writer::{spawn as spawn_writer, Engine, WriterHandle};
 use crate::config::{Database, PostgresPool};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 /// Opens a read session of a worker's own.
@@ -73,6 +75,30 @@ pub fn migrate_database(database: &Database, pool: &PostgresPool) -> Result<Vec<
             postgres::migrate(&connector).map_err(|e| named(&e))
         }
     }
+}
+
+/// Copies the SQLite store at `file` (opened read-only, read in one read transaction)
+/// into the PostgreSQL database `target`, after migrating it: every order, item, outbox
+/// row, idempotency key and cached product with its id, in one transaction, the id
+/// sequences moved past the copied ids. Refuses a target that holds any of them.
+pub fn import_sqlite(
+    file: &Path,
+    target: &Database,
+    pool: &PostgresPool,
+) -> Result<ImportReport, String> {
+    let Database::Postgres(url) = target else {
+        return Err(format!(
+            "import-sqlite copies into PostgreSQL; DATABASE_URL names the SQLite file {}",
+            target.describe()
+        ));
+    };
+    if !file.is_file() {
+        return Err(format!("no SQLite database at {}", file.display()));
+    }
+    migrate_database(target, pool)?;
+    let named = |e: &dyn fmt::Display| format!("database {}: {e}", target.describe());
+    let connector = postgres::Connector::new(url.expose(), pool).map_err(|e| named(&e))?;
+    postgres::import_sqlite(file, &connector, &target.describe())
 }
 
 /// A read session on an existing database, for the command line.

@@ -14,6 +14,7 @@ mod edge;
 mod errors;
 mod hardening;
 mod idempotency;
+mod import_sqlite;
 mod migrations_pg;
 mod operations;
 mod product_answers;

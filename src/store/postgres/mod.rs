@@ -8,9 +8,11 @@
 
 mod conn;
 mod engine;
+mod import;
 mod reads;
 
 pub use engine::PgEngine;
+pub use import::{import_sqlite, ImportReport};
 pub use reads::PgReader;
 
 use crate::config::PostgresPool;
