@@ -228,7 +228,11 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Unavailable(why) => write!(f, "database unavailable: {why}"),
             StoreError::Db(e) => write!(f, "database: {e}"),
-            StoreError::Postgres(e) => write!(f, "database: {e}"),
+            // The driver's own text for a server error is just "db error".
+            StoreError::Postgres(e) => match e.as_db_error() {
+                Some(db) => write!(f, "database: {}: {}", db.code().code(), db.message()),
+                None => write!(f, "database: {e}"),
+            },
         }
     }
 }
