@@ -4,12 +4,14 @@ mod identity;
 mod money;
 mod new_order;
 mod order;
+mod page;
 mod status;
 
 pub use identity::{Email, IdempotencyKey, OrderId, ProductId, UserId};
 pub use money::Money;
 pub use new_order::{NewOrder, NewOrderLine, Quantity, MAX_ITEMS, MAX_QUANTITY};
 pub use order::{Order, OrderItem, PricedLine};
+pub use page::{Cursor, Page};
 pub use status::Status;
 
 /// A field that failed validation, named the way the client wrote it.

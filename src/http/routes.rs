@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::request::{header, json_body, query_number};
 use super::{Response, Shared};
-use crate::domain::{Email, IdempotencyKey, NewOrder, OrderId, Status, UserId};
+use crate::domain::{Cursor, Email, IdempotencyKey, NewOrder, OrderId, Page, Status, UserId};
 use crate::orders::{Answer, Claimed, Idempotent, PricedOrder};
 use crate::store::Reads;
 use serde_json::json;
@@ -139,18 +139,38 @@ pub fn handle(
 }
 
 fn list(reader: &dyn Reads, user: &UserId, query: &[(&str, &str)]) -> Result<Response, ApiError> {
-    let page = query_number(query, "page", 1, 1..=u32::MAX)?;
     let per_page = query_number(query, "per_page", 10, 1..=100)?;
-    let (orders, total) = reader.orders_of(user, page, per_page)?;
-    let pages = (total + i64::from(per_page) - 1) / i64::from(per_page);
+    let after = query.iter().rev().find(|(k, _)| *k == "after");
+    let (page, number) = match after {
+        None => {
+            let number = query_number(query, "page", 1, 1..=u32::MAX)?;
+            (Page::Number(number), Some(number))
+        }
+        Some((_, raw)) => {
+            let cursor = Cursor::parse(raw).ok_or_else(|| {
+                ApiError::Validation(crate::domain::FieldError::new(
+                    "after",
+                    "must be a cursor from an earlier page's next",
+                ))
+            })?;
+            (Page::After(cursor), None)
+        }
+    };
+    let list = reader.orders_of(user, page, per_page)?;
+    let pages = (list.total + i64::from(per_page) - 1) / i64::from(per_page);
+    let next = list
+        .more
+        .then(|| list.orders.last().map(|o| Cursor::after(o).to_string()))
+        .flatten();
     Ok(Response::json(
         200,
         &OrderPage {
-            orders,
-            page,
+            orders: list.orders,
+            page: number,
             per_page,
-            total,
+            total: list.total,
             pages,
+            next,
         },
     ))
 }
@@ -158,10 +178,13 @@ fn list(reader: &dyn Reads, user: &UserId, query: &[(&str, &str)]) -> Result<Res
 #[derive(serde::Serialize)]
 struct OrderPage {
     orders: Vec<crate::domain::Order>,
-    page: u32,
+    /// The page's number; `null` for a page asked for with `after`.
+    page: Option<u32>,
     per_page: u32,
     total: i64,
     pages: i64,
+    /// The `after` of the next page, while older orders follow.
+    next: Option<String>,
 }
 
 fn create(

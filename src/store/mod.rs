@@ -9,12 +9,14 @@ mod sqlite;
 mod writer;
 
 pub use postgres::ImportReport;
-pub use records::{BlockedEvent, CachedProduct, IdempotencyRecord, OutboxRow, OutboxStats};
+pub use records::{
+    BlockedEvent, CachedProduct, IdempotencyRecord, OrderList, OutboxRow, OutboxStats,
+};
 pub use sqlite::{backup, migrate, open_read, open_write, BackupReport, Reader, SqliteEngine};
 pub use writer::{spawn as spawn_writer, Engine, WriterHandle};
 
 use crate::config::{Database, PostgresPool};
-use crate::domain::{Order, OrderId, ProductId, Status, UserId};
+use crate::domain::{Order, OrderId, Page, ProductId, Status, UserId};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -123,7 +125,7 @@ pub fn reads(database: &Database, pool: &PostgresPool) -> Result<Box<dyn Reads>,
 pub trait Tx {
     /// The id the next order gets.
     fn next_order_id(&mut self) -> Result<OrderId, StoreError>;
-    /// Inserts an order with its items.
+    /// Inserts an order with its items, and counts it to its user.
     fn insert_order(&mut self, order: &Order) -> Result<(), StoreError>;
     /// The order, safe from concurrent change until the transaction ends.
     fn order_for_update(&mut self, id: OrderId) -> Result<Option<Order>, StoreError>;
@@ -182,13 +184,8 @@ pub trait Tx {
 /// have one).
 pub trait Reads: Send {
     fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
-    /// One page of a user's orders, newest first, and how many they have in all.
-    fn orders_of(
-        &self,
-        user: &UserId,
-        page: u32,
-        per_page: u32,
-    ) -> Result<(Vec<Order>, i64), StoreError>;
+    /// A page of a user's orders, newest first, and how many they have in all.
+    fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError>;
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError>;
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
     /// Published rows still kept: a scan, for `outbox status`, never for a probe.

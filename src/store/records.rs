@@ -1,7 +1,7 @@
 //! Rows as the store hands them out, whatever the engine.
 
 use crate::clock::now_micros;
-use crate::domain::{Money, ProductId};
+use crate::domain::{Money, Order, ProductId};
 
 /// An unpublished event, as the relay reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,4 +64,14 @@ pub struct CachedProduct {
     pub price: Money,
     pub stock: i64,
     pub fetched_at: i64,
+}
+
+/// A page of a user's orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderList {
+    pub orders: Vec<Order>,
+    /// The user's orders in all.
+    pub total: i64,
+    /// Whether older orders follow this page.
+    pub more: bool,
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postgres::{Client, NoTls};
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// Every table the import copies, with its columns and key, as in `migrations/`: each row
 /// is compared by all of its columns.
@@ -81,14 +81,14 @@ fn a_store_moves_onto_postgresql_with_its_ids_history_and_pending_events() {
     // As the relay leaves the outbox after the broker confirmed the first three events
     // and then kept refusing the fourth (the broker is never reachable here).
     {
-        let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+        let conn = rusqlite::Connection::open(app.db_path()).unwrap();
         conn.execute_batch(
             "UPDATE outbox SET published_at = created_at + 1000 WHERE id <= 3;
              UPDATE outbox SET blocked_since = created_at + 2000 WHERE id = 4;",
         )
         .unwrap();
     }
-    let before = dump_sqlite(&app.db_path);
+    let before = dump_sqlite(app.db_path());
     let count = |table: &str| before.iter().find(|(t, _)| *t == table).unwrap().1.len();
     assert_eq!(count("orders"), 4);
     assert_eq!(
@@ -101,11 +101,11 @@ fn a_store_moves_onto_postgresql_with_its_ids_history_and_pending_events() {
         count("product_cache") >= 5,
         "every product answer is cached"
     );
-    let pending_before = pending_ids_sqlite(&app.db_path);
+    let pending_before = pending_ids_sqlite(app.db_path());
     assert_eq!(pending_before, vec![4, 5, 6, 7]);
-    let sqlite_status = outbox_status(&app.db_path.display().to_string());
+    let sqlite_status = outbox_status(&app.db_path().display().to_string());
 
-    let imported = import(&app.db_path, &db.url());
+    let imported = import(app.db_path(), &db.url());
 
     assert!(imported.status.success(), "{}", text(&imported));
     let stdout = String::from_utf8_lossy(&imported.stdout);
@@ -184,7 +184,7 @@ fn a_store_moves_onto_postgresql_with_its_ids_history_and_pending_events() {
     assert!(status.contains("blocked_event: test-store:4 "), "{status}");
 
     let after_service = dump_pg(&mut pg);
-    let again = import(&app.db_path, &db.url());
+    let again = import(app.db_path(), &db.url());
 
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     let stderr = String::from_utf8_lossy(&again.stderr);
@@ -220,7 +220,7 @@ fn a_copy_taken_while_the_sqlite_service_writes_is_one_consistent_moment() {
     app.signal("TERM");
     assert!(app.wait_exit(Duration::from_secs(30)).is_some());
     let filled = many_orders();
-    fill_like_order_1(&app.db_path, filled);
+    fill_like_order_1(app.db_path(), filled);
     app.restart();
 
     let stop = AtomicBool::new(false);
@@ -237,7 +237,7 @@ fn a_copy_taken_while_the_sqlite_service_writes_is_one_consistent_moment() {
             made
         });
         std::thread::sleep(Duration::from_millis(100));
-        let imported = import(&app.db_path, &db.url());
+        let imported = import(app.db_path(), &db.url());
         stop.store(true, Ordering::Relaxed);
         (imported, writer.join().unwrap())
     });
@@ -281,12 +281,17 @@ fn fill_like_order_1(file: &Path, n: i64) {
         format!("WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i <= {n})");
     conn.execute_batch(&format!(
         "BEGIN;
-         {numbers} INSERT INTO orders SELECT i, user_id, user_email, status, total_cents,
+         {numbers} INSERT INTO orders (id, user_id, user_email, status, total_cents,
+             created_at, updated_at) SELECT i, user_id, user_email, status, total_cents,
              created_at, updated_at FROM n, orders WHERE id = 1;
-         {numbers} INSERT INTO order_items SELECT i, line_no, product_id, product_name,
+         {numbers} INSERT INTO order_items (order_id, line_no, product_id, product_name,
+             quantity, price_cents, subtotal_cents) SELECT i, line_no, product_id, product_name,
              quantity, price_cents, subtotal_cents FROM n, order_items WHERE order_id = 1;
-         {numbers} INSERT INTO outbox SELECT i, i, event_type, payload, created_at,
+         {numbers} INSERT INTO outbox (id, order_id, event_type, payload, created_at,
+             published_at, blocked_since) SELECT i, i, event_type, payload, created_at,
              published_at, blocked_since FROM n, outbox WHERE id = 1;
+         UPDATE order_counts SET orders = orders + {n}
+             WHERE user_id = (SELECT user_id FROM orders WHERE id = 1);
          COMMIT;"
     ))
     .unwrap();
@@ -294,7 +299,7 @@ fn fill_like_order_1(file: &Path, n: i64) {
 
 #[test]
 fn import_sqlite_needs_a_postgresql_target_and_an_existing_file() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let file = dir.path().join("orders.db");
     let file = file.display().to_string();
 
@@ -393,7 +398,7 @@ fn server(db: &str) -> String {
 
 /// `order-service import-sqlite FILE` with DATABASE_URL set to `url`.
 fn import(file: &Path, url: &str) -> Output {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     clean_command(dir.path())
         .arg("import-sqlite")
         .arg(file)
@@ -406,7 +411,7 @@ fn import(file: &Path, url: &str) -> Output {
 /// `order-service outbox status` on `database`, without its lines that name the
 /// database or depend on the moment it runs.
 fn outbox_status(database: &str) -> String {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let out = clean_command(dir.path())
         .args(["outbox", "status"])
         .env("DATABASE_URL", database)

@@ -209,6 +209,47 @@ fn pages_split_the_list_newest_first_with_total_and_pages() {
 }
 
 #[test]
+fn next_cursors_walk_the_whole_list_as_the_pages_do() {
+    let app = spawn_app();
+    let ids: Vec<i64> = (0..7)
+        .map(|_| app.place_order_id(&ALICE, MOUSE, 1))
+        .collect();
+    app.place_order_id(&BOB, MOUSE, 1);
+    let newest_first: Vec<i64> = ids.iter().rev().copied().collect();
+
+    let mut walked = Vec::new();
+    let mut query = "per_page=3".to_string();
+    let mut pages = 0;
+    loop {
+        let body = app.list_orders(&ALICE, &query).json();
+        pages += 1;
+        assert_eq!(body["total"], 7, "{body}");
+        walked.extend(
+            body["orders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_i64().unwrap()),
+        );
+        match body["next"].as_str() {
+            Some(next) => query = format!("per_page=3&after={next}"),
+            None => {
+                assert!(pages == 1 || body["page"].is_null(), "{body}");
+                break;
+            }
+        }
+        assert!(pages < 10, "the cursors do not end");
+    }
+
+    assert_eq!(walked, newest_first, "every order once, newest first");
+    assert_eq!(pages, 3);
+    let last = app.list_orders(&ALICE, "page=3&per_page=3").json();
+    assert!(last["next"].is_null(), "the last page has no next: {last}");
+    let first = app.list_orders(&ALICE, "page=1&per_page=3").json();
+    assert!(first["next"].is_string(), "{first}");
+}
+
+#[test]
 fn per_page_100_is_accepted() {
     let app = spawn_app();
     app.place_order_id(&ALICE, MOUSE, 1);
@@ -245,6 +286,10 @@ fn bad_paging_answers_400_naming_the_parameter() {
         ("page=abc", "page"),
         ("page=1.5", "page"),
         ("page=99999999999999999999999", "page"),
+        ("after=", "after"),
+        ("after=abc", "after"),
+        ("after=1.0", "after"),
+        ("after=1.2.3", "after"),
     ];
     let mut failures = Vec::new();
     for (query, field) in cases {

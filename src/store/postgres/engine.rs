@@ -128,6 +128,11 @@ impl Tx for PgEngine {
                 &o.updated_at,
             ],
         )?;
+        self.conn.execute(
+            "INSERT INTO order_counts (user_id, orders) VALUES ($1, 1)
+             ON CONFLICT (user_id) DO UPDATE SET orders = order_counts.orders + 1",
+            &[&o.user_id.as_str()],
+        )?;
         for (line_no, i) in o.items.iter().enumerate() {
             let (line_no, quantity) = (line_no as i32 + 1, i.quantity as i32);
             self.conn.execute(

@@ -132,7 +132,7 @@ pub fn import_sqlite(
     // A service started on the target meanwhile, or a second import, waits until this
     // one ends (and then finds the rows), rather than mixing its rows with these.
     tx.batch_execute(
-        "LOCK TABLE orders, order_items, outbox, idempotency_keys, product_cache
+        "LOCK TABLE orders, order_items, outbox, idempotency_keys, product_cache, order_counts
            IN EXCLUSIVE MODE",
     )
     .map_err(pg_failed)?;
@@ -160,8 +160,12 @@ pub fn import_sqlite(
         .get(0);
     // As at start-up (`migrate`), a sequence only ever moves forward; `setval` is not
     // undone by a rollback, which leaves at most a gap in the ids.
+    // Each user's order count, which the list's total reads (V6), from the copied orders.
     tx.batch_execute(
-        "SELECT setval('order_ids', m) FROM (SELECT MAX(id) AS m FROM orders) t
+        "DELETE FROM order_counts;
+         INSERT INTO order_counts (user_id, orders)
+           SELECT user_id, COUNT(*) FROM orders GROUP BY user_id;
+         SELECT setval('order_ids', m) FROM (SELECT MAX(id) AS m FROM orders) t
            WHERE m > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM order_ids);
          SELECT setval('outbox_ids', m) FROM (SELECT MAX(id) AS m FROM outbox) t
            WHERE m > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_ids);",

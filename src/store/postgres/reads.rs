@@ -2,9 +2,10 @@
 
 use super::conn::Conn;
 use super::RELAY_LOCK;
-use crate::domain::{Email, Money, Order, OrderId, OrderItem, ProductId, Status, UserId};
+use crate::domain::{Email, Money, Order, OrderId, OrderItem, Page, ProductId, Status, UserId};
 use crate::store::{
-    BlockedEvent, CachedProduct, IdempotencyRecord, OutboxRow, OutboxStats, Reads, StoreError,
+    BlockedEvent, CachedProduct, IdempotencyRecord, OrderList, OutboxRow, OutboxStats, Reads,
+    StoreError,
 };
 use postgres::Row;
 use std::cell::RefCell;
@@ -58,29 +59,42 @@ impl Reads for PgReader {
         .map(Some)
     }
 
-    fn orders_of(
-        &self,
-        user: &UserId,
-        page: u32,
-        per_page: u32,
-    ) -> Result<(Vec<Order>, i64), StoreError> {
+    fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
         let mut conn = self.conn.borrow_mut();
         let total: i64 = conn
-            .query_one(
-                "SELECT COUNT(*) FROM orders WHERE user_id = $1",
+            .query_opt(
+                "SELECT orders FROM order_counts WHERE user_id = $1",
                 &[&user.as_str()],
             )?
-            .get(0);
-        let offset = i64::from(page - 1) * i64::from(per_page);
-        if offset >= total {
-            return Ok((Vec::new(), total));
-        }
-        let heads = conn.query(
-            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
-             FROM orders WHERE user_id = $1
-             ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
-            &[&user.as_str(), &i64::from(per_page), &offset],
-        )?;
+            .map_or(0, |r| r.get(0));
+        // One more than the page, to know whether older orders follow.
+        let limit = i64::from(per_page) + 1;
+        let heads = match page {
+            Page::Number(n) => {
+                let offset = i64::from(n - 1) * i64::from(per_page);
+                if offset >= total {
+                    return Ok(OrderList {
+                        orders: Vec::new(),
+                        total,
+                        more: false,
+                    });
+                }
+                conn.query(
+                    "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+                     FROM orders WHERE user_id = $1
+                     ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+                    &[&user.as_str(), &limit, &offset],
+                )?
+            }
+            Page::After(c) => conn.query(
+                "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+                 FROM orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
+                 ORDER BY created_at DESC, id DESC LIMIT $4",
+                &[&user.as_str(), &c.created_at, &c.id.get(), &limit],
+            )?,
+        };
+        let more = heads.len() > per_page as usize;
+        let heads = &heads[..heads.len().min(per_page as usize)];
         let ids: Vec<i64> = heads.iter().map(|h| h.get(0)).collect();
         // The page's items in one query.
         let items = conn.query(
@@ -89,7 +103,7 @@ impl Reads for PgReader {
             &[&ids],
         )?;
         let mut orders = Vec::with_capacity(heads.len());
-        for head in &heads {
+        for head in heads {
             let id: i64 = head.get(0);
             let mine = items
                 .iter()
@@ -98,7 +112,11 @@ impl Reads for PgReader {
                 .collect::<Result<_, _>>()?;
             orders.push(load_order(head, mine)?);
         }
-        Ok((orders, total))
+        Ok(OrderList {
+            orders,
+            total,
+            more,
+        })
     }
 
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError> {

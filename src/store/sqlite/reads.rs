@@ -1,9 +1,10 @@
 //! Read queries, on a connection of the caller's own.
 
 use super::outbox;
-use crate::domain::{Email, Money, Order, OrderId, OrderItem, ProductId, Status, UserId};
+use crate::domain::{Email, Money, Order, OrderId, OrderItem, Page, ProductId, Status, UserId};
 use crate::store::{
-    BlockedEvent, CachedProduct, IdempotencyRecord, OutboxRow, OutboxStats, Reads, StoreError,
+    BlockedEvent, CachedProduct, IdempotencyRecord, OrderList, OutboxRow, OutboxStats, Reads,
+    StoreError,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
@@ -26,34 +27,55 @@ impl Reads for Reader {
         Ok(load_order(&self.conn, id)?)
     }
 
-    fn orders_of(
-        &self,
-        user: &UserId,
-        page: u32,
-        per_page: u32,
-    ) -> Result<(Vec<Order>, i64), StoreError> {
+    fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
         let total: i64 = self
             .conn
-            .prepare_cached("SELECT COUNT(*) FROM orders WHERE user_id = ?1")?
-            .query_row([user.as_str()], |r| r.get(0))?;
-        let offset = i64::from(page - 1) * i64::from(per_page);
-        if offset >= total {
-            return Ok((Vec::new(), total));
-        }
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
-             FROM orders WHERE user_id = ?1
-             ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
-        )?;
-        let heads = stmt
-            .query_map(params![user.as_str(), per_page, offset], order_head)?
-            .collect::<rusqlite::Result<Vec<Order>>>()?;
-        let mut orders = Vec::with_capacity(heads.len());
-        for mut order in heads {
-            order.items = load_items(&self.conn, order.id)?;
-            orders.push(order);
-        }
-        Ok((orders, total))
+            .prepare_cached("SELECT orders FROM order_counts WHERE user_id = ?1")?
+            .query_row([user.as_str()], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        // One more than the page, to know whether older orders follow.
+        let limit = i64::from(per_page) + 1;
+        let mut heads = match page {
+            Page::Number(n) => {
+                let offset = i64::from(n - 1) * i64::from(per_page);
+                if offset >= total {
+                    return Ok(OrderList {
+                        orders: Vec::new(),
+                        total,
+                        more: false,
+                    });
+                }
+                self.conn
+                    .prepare_cached(
+                        "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+                         FROM orders WHERE user_id = ?1
+                         ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
+                    )?
+                    .query_map(params![user.as_str(), limit, offset], order_head)?
+                    .collect::<rusqlite::Result<Vec<Order>>>()?
+            }
+            Page::After(c) => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+                     FROM orders WHERE user_id = ?1 AND (created_at, id) < (?2, ?3)
+                     ORDER BY created_at DESC, id DESC LIMIT ?4",
+                )?
+                .query_map(
+                    params![user.as_str(), c.created_at, c.id.get(), limit],
+                    order_head,
+                )?
+                .collect::<rusqlite::Result<Vec<Order>>>()?,
+        };
+        let more = heads.len() > per_page as usize;
+        heads.truncate(per_page as usize);
+        load_items_of(&self.conn, &mut heads)?;
+        Ok(OrderList {
+            orders: heads,
+            total,
+            more,
+        })
     }
 
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError> {
@@ -151,6 +173,42 @@ fn order_head(r: &Row<'_>) -> rusqlite::Result<Order> {
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
     })
+}
+
+/// The items of a page of orders, in one query.
+fn load_items_of(conn: &Connection, orders: &mut [Order]) -> rusqlite::Result<()> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let ids = format!(
+        "[{}]",
+        orders
+            .iter()
+            .map(|o| o.id.get().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut stmt = conn.prepare_cached(
+        "SELECT order_id, product_id, product_name, quantity, price_cents, subtotal_cents
+         FROM order_items WHERE order_id IN (SELECT value FROM json_each(?1))
+         ORDER BY order_id, line_no",
+    )?;
+    let mut rows = stmt.query([ids])?;
+    while let Some(r) = rows.next()? {
+        let order_id: i64 = r.get(0)?;
+        let item = OrderItem {
+            product_id: ProductId::new(r.get(1)?)
+                .ok_or(rusqlite::Error::IntegralValueOutOfRange(1, 0))?,
+            product_name: r.get(2)?,
+            quantity: r.get(3)?,
+            price: Money::from_cents(r.get(4)?),
+            subtotal: Money::from_cents(r.get(5)?),
+        };
+        if let Some(o) = orders.iter_mut().find(|o| o.id.get() == order_id) {
+            o.items.push(item);
+        }
+    }
+    Ok(())
 }
 
 fn load_items(conn: &Connection, order: OrderId) -> rusqlite::Result<Vec<OrderItem>> {

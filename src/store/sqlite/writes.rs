@@ -22,6 +22,11 @@ pub(crate) fn insert_order(conn: &Connection, o: &Order) -> rusqlite::Result<()>
         "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, price_cents, subtotal_cents)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
+    conn.prepare_cached(
+        "INSERT INTO order_counts (user_id, orders) VALUES (?1, 1)
+         ON CONFLICT (user_id) DO UPDATE SET orders = order_counts.orders + 1",
+    )?
+    .execute([o.user_id.as_str()])?;
     for (line_no, i) in o.items.iter().enumerate() {
         item.execute(params![
             o.id.get(),
