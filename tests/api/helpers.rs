@@ -967,6 +967,17 @@ pub fn product(name: &str, price: &str, stock: i64) -> Behaviour {
 
 type Catalog = Arc<Mutex<HashMap<i64, Behaviour>>>;
 
+/// How the stand-in answers beyond single lookups (tests/api/offline.rs).
+#[derive(Default)]
+struct Switches {
+    /// `GET /api/products?page=N&per_page=M`: `None` answers 404 (no list), else the
+    /// catalog's `Product` entries by id, as an array or wrapped under this key ("").
+    list: Mutex<Option<&'static str>>,
+    list_pages: AtomicU64,
+    /// Every connection is closed without an answer, as by a crashed service.
+    down: AtomicBool,
+}
+
 /// A small HTTP/1.1 server on std sockets: one thread per connection, keep-alive.
 ///
 /// Not tiny_http: tiny_http 0.12 hands each connection to a pool thread with a lost
@@ -975,6 +986,7 @@ type Catalog = Arc<Mutex<HashMap<i64, Behaviour>>>;
 /// connection closes. As a stand-in that lost 3 to 4 of 100 parallel product lookups.
 pub struct ProductStandIn {
     catalog: Catalog,
+    switches: Arc<Switches>,
     calls: Arc<Mutex<Vec<i64>>>,
     stopping: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
@@ -988,15 +1000,17 @@ impl ProductStandIn {
         let listener = TcpListener::bind("127.0.0.1:0").expect("start the product stand-in");
         let port = listener.local_addr().unwrap().port();
         let catalog: Catalog = Arc::default();
+        let switches: Arc<Switches> = Arc::default();
         let calls: Arc<Mutex<Vec<i64>>> = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let acceptor = {
-            let (catalog, calls, stopping, connections) = (
+            let (catalog, calls, stopping, connections, switches) = (
                 catalog.clone(),
                 calls.clone(),
                 stopping.clone(),
                 connections.clone(),
+                switches.clone(),
             );
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
@@ -1004,10 +1018,14 @@ impl ProductStandIn {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (catalog, calls, stopping) =
-                        (catalog.clone(), calls.clone(), stopping.clone());
+                    let (catalog, calls, stopping, switches) = (
+                        catalog.clone(),
+                        calls.clone(),
+                        stopping.clone(),
+                        switches.clone(),
+                    );
                     let connection = std::thread::spawn(move || {
-                        serve_connection(stream, &catalog, &calls, &stopping)
+                        serve_connection(stream, &catalog, &switches, &calls, &stopping)
                     });
                     let mut all = connections.lock().unwrap();
                     all.retain(|c| !c.is_finished());
@@ -1017,6 +1035,7 @@ impl ProductStandIn {
         };
         ProductStandIn {
             catalog,
+            switches,
             calls,
             stopping,
             acceptor: Some(acceptor),
@@ -1042,6 +1061,22 @@ impl ProductStandIn {
 
     pub fn set(&self, id: i64, behaviour: Behaviour) {
         self.catalog.lock().unwrap().insert(id, behaviour);
+    }
+
+    /// Serves `GET /api/products?page=N&per_page=M`: a plain array with `None`, else
+    /// wrapped under that key ("products" or "data").
+    pub fn serve_list(&self, wrapped: Option<&'static str>) {
+        *self.switches.list.lock().unwrap() = Some(wrapped.unwrap_or(""));
+    }
+
+    /// List pages answered so far.
+    pub fn list_pages(&self) -> u64 {
+        self.switches.list_pages.load(Ordering::SeqCst)
+    }
+
+    /// Down: every request's connection is closed without an answer. Up again: as before.
+    pub fn set_down(&self, down: bool) {
+        self.switches.down.store(down, Ordering::SeqCst);
     }
 
     /// Requests for product ids so far (any id, including unknown ones).
@@ -1078,6 +1113,7 @@ impl Drop for ProductStandIn {
 fn serve_connection(
     mut stream: TcpStream,
     catalog: &Catalog,
+    switches: &Switches,
     calls: &Mutex<Vec<i64>>,
     stopping: &AtomicBool,
 ) {
@@ -1134,6 +1170,29 @@ fn serve_connection(
             }
         }
         buf.drain(..head_end + body_len);
+        if switches.down.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Some(query) = target.strip_prefix("/api/products?") {
+            let list = *switches.list.lock().unwrap();
+            let (status, body) = match list {
+                Some(wrapper) if method == "GET" => {
+                    switches.list_pages.fetch_add(1, Ordering::SeqCst);
+                    (200, render_list(catalog, query, wrapper, stopping))
+                }
+                _ => (404, r#"{"error":"Not found"}"#.to_string()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{body}",
+                reason(status),
+                body.len(),
+                if close { "Connection: close\r\n" } else { "" },
+            );
+            if stream.write_all(response.as_bytes()).is_err() || close {
+                return;
+            }
+            continue;
+        }
 
         let id = target
             .strip_prefix("/api/products/")
@@ -1162,6 +1221,40 @@ fn serve_connection(
         if stream.write_all(response.as_bytes()).is_err() || close {
             return;
         }
+    }
+}
+
+/// One page of the catalog's `Product` entries, by id; the other behaviours are left out.
+fn render_list(catalog: &Catalog, query: &str, wrapper: &str, stopping: &AtomicBool) -> String {
+    let param = |name: &str, default: usize| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(default)
+    };
+    let (page, per_page) = (param("page", 1).max(1), param("per_page", 100).max(1));
+    let catalog = catalog.lock().unwrap();
+    let mut ids: Vec<i64> = catalog
+        .iter()
+        .filter(|(_, b)| matches!(b, Behaviour::Product { .. }))
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    let entries: Vec<String> = ids
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|id| render(*id, &catalog[id], stopping).1)
+        .collect();
+    let array = format!("[{}]", entries.join(","));
+    match wrapper {
+        "" => array,
+        key => format!(
+            r#"{{{}:{array},"page":{page}}}"#,
+            serde_json::to_string(key).unwrap()
+        ),
     }
 }
 

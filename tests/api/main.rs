@@ -15,6 +15,7 @@ mod errors;
 mod hardening;
 mod idempotency;
 mod migrations_pg;
+mod offline;
 mod operations;
 mod product_answers;
 mod products;
