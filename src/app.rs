@@ -4,7 +4,7 @@ use crate::config::Config;
 use crate::http::{HttpServer, Shared};
 use crate::metrics::Metrics;
 use crate::orders::Orders;
-use crate::products::Catalog;
+use crate::products::{self, Catalog, RefresherHandle};
 use crate::relay::{self, RelayHandle, RelaySettings};
 use crate::store::{self, WriterHandle};
 use crossbeam_channel::bounded;
@@ -15,19 +15,24 @@ use std::time::Duration;
 
 /// At most this long for the writer to commit what is queued when the relay is left behind.
 const WRITER_FLUSH: Duration = Duration::from_secs(5);
+/// At most this long for the catalog refresher to finish the page it is reading.
+const REFRESHER_STOP: Duration = Duration::from_secs(3);
 
 /// The running service.
 pub struct App {
     address: SocketAddr,
     http: HttpServer,
     relay: RelayHandle,
+    /// `None` with `CATALOG_REFRESH=0`.
+    refresher: Option<RefresherHandle>,
     writer: WriterHandle,
     writer_threads: Vec<JoinHandle<()>>,
 }
 
 impl App {
     /// Migrates the database, starts the writer, binds the port (0 picks one), starts
-    /// the HTTP workers and the relay. When this returns, requests are being served.
+    /// the HTTP workers, the relay and the catalog refresher (its first refresh runs in
+    /// the background). When this returns, requests are being served.
     pub fn build(config: &Config) -> Result<App, String> {
         let opened = store::open(&config.database, &config.postgres)?;
         for m in &opened.applied {
@@ -42,10 +47,11 @@ impl App {
         let listener = TcpListener::bind((config.host, config.port))
             .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
         let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let catalog = Catalog::new(config, metrics.clone());
         let shared = Arc::new(Shared {
             orders: Orders::new(writer.clone(), &config.store_id),
             writer: writer.clone(),
-            catalog: Catalog::new(config, metrics.clone()),
+            catalog: catalog.clone(),
             metrics: metrics.clone(),
             open_reads: open_reads.clone(),
             admin_token: config.admin_token.clone(),
@@ -71,10 +77,19 @@ impl App {
             metrics,
         )
         .map_err(|e| format!("cannot start the relay: {e}"))?;
+        let refresher = if config.catalog_refresh.is_zero() {
+            None
+        } else {
+            let refresher =
+                products::spawn_refresher(catalog, writer.clone(), config.catalog_refresh)
+                    .map_err(|e| format!("cannot start the catalog refresher: {e}"))?;
+            Some(refresher)
+        };
         Ok(App {
             address,
             http,
             relay,
+            refresher,
             writer,
             writer_threads,
         })
@@ -84,22 +99,23 @@ impl App {
         self.address
     }
 
-    /// Stops taking connections; gives the relay a last drain while the workers answer
+    /// Stops taking connections and the catalog refresher; gives the relay a last drain while the workers answer
     /// what open connections still send; lets the writer commit what it holds; joins
     /// every thread. Bounded whatever the broker does: the relay gets `relay::STOP_WITHIN`.
     pub fn shutdown(self) {
         // Workers keep answering (open connections, one request each) while the relay
         // makes its last pass; what they commit meanwhile waits in the outbox.
         self.http.stop_accepting();
+        let refresher_stopped = self.refresher.is_none_or(|r| r.shutdown(REFRESHER_STOP));
         let relay_stopped = self.relay.shutdown(relay::STOP_WITHIN);
         self.http.shutdown();
-        if relay_stopped {
+        if relay_stopped && refresher_stopped {
             drop(self.writer);
             for thread in self.writer_threads {
                 let _ = thread.join();
             }
         } else {
-            // The relay left behind holds a writer handle, so the writer would wait for it.
+            // A thread left behind holds a writer handle, so the writer would wait for it.
             // A ping is answered once everything queued before it is committed.
             if let Err(e) = self.writer.ping(WRITER_FLUSH) {
                 log::error!("writer at shutdown: {e}");

@@ -96,6 +96,8 @@ pub struct Config {
     pub gateway_token: Option<Secret>,
     /// Zero turns the offline policy off.
     pub product_cache_max_age: Duration,
+    /// Zero: no background refresh of the catalog snapshot.
+    pub catalog_refresh: Duration,
     pub outbox_retention: Duration,
     pub http_threads: usize,
     pub max_connections: usize,
@@ -286,9 +288,18 @@ pub const GATEWAY_TOKEN: Setting<Option<Secret>> = Setting {
 };
 pub const PRODUCT_CACHE_MAX_AGE: Setting<Duration> = Setting {
     name: "PRODUCT_CACHE_MAX_AGE",
-    default: "0",
-    help: "seconds a cached product answer may serve while the product service is away \
-           (0 = off; at most 10 years)",
+    default: "86400",
+    help: "offline sales: while the product service cannot answer, orders are priced from \
+           catalog snapshot rows refreshed within this many seconds (0 = off: 503; at most \
+           10 years)",
+    secret: false,
+    parse: seconds,
+};
+pub const CATALOG_REFRESH: Setting<Duration> = Setting {
+    name: "CATALOG_REFRESH",
+    default: "300",
+    help: "seconds between reads of the whole product list into the catalog snapshot \
+           (0 = never: lookups and `catalog import` only; at most 10 years)",
     secret: false,
     parse: seconds,
 };
@@ -358,6 +369,7 @@ pub const ALL: &[About] = &[
     ADMIN_TOKEN.about(),
     GATEWAY_TOKEN.about(),
     PRODUCT_CACHE_MAX_AGE.about(),
+    CATALOG_REFRESH.about(),
     OUTBOX_RETENTION.about(),
     HTTP_THREADS.about(),
     MAX_CONNECTIONS.about(),
@@ -431,6 +443,7 @@ impl Config {
             admin_token: ADMIN_TOKEN.read(&get)?,
             gateway_token,
             product_cache_max_age: PRODUCT_CACHE_MAX_AGE.read(&get)?,
+            catalog_refresh: CATALOG_REFRESH.read(&get)?,
             outbox_retention: OUTBOX_RETENTION.read(&get)?,
             http_threads: HTTP_THREADS.read(&get)?,
             max_connections: MAX_CONNECTIONS.read(&get)?,
@@ -676,7 +689,8 @@ mod tests {
             c.product_source,
             ProductSource::Http("http://localhost:8001".into())
         );
-        assert_eq!(c.product_cache_max_age, Duration::ZERO);
+        assert_eq!(c.product_cache_max_age, Duration::from_secs(86_400));
+        assert_eq!(c.catalog_refresh, Duration::from_secs(300));
         assert_eq!(c.outbox_retention, Duration::from_secs(604_800));
     }
 

@@ -1,5 +1,5 @@
-//! The command line: `order-service [--config FILE] [serve | migrate | outbox status | backup PATH |
-//! import-sqlite FILE | queue peek [N]]`.
+//! The command line: `order-service [--config FILE] [serve | migrate | outbox status |
+//! catalog status | catalog import FILE | backup PATH | import-sqlite FILE | queue peek [N]]`.
 //! The one place where errors become exit codes: 0 ok, 1 failure, 2 bad configuration.
 
 use order_service::app::App;
@@ -15,6 +15,8 @@ enum Command {
     Serve,
     Migrate,
     OutboxStatus,
+    CatalogStatus,
+    CatalogImport(PathBuf),
     Backup(PathBuf),
     ImportSqlite(PathBuf),
     QueuePeek(usize),
@@ -72,6 +74,13 @@ fn parse_args(args: Vec<String>) -> Result<(Command, Option<PathBuf>), Failure> 
         [] | ["serve"] => Command::Serve,
         ["migrate"] => Command::Migrate,
         ["outbox", "status"] | ["outbox"] => Command::OutboxStatus,
+        ["catalog", "status"] | ["catalog"] => Command::CatalogStatus,
+        ["catalog", "import", file] => Command::CatalogImport(PathBuf::from(file)),
+        ["catalog", "import"] => {
+            return Err(Failure::Usage(
+                "catalog import needs a JSON file of products".into(),
+            ))
+        }
         ["backup", path] => Command::Backup(PathBuf::from(path)),
         ["queue", "peek"] => Command::QueuePeek(10),
         ["queue", "peek", n] => Command::QueuePeek(
@@ -131,6 +140,8 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
             Ok(())
         }
         Command::OutboxStatus => outbox_status(&config),
+        Command::CatalogStatus => catalog_status(&config),
+        Command::CatalogImport(file) => catalog_import(&config, &file),
         Command::Backup(dest) => {
             let Database::Sqlite(path) = &config.database else {
                 return Err(Failure::Other(
@@ -272,6 +283,100 @@ fn import_sqlite(config: &Config, file: &std::path::Path) -> Result<(), Failure>
     Ok(())
 }
 
+fn catalog_status(config: &Config) -> Result<(), Failure> {
+    let reader = store::reads(&config.database, &config.postgres).map_err(Failure::Other)?;
+    let max_age = config.product_cache_max_age;
+    let now = order_service::clock::now_micros();
+    let fresh_after = now.saturating_sub(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX));
+    let stats = reader
+        .catalog_stats(fresh_after)
+        .map_err(|e| Failure::Other(e.to_string()))?;
+    let age = |t: Option<i64>| match t {
+        Some(t) => ((now - t) / 1_000_000).max(0).to_string(),
+        None => "none".into(),
+    };
+    println!("database: {}", config.database.describe());
+    println!("products: {}", stats.products);
+    if max_age.is_zero() {
+        println!("offline_sales: off (PRODUCT_CACHE_MAX_AGE=0)");
+    } else {
+        println!(
+            "offline_sales: on, for products refreshed within {} s",
+            max_age.as_secs()
+        );
+        println!("fresh_products: {}", stats.fresh);
+    }
+    match (stats.refreshed_at, &stats.source) {
+        (Some(at), Some(source)) => println!(
+            "last_refresh: {} from {source}, {} products",
+            order_service::clock::rfc3339(at),
+            stats.refreshed_products.unwrap_or(0)
+        ),
+        _ => println!("last_refresh: none"),
+    }
+    println!("age_seconds: {}", age(stats.refreshed_at));
+    println!(
+        "oldest_product_age_seconds: {}",
+        age(stats.oldest_fetched_at)
+    );
+    println!(
+        "newest_product_age_seconds: {}",
+        age(stats.newest_fetched_at)
+    );
+    Ok(())
+}
+
+/// Loads a catalog file into the snapshot, stamped with the file's modification time:
+/// the best word there is on when its stock figures were true.
+fn catalog_import(config: &Config, file: &std::path::Path) -> Result<(), Failure> {
+    let products = order_service::products::read_catalog_file(file).map_err(Failure::Other)?;
+    let now = order_service::clock::now_micros();
+    let taken_at = std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(now, |d| {
+            i64::try_from(d.as_micros()).unwrap_or(now).min(now)
+        });
+    let opened = store::open(&config.database, &config.postgres).map_err(Failure::Other)?;
+    let (wake, _woken) = crossbeam_channel::bounded(1);
+    let (writer, threads) =
+        store::spawn_writer(opened.engines, wake).map_err(|e| Failure::Other(e.to_string()))?;
+    let name = file.file_name().map_or_else(
+        || file.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let imported = order_service::products::import_snapshot(
+        &writer,
+        &products,
+        taken_at,
+        &format!("import {name}"),
+    );
+    drop(writer);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    imported.map_err(|e| Failure::Other(e.to_string()))?;
+    let age = (now - taken_at) / 1_000_000;
+    println!(
+        "{}: {} products imported into the catalog snapshot of {}, as of {} (the file's time; rows fetched later are kept)",
+        file.display(),
+        products.len(),
+        config.database.describe(),
+        order_service::clock::rfc3339(taken_at)
+    );
+    let max_age = config.product_cache_max_age;
+    if max_age.is_zero() {
+        println!("note: offline sales are off (PRODUCT_CACHE_MAX_AGE=0): the snapshot is not used");
+    } else if age > i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX) {
+        println!(
+            "warning: the file is {age} s old, past PRODUCT_CACHE_MAX_AGE ({} s): its products will not be sold offline",
+            max_age.as_secs()
+        );
+    }
+    Ok(())
+}
+
 fn help() -> String {
     let mut text = format!(
         "order-service {}\n\
@@ -280,6 +385,8 @@ fn help() -> String {
          COMMANDS:\n    serve            run the service (the default)\n    \
          migrate          apply database migrations and exit\n    \
          outbox status    print pending and published event counts from the database\n    \
+         catalog status   print the catalog snapshot's size and age\n    \
+         catalog import FILE\n                     load a JSON catalog (an array of {{id, name, price, stock}}) into the\n                     snapshot, as of the file's modification time\n    \
          backup PATH      copy the live database consistently to a new file PATH (mode 0600)\n    \
          import-sqlite FILE\n                     copy the SQLite store FILE into the empty PostgreSQL database\n                     DATABASE_URL names (ids, pending events and their order kept)\n    \
          queue peek [N]   show up to N (10) events waiting in RABBITMQ_QUEUE, leaving them there\n\n\
@@ -300,6 +407,14 @@ fn help() -> String {
             s.name, s.help
         ));
     }
+    text.push_str(
+        "\nOFFLINE SALES:\n    The service keeps a snapshot of the whole catalog in its database, read from\n    \
+         PRODUCT_SERVICE_URL every CATALOG_REFRESH seconds and from every lookup. While the\n    \
+         product service cannot answer, an order is priced from the snapshot if its products\n    \
+         were refreshed within PRODUCT_CACHE_MAX_AGE (24 h by default), checked against the\n    \
+         snapshot's stock minus this store's own sales since, and marked\n    \
+         \"stock_verified\": false. PRODUCT_CACHE_MAX_AGE=0 turns this off (503 instead).\n",
+    );
     text.push_str("\nEXIT CODES:\n    0 ok, 1 failure, 2 bad command line or configuration\n");
     text
 }

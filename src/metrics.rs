@@ -1,9 +1,9 @@
 //! Counters and histograms, rendered in the Prometheus text format.
 
-use crate::store::{BlockedEvent, OutboxStats};
+use crate::store::{BlockedEvent, CatalogStats, OutboxStats};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,6 +30,29 @@ pub struct Metrics {
     outbox_failed: AtomicU64,
     broker_connected: AtomicBool,
     relay_active: AtomicBool,
+    /// `LINK_UP` or `LINK_DOWN`: what the last call to the product service came to; 0
+    /// before the first.
+    product_link: AtomicU8,
+    /// When the link last changed, in microseconds.
+    product_link_since: AtomicI64,
+    /// Orders taken offline since the link was last lost.
+    offline_orders: AtomicU64,
+}
+
+// 0: nothing asked yet.
+const LINK_UP: u8 = 1;
+const LINK_DOWN: u8 = 2;
+
+/// How the product-service link changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkChange {
+    /// The first answer since start, or the first failure.
+    First,
+    /// Up again after being down this long, with this many orders taken offline.
+    Back {
+        down_for: Duration,
+        offline_orders: u64,
+    },
 }
 
 impl Metrics {
@@ -69,6 +92,51 @@ impl Metrics {
         self.product_cache_hits.fetch_add(1, Relaxed);
     }
 
+    /// Records what the last call to the product service came to; `Some` when that
+    /// changes the link (up to down, down to up, or the first word either way).
+    pub fn set_product_link(&self, up: bool) -> Option<LinkChange> {
+        let new = if up { LINK_UP } else { LINK_DOWN };
+        let old = self.product_link.swap(new, Relaxed);
+        if old == new {
+            return None;
+        }
+        let now = crate::clock::now_micros();
+        let since = self.product_link_since.swap(now, Relaxed);
+        if up && old == LINK_DOWN {
+            let down_for = Duration::from_micros(u64::try_from(now - since).unwrap_or(0));
+            Some(LinkChange::Back {
+                down_for,
+                offline_orders: self.offline_orders.load(Relaxed),
+            })
+        } else {
+            if !up {
+                self.offline_orders.store(0, Relaxed);
+            }
+            Some(LinkChange::First)
+        }
+    }
+
+    /// "up", "down" or "unknown" (nothing asked yet), and since when (microseconds).
+    pub fn product_link(&self) -> (&'static str, Option<i64>) {
+        let since = Some(self.product_link_since.load(Relaxed)).filter(|t| *t > 0);
+        match self.product_link.load(Relaxed) {
+            LINK_UP => ("up", since),
+            LINK_DOWN => ("down", since),
+            _ => ("unknown", None),
+        }
+    }
+
+    /// An order was taken offline (priced from the catalog snapshot).
+    pub fn offline_order(&self) {
+        self.offline_orders.fetch_add(1, Relaxed);
+        self.product_cache_hits.fetch_add(1, Relaxed);
+    }
+
+    /// Orders taken offline since the product-service link was last lost.
+    pub fn offline_orders(&self) -> u64 {
+        self.offline_orders.load(Relaxed)
+    }
+
     pub fn events_published(&self, n: u64) {
         self.outbox_published.fetch_add(n, Relaxed);
     }
@@ -94,8 +162,14 @@ impl Metrics {
         self.relay_active.load(Relaxed)
     }
 
-    /// The whole exposition; `outbox` and `blocked` are read from the database at scrape time.
-    pub fn render(&self, outbox: Option<&OutboxStats>, blocked: Option<&BlockedEvent>) -> String {
+    /// The whole exposition; `outbox`, `blocked` and `catalog` are read from the database
+    /// at scrape time.
+    pub fn render(
+        &self,
+        outbox: Option<&OutboxStats>,
+        blocked: Option<&BlockedEvent>,
+        catalog: Option<&CatalogStats>,
+    ) -> String {
         let mut out = String::with_capacity(4096);
         header(
             &mut out,
@@ -142,7 +216,7 @@ impl Metrics {
             ("order_service_orders_created_total", "Orders created.", &self.orders_created),
             ("order_service_product_service_calls_total", "Calls to the product service.", &self.product_calls),
             ("order_service_product_service_failures_total", "Product service calls that failed (connect, timeout, 5xx, bad answer).", &self.product_failures),
-            ("order_service_product_cache_hits_total", "Orders priced from cached product answers while the product service was away.", &self.product_cache_hits),
+            ("order_service_product_cache_hits_total", "Orders taken offline: priced from the catalog snapshot while the product service was away.", &self.product_cache_hits),
             ("order_service_outbox_published_total", "Events the broker confirmed.", &self.outbox_published),
             ("order_service_outbox_failed_total", "Events whose publish was not confirmed (nack, return, lost connection); they are retried.", &self.outbox_failed),
         ];
@@ -172,6 +246,28 @@ impl Metrics {
             "order_service_relay_active {}",
             u8::from(self.relay_active())
         );
+        let (link, _) = self.product_link();
+        let gauges = [
+            ("order_service_product_service_up", "1 while the product service answers, 0 while it cannot (offline selling), 0 before it was first asked.", i64::from(link == "up")),
+            ("order_service_offline_orders", "Orders taken offline since the product service link was last lost.", self.offline_orders() as i64),
+        ];
+        for (name, help, value) in gauges {
+            header(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        if let Some(catalog) = catalog {
+            let gauges = [
+                ("order_service_catalog_products", "Products in the catalog snapshot.", Some(catalog.products)),
+                ("order_service_catalog_fresh_products", "Snapshot products recent enough (PRODUCT_CACHE_MAX_AGE) to be sold offline.", Some(catalog.fresh)),
+                ("order_service_catalog_age_seconds", "Time since the last complete refresh of the snapshot (absent before the first).", catalog.age_seconds()),
+            ];
+            for (name, help, value) in gauges {
+                if let Some(value) = value {
+                    header(&mut out, name, "gauge", help);
+                    let _ = writeln!(out, "{name} {value}");
+                }
+            }
+        }
         if let Some(stats) = outbox {
             header(
                 &mut out,
@@ -233,12 +329,30 @@ mod tests {
         let m = Metrics::default();
         m.observe_request("/health", 200, Duration::from_millis(3));
         m.observe_request("/health", 200, Duration::from_millis(30));
-        let text = m.render(None, None);
+        let text = m.render(None, None, None);
         assert!(
             text.contains("order_service_http_requests_total{route=\"/health\",status=\"200\"} 2")
         );
         assert!(text.contains("le=\"0.005\"} 1"));
         assert!(text.contains("le=\"0.05\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));
+    }
+
+    #[test]
+    fn the_link_counts_offline_orders_from_each_loss() {
+        let m = Metrics::default();
+        assert_eq!(m.product_link().0, "unknown");
+        assert_eq!(m.set_product_link(true), Some(LinkChange::First));
+        assert_eq!(m.set_product_link(true), None);
+        assert_eq!(m.set_product_link(false), Some(LinkChange::First));
+        m.offline_order();
+        m.offline_order();
+        assert_eq!(m.set_product_link(false), None);
+        match m.set_product_link(true) {
+            Some(LinkChange::Back { offline_orders, .. }) => assert_eq!(offline_orders, 2),
+            other => panic!("{other:?}"),
+        }
+        m.set_product_link(false);
+        assert_eq!(m.offline_orders(), 0, "a new loss counts from zero");
     }
 }

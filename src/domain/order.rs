@@ -43,8 +43,22 @@ pub struct Order {
     pub created_at: i64,
     #[serde(serialize_with = "as_rfc3339")]
     pub updated_at: i64,
+    /// False when the product service was away and the order was priced from the catalog
+    /// snapshot: its stock was checked against what the store knew, not the live figure.
+    pub stock_verified: bool,
+    /// When the prices were read: the live lookup, or the oldest snapshot row used.
+    /// `None` for orders stored before this was recorded.
+    #[serde(serialize_with = "as_optional_rfc3339")]
+    pub priced_at: Option<i64>,
 }
 
 fn as_rfc3339<S: Serializer>(micros: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*micros))
+}
+
+fn as_optional_rfc3339<S: Serializer>(micros: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match micros {
+        Some(m) => s.serialize_str(&rfc3339(*m)),
+        None => s.serialize_none(),
+    }
 }

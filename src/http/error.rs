@@ -217,6 +217,7 @@ impl From<OrderError> for ApiError {
             OrderError::InvalidTransition { from, to } => ApiError::InvalidTransition { from, to },
             OrderError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
             OrderError::IdempotencyKeyInProgress => ApiError::IdempotencyKeyInProgress,
+            OrderError::Pricing(e) => e.into(),
             OrderError::Store(e) => e.into(),
         }
     }

@@ -4,7 +4,8 @@ use super::error::ApiError;
 use super::request::{header, json_body, query_number};
 use super::{Response, Shared};
 use crate::domain::{Cursor, Email, IdempotencyKey, NewOrder, OrderId, Page, Status, UserId};
-use crate::orders::{Answer, Claimed, Idempotent, PricedOrder};
+use crate::orders::{Answer, Claimed, Idempotent, Priced, PricedOrder};
+use crate::products::PricingError;
 use crate::store::Reads;
 use serde_json::json;
 use std::time::Duration;
@@ -104,13 +105,14 @@ pub fn handle(
             shared.metrics.render(
                 reader.outbox_stats().ok().as_ref(),
                 reader.blocked_event().ok().flatten().as_ref(),
+                catalog_stats(shared, reader).as_ref(),
             ),
         )),
         Route::OpenApi => Ok(Response::raw_json(200, super::OPENAPI.to_string())),
         Route::Orders if method == "GET" => list(reader, &api(req)?, query),
         Route::Orders => {
             let user = api(req)?;
-            create(shared, reader, req, user)
+            create(shared, req, user)
         }
         Route::Order(id) => {
             let user = api(req)?;
@@ -189,7 +191,6 @@ struct OrderPage {
 
 fn create(
     shared: &Shared,
-    reader: &dyn Reads,
     req: &mut tiny_http::Request,
     user: UserId,
 ) -> Result<Response, ApiError> {
@@ -221,14 +222,21 @@ fn create(
         },
     };
 
-    let pricing = shared.catalog.price(&order, |ids| {
-        reader.cached_products(ids).unwrap_or_else(|e| {
-            log::warn!("product cache unreadable: {e}");
-            Vec::new()
-        })
-    });
-    let lines = match pricing.outcome {
-        Ok(lines) => lines,
+    let pricing = shared.catalog.price(&order);
+    let priced = match pricing.outcome {
+        Ok(lines) => Priced::Live {
+            lines,
+            at: pricing.priced_at,
+        },
+        // The offline policy: priced from the snapshot in the order's transaction.
+        Err(PricingError::Outage(outage)) => match shared.catalog.offline_max_age() {
+            Some(max_age) => Priced::Offline {
+                order,
+                max_age,
+                outage,
+            },
+            None => return Err(PricingError::Outage(outage).into()),
+        },
         Err(e) => {
             shared
                 .orders
@@ -246,7 +254,7 @@ fn create(
     let priced = PricedOrder {
         user_id: user,
         user_email: email,
-        lines,
+        priced,
         fresh_products: pricing.fresh,
     };
     let order = shared.orders.create(priced, idempotent)?;
@@ -254,6 +262,9 @@ fn create(
         claim.answered();
     }
     shared.metrics.order_created();
+    if !order.stock_verified {
+        shared.catalog.sold_offline();
+    }
     let location = format!("/api/orders/{}", order.id);
     Ok(Response::json(201, &order).with_header("Location", location))
 }
@@ -307,6 +318,14 @@ fn ready(shared: &Shared, reader: &dyn Reads) -> Response {
             "blocked_event_type": blocked.map(|b| &b.event_type),
             "blocked_since": blocked.map(|b| crate::clock::rfc3339(b.since)),
         },
+        "product_service": product_service(shared),
+        "catalog": catalog_stats(shared, reader).map(|c| json!({
+            "products": c.products,
+            "fresh_products": c.fresh,
+            "refreshed_at": c.refreshed_at.map(crate::clock::rfc3339),
+            "age_seconds": c.age_seconds(),
+            "source": c.source,
+        })),
     });
     if db_ok {
         Response::json(200, &body)
@@ -314,6 +333,31 @@ fn ready(shared: &Shared, reader: &dyn Reads) -> Response {
         log::warn!("not ready: {db_text}");
         Response::json(503, &body).with_header("Retry-After", "5".into())
     }
+}
+
+/// The product-service link as `/ready` shows it: whether it answers, whether orders
+/// are taken offline while it does not, and how many were since it was last lost.
+fn product_service(shared: &Shared) -> serde_json::Value {
+    let (link, since) = shared.metrics.product_link();
+    let max_age = shared.catalog.offline_max_age();
+    json!({
+        "link": link,
+        "since": since.map(crate::clock::rfc3339),
+        "offline_sales": if max_age.is_some() { "on" } else { "off" },
+        "offline_max_age_seconds": max_age.map_or(0, |a| a.as_secs()),
+        "offline_orders": shared.metrics.offline_orders(),
+    })
+}
+
+/// The snapshot's size and age; `fresh` counts what may be sold offline now.
+fn catalog_stats(shared: &Shared, reader: &dyn Reads) -> Option<crate::store::CatalogStats> {
+    let max_age = shared.catalog.offline_max_age().unwrap_or_default();
+    let fresh_after = crate::clock::now_micros()
+        .saturating_sub(i64::try_from(max_age.as_micros()).unwrap_or(i64::MAX));
+    reader
+        .catalog_stats(fresh_after)
+        .map_err(|e| log::warn!("catalog snapshot unreadable: {e}"))
+        .ok()
 }
 
 fn check_gateway(shared: &Shared, req: &tiny_http::Request) -> Result<(), ApiError> {

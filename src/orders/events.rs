@@ -55,6 +55,9 @@ struct Event<'a> {
     items: &'a [OrderItem],
     created_at: String,
     updated_at: String,
+    /// False for an order taken offline, priced from the catalog snapshot.
+    stock_verified: bool,
+    priced_at: Option<String>,
 }
 
 fn payload(id: i64, source: &str, order: &Order, previous: Option<Status>, at: i64) -> String {
@@ -73,6 +76,8 @@ fn payload(id: i64, source: &str, order: &Order, previous: Option<Status>, at: i
         items: &order.items,
         created_at: rfc3339(order.created_at),
         updated_at: rfc3339(order.updated_at),
+        stock_verified: order.stock_verified,
+        priced_at: order.priced_at.map(rfc3339),
     };
     serde_json::to_string(&event).expect("an event always serializes")
 }

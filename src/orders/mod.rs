@@ -10,19 +10,39 @@ pub use events::event_type;
 pub use idempotency::{Answer, Claimed, Idempotent};
 
 use crate::clock::now_micros;
-use crate::domain::{Email, IdempotencyKey, Order, OrderId, PricedLine, ProductId, Status, UserId};
+use crate::domain::{
+    Email, IdempotencyKey, NewOrder, Order, OrderId, PricedLine, ProductId, Status, UserId,
+};
+use crate::products::{Outage, PricingError};
 use crate::store::{CachedProduct, StoreError, WriterHandle};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// An order priced from the product service, ready to be stored.
+/// An order priced from the product service, or to be priced from the catalog snapshot,
+/// ready to be stored.
 #[derive(Debug, Clone)]
 pub struct PricedOrder {
     pub user_id: UserId,
     pub user_email: Email,
-    pub lines: Vec<PricedLine>,
-    /// The product service's fresh answers, kept for the offline policy.
+    pub priced: Priced,
+    /// The product service's fresh answers, kept in the snapshot.
     pub fresh_products: Vec<CachedProduct>,
+}
+
+/// How an order's lines get their names, prices and stock check.
+#[derive(Debug, Clone)]
+pub enum Priced {
+    /// By the product service, whose lookups started at `at`.
+    Live { lines: Vec<PricedLine>, at: i64 },
+    /// The product service could not answer (`outage`): from the snapshot rows fetched
+    /// within `max_age`, against their stock minus this store's sales since, inside the
+    /// order's transaction (so two orders never both take the last units).
+    Offline {
+        order: NewOrder,
+        max_age: Duration,
+        outage: Outage,
+    },
 }
 
 #[derive(Debug)]
@@ -35,6 +55,8 @@ pub enum OrderError {
     },
     IdempotencyKeyReused,
     IdempotencyKeyInProgress,
+    /// Offline: not priceable from the snapshot, or short of stock there.
+    Pricing(PricingError),
     Store(StoreError),
 }
 
@@ -47,6 +69,8 @@ impl fmt::Display for OrderError {
             }
             OrderError::IdempotencyKeyReused => f.write_str("idempotency key reused"),
             OrderError::IdempotencyKeyInProgress => f.write_str("idempotency key in progress"),
+            OrderError::Pricing(PricingError::Outage(e)) => e.fmt(f),
+            OrderError::Pricing(_) => f.write_str("not priceable from the catalog snapshot"),
             OrderError::Store(e) => e.fmt(f),
         }
     }

@@ -3,8 +3,9 @@
 
 use super::events;
 use super::idempotency::{self, Idempotent};
-use super::{OrderError, PricedOrder};
-use crate::domain::{Money, Order, OrderId, OrderItem, Status, UserId};
+use super::{OrderError, Priced, PricedOrder};
+use crate::domain::{Money, Order, OrderId, OrderItem, ProductId, Status, UserId};
+use crate::products::price_from_snapshot;
 use crate::store::Tx;
 
 /// Stores a priced order with its `order_created` event and, with a key claimed for it,
@@ -16,8 +17,21 @@ pub fn create(
     idempotent: Option<Idempotent>,
     now: i64,
 ) -> Result<Order, OrderError> {
-    let items: Vec<OrderItem> = order
-        .lines
+    let (lines, stock_verified, priced_at) = match order.priced {
+        Priced::Live { lines, at } => (lines, true, at),
+        Priced::Offline {
+            order: new,
+            max_age,
+            outage,
+        } => {
+            let ids: Vec<ProductId> = new.lines().iter().map(|l| l.product_id).collect();
+            let rows = tx.snapshot_for_update(&ids)?;
+            let (lines, at) = price_from_snapshot(&new, &rows, now, max_age, &outage)
+                .map_err(OrderError::Pricing)?;
+            (lines, false, at)
+        }
+    };
+    let items: Vec<OrderItem> = lines
         .iter()
         .map(|l| OrderItem {
             product_id: l.product_id,
@@ -40,14 +54,21 @@ pub fn create(
         status: Status::Pending,
         created_at: now,
         updated_at: now,
+        stock_verified,
+        priced_at: Some(priced_at),
     };
     tx.insert_order(&created)?;
+    // Every sale, online or not, counts against the snapshot until a fresher row of
+    // the product: the snapshot's stock was read before it.
+    for item in &created.items {
+        tx.record_sale(created.id, item.product_id, item.quantity, now)?;
+    }
     events::record(tx, source, &created, None, now)?;
     if let Some(i) = idempotent {
         idempotency::answer(tx, &created.user_id, i, &created)?;
     }
-    // In product order: two transactions refreshing the same products lock their rows
-    // in the same order, so they cannot deadlock (PostgreSQL).
+    // In product order for every transaction, as the snapshot's row locks are taken:
+    // two transactions refreshing the same products cannot deadlock (PostgreSQL).
     let mut fresh = order.fresh_products;
     fresh.sort_by_key(|p| p.product_id);
     for p in &fresh {

@@ -15,12 +15,15 @@ fn priced(user: UserId) -> PricedOrder {
     PricedOrder {
         user_id: user,
         user_email: Email::parse("alice@example.com").unwrap(),
-        lines: vec![PricedLine {
-            product_id: ProductId::new(2).unwrap(),
-            product_name: "Mouse".into(),
-            quantity: Quantity::new(3).unwrap(),
-            price: Money::from_cents(1999),
-        }],
+        priced: Priced::Live {
+            lines: vec![PricedLine {
+                product_id: ProductId::new(2).unwrap(),
+                product_name: "Mouse".into(),
+                quantity: Quantity::new(3).unwrap(),
+                price: Money::from_cents(1999),
+            }],
+            at: 900,
+        },
         fresh_products: Vec::new(),
     }
 }
@@ -200,4 +203,85 @@ fn a_status_change_records_the_previous_status_and_never_goes_back_in_time() {
         )
     });
     assert!(matches!(missing, Err(OrderError::NotFound)));
+}
+
+fn offline(quantity: u32, max_age: Duration) -> PricedOrder {
+    let body = serde_json::json!({"items": [{"product_id": 2, "quantity": quantity}]});
+    PricedOrder {
+        priced: Priced::Offline {
+            order: NewOrder::parse(&body).unwrap(),
+            max_age,
+            outage: Outage("GET x: connection refused".into()),
+        },
+        ..priced(alice())
+    }
+}
+
+fn snapshot_mouse(db: &mut SqliteEngine, stock: i64, at: i64) {
+    in_tx(db, |tx| {
+        Ok(tx.upsert_product(&CachedProduct {
+            product_id: ProductId::new(2).unwrap(),
+            name: "Mouse (snapshot)".into(),
+            price: Money::from_cents(2500),
+            stock,
+            fetched_at: at,
+        })?)
+    })
+    .unwrap();
+}
+
+#[test]
+fn an_offline_order_is_priced_from_the_snapshot_and_counted_in_the_ledger() {
+    let mut db = SqliteEngine::in_memory();
+    let hour = Duration::from_secs(3600);
+    snapshot_mouse(&mut db, 5, 500);
+    let first = in_tx(&mut db, |tx| {
+        rules::create(tx, SOURCE, offline(3, hour), None, 1_000)
+    })
+    .unwrap();
+    assert!(!first.stock_verified);
+    assert_eq!(first.priced_at, Some(500));
+    assert_eq!(first.items[0].product_name, "Mouse (snapshot)");
+    assert_eq!(first.total.cents(), 7500);
+    let event: serde_json::Value = serde_json::from_str(&db.pending_events()[0].payload).unwrap();
+    assert_eq!(event["stock_verified"], false);
+    // 5 in the snapshot, 3 sold since: the next 3 are refused, and nothing is written.
+    let short = in_tx(&mut db, |tx| {
+        rules::create(tx, SOURCE, offline(3, hour), None, 2_000)
+    });
+    match short {
+        Err(OrderError::Pricing(PricingError::InsufficientStock(s))) => {
+            assert_eq!(s[0].available, 2)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(db.pending_events().len(), 1);
+    // A fresher row of the product starts the count again.
+    snapshot_mouse(&mut db, 4, 3_000);
+    in_tx(&mut db, |tx| {
+        rules::create(tx, SOURCE, offline(4, hour), None, 4_000)
+    })
+    .unwrap();
+}
+
+#[test]
+fn an_offline_order_needs_a_row_younger_than_the_max_age() {
+    let mut db = SqliteEngine::in_memory();
+    snapshot_mouse(&mut db, 5, 0);
+    let old = in_tx(&mut db, |tx| {
+        rules::create(
+            tx,
+            SOURCE,
+            offline(1, Duration::from_micros(999)),
+            None,
+            1_000,
+        )
+    });
+    assert!(
+        matches!(old, Err(OrderError::Pricing(PricingError::Outage(_)))),
+        "{old:?}"
+    );
+    let live = create(&mut db, None);
+    assert!(live.stock_verified);
+    assert_eq!(live.priced_at, Some(900));
 }

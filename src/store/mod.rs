@@ -10,7 +10,8 @@ mod writer;
 
 pub use postgres::ImportReport;
 pub use records::{
-    BlockedEvent, CachedProduct, IdempotencyRecord, OrderList, OutboxRow, OutboxStats,
+    BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, OrderList, OutboxRow,
+    OutboxStats, SnapshotProduct,
 };
 pub use sqlite::{backup, migrate, open_read, open_write, BackupReport, Reader, SqliteEngine};
 pub use writer::{spawn as spawn_writer, Engine, WriterHandle};
@@ -178,6 +179,31 @@ pub trait Tx {
     fn prune_idempotency(&mut self, before: i64, limit: usize) -> Result<usize, StoreError>;
     /// A real write, so that a full disk or a read-only database shows in `/ready`.
     fn heartbeat(&mut self, at: i64) -> Result<(), StoreError>;
+    /// The snapshot rows of `ids` (those it has), each with what this store sold of it
+    /// since it was fetched; safe from concurrent change until the transaction ends, so
+    /// two offline orders never both take the last units.
+    fn snapshot_for_update(
+        &mut self,
+        ids: &[ProductId],
+    ) -> Result<Vec<SnapshotProduct>, StoreError>;
+    /// Adds a line of an order to the stock ledger.
+    fn record_sale(
+        &mut self,
+        order: OrderId,
+        product: ProductId,
+        quantity: u32,
+        at: i64,
+    ) -> Result<(), StoreError>;
+    /// Ends a complete refresh that started at `started`: with `complete_list`, drops the
+    /// rows it did not see (gone from the catalog); drops the ledger entries that no
+    /// longer count; records the refresh.
+    fn finish_refresh(
+        &mut self,
+        started: i64,
+        products: i64,
+        source: &str,
+        complete_list: bool,
+    ) -> Result<(), StoreError>;
 }
 
 /// What may be read, on a connection of the reader's own (each HTTP worker and the relay
@@ -187,6 +213,8 @@ pub trait Reads: Send {
     /// A page of a user's orders, newest first, and how many they have in all.
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError>;
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError>;
+    /// The snapshot's size and age; `fresh` counts rows fetched at or after `fresh_after`.
+    fn catalog_stats(&self, fresh_after: i64) -> Result<CatalogStats, StoreError>;
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
     /// Published rows still kept: a scan, for `outbox status`, never for a probe.
     fn published_events(&self) -> Result<i64, StoreError>;

@@ -75,3 +75,33 @@ pub struct OrderList {
     /// Whether older orders follow this page.
     pub more: bool,
 }
+
+/// A snapshot row as an offline order sees it: the product as last fetched, and what this
+/// store sold of it since (the ledger entries at or after `fetched_at`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotProduct {
+    pub product: CachedProduct,
+    pub sold_since: i64,
+}
+
+/// What `catalog status`, /ready and /metrics show of the snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatalogStats {
+    pub products: i64,
+    /// Rows fetched at or after the `fresh_after` asked for: sellable offline now.
+    pub fresh: i64,
+    pub oldest_fetched_at: Option<i64>,
+    pub newest_fetched_at: Option<i64>,
+    /// The last complete refresh (the whole list, a file, or an import), if any.
+    pub refreshed_at: Option<i64>,
+    pub refreshed_products: Option<i64>,
+    pub source: Option<String>,
+}
+
+impl CatalogStats {
+    /// Seconds since the last complete refresh.
+    pub fn age_seconds(&self) -> Option<i64> {
+        self.refreshed_at
+            .map(|t| ((now_micros() - t) / 1_000_000).max(0))
+    }
+}

@@ -16,6 +16,7 @@ mod hardening;
 mod idempotency;
 mod import_sqlite;
 mod migrations_pg;
+mod offline;
 mod operations;
 mod product_answers;
 mod products;

@@ -6,9 +6,11 @@
 //! flushes, which is PostgreSQL's own group commit.
 
 use super::conn::Conn;
-use super::reads::{load_idempotency, load_order, order_item};
+use super::reads::{cached_product, load_idempotency, load_order, order_item};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
-use crate::store::{CachedProduct, Engine, IdempotencyRecord, NewEvent, StoreError, Tx};
+use crate::store::{
+    CachedProduct, Engine, IdempotencyRecord, NewEvent, SnapshotProduct, StoreError, Tx,
+};
 
 pub struct PgEngine {
     conn: Conn,
@@ -116,8 +118,9 @@ impl Tx for PgEngine {
     fn insert_order(&mut self, o: &Order) -> Result<(), StoreError> {
         self.wrote = true;
         self.conn.execute(
-            "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at,
+               stock_verified, priced_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &o.id.get(),
                 &o.user_id.as_str(),
@@ -126,6 +129,8 @@ impl Tx for PgEngine {
                 &o.total.cents(),
                 &o.created_at,
                 &o.updated_at,
+                &i32::from(o.stock_verified),
+                &o.priced_at,
             ],
         )?;
         self.conn.execute(
@@ -161,7 +166,8 @@ impl Tx for PgEngine {
         // same order waits, then reads what this one wrote.
         self.wrote = true;
         let Some(head) = self.conn.query_opt(
-            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+               stock_verified, priced_at
              FROM orders WHERE id = $1 FOR UPDATE",
             &[&id.get()],
         )?
@@ -344,6 +350,82 @@ impl Tx for PgEngine {
             "INSERT INTO heartbeat (id, beat_at) VALUES (1, $1)
              ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
             &[&at],
+        )?;
+        Ok(())
+    }
+    fn snapshot_for_update(
+        &mut self,
+        ids: &[ProductId],
+    ) -> Result<Vec<SnapshotProduct>, StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        // The rows' locks, in one order (by id) for every order, hold until the
+        // transaction ends: another instance's offline order of the same product waits,
+        // then counts this one's ledger entries. An online order takes the same locks by
+        // refreshing the rows it looked up.
+        let rows = self.conn.query(
+            "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache
+             WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE",
+            &[&ids],
+        )?;
+        let sold = self.conn.query(
+            "SELECT l.product_id, SUM(l.quantity) FROM stock_ledger l
+               JOIN product_cache p ON p.product_id = l.product_id
+             WHERE l.product_id = ANY($1) AND l.sold_at >= p.fetched_at
+             GROUP BY l.product_id",
+            &[&ids],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                Ok(SnapshotProduct {
+                    product: cached_product(r)?,
+                    sold_since: sold
+                        .iter()
+                        .find(|s| s.get::<_, i64>(0) == id)
+                        .map_or(0, |s| s.get(1)),
+                })
+            })
+            .collect()
+    }
+
+    fn record_sale(
+        &mut self,
+        order: OrderId,
+        product: ProductId,
+        quantity: u32,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO stock_ledger (product_id, sold_at, order_id, quantity) VALUES ($1, $2, $3, $4)",
+            &[&product.get(), &at, &order.get(), &(quantity as i32)],
+        )?;
+        Ok(())
+    }
+
+    fn finish_refresh(
+        &mut self,
+        started: i64,
+        products: i64,
+        source: &str,
+        complete_list: bool,
+    ) -> Result<(), StoreError> {
+        if complete_list {
+            self.conn.execute(
+                "DELETE FROM product_cache WHERE fetched_at < $1",
+                &[&started],
+            )?;
+        }
+        self.conn.execute(
+            "DELETE FROM stock_ledger WHERE sold_at < COALESCE(
+               (SELECT p.fetched_at FROM product_cache p WHERE p.product_id = stock_ledger.product_id), $1)",
+            &[&started],
+        )?;
+        self.conn.execute(
+            "INSERT INTO catalog_refresh (id, refreshed_at, products, source) VALUES (1, $1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET refreshed_at = excluded.refreshed_at,
+               products = excluded.products, source = excluded.source
+             WHERE excluded.refreshed_at >= catalog_refresh.refreshed_at",
+            &[&started, &products, &source],
         )?;
         Ok(())
     }

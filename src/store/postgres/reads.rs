@@ -4,8 +4,8 @@ use super::conn::Conn;
 use super::RELAY_LOCK;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, Page, ProductId, Status, UserId};
 use crate::store::{
-    BlockedEvent, CachedProduct, IdempotencyRecord, OrderList, OutboxRow, OutboxStats, Reads,
-    StoreError,
+    BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, OrderList, OutboxRow,
+    OutboxStats, Reads, StoreError,
 };
 use postgres::Row;
 use std::cell::RefCell;
@@ -40,7 +40,8 @@ impl Reads for PgReader {
     fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
         let mut conn = self.conn.borrow_mut();
         let Some(head) = conn.query_opt(
-            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+               stock_verified, priced_at
              FROM orders WHERE id = $1",
             &[&id.get()],
         )?
@@ -80,14 +81,16 @@ impl Reads for PgReader {
                     });
                 }
                 conn.query(
-                    "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+                    "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+                           stock_verified, priced_at
                      FROM orders WHERE user_id = $1
                      ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
                     &[&user.as_str(), &limit, &offset],
                 )?
             }
             Page::After(c) => conn.query(
-                "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+                "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+                           stock_verified, priced_at
                  FROM orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
                  ORDER BY created_at DESC, id DESC LIMIT $4",
                 &[&user.as_str(), &c.created_at, &c.id.get(), &limit],
@@ -126,17 +129,32 @@ impl Reads for PgReader {
              WHERE product_id = ANY($1)",
             &[&ids],
         )?;
-        rows.iter()
-            .map(|r| {
-                Ok(CachedProduct {
-                    product_id: ProductId::new(r.get(0)).ok_or_else(|| bad("a product id"))?,
-                    name: r.get(1),
-                    price: Money::from_cents(r.get(2)),
-                    stock: r.get(3),
-                    fetched_at: r.get(4),
-                })
-            })
-            .collect()
+        rows.iter().map(cached_product).collect()
+    }
+
+    fn catalog_stats(&self, fresh_after: i64) -> Result<CatalogStats, StoreError> {
+        let mut conn = self.conn.borrow_mut();
+        let r = conn.query_one(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN fetched_at >= $1 THEN 1 ELSE 0 END), 0)::BIGINT,
+               MIN(fetched_at), MAX(fetched_at) FROM product_cache",
+            &[&fresh_after],
+        )?;
+        let mut stats = CatalogStats {
+            products: r.get(0),
+            fresh: r.get(1),
+            oldest_fetched_at: r.get(2),
+            newest_fetched_at: r.get(3),
+            ..CatalogStats::default()
+        };
+        if let Some(last) = conn.query_opt(
+            "SELECT refreshed_at, products, source FROM catalog_refresh WHERE id = 1",
+            &[],
+        )? {
+            stats.refreshed_at = Some(last.get(0));
+            stats.refreshed_products = Some(last.get(1));
+            stats.source = Some(last.get(2));
+        }
+        Ok(stats)
     }
 
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
@@ -267,6 +285,19 @@ pub(super) fn load_order(head: &Row, items: Vec<OrderItem>) -> Result<Order, Sto
         status: Status::parse(&status).ok_or_else(|| bad("a status"))?,
         created_at: head.get(5),
         updated_at: head.get(6),
+        stock_verified: head.get::<_, i32>(7) != 0,
+        priced_at: head.get(8),
+    })
+}
+
+/// A product row selected as `product_id, name, price_cents, stock, fetched_at`.
+pub(super) fn cached_product(r: &Row) -> Result<CachedProduct, StoreError> {
+    Ok(CachedProduct {
+        product_id: ProductId::new(r.get(0)).ok_or_else(|| bad("a product id"))?,
+        name: r.get(1),
+        price: Money::from_cents(r.get(2)),
+        stock: r.get(3),
+        fetched_at: r.get(4),
     })
 }
 

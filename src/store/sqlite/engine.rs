@@ -6,7 +6,9 @@
 
 use super::{outbox, reads, writes};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
-use crate::store::{CachedProduct, Engine, IdempotencyRecord, NewEvent, StoreError, Tx};
+use crate::store::{
+    CachedProduct, Engine, IdempotencyRecord, NewEvent, SnapshotProduct, StoreError, Tx,
+};
 use rusqlite::Connection;
 
 pub struct SqliteEngine {
@@ -217,6 +219,41 @@ impl Tx for SqliteEngine {
 
     fn heartbeat(&mut self, at: i64) -> Result<(), StoreError> {
         Ok(writes::heartbeat(&self.conn, at)?)
+    }
+
+    fn snapshot_for_update(
+        &mut self,
+        ids: &[ProductId],
+    ) -> Result<Vec<SnapshotProduct>, StoreError> {
+        Ok(reads::snapshot(&self.conn, ids)?)
+    }
+
+    fn record_sale(
+        &mut self,
+        order: OrderId,
+        product: ProductId,
+        quantity: u32,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        Ok(writes::record_sale(
+            &self.conn, order, product, quantity, at,
+        )?)
+    }
+
+    fn finish_refresh(
+        &mut self,
+        started: i64,
+        products: i64,
+        source: &str,
+        complete_list: bool,
+    ) -> Result<(), StoreError> {
+        Ok(writes::finish_refresh(
+            &self.conn,
+            started,
+            products,
+            source,
+            complete_list,
+        )?)
     }
 }
 

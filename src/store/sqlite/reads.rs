@@ -3,8 +3,8 @@
 use super::outbox;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, Page, ProductId, Status, UserId};
 use crate::store::{
-    BlockedEvent, CachedProduct, IdempotencyRecord, OrderList, OutboxRow, OutboxStats, Reads,
-    StoreError,
+    BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, OrderList, OutboxRow,
+    OutboxStats, Reads, SnapshotProduct, StoreError,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::Path;
@@ -48,7 +48,8 @@ impl Reads for Reader {
                 }
                 self.conn
                     .prepare_cached(
-                        "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+                        "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+                           stock_verified, priced_at
                          FROM orders WHERE user_id = ?1
                          ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
                     )?
@@ -58,7 +59,8 @@ impl Reads for Reader {
             Page::After(c) => self
                 .conn
                 .prepare_cached(
-                    "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+                    "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+                           stock_verified, priced_at
                      FROM orders WHERE user_id = ?1 AND (created_at, id) < (?2, ?3)
                      ORDER BY created_at DESC, id DESC LIMIT ?4",
                 )?
@@ -100,6 +102,37 @@ impl Reads for Reader {
         Ok(found)
     }
 
+    fn catalog_stats(&self, fresh_after: i64) -> Result<CatalogStats, StoreError> {
+        let mut stats = self
+            .conn
+            .prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN fetched_at >= ?1 THEN 1 ELSE 0 END), 0),
+                   MIN(fetched_at), MAX(fetched_at) FROM product_cache",
+            )?
+            .query_row([fresh_after], |r| {
+                Ok(CatalogStats {
+                    products: r.get(0)?,
+                    fresh: r.get(1)?,
+                    oldest_fetched_at: r.get(2)?,
+                    newest_fetched_at: r.get(3)?,
+                    ..CatalogStats::default()
+                })
+            })?;
+        let last = self
+            .conn
+            .prepare_cached(
+                "SELECT refreshed_at, products, source FROM catalog_refresh WHERE id = 1",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some((at, products, source)) = last {
+            stats.refreshed_at = Some(at);
+            stats.refreshed_products = Some(products);
+            stats.source = Some(source);
+        }
+        Ok(stats)
+    }
+
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         Ok(outbox::stats(&self.conn)?)
     }
@@ -120,7 +153,8 @@ impl Reads for Reader {
 pub(crate) fn load_order(conn: &Connection, id: OrderId) -> rusqlite::Result<Option<Order>> {
     let head = conn
         .prepare_cached(
-            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at
+            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+               stock_verified, priced_at
              FROM orders WHERE id = ?1",
         )?
         .query_row([id.get()], order_head)
@@ -132,6 +166,39 @@ pub(crate) fn load_order(conn: &Connection, id: OrderId) -> rusqlite::Result<Opt
             Ok(Some(order))
         }
     }
+}
+
+/// The snapshot rows of `ids` with what was sold of each since it was fetched. The
+/// writer's transaction holds the database's one write lock: nothing changes them meanwhile.
+pub(crate) fn snapshot(
+    conn: &Connection,
+    ids: &[ProductId],
+) -> rusqlite::Result<Vec<SnapshotProduct>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.name, p.price_cents, p.stock, p.fetched_at,
+           (SELECT COALESCE(SUM(l.quantity), 0) FROM stock_ledger l
+             WHERE l.product_id = p.product_id AND l.sold_at >= p.fetched_at)
+         FROM product_cache p WHERE p.product_id = ?1",
+    )?;
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row = stmt
+            .query_row([id.get()], |r| {
+                Ok(SnapshotProduct {
+                    product: CachedProduct {
+                        product_id: *id,
+                        name: r.get(0)?,
+                        price: Money::from_cents(r.get(1)?),
+                        stock: r.get(2)?,
+                        fetched_at: r.get(3)?,
+                    },
+                    sold_since: r.get(4)?,
+                })
+            })
+            .optional()?;
+        found.extend(row);
+    }
+    Ok(found)
 }
 
 pub(crate) fn load_idempotency(
@@ -172,6 +239,8 @@ fn order_head(r: &Row<'_>) -> rusqlite::Result<Order> {
         status,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
+        stock_verified: r.get::<_, i64>(7)? != 0,
+        priced_at: r.get(8)?,
     })
 }
 

@@ -1,13 +1,14 @@
 //! Statements that change the database, one function a change. Run by the writer only.
 
-use crate::domain::{Order, ProductId, Status, UserId};
+use crate::domain::{Order, OrderId, ProductId, Status, UserId};
 use crate::store::CachedProduct;
 use rusqlite::{params, Connection};
 
 pub(crate) fn insert_order(conn: &Connection, o: &Order) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at,
+           stock_verified, priced_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         o.id.get(),
@@ -16,7 +17,9 @@ pub(crate) fn insert_order(conn: &Connection, o: &Order) -> rusqlite::Result<()>
         o.status.as_str(),
         o.total.cents(),
         o.created_at,
-        o.updated_at
+        o.updated_at,
+        i64::from(o.stock_verified),
+        o.priced_at
     ])?;
     let mut item = conn.prepare_cached(
         "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, price_cents, subtotal_cents)
@@ -143,6 +146,48 @@ pub(crate) fn upsert_product(conn: &Connection, p: &CachedProduct) -> rusqlite::
 pub(crate) fn forget_product(conn: &Connection, id: ProductId) -> rusqlite::Result<()> {
     conn.prepare_cached("DELETE FROM product_cache WHERE product_id = ?1")?
         .execute([id.get()])?;
+    Ok(())
+}
+
+pub(crate) fn record_sale(
+    conn: &Connection,
+    order: OrderId,
+    product: ProductId,
+    quantity: u32,
+    at: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO stock_ledger (product_id, sold_at, order_id, quantity) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![product.get(), at, order.get(), quantity])?;
+    Ok(())
+}
+
+/// See `Tx::finish_refresh`. A ledger entry counts while it is not older than its
+/// product's row; one whose product has no row counts until a refresh after it.
+pub(crate) fn finish_refresh(
+    conn: &Connection,
+    started: i64,
+    products: i64,
+    source: &str,
+    complete_list: bool,
+) -> rusqlite::Result<()> {
+    if complete_list {
+        conn.prepare_cached("DELETE FROM product_cache WHERE fetched_at < ?1")?
+            .execute([started])?;
+    }
+    conn.prepare_cached(
+        "DELETE FROM stock_ledger WHERE sold_at < COALESCE(
+           (SELECT p.fetched_at FROM product_cache p WHERE p.product_id = stock_ledger.product_id), ?1)",
+    )?
+    .execute([started])?;
+    conn.prepare_cached(
+        "INSERT INTO catalog_refresh (id, refreshed_at, products, source) VALUES (1, ?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET refreshed_at = excluded.refreshed_at,
+           products = excluded.products, source = excluded.source
+             WHERE excluded.refreshed_at >= catalog_refresh.refreshed_at",
+    )?
+    .execute(params![started, products, source])?;
     Ok(())
 }
 

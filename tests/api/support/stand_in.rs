@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -54,11 +54,23 @@ pub fn product(name: &str, price: &str, stock: i64) -> Behaviour {
 
 type Catalog = Arc<Mutex<HashMap<i64, Behaviour>>>;
 
+/// How the stand-in answers beyond single lookups (tests/api/offline.rs).
+#[derive(Default)]
+struct Switches {
+    /// `GET /api/products?page=N&per_page=M`: `None` answers 404 (no list), else the
+    /// catalog's `Product` entries by id, as an array or wrapped under this key ("").
+    list: Mutex<Option<&'static str>>,
+    list_pages: AtomicU64,
+    /// Every connection is closed without an answer, as by a crashed service.
+    down: AtomicBool,
+}
+
 /// One thread takes requests from the server and gives each its own thread, so a `Slow`
 /// answer holds up no other lookup, as with a real service under parallel calls.
 pub struct ProductStandIn {
     server: Arc<tiny_http::Server>,
     catalog: Catalog,
+    switches: Arc<Switches>,
     calls: Arc<Mutex<Vec<i64>>>,
     stopping: Arc<AtomicBool>,
     dispatcher: Option<JoinHandle<()>>,
@@ -75,16 +87,18 @@ impl ProductStandIn {
             .unwrap_or_else(|e| panic!("start the product stand-in: {e}"));
         let server = Arc::new(server);
         let catalog: Catalog = Arc::default();
+        let switches: Arc<Switches> = Arc::default();
         let calls: Arc<Mutex<Vec<i64>>> = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
         let answers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let dispatcher = {
-            let (server, catalog, calls, stopping, answers) = (
+            let (server, catalog, calls, stopping, answers, switches) = (
                 server.clone(),
                 catalog.clone(),
                 calls.clone(),
                 stopping.clone(),
                 answers.clone(),
+                switches.clone(),
             );
             std::thread::spawn(move || loop {
                 let request = match server.recv() {
@@ -94,9 +108,15 @@ impl ProductStandIn {
                     Err(_) if stopping.load(Ordering::SeqCst) => return,
                     Err(_) => continue,
                 };
-                let (catalog, calls, stopping) = (catalog.clone(), calls.clone(), stopping.clone());
-                let answer =
-                    std::thread::spawn(move || answer(request, &catalog, &calls, &stopping));
+                let (catalog, calls, stopping, switches) = (
+                    catalog.clone(),
+                    calls.clone(),
+                    stopping.clone(),
+                    switches.clone(),
+                );
+                let answer = std::thread::spawn(move || {
+                    answer(request, &catalog, &switches, &calls, &stopping)
+                });
                 let mut all = answers.lock().unwrap();
                 all.retain(|a| !a.is_finished());
                 all.push(answer);
@@ -105,6 +125,7 @@ impl ProductStandIn {
         ProductStandIn {
             server,
             catalog,
+            switches,
             calls,
             stopping,
             dispatcher: Some(dispatcher),
@@ -130,6 +151,22 @@ impl ProductStandIn {
 
     pub fn set(&self, id: i64, behaviour: Behaviour) {
         self.catalog.lock().unwrap().insert(id, behaviour);
+    }
+
+    /// Serves `GET /api/products?page=N&per_page=M`: a plain array with `None`, else
+    /// wrapped under that key ("products" or "data").
+    pub fn serve_list(&self, wrapped: Option<&'static str>) {
+        *self.switches.list.lock().unwrap() = Some(wrapped.unwrap_or(""));
+    }
+
+    /// List pages answered so far.
+    pub fn list_pages(&self) -> u64 {
+        self.switches.list_pages.load(Ordering::SeqCst)
+    }
+
+    /// Down: every request's connection is closed without an answer. Up again: as before.
+    pub fn set_down(&self, down: bool) {
+        self.switches.down.store(down, Ordering::SeqCst);
     }
 
     /// Requests for product ids so far (any id, including unknown ones).
@@ -164,10 +201,34 @@ impl Drop for ProductStandIn {
 
 fn answer(
     request: tiny_http::Request,
-    catalog: &Mutex<HashMap<i64, Behaviour>>,
+    catalog: &Catalog,
+    switches: &Switches,
     calls: &Mutex<Vec<i64>>,
     stopping: &AtomicBool,
 ) {
+    if switches.down.load(Ordering::SeqCst) {
+        // Nothing written, and the connection closes.
+        drop(request.into_writer());
+        return;
+    }
+    if let Some(query) = request.url().strip_prefix("/api/products?") {
+        let list = *switches.list.lock().unwrap();
+        let (status, body) = match list {
+            Some(wrapper) if *request.method() == tiny_http::Method::Get => {
+                switches.list_pages.fetch_add(1, Ordering::SeqCst);
+                (200, render_list(catalog, query, wrapper, stopping))
+            }
+            _ => (404, r#"{"error":"Not found"}"#.to_string()),
+        };
+        let json = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+            .expect("a Content-Type header");
+        let _ = request.respond(
+            tiny_http::Response::from_string(body)
+                .with_status_code(status)
+                .with_header(json),
+        );
+        return;
+    }
     let id = request
         .url()
         .strip_prefix("/api/products/")
@@ -194,6 +255,40 @@ fn answer(
         .with_header(content_type);
     // The client may have given up (a test of the service's timeout): nothing to do then.
     let _ = request.respond(response);
+}
+
+/// One page of the catalog's `Product` entries, by id; the other behaviours are left out.
+fn render_list(catalog: &Catalog, query: &str, wrapper: &str, stopping: &AtomicBool) -> String {
+    let param = |name: &str, default: usize| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(default)
+    };
+    let (page, per_page) = (param("page", 1).max(1), param("per_page", 100).max(1));
+    let catalog = catalog.lock().unwrap();
+    let mut ids: Vec<i64> = catalog
+        .iter()
+        .filter(|(_, b)| matches!(b, Behaviour::Product { .. }))
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    let entries: Vec<String> = ids
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|id| render(*id, &catalog[id], stopping).1)
+        .collect();
+    let array = format!("[{}]", entries.join(","));
+    match wrapper {
+        "" => array,
+        key => format!(
+            r#"{{{}:{array},"page":{page}}}"#,
+            serde_json::to_string(key).unwrap()
+        ),
+    }
 }
 
 /// The Content-Type the stand-in sends with `behaviour`.

@@ -1,9 +1,17 @@
 //! The product service: name, price and stock of each product, over HTTP or from a
-//! local `file:` catalog, and the pricing of a new order against them.
+//! local `file:` catalog, and the pricing of a new order against them. The catalog
+//! snapshot that prices orders while the product service is away: its refresh
+//! (`refresher.rs`), the list and file formats and the offline pricing (`snapshot.rs`).
+
+mod refresher;
+mod snapshot;
+
+pub use refresher::{import_snapshot, spawn_refresher, RefresherHandle, PER_PAGE};
+pub use snapshot::{price_from_snapshot, read_catalog_file, ListPage};
 
 use crate::config::{Config, ProductSource};
 use crate::domain::{Money, NewOrder, PricedLine, ProductId};
-use crate::metrics::Metrics;
+use crate::metrics::{LinkChange, Metrics};
 use crate::store::CachedProduct;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -50,19 +58,22 @@ pub enum PricingError {
 }
 
 /// The outcome of pricing an order, and what the product service said on the way:
-/// its good answers are cached and its unknown products forgotten whatever the outcome,
-/// so the offline policy never works from an answer older than the last one seen.
+/// its good answers refresh the snapshot and its unknown products leave it whatever the
+/// outcome, so the offline policy never works from an answer older than the last one seen.
 #[derive(Debug, Clone)]
 pub struct Pricing {
     pub outcome: Result<Vec<PricedLine>, PricingError>,
     pub fresh: Vec<CachedProduct>,
     pub unknown: Vec<ProductId>,
+    /// When the lookups started: the time the answers are stamped with.
+    pub priced_at: i64,
 }
 
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 /// Lookups of one order run on at most this many threads.
 const MAX_PARALLEL: usize = 8;
 
+#[derive(Clone)]
 pub struct Catalog {
     source: Source,
     total_timeout: Duration,
@@ -70,6 +81,7 @@ pub struct Catalog {
     metrics: Arc<Metrics>,
 }
 
+#[derive(Clone)]
 enum Source {
     Http { agent: ureq::Agent, base: String },
     File(PathBuf),
@@ -103,27 +115,19 @@ impl Catalog {
         }
     }
 
-    /// Prices every line from the product service, or, when it is away and the offline
-    /// policy is on, from cached answers younger than `PRODUCT_CACHE_MAX_AGE`.
-    pub fn price(
-        &self,
-        order: &NewOrder,
-        cached: impl FnOnce(&[ProductId]) -> Vec<CachedProduct>,
-    ) -> Pricing {
+    /// Prices every line from the product service. When it cannot answer, the outcome is
+    /// `PricingError::Outage`: the caller may then price from the snapshot
+    /// (`offline_max_age`), in the order's own transaction.
+    pub fn price(&self, order: &NewOrder) -> Pricing {
         let ids: Vec<ProductId> = order.lines().iter().map(|l| l.product_id).collect();
         let now = crate::clock::now_micros();
         match self.lookup_all(&ids) {
             Ok(answers) => {
+                self.link(Ok(()));
                 let fresh = answers
                     .iter()
                     .flatten()
-                    .map(|p| CachedProduct {
-                        product_id: p.id,
-                        name: p.name.clone(),
-                        price: p.price,
-                        stock: p.stock,
-                        fetched_at: now,
-                    })
+                    .map(|p| snapshot_row(p, now))
                     .collect();
                 let unknown = ids
                     .iter()
@@ -135,53 +139,62 @@ impl Catalog {
                     outcome: priced_lines(order, &answers),
                     fresh,
                     unknown,
+                    priced_at: now,
                 }
             }
-            Err(e) => Pricing {
-                outcome: self.price_offline(order, &ids, now, cached, e),
-                fresh: Vec::new(),
-                unknown: Vec::new(),
-            },
+            Err(e) => {
+                self.link(Err(&e));
+                Pricing {
+                    outcome: Err(PricingError::Outage(e)),
+                    fresh: Vec::new(),
+                    unknown: Vec::new(),
+                    priced_at: now,
+                }
+            }
         }
     }
 
-    fn price_offline(
-        &self,
-        order: &NewOrder,
-        ids: &[ProductId],
-        now: i64,
-        cached: impl FnOnce(&[ProductId]) -> Vec<CachedProduct>,
-        e: Outage,
-    ) -> Result<Vec<PricedLine>, PricingError> {
-        if self.cache_max_age.is_zero() {
-            return Err(PricingError::Outage(e));
-        }
-        let max_age = i64::try_from(self.cache_max_age.as_micros()).unwrap_or(i64::MAX);
-        let oldest = now.saturating_sub(max_age);
-        let found = cached(ids);
-        let answers: Option<Vec<Option<Product>>> = ids
-            .iter()
-            .map(|id| {
-                found
-                    .iter()
-                    .find(|c| c.product_id == *id && c.fetched_at >= oldest)
-                    .map(|c| {
-                        Some(Product {
-                            id: c.product_id,
-                            name: c.name.clone(),
-                            price: c.price,
-                            stock: c.stock,
-                        })
-                    })
-            })
-            .collect();
-        match answers {
-            Some(answers) => {
-                log::warn!("{e}; pricing from cached answers");
-                self.metrics.product_cache_hit();
-                priced_lines(order, &answers)
-            }
-            None => Err(PricingError::Outage(e)),
+    /// How old a snapshot row may be to price an order offline; `None` when offline
+    /// sales are off (`PRODUCT_CACHE_MAX_AGE=0`).
+    pub fn offline_max_age(&self) -> Option<Duration> {
+        (!self.cache_max_age.is_zero()).then_some(self.cache_max_age)
+    }
+
+    /// An order was taken offline.
+    pub fn sold_offline(&self) {
+        self.metrics.offline_order();
+    }
+
+    /// Notes what the last call to the product service came to; says once in the log when
+    /// the link is lost (and offline selling starts) and once when it is back.
+    fn link(&self, outcome: Result<(), &Outage>) {
+        let Some(change) = self.metrics.set_product_link(outcome.is_ok()) else {
+            return;
+        };
+        match (outcome, change) {
+            (Err(e), _) => match self.offline_max_age() {
+                Some(age) => log::warn!(
+                    "{e}; offline selling starts: orders are priced from the catalog snapshot \
+                     (products refreshed within {} s) and marked stock_verified=false",
+                    age.as_secs()
+                ),
+                None => log::warn!(
+                    "{e}; offline sales are off (PRODUCT_CACHE_MAX_AGE=0): orders get 503 \
+                     until it is back"
+                ),
+            },
+            (
+                Ok(()),
+                LinkChange::Back {
+                    down_for,
+                    offline_orders,
+                },
+            ) => log::info!(
+                "product service reachable again after {} s: offline selling ends; \
+                 {offline_orders} order(s) were taken offline",
+                down_for.as_secs()
+            ),
+            (Ok(()), LinkChange::First) => {}
         }
     }
 
@@ -313,6 +326,17 @@ fn fetch_one(
         )));
     }
     Ok(Some(product))
+}
+
+/// A product as a snapshot row fetched at `at`.
+fn snapshot_row(p: &Product, at: i64) -> CachedProduct {
+    CachedProduct {
+        product_id: p.id,
+        name: p.name.clone(),
+        price: p.price,
+        stock: p.stock,
+        fetched_at: at,
+    }
 }
 
 /// `application/json` or a `+json` type, whatever its parameters.

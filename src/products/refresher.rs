@@ -1,0 +1,301 @@
+//! The catalog refresher thread: every `CATALOG_REFRESH` seconds it reads the whole
+//! catalog (the product service's list, page by page, or the `file:` catalog) into the
+//! snapshot, one writer job a page, so orders never wait long behind it.
+//!
+//! A refresh that reads every page drops the rows it did not see (products gone from the
+//! catalog) and the ledger entries that no longer count. One that fails half-way keeps
+//! what it wrote (each row is as fresh as its page) and drops nothing. A 404 for the list
+//! means the product service has none: lookups alone fill the snapshot, said once.
+
+use super::snapshot::ListPage;
+use super::{is_json_media_type, read_catalog, snapshot_row, Catalog, Outage, Source};
+use crate::clock::now_micros;
+use crate::store::{StoreError, WriterHandle};
+use crossbeam_channel::{after, bounded, select, Receiver, RecvTimeoutError, Sender};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Products asked for per page.
+pub const PER_PAGE: usize = 100;
+/// A page of 100 products is some 10 to 30 KB; this leaves room for long descriptions.
+const MAX_PAGE_BYTES: u64 = 4 * 1024 * 1024;
+/// 1,000,000 products: a service that ignores `page` and always answers a full page is
+/// stopped by the repeat check below, and this bounds the rest.
+const MAX_PAGES: u32 = 10_000;
+
+/// The running refresher; `shutdown` stops it.
+pub struct RefresherHandle {
+    stop: Sender<()>,
+    /// Disconnected when the thread ends.
+    done: Receiver<()>,
+    thread: JoinHandle<()>,
+}
+
+impl RefresherHandle {
+    /// Asks the refresher to stop and waits up to `within` (a page being read takes at
+    /// most `PRODUCT_TIMEOUT_MS`). False if it is left behind, still in a call.
+    pub fn shutdown(self, within: Duration) -> bool {
+        drop(self.stop);
+        match self.done.recv_timeout(within) {
+            Err(RecvTimeoutError::Timeout) => {
+                log::warn!(
+                    "catalog refresher: still reading after {} ms; leaving it",
+                    within.as_millis()
+                );
+                false
+            }
+            _ => {
+                let _ = self.thread.join();
+                true
+            }
+        }
+    }
+}
+
+/// Starts the refresher: a first refresh at once, then one every `every`.
+pub fn spawn_refresher(
+    catalog: Catalog,
+    writer: WriterHandle,
+    every: Duration,
+) -> std::io::Result<RefresherHandle> {
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let (done_tx, done_rx) = bounded::<()>(0);
+    let mut refresher = Refresher {
+        catalog,
+        writer,
+        stop: stop_rx,
+        said_no_list: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("catalog".into())
+        .spawn(move || {
+            let _done = done_tx;
+            loop {
+                refresher.refresh();
+                select! {
+                    recv(refresher.stop) -> _ => return,
+                    recv(after(every)) -> _ => {}
+                }
+            }
+        })?;
+    Ok(RefresherHandle {
+        stop: stop_tx,
+        done: done_rx,
+        thread,
+    })
+}
+
+struct Refresher {
+    catalog: Catalog,
+    writer: WriterHandle,
+    stop: Receiver<()>,
+    /// The "no list" line was logged.
+    said_no_list: bool,
+}
+
+/// What one page request came to.
+enum Answer {
+    /// The page and its size in bytes.
+    Page(ListPage, usize),
+    /// The product service's own 404: it has no list.
+    NoList,
+}
+
+impl Refresher {
+    fn refresh(&mut self) {
+        let started = now_micros();
+        let outcome = match &self.catalog.source {
+            Source::File(path) => {
+                let read = read_catalog(path);
+                self.catalog.link(read.as_ref().map(|_| ()));
+                match read {
+                    Ok(products) => self
+                        .write_page(&products, started)
+                        .and_then(|()| self.finish(started, products.len(), "file", true)),
+                    Err(_) => Ok(()),
+                }
+            }
+            Source::Http { .. } => self.refresh_from_list(started),
+        };
+        if let Err(e) = outcome {
+            log::warn!("catalog snapshot not updated: {e}");
+        }
+    }
+
+    fn refresh_from_list(&mut self, started: i64) -> Result<(), StoreError> {
+        let clock = std::time::Instant::now();
+        let mut seen: HashSet<i64> = HashSet::new();
+        let mut refused = Vec::new();
+        let mut bytes = 0;
+        for page in 1..=MAX_PAGES {
+            if self.stopping() {
+                return Ok(());
+            }
+            let fetched_at = now_micros();
+            let answer = self.catalog.fetch_list_page(page);
+            self.catalog.link(answer.as_ref().map(|_| ()));
+            let list = match answer {
+                Err(e) => {
+                    log::debug!("catalog refresh stopped at page {page}: {e}");
+                    return Ok(());
+                }
+                // Past the last page, some services answer 404 rather than an empty page.
+                Ok(Answer::NoList) if page > 1 => {
+                    return self.finish(started, seen.len(), "list", true);
+                }
+                Ok(Answer::NoList) => {
+                    if !self.said_no_list {
+                        self.said_no_list = true;
+                        log::warn!(
+                            "the product service has no product list (404): the catalog \
+                             snapshot holds only products looked up for orders"
+                        );
+                    }
+                    return Ok(());
+                }
+                Ok(Answer::Page(list, size)) => {
+                    bytes += size;
+                    list
+                }
+            };
+            if self.said_no_list {
+                self.said_no_list = false;
+                log::info!("the product service now has a product list: the snapshot takes it");
+            }
+            let fresh = list
+                .products
+                .iter()
+                .filter(|p| seen.insert(p.id.get()))
+                .count();
+            if fresh == 0 && !list.products.is_empty() {
+                log::warn!(
+                    "catalog refresh: page {page} repeats earlier products (is `page` ignored?); \
+                     the snapshot keeps what it has"
+                );
+                return Ok(());
+            }
+            refused.extend(list.refused.iter().map(|r| format!("page {page} {r}")));
+            self.write_page(&list.products, fetched_at)?;
+            if list.entries < PER_PAGE {
+                if let Some(first) = refused.first() {
+                    log::warn!(
+                        "catalog refresh: {} product(s) refused and left out of the snapshot; {first}",
+                        refused.len()
+                    );
+                }
+                self.finish(started, seen.len(), "list", true)?;
+                log::info!(
+                    "catalog snapshot refreshed: {} products, {page} page(s), {bytes} bytes in {} ms",
+                    seen.len(),
+                    clock.elapsed().as_millis()
+                );
+                return Ok(());
+            }
+        }
+        log::warn!("catalog refresh: stopped after {MAX_PAGES} pages");
+        Ok(())
+    }
+
+    fn write_page(&self, products: &[super::Product], at: i64) -> Result<(), StoreError> {
+        let rows: Vec<_> = products.iter().map(|p| snapshot_row(p, at)).collect();
+        self.writer.run(move |tx| {
+            for row in &rows {
+                tx.upsert_product(row)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn finish(
+        &self,
+        started: i64,
+        products: usize,
+        source: &'static str,
+        complete: bool,
+    ) -> Result<(), StoreError> {
+        let n = products as i64;
+        self.writer
+            .run(move |tx| tx.finish_refresh(started, n, source, complete))
+    }
+
+    fn stopping(&self) -> bool {
+        matches!(
+            self.stop.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
+}
+
+impl Catalog {
+    /// `GET {base}/api/products?page=N&per_page=100`.
+    fn fetch_list_page(&self, page: u32) -> Result<Answer, Outage> {
+        let Source::Http { agent, base } = &self.source else {
+            return Err(Outage("no product service to list".into()));
+        };
+        let url = format!("{base}/api/products?page={page}&per_page={PER_PAGE}");
+        self.metrics.product_call();
+        let result = (|| {
+            let mut response = agent
+                .get(&url)
+                .header("Accept", "application/json")
+                .config()
+                .timeout_global(Some(self.total_timeout))
+                .build()
+                .call()
+                .map_err(|e| Outage(format!("GET {url}: {e}")))?;
+            let status = response.status().as_u16();
+            if status != 200 && status != 404 {
+                return Err(Outage(format!("GET {url} answered {status}")));
+            }
+            let json = response
+                .headers()
+                .get(ureq::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(is_json_media_type);
+            let text = response
+                .body_mut()
+                .with_config()
+                .limit(MAX_PAGE_BYTES)
+                .read_to_string()
+                .map_err(|e| Outage(format!("GET {url}: {e}")))?;
+            if status == 404 {
+                // As for a single lookup: only the service's own JSON says "no list".
+                let own = json && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object());
+                return if own {
+                    Ok(Answer::NoList)
+                } else {
+                    Err(Outage(format!(
+                        "GET {url} answered 404 without a JSON body"
+                    )))
+                };
+            }
+            ListPage::parse(&text)
+                .map(|page| Answer::Page(page, text.len()))
+                .map_err(|e| Outage(format!("GET {url}: {e}")))
+        })();
+        if result.is_err() {
+            self.metrics.product_failure();
+        }
+        result
+    }
+}
+
+/// Loads `products` into the snapshot as fetched at `taken_at` (`catalog import`): rows
+/// fetched later (by a lookup or a refresh) are kept, and nothing else is dropped.
+pub fn import_snapshot(
+    writer: &WriterHandle,
+    products: &[super::Product],
+    taken_at: i64,
+    source: &str,
+) -> Result<(), StoreError> {
+    let rows: Vec<_> = products.iter().map(|p| snapshot_row(p, taken_at)).collect();
+    let (n, source) = (rows.len() as i64, source.to_string());
+    writer.run(move |tx| {
+        for row in &rows {
+            tx.upsert_product(row)?;
+        }
+        tx.finish_refresh(taken_at, n, &source, false)
+    })
+}
