@@ -39,7 +39,7 @@ struct Table {
 }
 
 /// In foreign-key order: an item's order is there before the item.
-const TABLES: [Table; 5] = [
+const TABLES: [Table; 7] = [
     Table {
         name: "orders",
         columns: &[
@@ -50,6 +50,8 @@ const TABLES: [Table; 5] = [
             ("total_cents", Type::INT8),
             ("created_at", Type::INT8),
             ("updated_at", Type::INT8),
+            ("stock_verified", Type::INT4),
+            ("priced_at", Type::INT8),
         ],
         key: "id",
     },
@@ -105,6 +107,28 @@ const TABLES: [Table; 5] = [
         ],
         key: "product_id",
     },
+    // What the store sold since its snapshot rows were fetched: offline stock checks go on
+    // counting it after the move.
+    Table {
+        name: "stock_ledger",
+        columns: &[
+            ("product_id", Type::INT8),
+            ("sold_at", Type::INT8),
+            ("order_id", Type::INT8),
+            ("quantity", Type::INT4),
+        ],
+        key: "product_id, sold_at, order_id",
+    },
+    Table {
+        name: "catalog_refresh",
+        columns: &[
+            ("id", Type::INT4),
+            ("refreshed_at", Type::INT8),
+            ("products", Type::INT8),
+            ("source", Type::VARCHAR),
+        ],
+        key: "id",
+    },
 ];
 
 /// Copies the SQLite store at `file` into the database `connector` reaches, which must
@@ -132,7 +156,8 @@ pub fn import_sqlite(
     // A service started on the target meanwhile, or a second import, waits until this
     // one ends (and then finds the rows), rather than mixing its rows with these.
     tx.batch_execute(
-        "LOCK TABLE orders, order_items, outbox, idempotency_keys, product_cache, order_counts
+        "LOCK TABLE orders, order_items, outbox, idempotency_keys, product_cache, order_counts,
+           stock_ledger, catalog_refresh
            IN EXCLUSIVE MODE",
     )
     .map_err(pg_failed)?;
@@ -172,7 +197,7 @@ pub fn import_sqlite(
     )
     .map_err(pg_failed)?;
     tx.commit().map_err(pg_failed)?;
-    let [orders, items, events, idempotency_keys, products] = copied;
+    let [orders, items, events, idempotency_keys, products, _ledger, _refresh] = copied;
     Ok(ImportReport {
         orders,
         items,
