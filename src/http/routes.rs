@@ -194,6 +194,8 @@ fn create(
     req: &mut tiny_http::Request,
     user: UserId,
 ) -> Result<Response, ApiError> {
+    // Product answers must come from requests sent after this (single-flight may share).
+    let arrived = std::time::Instant::now();
     let email = match header(req, "X-User-Email") {
         None => {
             return Err(ApiError::Unauthorized(
@@ -222,7 +224,7 @@ fn create(
         },
     };
 
-    let pricing = shared.catalog.price(&order);
+    let pricing = shared.catalog.price(&order, arrived);
     let priced = match pricing.outcome {
         Ok(lines) => Priced::Live {
             lines,

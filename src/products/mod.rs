@@ -4,6 +4,7 @@
 //! (`refresher.rs`), the list and file formats and the offline pricing (`snapshot.rs`).
 
 mod refresher;
+mod single_flight;
 mod snapshot;
 
 pub use refresher::{import_snapshot, spawn_refresher, RefresherHandle, PER_PAGE};
@@ -76,6 +77,7 @@ const MAX_PARALLEL: usize = 8;
 #[derive(Clone)]
 pub struct Catalog {
     source: Source,
+    flights: Arc<single_flight::Flights>,
     total_timeout: Duration,
     cache_max_age: Duration,
     metrics: Arc<Metrics>,
@@ -109,6 +111,7 @@ impl Catalog {
         };
         Catalog {
             source,
+            flights: Arc::default(),
             total_timeout: config.product_total_timeout,
             cache_max_age: config.product_cache_max_age,
             metrics,
@@ -118,10 +121,11 @@ impl Catalog {
     /// Prices every line from the product service. When it cannot answer, the outcome is
     /// `PricingError::Outage`: the caller may then price from the snapshot
     /// (`offline_max_age`), in the order's own transaction.
-    pub fn price(&self, order: &NewOrder) -> Pricing {
+    /// `since`: when the order arrived (lookups may share a request sent after it).
+    pub fn price(&self, order: &NewOrder, since: Instant) -> Pricing {
         let ids: Vec<ProductId> = order.lines().iter().map(|l| l.product_id).collect();
         let now = crate::clock::now_micros();
-        match self.lookup_all(&ids) {
+        match self.lookup_all(&ids, since) {
             Ok(answers) => {
                 self.link(Ok(()));
                 let fresh = answers
@@ -200,7 +204,11 @@ impl Catalog {
 
     /// One answer per id, in order: `None` for an unknown product. The whole lookup
     /// shares one deadline (`PRODUCT_TIMEOUT_MS`), and the first failure stops the rest.
-    fn lookup_all(&self, ids: &[ProductId]) -> Result<Vec<Option<Product>>, Outage> {
+    fn lookup_all(
+        &self,
+        ids: &[ProductId],
+        since: Instant,
+    ) -> Result<Vec<Option<Product>>, Outage> {
         let (agent, base) = match &self.source {
             Source::File(path) => {
                 let catalog = read_catalog(path)?;
@@ -214,6 +222,8 @@ impl Catalog {
         let lookup = Lookup {
             agent,
             base,
+            flights: &self.flights,
+            since,
             deadline: Instant::now() + self.total_timeout,
             failed: AtomicBool::new(false),
             metrics: &self.metrics,
@@ -250,6 +260,9 @@ impl Catalog {
 struct Lookup<'a> {
     agent: &'a ureq::Agent,
     base: &'a str,
+    flights: &'a single_flight::Flights,
+    /// When the order arrived: only answers to requests sent since then verify it.
+    since: Instant,
     deadline: Instant,
     failed: AtomicBool,
     metrics: &'a Metrics,
@@ -265,11 +278,16 @@ impl Lookup<'_> {
             self.failed.store(true, Ordering::Relaxed);
             return Err(Outage("out of time for this order".into()));
         }
-        self.metrics.product_call();
-        let result = fetch_one(self.agent, self.base, id, left);
+        let result = self.flights.fetch(id, self.since, self.deadline, || {
+            self.metrics.product_call();
+            let result = fetch_one(self.agent, self.base, id, left);
+            if result.is_err() {
+                self.metrics.product_failure();
+            }
+            result
+        });
         if result.is_err() {
             self.failed.store(true, Ordering::Relaxed);
-            self.metrics.product_failure();
         }
         result
     }

@@ -47,7 +47,7 @@ fn a_store_moves_onto_postgresql_with_its_ids_history_and_pending_events() {
         return;
     };
     // Declared after the database, so the service stops before the database is dropped.
-    let mut app = spawn_app();
+    let mut app = TestApp::builder().sqlite_only().spawn();
     let first = app.place_order_id(&ALICE, LAPTOP, 1);
     let second = app.place_order(&BOB, &[(MOUSE, 2), (CABLE, 3)])["id"]
         .as_i64()
@@ -215,7 +215,7 @@ fn a_copy_taken_while_the_sqlite_service_writes_is_one_consistent_moment() {
     let Some(db) = FreshDatabase::create_or_skip("the SQLite import under writes") else {
         return;
     };
-    let mut app = spawn_app();
+    let mut app = TestApp::builder().sqlite_only().spawn();
     app.place_order(&ALICE, &[(MOUSE, 1), (CABLE, 2)]);
     app.signal("TERM");
     assert!(app.wait_exit(Duration::from_secs(30)).is_some());

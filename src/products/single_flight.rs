@@ -1,0 +1,173 @@
+//! Lookups of the same product at the same moment share one request to the product
+//! service: under load many orders ask for the same few products, and each of them
+//! waiting for an answer already on its way is cheaper, for both services, than a request
+//! of its own. A lookup joins only a request sent after its order arrived: the answer then
+//! verifies stock and price as of after the order came in, as its own request would.
+
+use super::{Outage, Product};
+use crate::domain::ProductId;
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+type Answer = Result<Option<Product>, Outage>;
+
+#[derive(Default)]
+pub struct Flights {
+    in_flight: Mutex<HashMap<ProductId, Arc<Flight>>>,
+}
+
+struct Flight {
+    launched: Instant,
+    answer: Mutex<Option<Answer>>,
+    landed: Condvar,
+}
+
+impl Flights {
+    /// The answer for `id`, for an order that arrived at `since`: from a request sent
+    /// since then and still in flight, else from `fetch` (whose answer the lookups that
+    /// come meanwhile may share). A lookup that joins waits no later than `deadline`.
+    pub fn fetch(
+        &self,
+        id: ProductId,
+        since: Instant,
+        deadline: Instant,
+        fetch: impl FnOnce() -> Answer,
+    ) -> Answer {
+        let (flight, leader) = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            match in_flight.get(&id) {
+                Some(flight) if flight.launched >= since => (flight.clone(), false),
+                // None, or one sent before this order arrived: a request of its own,
+                // which the lookups that come next may join.
+                _ => {
+                    let flight = Arc::new(Flight {
+                        launched: Instant::now(),
+                        answer: Mutex::new(None),
+                        landed: Condvar::new(),
+                    });
+                    in_flight.insert(id, flight.clone());
+                    (flight, true)
+                }
+            }
+        };
+        if leader {
+            let answer = fetch();
+            {
+                let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                if in_flight.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                    in_flight.remove(&id);
+                }
+            }
+            *flight.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer.clone());
+            flight.landed.notify_all();
+            return answer;
+        }
+        let mut answer = flight.answer.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(a) = answer.as_ref() {
+                return a.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Outage("out of time for this order".into()));
+            }
+            answer = flight
+                .landed
+                .wait_timeout(answer, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[test]
+    fn lookups_at_the_same_moment_share_one_request_and_later_ones_make_their_own() {
+        let flights = Flights::default();
+        let requests = AtomicUsize::new(0);
+        let id = ProductId::new(7).unwrap();
+        let since = Instant::now();
+        let deadline = since + Duration::from_secs(5);
+        let answers: Vec<Answer> = std::thread::scope(|s| {
+            let lookups: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        flights.fetch(id, since, deadline, || {
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(200));
+                            Ok(None)
+                        })
+                    })
+                })
+                .collect();
+            lookups.into_iter().map(|l| l.join().unwrap()).collect()
+        });
+        assert_eq!(requests.load(Ordering::SeqCst), 1);
+        assert!(answers.iter().all(|a| matches!(a, Ok(None))));
+
+        let again = flights.fetch(id, since, deadline, || {
+            requests.fetch_add(1, Ordering::SeqCst);
+            Err(Outage("down".into()))
+        });
+        assert!(again.is_err());
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            2,
+            "a landed answer is not reused"
+        );
+    }
+
+    #[test]
+    fn a_joining_lookup_waits_no_longer_than_its_own_deadline() {
+        let flights = Flights::default();
+        let id = ProductId::new(7).unwrap();
+        let since = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                flights.fetch(id, since, since + Duration::from_secs(5), || {
+                    std::thread::sleep(Duration::from_millis(500));
+                    Ok(None)
+                })
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let started = Instant::now();
+            let joined = flights.fetch(id, since, started + Duration::from_millis(100), || {
+                panic!("a second request while one is in flight")
+            });
+            assert!(joined.is_err());
+            assert!(started.elapsed() < Duration::from_millis(400));
+        });
+    }
+
+    #[test]
+    fn an_order_never_shares_a_request_sent_before_it_arrived() {
+        let flights = Flights::default();
+        let id = ProductId::new(7).unwrap();
+        let requests = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let since = Instant::now();
+                flights.fetch(id, since, since + Duration::from_secs(5), || {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(400));
+                    Ok(None)
+                })
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            // Arrived after the first request was sent: a request of its own.
+            let since = Instant::now();
+            let own = flights.fetch(id, since, since + Duration::from_secs(5), || {
+                requests.fetch_add(1, Ordering::SeqCst);
+                Err(Outage("its own answer".into()))
+            });
+            assert_eq!(own, Err(Outage("its own answer".into())));
+        });
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+}
