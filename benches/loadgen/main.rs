@@ -19,7 +19,7 @@ mod service;
 
 use report::{Line, Report, Target};
 use scenarios::{Kind, Known, Outcome};
-use serde_json::json;
+use serde_json::{json, Value};
 use service::{ProductStandIn, Service, Setup};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -659,6 +659,24 @@ fn scale(run: &mut Run) -> Result<(), String> {
     };
     let section = format!("{} orders preloaded", o.preload);
     let big = o.preload * o.big_percent / 100;
+    // The reads below must find what was preloaded: a list that comes back empty would
+    // measure nothing.
+    if big > 0 {
+        let first = client::Conn::new(svc.addr)
+            .send(&client::Request::get("/api/orders".into()).header("X-User-Id", "user-big"))
+            .map_err(|e| format!("list of the big user: {e}"))?;
+        let body: Value = serde_json::from_slice(&first.body).unwrap_or_default();
+        if first.status != 200
+            || body["total"] != json!(big)
+            || body["orders"].as_array().map_or(0, Vec::len) != 10
+        {
+            return Err(format!(
+                "the preloaded database does not answer as preloaded: {} {}",
+                first.status,
+                String::from_utf8_lossy(&first.body)
+            ));
+        }
+    }
     run.scenario(&section, "get by id, preloaded", &svc, Kind::Get, &known);
     run.scenario(
         &section,
