@@ -91,7 +91,10 @@ fn seed() -> u64 {
 }
 
 fn pending(app: &TestApp) -> i64 {
-    app.query_one("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL", &[])
+    app.query_one(
+        "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+        &[],
+    )
 }
 
 /// The event id of every outbox row (from its payload), oldest first.
@@ -112,7 +115,11 @@ fn outbox_event_ids(app: &TestApp) -> Vec<String> {
 /// that a repeated message id carries the same event. Returns the first arrival of each
 /// event, in arrival order.
 #[track_caller]
-fn drained_and_all_received(app: &TestApp, consumer: &QueueConsumer, within: Duration) -> Vec<Value> {
+fn drained_and_all_received(
+    app: &TestApp,
+    consumer: &QueueConsumer,
+    within: Duration,
+) -> Vec<Value> {
     let drained = wait_until(within, || pending(app) == 0);
     let expected: Vec<String> = outbox_event_ids(app);
     let unique: BTreeSet<String> = expected.iter().cloned().collect();
@@ -166,7 +173,10 @@ fn drained_and_all_received(app: &TestApp, consumer: &QueueConsumer, within: Dur
 /// First arrivals keep the outbox's order: `sequence` ascending.
 #[track_caller]
 fn assert_in_outbox_order(firsts: &[Value]) {
-    let sequences: Vec<i64> = firsts.iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
+    let sequences: Vec<i64> = firsts
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
     let late: Vec<(i64, i64)> = sequences
         .windows(2)
         .filter(|w| w[1] < w[0])
@@ -232,8 +242,8 @@ fn concurrent_changes_through_two_instances_give_each_change_one_event_in_order(
                 while creates < CREATES || changes < CHANGES {
                     let app = apps[rng.below(2)];
                     let known = orders.lock().unwrap().len();
-                    let create = creates < CREATES
-                        && (changes == CHANGES || known == 0 || rng.below(5) < 2);
+                    let create =
+                        creates < CREATES && (changes == CHANGES || known == 0 || rng.below(5) < 2);
                     if create {
                         creates += 1;
                         let response = app.create_order(&user, &items(&[(MOUSE, 1), (CABLE, 2)]));
@@ -241,7 +251,10 @@ fn concurrent_changes_through_two_instances_give_each_change_one_event_in_order(
                             let id = response.json()["id"].as_i64().expect("an id");
                             orders.lock().unwrap().push((id, user));
                         } else {
-                            unexpected.lock().unwrap().push(format!("create: {response:?}"));
+                            unexpected
+                                .lock()
+                                .unwrap()
+                                .push(format!("create: {response:?}"));
                         }
                         continue;
                     }
@@ -314,13 +327,27 @@ fn concurrent_changes_through_two_instances_give_each_change_one_event_in_order(
         let show = || {
             chain
                 .iter()
-                .map(|e| format!("{}:{}->{}", e["sequence"], e["previous_status"], e["status"]))
+                .map(|e| {
+                    format!(
+                        "{}:{}->{}",
+                        e["sequence"], e["previous_status"], e["status"]
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        assert_eq!(chain[0]["event_type"], "order_created", "order {order}: {}", show());
+        assert_eq!(
+            chain[0]["event_type"],
+            "order_created",
+            "order {order}: {}",
+            show()
+        );
         assert_eq!(chain[0]["status"], "pending", "order {order}: {}", show());
-        assert!(chain[0]["previous_status"].is_null(), "order {order}: {}", show());
+        assert!(
+            chain[0]["previous_status"].is_null(),
+            "order {order}: {}",
+            show()
+        );
         for pair in chain.windows(2) {
             assert!(
                 pair[1]["sequence"].as_i64() > pair[0]["sequence"].as_i64(),
@@ -400,11 +427,22 @@ fn one_instance_relays_and_the_other_takes_over_after_a_kill_9() {
             ("active", "standby") | ("standby", "active")
         )
     });
-    assert!(settled, "exactly one instance relays; /ready says {roles:?}");
+    assert!(
+        settled,
+        "exactly one instance relays; /ready says {roles:?}"
+    );
     let a_active = roles.0 == "active";
     let (active, survivor) = if a_active { (&a, &b) } else { (&b, &a) };
-    assert_eq!(relay_active_metric(active), Some(1.0), "the relaying instance's metric");
-    assert_eq!(relay_active_metric(survivor), Some(0.0), "the standby's metric");
+    assert_eq!(
+        relay_active_metric(active),
+        Some(1.0),
+        "the relaying instance's metric"
+    );
+    assert_eq!(
+        relay_active_metric(survivor),
+        Some(0.0),
+        "the standby's metric"
+    );
 
     const CLIENTS: usize = 4;
     const KILL_AFTER: usize = 80;
@@ -415,17 +453,21 @@ fn one_instance_relays_and_the_other_takes_over_after_a_kill_9() {
     let mut takeover = None;
     std::thread::scope(|s| {
         for c in 0..CLIENTS {
-            let (acknowledged, unexpected, killed, stop) = (&acknowledged, &unexpected, &killed, &stop);
+            let (acknowledged, unexpected, killed, stop) =
+                (&acknowledged, &unexpected, &killed, &stop);
             s.spawn(move || {
                 let user = [ALICE, BOB, CAROL][c % 3];
                 let mut n = 0usize;
                 while !stop.load(Ordering::SeqCst) && n < 10_000 {
                     n += 1;
-                    let to_active = n % 2 == 0 && !killed.load(Ordering::SeqCst);
+                    let to_active = n.is_multiple_of(2) && !killed.load(Ordering::SeqCst);
                     let app = if to_active { active } else { survivor };
                     match app.try_create_order(&user, &items(&[(MOUSE, 1)])) {
                         Ok(r) if r.status == 201 => {
-                            acknowledged.lock().unwrap().push(r.json()["id"].as_i64().unwrap());
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .push(r.json()["id"].as_i64().unwrap());
                         }
                         // The instance killed under a request: not acknowledged.
                         Err(_) if to_active => {}
@@ -461,7 +503,11 @@ fn one_instance_relays_and_the_other_takes_over_after_a_kill_9() {
         takeover < Duration::from_secs(5),
         "the standby takes over within a few seconds, not {takeover:?}"
     );
-    assert_eq!(relay_active_metric(survivor), Some(1.0), "the survivor's metric");
+    assert_eq!(
+        relay_active_metric(survivor),
+        Some(1.0),
+        "the survivor's metric"
+    );
 
     let firsts = drained_and_all_received(survivor, &consumer, Duration::from_secs(60));
     assert_in_outbox_order(&firsts);
@@ -471,7 +517,10 @@ fn one_instance_relays_and_the_other_takes_over_after_a_kill_9() {
         .map(|e| e["order_id"].as_i64().unwrap())
         .collect();
     let acknowledged = acknowledged.into_inner().unwrap();
-    let missing: Vec<&i64> = acknowledged.iter().filter(|id| !created.contains(id)).collect();
+    let missing: Vec<&i64> = acknowledged
+        .iter()
+        .filter(|id| !created.contains(id))
+        .collect();
     assert!(
         missing.is_empty(),
         "every acknowledged order's event reaches the queue; missing: {missing:?}"
@@ -543,11 +592,19 @@ fn one_idempotency_key_sent_to_both_instances_at_once_makes_one_order() {
         for app in [&a, &b] {
             let again = app.create_order_with_key(&ALICE, &key, &body);
             again.assert_status(201);
-            assert_eq!(again.json()["id"], id, "round {round}: a later repeat gets the same order");
+            assert_eq!(
+                again.json()["id"],
+                id,
+                "round {round}: a later repeat gets the same order"
+            );
         }
     }
     assert_eq!(a.count_orders(), ROUNDS as i64, "one order per key");
-    assert_eq!(a.count("idempotency_keys"), ROUNDS as i64, "one claim per key");
+    assert_eq!(
+        a.count("idempotency_keys"),
+        ROUNDS as i64,
+        "one claim per key"
+    );
     eprintln!(
         "scale_out: {ROUNDS} keys sent {SENDERS} times at once to two instances: {ROUNDS} orders, \
          {replays} replays, {in_progress} answered 409 in progress"
@@ -579,15 +636,25 @@ fn a_lost_database_answers_503_and_the_service_recovers_without_a_restart() {
     let body = items(&[(MOUSE, 1)]);
     let mut acknowledged = Vec::new();
     for _ in 0..10 {
-        acknowledged.push(app.place_order(&ALICE, &[(MOUSE, 1)])["id"].as_i64().unwrap());
+        acknowledged.push(
+            app.place_order(&ALICE, &[(MOUSE, 1)])["id"]
+                .as_i64()
+                .unwrap(),
+        );
     }
 
     proxy.cut();
     let cut_at = Instant::now();
-    // Every request that needs the database, on whichever connection it lands: 503 within
-    // the connect timeout and a little, never a 201.
+    // Every request that needs the database, on whichever connection it lands, for as
+    // long as it is away (a few seconds, so the relay meets it too): 503 within the
+    // connect timeout and a little, never a 201.
     let mut slowest = Duration::ZERO;
-    for i in 0..12 {
+    let mut refused = 0;
+    for i in 0.. {
+        if i >= 12 && cut_at.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        refused += 1;
         let sent = Instant::now();
         let response = match i % 3 {
             0 | 1 => app.create_order(&ALICE, &body),
@@ -604,6 +671,7 @@ fn a_lost_database_answers_503_and_the_service_recovers_without_a_restart() {
             took < Duration::from_secs(5),
             "request {i} with the database away answered in {took:?}"
         );
+        std::thread::sleep(Duration::from_millis(50));
     }
     app.health().assert_status(200);
     let ready = app.ready();
@@ -628,7 +696,10 @@ fn a_lost_database_answers_503_and_the_service_recovers_without_a_restart() {
             _ => panic!("while the database comes back: {response:?}"),
         }
     });
-    assert!(recovered, "the service answers 201 again within 15 s of the database's return");
+    assert!(
+        recovered,
+        "the service answers 201 again within 15 s of the database's return"
+    );
     let recovery = restored_at.elapsed();
     // Once it answers, it answers: every connection, not only the first, is back.
     for i in 0..30 {
@@ -667,7 +738,7 @@ fn a_lost_database_answers_503_and_the_service_recovers_without_a_restart() {
     );
     assert_eq!(relay_role(&app), "active", "the relay leads again");
     eprintln!(
-        "scale_out: database cut {:.1} s; slowest 503 {:.2} s; 201 again {:.2} s after the \
+        "scale_out: database cut {:.1} s ({refused} requests answered 503, the slowest in {:.2} s); 201 again {:.2} s after the \
          return ({refused_after_restore} 503s meanwhile); {} orders kept, {} proxied connections",
         restored_at.duration_since(cut_at).as_secs_f64(),
         slowest.as_secs_f64(),

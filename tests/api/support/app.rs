@@ -64,7 +64,9 @@ impl AppBuilder {
         match app.database() {
             TestDatabase::Postgres(db) => self.shared = Some(TestDatabase::Postgres(db.shared())),
             TestDatabase::Sqlite(_) => {
-                panic!("instances share a PostgreSQL database: build the first with .postgres_only()")
+                panic!(
+                    "instances share a PostgreSQL database: build the first with .postgres_only()"
+                )
             }
         }
         self

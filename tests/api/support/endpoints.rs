@@ -140,10 +140,17 @@ impl TestApp {
     /// [`TestApp::create_order`] that tolerates the service dying under it.
     pub fn try_create_order(&self, user: &User, body: &Value) -> Result<TestResponse, String> {
         let headers = self.user_headers(user);
-        let mut all: Vec<(&str, &str)> =
-            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut all: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         all.push(("Content-Type", "application/json"));
-        self.try_request("POST", "/api/orders", &all, Some(body.to_string().as_bytes()))
+        self.try_request(
+            "POST",
+            "/api/orders",
+            &all,
+            Some(body.to_string().as_bytes()),
+        )
     }
 
     pub fn create_order_with_key(&self, user: &User, key: &str, body: &Value) -> TestResponse {
