@@ -747,3 +747,49 @@ fn a_lost_database_answers_503_and_the_service_recovers_without_a_restart() {
         proxy.piped()
     );
 }
+
+/// A server that stops answering while its connections stay open (hung, or a network that
+/// drops everything silently) is also "PostgreSQL away": requests should get 503 within a
+/// bounded time, not wait on it.
+#[test]
+#[ignore = "fails: no request waiting on PostgreSQL gives up; with the server hung, \
+            POST /api/orders, GET /api/orders/:id and /ready hang past the client's 30 s"]
+fn a_database_that_stops_answering_answers_503_in_bounded_time() {
+    if !require_postgres() {
+        return;
+    }
+    let catalog = temp_dir();
+    let proxy = PortProxy::to(5432);
+    let app = TestApp::builder()
+        .postgres_only()
+        .database_through(proxy.port())
+        .env("DATABASE_CONNECT_TIMEOUT", "1")
+        .env("PRODUCT_SERVICE_URL", &catalog_file(&catalog))
+        .spawn();
+    let id = app.place_order(&ALICE, &[(MOUSE, 1)])["id"]
+        .as_i64()
+        .unwrap();
+    proxy.black_hole();
+    let path = format!("/api/orders/{id}");
+    let alice = [("X-User-Id", ALICE.id), ("X-User-Email", ALICE.email)];
+    let mut answers = Vec::new();
+    for (what, path, headers) in [
+        ("ready", "/ready", &[][..]),
+        ("get", path.as_str(), &alice[..]),
+    ] {
+        let sent = Instant::now();
+        let answer = app.try_request("GET", path, headers, None);
+        answers.push((what, answer.map(|r| r.status), sent.elapsed()));
+    }
+    let sent = Instant::now();
+    let answer = app.try_create_order(&ALICE, &items(&[(MOUSE, 1)]));
+    answers.push(("create", answer.map(|r| r.status), sent.elapsed()));
+    proxy.restore();
+    for (what, answer, took) in &answers {
+        assert!(
+            *answer == Ok(503) && *took < Duration::from_secs(10),
+            "{what} with the database hung: 503 within 10 s; got {answer:?} after {took:?} \
+             (all: {answers:?})"
+        );
+    }
+}

@@ -17,6 +17,8 @@ struct Shared {
     live: Mutex<Vec<TcpStream>>,
     /// Connections piped so far.
     piped: AtomicU64,
+    /// Cleared by `black_hole`: bytes are read and dropped, both ways.
+    forwarding: AtomicBool,
 }
 
 /// Listens on 127.0.0.1:<some port> and pipes every connection both ways to
@@ -37,6 +39,7 @@ impl PortProxy {
             stopping: AtomicBool::new(false),
             live: Mutex::new(Vec::new()),
             piped: AtomicU64::new(0),
+            forwarding: AtomicBool::new(true),
         });
         let thread = {
             let shared = shared.clone();
@@ -67,6 +70,13 @@ impl PortProxy {
     pub fn restore(&self) {
         let _live = self.shared.live.lock().unwrap();
         self.shared.open.store(true, Ordering::SeqCst);
+        self.shared.forwarding.store(true, Ordering::SeqCst);
+    }
+
+    /// A server that hangs: every connection stays open, but from now on nothing said on
+    /// it arrives, either way; `restore` forwards again.
+    pub fn black_hole(&self) {
+        self.shared.forwarding.store(false, Ordering::SeqCst);
     }
 
     /// Connections piped so far.
@@ -120,17 +130,19 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
             client.try_clone().expect("clone a socket"),
             upstream.try_clone().expect("clone a socket"),
         );
-        std::thread::spawn(move || pipe(client, upstream));
-        std::thread::spawn(move || pipe(u2, c2));
+        let (s1, s2) = (shared.clone(), shared.clone());
+        std::thread::spawn(move || pipe(client, upstream, &s1));
+        std::thread::spawn(move || pipe(u2, c2, &s2));
     }
 }
 
 /// Copies `from` to `to` until either side ends, then closes both.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
     let mut buf = [0u8; 16384];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
+            Ok(_) if !shared.forwarding.load(Ordering::SeqCst) => {}
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
                     break;
