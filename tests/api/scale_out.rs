@@ -223,8 +223,9 @@ fn concurrent_changes_through_two_instances_give_each_change_one_event_in_order(
     const CLIENTS: usize = 8;
     const CREATES: usize = 38; // per client: 304 orders
     const CHANGES: usize = 60; // per client
-    /// The first orders, which a third of the changes go to, so that changes collide.
-    const HOT: usize = 12;
+    /// The newest orders, which half the changes go to, so that changes to an order still
+    /// open collide all along.
+    const HOT: usize = 6;
     const TARGETS: [&str; 5] = ["confirmed", "shipped", "delivered", "cancelled", "pending"];
 
     let orders: Mutex<Vec<(i64, User)>> = Mutex::default();
@@ -261,8 +262,8 @@ fn concurrent_changes_through_two_instances_give_each_change_one_event_in_order(
                     changes += 1;
                     let (order, owner) = {
                         let orders = orders.lock().unwrap();
-                        let pick = if rng.below(3) == 0 {
-                            rng.below(orders.len().min(HOT))
+                        let pick = if rng.below(2) == 0 {
+                            orders.len() - 1 - rng.below(orders.len().min(HOT))
                         } else {
                             rng.below(orders.len())
                         };
