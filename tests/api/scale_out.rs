@@ -295,6 +295,44 @@ fn concurrent_changes_through_two_instances_give_each_change_one_event_in_order(
             });
         }
     });
+    // Then head-on races: a confirm through one instance and a cancel through the other
+    // at the same instant, on orders still pending. Both may apply, in either order.
+    const RACES: usize = 40;
+    for race in 0..RACES {
+        let owner = [ALICE, BOB, CAROL][race % 3];
+        let order = a.place_order_id(&owner, MOUSE, 1);
+        orders.lock().unwrap().push((order, owner));
+        let barrier = Barrier::new(2);
+        let answers = std::thread::scope(|s| {
+            let confirm = s.spawn(|| {
+                barrier.wait();
+                apps[race % 2].set_status_as_admin(order, "confirmed")
+            });
+            let cancel = s.spawn(|| {
+                barrier.wait();
+                apps[(race + 1) % 2].cancel(&owner, order)
+            });
+            [
+                ("confirmed", confirm.join().unwrap()),
+                ("cancelled", cancel.join().unwrap()),
+            ]
+        });
+        for (to, response) in answers {
+            match response.status {
+                200 => applied.lock().unwrap().push(Applied {
+                    order,
+                    to: to.to_string(),
+                }),
+                409 => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => unexpected
+                    .lock()
+                    .unwrap()
+                    .push(format!("race on order {order} to {to}: {response:?}")),
+            }
+        }
+    }
     let took = started.elapsed();
     let unexpected = unexpected.into_inner().unwrap();
     assert!(
