@@ -22,5 +22,6 @@ mod product_answers;
 mod products;
 mod read;
 mod restart;
+mod scale_out;
 mod storage;
 mod systemd_boot;

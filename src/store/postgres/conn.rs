@@ -79,14 +79,36 @@ impl Conn {
         StoreError::from(e)
     }
 
+    /// Runs `op`, and once more on a new connection if it found this one gone outside a
+    /// transaction. A connection that died while idle (the server restarted, the network
+    /// dropped) is only noticed when next used: without a second try, each of the pool's
+    /// connections would fail one request after the server is back. Only statements that
+    /// may run twice come here: reads outside a transaction, and a transaction's start
+    /// (a transaction cut short commits nothing). A commit never does.
+    fn again_if_lost<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let was_connected = self.client.is_some();
+        match op(self) {
+            Err(e) if was_connected && self.client.is_none() && !self.in_transaction => {
+                log::info!("database: the connection was lost ({e}); connecting again");
+                op(self)
+            }
+            done => done,
+        }
+    }
+
     pub fn query(
         &mut self,
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let st = self.statement(sql)?;
-        let result = self.client()?.query(&st, params);
-        result.map_err(|e| self.failed(e))
+        self.again_if_lost(|conn| {
+            let st = conn.statement(sql)?;
+            let result = conn.client()?.query(&st, params);
+            result.map_err(|e| conn.failed(e))
+        })
     }
 
     pub fn query_opt(
@@ -94,9 +116,11 @@ impl Conn {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, StoreError> {
-        let st = self.statement(sql)?;
-        let result = self.client()?.query_opt(&st, params);
-        result.map_err(|e| self.failed(e))
+        self.again_if_lost(|conn| {
+            let st = conn.statement(sql)?;
+            let result = conn.client()?.query_opt(&st, params);
+            result.map_err(|e| conn.failed(e))
+        })
     }
 
     pub fn query_one(
@@ -104,9 +128,11 @@ impl Conn {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, StoreError> {
-        let st = self.statement(sql)?;
-        let result = self.client()?.query_one(&st, params);
-        result.map_err(|e| self.failed(e))
+        self.again_if_lost(|conn| {
+            let st = conn.statement(sql)?;
+            let result = conn.client()?.query_one(&st, params);
+            result.map_err(|e| conn.failed(e))
+        })
     }
 
     pub fn execute(
@@ -120,7 +146,7 @@ impl Conn {
     }
 
     pub fn begin(&mut self) -> Result<(), StoreError> {
-        self.batch("BEGIN")?;
+        self.again_if_lost(|conn| conn.batch("BEGIN"))?;
         self.in_transaction = true;
         Ok(())
     }
@@ -146,6 +172,12 @@ impl Conn {
     pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
         let result = self.client()?.batch_execute(sql);
         result.map_err(|e| self.failed(e))
+    }
+
+    /// Makes sure the session is alive (an empty statement), connecting again once if it
+    /// was lost while idle.
+    pub fn check(&mut self) -> Result<(), StoreError> {
+        self.again_if_lost(|conn| conn.batch(""))
     }
 
     /// The client, for refinery's migrations.

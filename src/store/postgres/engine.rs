@@ -158,12 +158,21 @@ impl Tx for PgEngine {
     }
 
     fn order_for_update(&mut self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        // Changes to one order take turns on a lock of the order's own, held until the
+        // transaction ends, and only then take their event id: so one order's events get
+        // ids in the order the changes commit. (An event id taken while waiting could be
+        // lower than that of the change that got in first.) An advisory lock assigns no
+        // transaction id, so `take_event` still comes before the first one is assigned.
+        if !self.wrote {
+            self.conn
+                .query_one("SELECT pg_advisory_xact_lock($1)", &[&id.get()])?;
+        }
         if self.event.is_none() {
-            // The lock below assigns the transaction's id: the event id comes first.
+            // The row lock below assigns the transaction's id: the event id comes first.
             self.take_event(false)?;
         }
-        // The row lock holds until the transaction ends: another instance changing the
-        // same order waits, then reads what this one wrote.
+        // Nobody else changes the row meanwhile: every change of an order takes the lock
+        // above first. The row lock is for anything that would not.
         self.wrote = true;
         let Some(head) = self.conn.query_opt(
             "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,

@@ -238,7 +238,7 @@ impl Reads for PgReader {
         // A session-level lock lives as long as the session: held if this session (not
         // an earlier one, lost since) took it. Checking the session costs a round trip.
         let session = {
-            conn.batch("")?;
+            conn.check()?;
             conn.generation()
         };
         if *self.leading.borrow() == Some(session) {

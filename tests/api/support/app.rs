@@ -22,6 +22,11 @@ pub struct AppBuilder {
     env: Vec<(String, String)>,
     products: Option<ProductStandIn>,
     sqlite_only: bool,
+    postgres_only: bool,
+    /// Another app's database: this one runs on it too, and leaves it when dropped.
+    shared: Option<TestDatabase>,
+    /// The service reaches PostgreSQL through this port on 127.0.0.1 (a proxy).
+    database_port: Option<u16>,
 }
 
 impl AppBuilder {
@@ -44,6 +49,36 @@ impl AppBuilder {
         self
     }
 
+    /// For a test about PostgreSQL itself (several instances, a lost connection): it runs
+    /// on PostgreSQL whatever `TEST_BACKEND` says. Such a test first asks
+    /// [`require_postgres`](super::require_postgres), which fails it in CI without one.
+    pub fn postgres_only(mut self) -> Self {
+        self.postgres_only = true;
+        self
+    }
+
+    /// A second instance on `app`'s PostgreSQL database, as several instances behind one
+    /// load balancer run. `app` owns the database (it is dropped with `app`); this one's
+    /// own settings (queue, STORE_ID, …) are given as usual.
+    pub fn on_database_of(mut self, app: &TestApp) -> Self {
+        match app.database() {
+            TestDatabase::Postgres(db) => self.shared = Some(TestDatabase::Postgres(db.shared())),
+            TestDatabase::Sqlite(_) => {
+                panic!(
+                    "instances share a PostgreSQL database: build the first with .postgres_only()"
+                )
+            }
+        }
+        self
+    }
+
+    /// The service reaches PostgreSQL through 127.0.0.1:`port` (a proxy the test controls)
+    /// instead of 5432; the test's own queries still go straight to the server.
+    pub fn database_through(mut self, port: u16) -> Self {
+        self.database_port = Some(port);
+        self
+    }
+
     pub fn spawn(self) -> TestApp {
         let dir = temp_dir();
         let products = self
@@ -51,13 +86,23 @@ impl AppBuilder {
             .unwrap_or_else(ProductStandIn::with_default_catalog);
         let backend = if self.sqlite_only {
             Backend::Sqlite
+        } else if self.postgres_only {
+            Backend::Postgres
         } else {
             Backend::from_env()
         };
-        let database = TestDatabase::create(backend, dir.path());
+        let database = match self.shared {
+            Some(database) => database,
+            None => TestDatabase::create(backend, dir.path()),
+        };
+        let url = match (&database, self.database_port) {
+            (TestDatabase::Postgres(db), Some(port)) => db.url_through(port),
+            (TestDatabase::Sqlite(_), Some(_)) => panic!("a proxy in front of SQLite?"),
+            (_, None) => database.url(),
+        };
         let mut env = BTreeMap::new();
         env.insert("HOST".to_string(), "127.0.0.1".to_string());
-        env.insert("DATABASE_URL".to_string(), database.url());
+        env.insert("DATABASE_URL".to_string(), url);
         env.insert("PRODUCT_SERVICE_URL".to_string(), products.url());
         env.insert("RABBITMQ_HOST".to_string(), "127.0.0.1".to_string());
         // Nothing listens on port 1: the relay keeps retrying in the background.
@@ -103,6 +148,9 @@ impl TestApp {
             env: Vec::new(),
             products: None,
             sqlite_only: false,
+            postgres_only: false,
+            shared: None,
+            database_port: None,
         }
     }
 

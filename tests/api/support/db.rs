@@ -243,6 +243,9 @@ fn sqlite_rows(path: &Path, sql: &str, params: &[Value]) -> Vec<Vec<Value>> {
 /// afterwards, even when the test fails.
 pub struct PostgresDatabase {
     pub name: String,
+    /// Made (and so dropped) by this value; a second instance's view of the first's
+    /// database is not.
+    owned: bool,
 }
 
 impl PostgresDatabase {
@@ -254,22 +257,53 @@ impl PostgresDatabase {
                  postgres, trust authentication): {why}"
             )
         });
-        PostgresDatabase { name }
+        PostgresDatabase { name, owned: true }
+    }
+
+    /// The same database, for another service on it; dropping this one leaves it.
+    pub fn shared(&self) -> PostgresDatabase {
+        PostgresDatabase {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("postgresql://postgres@127.0.0.1:5432/{}", self.name)
+        self.url_through(5432)
+    }
+
+    /// The URL by another port on 127.0.0.1: a proxy in front of the server.
+    pub fn url_through(&self, port: u16) -> String {
+        format!("postgresql://postgres@127.0.0.1:{port}/{}", self.name)
     }
 }
 
 impl Drop for PostgresDatabase {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         // FORCE: a killed service's sessions may not be gone yet.
         let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         if let Err(why) = psql("postgres", &["-c", &drop]) {
             eprintln!("could not drop test database {}: {why}", self.name);
         }
     }
+}
+
+/// True when PostgreSQL answers on 127.0.0.1:5432 (psql, user postgres). Otherwise
+/// panics under CI (`CI` set), or says loudly that the test did not run and returns false.
+pub fn require_postgres() -> bool {
+    let Err(why) = psql("postgres", &["-c", "SELECT 1"]) else {
+        return true;
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("PostgreSQL is required in CI (psql -h 127.0.0.1 -U postgres): {why}");
+    }
+    super::loud_skip(&format!(
+        "PostgreSQL not reachable on 127.0.0.1:5432, PostgreSQL-only tests did not run ({why})"
+    ));
+    false
 }
 
 /// Runs psql against `db` on 127.0.0.1 as postgres, stopping at the first error; stdout on success.

@@ -16,6 +16,19 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> TestResponse {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n--- stderr ---\n{}", self.stderr()))
+    }
+
+    /// [`TestApp::request`], with a transport error (the service killed mid-request, no
+    /// answer in time) as its text instead of a panic.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<TestResponse, String> {
         let url = format!("{}{}", self.address(), path);
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         for (name, value) in headers {
@@ -33,12 +46,7 @@ impl TestApp {
                 .run(builder.body(Vec::new()).expect("build request")),
             None => self.agent().run(builder.body(()).expect("build request")),
         };
-        let response = result.unwrap_or_else(|e| {
-            panic!(
-                "{method} {path}: transport error {e}\n--- stderr ---\n{}",
-                self.stderr()
-            )
-        });
+        let response = result.map_err(|e| format!("transport error {e}"))?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -53,12 +61,12 @@ impl TestApp {
         let body = response
             .into_body()
             .read_to_string()
-            .unwrap_or_else(|e| panic!("{method} {path}: reading the body: {e}"));
-        TestResponse {
+            .map_err(|e| format!("reading the body: {e}"))?;
+        Ok(TestResponse {
             status,
             headers,
             body,
-        }
+        })
     }
 
     /// Raw bytes on a fresh connection, for requests ureq will not make.
@@ -127,6 +135,22 @@ impl TestApp {
 
     pub fn create_order(&self, user: &User, body: &Value) -> TestResponse {
         self.send("POST", "/api/orders", &self.user_headers(user), Some(body))
+    }
+
+    /// [`TestApp::create_order`] that tolerates the service dying under it.
+    pub fn try_create_order(&self, user: &User, body: &Value) -> Result<TestResponse, String> {
+        let headers = self.user_headers(user);
+        let mut all: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.push(("Content-Type", "application/json"));
+        self.try_request(
+            "POST",
+            "/api/orders",
+            &all,
+            Some(body.to_string().as_bytes()),
+        )
     }
 
     pub fn create_order_with_key(&self, user: &User, key: &str, body: &Value) -> TestResponse {

@@ -3,7 +3,7 @@
 //! `TEST_BACKEND=postgres`); the binary as a process (`process`); HTTP by hand and the
 //! response a test asserts on (`http`); the product-service stand-in (`stand_in`); users
 //! and order bodies (`fixtures`); the order contract's shapes (`contract`); Prometheus
-//! text (`metrics`).
+//! text (`metrics`); a TCP proxy a test cuts to take PostgreSQL away (`proxy`).
 //!
 //! No module names `crate::`: a bench can take the whole of it with
 //! `#[path = "../tests/api/support/mod.rs"] mod support;`, or `stand_in.rs` alone.
@@ -16,6 +16,7 @@ mod fixtures;
 mod http;
 mod metrics;
 mod process;
+mod proxy;
 mod stand_in;
 
 pub use app::*;
@@ -25,6 +26,7 @@ pub use fixtures::*;
 pub use http::*;
 pub use metrics::*;
 pub use process::*;
+pub use proxy::*;
 pub use stand_in::*;
 
 pub use tempfile::TempDir;
