@@ -46,8 +46,13 @@ impl Connector {
             .connect_timeout(pool.connect_timeout)
             .application_name("order-service")
             // A server that vanished (power cut, cable) is noticed within a minute
-            // rather than after the kernel's two hours.
-            .keepalives_idle(Duration::from_secs(30));
+            // rather than after the kernel's two hours; one that stops acknowledging what
+            // is sent to it, within 10 s, after which the request gets 503 instead of
+            // waiting on it.
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(10));
         Ok(Connector { config })
     }
 
