@@ -300,8 +300,31 @@ fn fetch_one(
     time_left: Duration,
 ) -> Result<Option<Product>, Outage> {
     let url = format!("{base}/api/products/{id}");
+    let Some(text) = get_json(agent, &url, time_left, MAX_ANSWER_BYTES)? else {
+        return Ok(None);
+    };
+    let product = parse_product(&text).map_err(|e| Outage(format!("GET {url}: {e}")))?;
+    if product.id != id {
+        return Err(Outage(format!(
+            "GET {url}: answered for product {}",
+            product.id
+        )));
+    }
+    Ok(Some(product))
+}
+
+/// `GET url` from the product service: its answer's text, or `None` for its own "not
+/// found". Only the product service's own answer (a 404 with a JSON object) says that: a
+/// proxy's or ingress's 404 (an HTML or text page while a deploy is under way) is an
+/// outage, like any other status, so the order may be retried and the snapshot stays.
+fn get_json(
+    agent: &ureq::Agent,
+    url: &str,
+    time_left: Duration,
+    limit: u64,
+) -> Result<Option<String>, Outage> {
     let mut response = agent
-        .get(&url)
+        .get(url)
         .header("Accept", "application/json")
         .config()
         .timeout_global(Some(time_left))
@@ -320,13 +343,10 @@ fn fetch_one(
     let text = response
         .body_mut()
         .with_config()
-        .limit(MAX_ANSWER_BYTES)
+        .limit(limit)
         .read_to_string()
         .map_err(|e| Outage(format!("GET {url}: {e}")))?;
     if status == 404 {
-        // Only the product service's own answer says the product does not exist. A
-        // proxy's or ingress's 404 (an HTML or text page while a deploy is under way)
-        // is an outage: the order may be retried and the cached answers stay.
         let own = json && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object());
         return if own {
             Ok(None)
@@ -336,14 +356,7 @@ fn fetch_one(
             )))
         };
     }
-    let product = parse_product(&text).map_err(|e| Outage(format!("GET {url}: {e}")))?;
-    if product.id != id {
-        return Err(Outage(format!(
-            "GET {url}: answered for product {}",
-            product.id
-        )));
-    }
-    Ok(Some(product))
+    Ok(Some(text))
 }
 
 /// A product as a snapshot row fetched at `at`.

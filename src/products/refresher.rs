@@ -8,11 +8,10 @@
 //! means the product service has none: lookups alone fill the snapshot, said once.
 
 use super::snapshot::ListPage;
-use super::{is_json_media_type, read_catalog, snapshot_row, Catalog, Outage, Source};
+use super::{get_json, read_catalog, snapshot_row, Catalog, Outage, Source};
 use crate::clock::now_micros;
 use crate::store::{StoreError, WriterHandle};
 use crossbeam_channel::{after, bounded, select, Receiver, RecvTimeoutError, Sender};
-use serde_json::Value;
 use std::collections::HashSet;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -237,40 +236,10 @@ impl Catalog {
         let url = format!("{base}/api/products?page={page}&per_page={PER_PAGE}");
         self.metrics.product_call();
         let result = (|| {
-            let mut response = agent
-                .get(&url)
-                .header("Accept", "application/json")
-                .config()
-                .timeout_global(Some(self.total_timeout))
-                .build()
-                .call()
-                .map_err(|e| Outage(format!("GET {url}: {e}")))?;
-            let status = response.status().as_u16();
-            if status != 200 && status != 404 {
-                return Err(Outage(format!("GET {url} answered {status}")));
-            }
-            let json = response
-                .headers()
-                .get(ureq::http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(is_json_media_type);
-            let text = response
-                .body_mut()
-                .with_config()
-                .limit(MAX_PAGE_BYTES)
-                .read_to_string()
-                .map_err(|e| Outage(format!("GET {url}: {e}")))?;
-            if status == 404 {
-                // As for a single lookup: only the service's own JSON says "no list".
-                let own = json && serde_json::from_str::<Value>(&text).is_ok_and(|v| v.is_object());
-                return if own {
-                    Ok(Answer::NoList)
-                } else {
-                    Err(Outage(format!(
-                        "GET {url} answered 404 without a JSON body"
-                    )))
-                };
-            }
+            // As for a single lookup: only the service's own JSON 404 says "no list".
+            let Some(text) = get_json(agent, &url, self.total_timeout, MAX_PAGE_BYTES)? else {
+                return Ok(Answer::NoList);
+            };
             ListPage::parse(&text)
                 .map(|page| Answer::Page(page, text.len()))
                 .map_err(|e| Outage(format!("GET {url}: {e}")))
