@@ -2,8 +2,7 @@
 //! a consumer that records every message with its properties, and a TCP proxy the test can
 //! cut and restore to simulate a broker outage.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -15,6 +14,8 @@ use amiquip::{
     QueueDeleteOptions,
 };
 use serde_json::Value;
+
+use crate::support::PortProxy;
 
 pub const BROKER_HOST: &str = "127.0.0.1";
 pub const BROKER_PORT: u16 = 5672;
@@ -323,145 +324,10 @@ fn consume(
 // A TCP proxy in front of the broker
 // ---------------------------------------------------------------------------------------
 
-struct ProxyShared {
-    upstream: SocketAddr,
-    /// Guarded by `live`: new connections are piped only while open.
-    open: AtomicBool,
-    stopping: AtomicBool,
-    /// Both ends of every piped connection, so that `cut` can close them.
-    live: Mutex<Vec<TcpStream>>,
-    /// Connections piped to the broker so far.
-    piped: AtomicU64,
-    /// Cleared by `black_hole`: bytes are read and dropped, both ways.
-    forwarding: AtomicBool,
-}
+/// A proxy in front of the broker (`support/proxy.rs`), which a test can cut, restore or
+/// black-hole.
+pub type TcpProxy = PortProxy;
 
-/// Listens on 127.0.0.1:<some port> and pipes every connection both ways to the broker.
-pub struct TcpProxy {
-    port: u16,
-    shared: Arc<ProxyShared>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl TcpProxy {
-    pub fn start() -> TcpProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let port = listener.local_addr().unwrap().port();
-        let shared = Arc::new(ProxyShared {
-            upstream: format!("{BROKER_HOST}:{BROKER_PORT}").parse().unwrap(),
-            open: AtomicBool::new(true),
-            stopping: AtomicBool::new(false),
-            live: Mutex::new(Vec::new()),
-            piped: AtomicU64::new(0),
-            forwarding: AtomicBool::new(true),
-        });
-        let thread = {
-            let shared = shared.clone();
-            std::thread::spawn(move || accept_loop(listener, &shared))
-        };
-        TcpProxy {
-            port,
-            shared,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Closes every live connection; new ones are accepted and closed at once.
-    pub fn cut(&self) {
-        let mut live = self.shared.live.lock().unwrap();
-        self.shared.open.store(false, Ordering::SeqCst);
-        for stream in live.drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-
-    /// Pipes new connections to the broker again.
-    pub fn restore(&self) {
-        let _live = self.shared.live.lock().unwrap();
-        self.shared.open.store(true, Ordering::SeqCst);
-    }
-
-    /// A broker that hangs: every connection stays open, but from now on nothing said on
-    /// it arrives, either way (no close-ok, no confirm, no heartbeat).
-    pub fn black_hole(&self) {
-        self.shared.forwarding.store(false, Ordering::SeqCst);
-    }
-
-    /// Connections piped to the broker so far.
-    pub fn piped(&self) -> u64 {
-        self.shared.piped.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        self.cut();
-        // Wake the accept loop so it sees `stopping`.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, shared: &Arc<ProxyShared>) {
-    for client in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(client) = client else { continue };
-        if !shared.open.load(Ordering::SeqCst) {
-            let _ = client.shutdown(Shutdown::Both);
-            continue;
-        }
-        let Ok(upstream) = TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(2))
-        else {
-            let _ = client.shutdown(Shutdown::Both);
-            continue;
-        };
-        let _ = client.set_nodelay(true);
-        let _ = upstream.set_nodelay(true);
-        {
-            let mut live = shared.live.lock().unwrap();
-            // Checked again under the lock, so a `cut` in between cannot miss this one.
-            if !shared.open.load(Ordering::SeqCst) {
-                let _ = client.shutdown(Shutdown::Both);
-                let _ = upstream.shutdown(Shutdown::Both);
-                continue;
-            }
-            live.push(client.try_clone().expect("clone a socket"));
-            live.push(upstream.try_clone().expect("clone a socket"));
-        }
-        shared.piped.fetch_add(1, Ordering::SeqCst);
-        let (c2, u2) = (
-            client.try_clone().expect("clone a socket"),
-            upstream.try_clone().expect("clone a socket"),
-        );
-        let (s1, s2) = (shared.clone(), shared.clone());
-        std::thread::spawn(move || pipe(client, upstream, &s1));
-        std::thread::spawn(move || pipe(u2, c2, &s2));
-    }
-}
-
-/// Copies `from` to `to` until either side ends, then closes both.
-fn pipe(mut from: TcpStream, mut to: TcpStream, shared: &ProxyShared) {
-    let mut buf = [0u8; 16384];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) if !shared.forwarding.load(Ordering::SeqCst) => {}
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
+pub fn broker_proxy() -> TcpProxy {
+    PortProxy::to(BROKER_PORT)
 }

@@ -392,7 +392,7 @@ fn a_hung_broker_does_not_hold_up_shutdown() {
         return;
     }
     let queue = TestQueue::declare();
-    let proxy = TcpProxy::start();
+    let proxy = broker_proxy();
     let mut app = app_through(&proxy, &queue);
     orders_into_a_hung_broker(&app, &proxy);
 
@@ -423,7 +423,7 @@ fn a_broker_that_hangs_while_the_relay_is_idle_does_not_hold_up_shutdown() {
         return;
     }
     let queue = TestQueue::declare();
-    let proxy = TcpProxy::start();
+    let proxy = broker_proxy();
     let mut app = app_through(&proxy, &queue);
     proxy.black_hole();
     // The idle relay checks its link every 5 s; by now a check waits on the broker.
@@ -456,7 +456,7 @@ fn a_second_sigterm_exits_at_once() {
         return;
     }
     let queue = TestQueue::declare();
-    let proxy = TcpProxy::start();
+    let proxy = broker_proxy();
     let mut app = app_through(&proxy, &queue);
     orders_into_a_hung_broker(&app, &proxy);
 

@@ -249,7 +249,7 @@ fn an_outage_loses_nothing() {
     }
     let queue = TestQueue::declare();
     let consumer = QueueConsumer::start(&queue);
-    let proxy = TcpProxy::start();
+    let proxy = broker_proxy();
     let app = TestApp::builder()
         .env("RABBITMQ_PORT", &proxy.port().to_string())
         .env("RABBITMQ_QUEUE", queue.name())
@@ -750,7 +750,7 @@ fn a_dead_connection_shows_while_the_outbox_is_idle() {
         return;
     }
     let queue = TestQueue::declare();
-    let proxy = TcpProxy::start();
+    let proxy = broker_proxy();
     let app = TestApp::builder()
         .env("RABBITMQ_PORT", &proxy.port().to_string())
         .env("RABBITMQ_QUEUE", queue.name())
