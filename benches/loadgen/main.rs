@@ -16,11 +16,16 @@ mod preload;
 mod report;
 mod scenarios;
 mod service;
+/// The product service stand-in the API tests use: the one harness for both.
+#[path = "../../tests/api/support/stand_in.rs"]
+#[allow(dead_code)]
+mod stand_in;
 
 use report::{Line, Report, Target};
 use scenarios::{Kind, Known, Outcome};
 use serde_json::{json, Value};
-use service::{ProductStandIn, Service, Setup};
+use service::{Service, Setup};
+use stand_in::ProductStandIn;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -189,7 +194,7 @@ impl Run {
     fn setup(&self, db: &Db, queue: &str, label: &str) -> Setup {
         Setup {
             database_url: db.url(),
-            products_url: self.products.url.clone(),
+            products_url: self.products.url(),
             broker: self.broker,
             queue: queue.to_string(),
             http_threads: self.o.http_threads,
@@ -242,7 +247,7 @@ fn main() {
     let dir = service::run_dir(&o.dir);
     let broker = service::broker_reachable();
     let mut run = Run {
-        products: ProductStandIn::start(),
+        products: catalog(),
         broker,
         report: Report::default(),
         dir,
@@ -892,4 +897,20 @@ fn targets(r: &mut Report, o: &Options) {
         full.map(|v| v <= 1000.0),
     );
     r.targets = t;
+}
+
+/// Products 1..=10 with endless stock, answered on kept-alive connections.
+fn catalog() -> ProductStandIn {
+    let products = ProductStandIn::start();
+    for id in 1..=10i64 {
+        products.set(
+            id,
+            stand_in::product(
+                &format!("Product {id}"),
+                &format!("{}.99", id * 10),
+                1_000_000,
+            ),
+        );
+    }
+    products
 }

@@ -2,7 +2,6 @@
 //! database of the run's own, and the product-service stand-in it prices orders from.
 
 use crate::client::{Conn, Request};
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -179,83 +178,6 @@ pub fn delete_queue(queue: &str) {
             let _ = ch.queue_delete(queue, amiquip::QueueDeleteOptions::default());
         }
         let _ = c.close();
-    }
-}
-
-/// The product service stand-in: products 1..=10 with endless stock, on keep-alive
-/// connections, one thread each, answering from a fixed table with no parsing beyond the
-/// request line: as cheap as a product service can be, since it shares the cores.
-pub struct ProductStandIn {
-    pub url: String,
-}
-
-impl ProductStandIn {
-    pub fn start() -> ProductStandIn {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let answers: Vec<Vec<u8>> = (0..=10)
-            .map(|id| {
-                let (status, body) = if id == 0 {
-                    ("404 Not Found", "{}".to_string())
-                } else {
-                    (
-                        "200 OK",
-                        format!(
-                            r#"{{"id":{id},"name":"Product {id}","price":{}.99,"stock":1000000}}"#,
-                            id * 10
-                        ),
-                    )
-                };
-                format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                )
-                .into_bytes()
-            })
-            .collect();
-        let answers: &'static [Vec<u8>] = Box::leak(answers.into_boxed_slice());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || serve_products(stream, answers));
-            }
-        });
-        ProductStandIn { url }
-    }
-}
-
-fn serve_products(stream: TcpStream, answers: &[Vec<u8>]) {
-    let _ = stream.set_nodelay(true);
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let id: usize = line
-            .split(' ')
-            .nth(1)
-            .and_then(|p| p.rsplit('/').next())
-            .and_then(|s| s.parse().ok())
-            .filter(|id| (1..=10).contains(id))
-            .unwrap_or(0);
-        // The rest of the head; lookups are GETs without a body.
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line == "\r\n" || line == "\n" {
-                break;
-            }
-        }
-        if writer.write_all(&answers[id]).is_err() {
-            return;
-        }
     }
 }
 

@@ -65,8 +65,9 @@ struct Switches {
     down: AtomicBool,
 }
 
-/// One thread takes requests from the server and gives each its own thread, so a `Slow`
-/// answer holds up no other lookup, as with a real service under parallel calls.
+/// One thread takes requests from the server and answers them, except a `Slow` one, which
+/// gets a thread of its own so it holds up no other lookup, as with a real service under
+/// parallel calls.
 pub struct ProductStandIn {
     server: Arc<tiny_http::Server>,
     catalog: Catalog,
@@ -108,6 +109,11 @@ impl ProductStandIn {
                     Err(_) if stopping.load(Ordering::SeqCst) => return,
                     Err(_) => continue,
                 };
+                if !is_slow(&request, &catalog) {
+                    // Answered here: no thread to start, so a benchmark can use it too.
+                    answer(request, &catalog, &switches, &calls, &stopping);
+                    continue;
+                }
                 let (catalog, calls, stopping, switches) = (
                     catalog.clone(),
                     calls.clone(),
@@ -229,11 +235,7 @@ fn answer(
         );
         return;
     }
-    let id = request
-        .url()
-        .strip_prefix("/api/products/")
-        .and_then(|rest| rest.split(['?', '/']).next())
-        .and_then(|id| id.parse::<i64>().ok());
+    let id = product_id(&request);
     let behaviour = match id {
         Some(id) if *request.method() == tiny_http::Method::Get => {
             calls.lock().unwrap().push(id);
@@ -289,6 +291,26 @@ fn render_list(catalog: &Catalog, query: &str, wrapper: &str, stopping: &AtomicB
             serde_json::to_string(key).unwrap()
         ),
     }
+}
+
+/// Whether `request` asks for a product whose answer waits (`Slow`).
+fn is_slow(request: &tiny_http::Request, catalog: &Catalog) -> bool {
+    fn waits(b: &Behaviour) -> bool {
+        match b {
+            Behaviour::Slow(..) => true,
+            Behaviour::Wrapped(_, inner) => waits(inner),
+            _ => false,
+        }
+    }
+    product_id(request).is_some_and(|id| catalog.lock().unwrap().get(&id).is_some_and(waits))
+}
+
+fn product_id(request: &tiny_http::Request) -> Option<i64> {
+    request
+        .url()
+        .strip_prefix("/api/products/")
+        .and_then(|rest| rest.split(['?', '/']).next())
+        .and_then(|id| id.parse::<i64>().ok())
 }
 
 /// The Content-Type the stand-in sends with `behaviour`.
