@@ -6,7 +6,7 @@
 //! flushes, which is PostgreSQL's own group commit.
 
 use super::conn::Conn;
-use super::reads::{cached_product, load_idempotency, load_order, order_item};
+use super::reads::{cached_product, items_of, load_idempotency, load_order};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
 use crate::store::{
     CachedProduct, Engine, IdempotencyRecord, NewEvent, SnapshotProduct, StoreError, Tx,
@@ -183,16 +183,8 @@ impl Tx for PgEngine {
         else {
             return Ok(None);
         };
-        let items = self.conn.query(
-            "SELECT product_id, product_name, quantity, price_cents, subtotal_cents
-             FROM order_items WHERE order_id = $1 ORDER BY line_no",
-            &[&id.get()],
-        )?;
-        load_order(
-            &head,
-            items.iter().map(order_item).collect::<Result<_, _>>()?,
-        )
-        .map(Some)
+        let items = items_of(&mut self.conn, id)?;
+        load_order(&head, items).map(Some)
     }
 
     fn update_status(&mut self, id: OrderId, status: Status, at: i64) -> Result<(), StoreError> {

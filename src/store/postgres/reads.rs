@@ -48,16 +48,8 @@ impl Reads for PgReader {
         else {
             return Ok(None);
         };
-        let items = conn.query(
-            "SELECT product_id, product_name, quantity, price_cents, subtotal_cents
-             FROM order_items WHERE order_id = $1 ORDER BY line_no",
-            &[&id.get()],
-        )?;
-        load_order(
-            &head,
-            items.iter().map(order_item).collect::<Result<_, _>>()?,
-        )
-        .map(Some)
+        let items = items_of(&mut conn, id)?;
+        load_order(&head, items).map(Some)
     }
 
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
@@ -301,9 +293,16 @@ pub(super) fn cached_product(r: &Row) -> Result<CachedProduct, StoreError> {
     })
 }
 
-/// An item from a row selected as above.
-pub(super) fn order_item(r: &Row) -> Result<OrderItem, StoreError> {
-    item_at(r, 0)
+/// An order's items, in line order.
+pub(super) fn items_of(conn: &mut Conn, id: OrderId) -> Result<Vec<OrderItem>, StoreError> {
+    conn.query(
+        "SELECT product_id, product_name, quantity, price_cents, subtotal_cents
+         FROM order_items WHERE order_id = $1 ORDER BY line_no",
+        &[&id.get()],
+    )?
+    .iter()
+    .map(|r| item_at(r, 0))
+    .collect()
 }
 
 fn item_at(r: &Row, first: usize) -> Result<OrderItem, StoreError> {
