@@ -396,15 +396,7 @@ fn a_hung_broker_does_not_hold_up_shutdown() {
     let mut app = app_through(&proxy, &queue);
     orders_into_a_hung_broker(&app, &proxy);
 
-    let asked = std::time::Instant::now();
-    app.signal("TERM");
-    let status = app.wait_exit(Duration::from_secs(40));
-    let took = asked.elapsed();
-    eprintln!(
-        "exit {:.1} s after SIGTERM with a hung broker",
-        took.as_secs_f64()
-    );
-    let status = status.expect("the service did not exit within 40 s of SIGTERM");
+    let (status, took) = terminate(&mut app, "with a hung broker");
     assert!(
         took < Duration::from_secs(10),
         "the service took {took:?} to exit after SIGTERM with a hung broker:\n{}",
@@ -429,15 +421,7 @@ fn a_broker_that_hangs_while_the_relay_is_idle_does_not_hold_up_shutdown() {
     // The idle relay checks its link every 5 s; by now a check waits on the broker.
     std::thread::sleep(Duration::from_secs(6));
 
-    let asked = std::time::Instant::now();
-    app.signal("TERM");
-    let status = app.wait_exit(Duration::from_secs(40));
-    let took = asked.elapsed();
-    eprintln!(
-        "exit {:.1} s after SIGTERM with a hung broker, relay idle",
-        took.as_secs_f64()
-    );
-    let status = status.expect("the service did not exit within 40 s of SIGTERM");
+    let (status, took) = terminate(&mut app, "with a hung broker, relay idle");
     assert!(
         took < Duration::from_secs(12),
         "the service took {took:?} to exit after SIGTERM:\n{}",
@@ -466,16 +450,7 @@ fn a_second_sigterm_exits_at_once() {
         app.wait_exit(Duration::ZERO).is_none(),
         "the first SIGTERM should still be waiting on the broker"
     );
-    let asked = std::time::Instant::now();
-    app.signal("TERM");
-    let status = app
-        .wait_exit(Duration::from_secs(40))
-        .expect("the service did not exit within 40 s");
-    let took = asked.elapsed();
-    eprintln!(
-        "exit {:.0} ms after the second SIGTERM",
-        took.as_secs_f64() * 1000.0
-    );
+    let (status, took) = terminate(&mut app, "(the second)");
     assert!(
         took < Duration::from_secs(1),
         "the second SIGTERM took {took:?} to end the process:\n{}",
@@ -483,4 +458,17 @@ fn a_second_sigterm_exits_at_once() {
     );
     assert_eq!(status.signal(), Some(15), "killed by SIGTERM: {status}");
     assert_acknowledged_orders_kept(&app, 4);
+}
+
+/// Sends SIGTERM and waits for the exit (40 s at most): its status, and how long after the
+/// signal it came (printed, `when` saying which case).
+fn terminate(app: &mut TestApp, when: &str) -> (std::process::ExitStatus, Duration) {
+    let asked = std::time::Instant::now();
+    app.signal("TERM");
+    let status = app
+        .wait_exit(Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("the service did not exit within 40 s of SIGTERM {when}"));
+    let took = asked.elapsed();
+    eprintln!("exit {took:.1?} after SIGTERM {when}");
+    (status, took)
 }

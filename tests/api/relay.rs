@@ -40,28 +40,6 @@ fn outbox_rows_where(app: &TestApp, condition: &str) -> i64 {
     )
 }
 
-/// Product id of the catalog-file widget (see `catalog_file`).
-const WIDGET: i64 = 42;
-
-/// `PRODUCT_SERVICE_URL` for a catalog file in `dir` (Mouse, Cable and a Widget, all with
-/// plenty of stock). The high-volume tests use it instead of the HTTP stand-in: product
-/// lookups are not what they are about, and a file answers a burst of creates without a
-/// socket or a thread per lookup. (It was chosen when the stand-in ran on tiny_http 0.12,
-/// whose pool could leave a request unanswered until the 2 s product timeout.)
-fn catalog_file(dir: &TempDir) -> String {
-    let path = write_file(
-        dir,
-        "catalog.json",
-        &json!([
-            {"id": MOUSE, "name": "Mouse", "price": 19.99, "stock": 1_000_000},
-            {"id": CABLE, "name": "Cable", "price": 0.10, "stock": 1_000_000},
-            {"id": WIDGET, "name": "Widget", "price": 1.25, "stock": 1_000_000},
-        ])
-        .to_string(),
-    );
-    format!("file:{}", path.display())
-}
-
 fn event_id(row_id: i64) -> String {
     format!("test-store:{row_id}")
 }

@@ -12,25 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::broker::*;
 use crate::support::*;
-
-/// `PRODUCT_SERVICE_URL` for a catalog file in `dir` with plenty of stock: the burst of
-/// creates is about the database, not product lookups.
-fn catalog_file(dir: &TempDir) -> String {
-    let path = write_file(
-        dir,
-        "catalog.json",
-        &json!([
-            {"id": MOUSE, "name": "Mouse", "price": 19.99, "stock": 1_000_000},
-            {"id": CABLE, "name": "Cable", "price": 0.10, "stock": 1_000_000},
-        ])
-        .to_string(),
-    );
-    format!("file:{}", path.display())
-}
 
 /// An instance on PostgreSQL named `store_id`: the first of a database (`on: None`), or
 /// another on `on`'s; publishing into `queue` if given (else its relay has no broker).
