@@ -41,6 +41,8 @@ const USAGE: &str = "cargo bench --bench loadgen -- [options]
   --backend B        sqlite or postgres (sqlite)
   --dir PATH         where the databases go (the system's temp folder)
   --json PATH        write the report as JSON too
+  --only LIST        run only these parts, comma-separated: create1, create5, get,
+                     list, mix, ceilings, scale, drain (reads create their orders first)
   --smoke            a few seconds in all, small preload: for CI; fails on errors";
 
 /// The relay's batch (src/relay.rs BATCH): rows published before waiting for confirms.
@@ -61,6 +63,18 @@ struct Options {
     dir: PathBuf,
     json: Option<PathBuf>,
     smoke: bool,
+    /// The parts to run; empty: all of them.
+    only: Vec<String>,
+}
+
+const PARTS: [&str; 8] = [
+    "create1", "create5", "get", "list", "mix", "ceilings", "scale", "drain",
+];
+
+impl Options {
+    fn wants(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 fn options() -> Result<Options, String> {
@@ -77,6 +91,7 @@ fn options() -> Result<Options, String> {
         dir: std::env::temp_dir(),
         json: None,
         smoke: false,
+        only: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     // --smoke first, so that explicit options after it still win.
@@ -121,6 +136,14 @@ fn options() -> Result<Options, String> {
             },
             "--dir" => o.dir = PathBuf::from(value("--dir")?),
             "--json" => o.json = Some(PathBuf::from(value("--json")?)),
+            "--only" => {
+                for part in value("--only")?.split(',').filter(|p| !p.is_empty()) {
+                    if !PARTS.contains(&part) {
+                        return Err(format!("--only: unknown part {part}\n{USAGE}"));
+                    }
+                    o.only.push(part.to_string());
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -361,11 +384,13 @@ fn run_all(run: &mut Run) -> bool {
     }
 
     // 2. The ceilings, with the service stopped.
-    println!("ceilings:");
-    ceilings(run, order_bytes, &mut failed);
+    if run.o.wants("ceilings") {
+        println!("ceilings:");
+        ceilings(run, order_bytes, &mut failed);
+    }
 
     // 3. Scale: a big preloaded database.
-    if run.o.preload > 0 && service_ok {
+    if run.o.preload > 0 && service_ok && run.o.wants("scale") {
         println!("scale ({} orders):", run.o.preload);
         if let Err(e) = scale(run) {
             run.report.note(format!("scale: {e}"));
@@ -374,7 +399,7 @@ fn run_all(run: &mut Run) -> bool {
     }
 
     // 4. The outbox drain.
-    if run.o.drain > 0 && service_ok {
+    if run.o.drain > 0 && service_ok && run.o.wants("drain") {
         if run.broker {
             println!("outbox drain ({} events):", run.o.drain);
             if let Err(e) = drain(run) {
@@ -419,25 +444,45 @@ fn fresh(run: &mut Run, svc: &Service) -> Option<usize> {
         orders: Vec::new(),
         users: FRESH_USERS,
     };
-    for (name, lines) in [("create, 1 line", 1), ("create, 5 lines", 5)] {
+    let o = &run.o;
+    let reads = ["get", "list", "mix"].iter().any(|p| o.wants(p));
+    // The reads need orders to read: without either create, the first one makes them.
+    let only_for_reads = reads && !o.wants("create1") && !o.wants("create5");
+    for (part, name, lines) in [
+        ("create1", "create, 1 line", 1),
+        ("create5", "create, 5 lines", 5),
+    ] {
+        if !run.o.wants(part) && !(only_for_reads && lines == 1) {
+            continue;
+        }
         let out = run.scenario(section, name, svc, Kind::Create(lines), &known);
         known.orders.extend(out.created);
+    }
+    if !reads {
+        return None;
     }
     if known.orders.is_empty() {
         run.report
             .note("no order was created: the read scenarios are skipped".into());
         return None;
     }
-    let get = run.scenario(section, "get by id", svc, Kind::Get, &known);
-    let order_bytes = (get.bodies > 0).then(|| (get.body_bytes / get.bodies) as usize);
-    run.scenario(
-        section,
-        "list page 1 (10 per page)",
-        svc,
-        Kind::List { big: false },
-        &known,
-    );
-    run.scenario(section, "mix 80/15/5", svc, Kind::Mix, &known);
+    let mut order_bytes = None;
+    if run.o.wants("get") {
+        let get = run.scenario(section, "get by id", svc, Kind::Get, &known);
+        order_bytes = (get.bodies > 0).then(|| (get.body_bytes / get.bodies) as usize);
+    }
+    if run.o.wants("list") {
+        run.scenario(
+            section,
+            "list page 1 (10 per page)",
+            svc,
+            Kind::List { big: false },
+            &known,
+        );
+    }
+    if run.o.wants("mix") {
+        run.scenario(section, "mix 80/15/5", svc, Kind::Mix, &known);
+    }
     run.report.fact(
         "orders in the fresh database",
         format!("{} (of {} users)", known.orders.len(), FRESH_USERS),

@@ -4,6 +4,7 @@
 //! (`refresher.rs`), the list and file formats and the offline pricing (`snapshot.rs`).
 
 mod refresher;
+mod resolver;
 mod single_flight;
 mod snapshot;
 
@@ -93,15 +94,19 @@ impl Catalog {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Catalog {
         let source = match &config.product_source {
             ProductSource::Http(base) => {
-                let agent = ureq::Agent::config_builder()
+                let agent_config = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .timeout_connect(Some(config.product_connect_timeout))
                     .timeout_recv_response(Some(config.product_read_timeout))
                     .timeout_global(Some(config.product_total_timeout))
                     .max_idle_connections_per_host(MAX_PARALLEL * 4)
                     .user_agent(concat!("order-service/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .new_agent();
+                    .build();
+                let agent = ureq::Agent::with_parts(
+                    agent_config,
+                    ureq::unversioned::transport::DefaultConnector::default(),
+                    resolver::LookupResolver::default(),
+                );
                 Source::Http {
                     agent,
                     base: base.clone(),
