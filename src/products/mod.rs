@@ -3,6 +3,7 @@
 //! snapshot that prices orders while the product service is away: its refresh
 //! (`refresher.rs`), the list and file formats and the offline pricing (`snapshot.rs`).
 
+mod fan_out;
 mod refresher;
 mod resolver;
 mod single_flight;
@@ -19,8 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What the product service says of one product.
@@ -72,8 +72,13 @@ pub struct Pricing {
 }
 
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
-/// Lookups of one order run on at most this many threads.
+/// Lookups of one order run on at most this many threads: its worker's and helpers'.
 const MAX_PARALLEL: usize = 8;
+/// Helper threads for the lookups of orders with several lines, shared by all workers.
+const LOOKUP_HELPERS: usize = 2 * MAX_PARALLEL;
+/// How long past its lookups' own deadline an order waits for a helper's answer that
+/// never comes (its part panicked): ureq's timeout has ended every request by then.
+const HELPER_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Catalog {
@@ -86,7 +91,11 @@ pub struct Catalog {
 
 #[derive(Clone)]
 enum Source {
-    Http { agent: ureq::Agent, base: String },
+    Http {
+        agent: ureq::Agent,
+        base: Arc<str>,
+        helpers: fan_out::Helpers,
+    },
     File(PathBuf),
 }
 
@@ -109,7 +118,8 @@ impl Catalog {
                 );
                 Source::Http {
                     agent,
-                    base: base.clone(),
+                    base: base.as_str().into(),
+                    helpers: fan_out::Helpers::start(LOOKUP_HELPERS, "lookup"),
                 }
             }
             ProductSource::File(path) => Source::File(path.clone()),
@@ -214,7 +224,7 @@ impl Catalog {
         ids: &[ProductId],
         since: Instant,
     ) -> Result<Vec<Option<Product>>, Outage> {
-        let (agent, base) = match &self.source {
+        let (agent, base, helpers) = match &self.source {
             Source::File(path) => {
                 let catalog = read_catalog(path)?;
                 return Ok(ids
@@ -222,79 +232,76 @@ impl Catalog {
                     .map(|id| catalog.iter().find(|p| p.id == *id).cloned())
                     .collect());
             }
-            Source::Http { agent, base } => (agent, base.as_str()),
+            Source::Http {
+                agent,
+                base,
+                helpers,
+            } => (agent, base, helpers),
         };
+        let deadline = Instant::now() + self.total_timeout;
         let lookup = Lookup {
-            agent,
-            base,
-            flights: &self.flights,
+            agent: agent.clone(),
+            base: base.clone(),
+            flights: self.flights.clone(),
             since,
-            deadline: Instant::now() + self.total_timeout,
-            failed: AtomicBool::new(false),
-            metrics: &self.metrics,
+            deadline,
+            first_failure: OnceLock::new(),
+            metrics: self.metrics.clone(),
         };
         if ids.len() == 1 {
             return Ok(vec![lookup.fetch(ids[0])?]);
         }
-        let chunk = ids.len().div_ceil(MAX_PARALLEL);
-        std::thread::scope(|s| {
-            let workers: Vec<_> = ids
-                .chunks(chunk)
-                .map(|part| {
-                    let lookup = &lookup;
-                    s.spawn(move || {
-                        part.iter()
-                            .map(|id| lookup.fetch(*id))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(ids.len());
-            for w in workers {
-                let part = w
-                    .join()
-                    .map_err(|_| Outage("lookup thread failed".into()))??;
-                all.extend(part);
-            }
-            Ok(all)
-        })
+        let lookup = Arc::new(lookup);
+        let (each, ids) = (lookup.clone(), ids.to_vec());
+        let answers = helpers.map(ids.len(), MAX_PARALLEL - 1, deadline + HELPER_GRACE, {
+            move |i| each.fetch(ids[i])
+        });
+        if let Some(first) = lookup.first_failure.get() {
+            return Err(first.clone());
+        }
+        answers
+            .ok_or_else(|| Outage("a lookup helper failed".into()))?
+            .into_iter()
+            .collect()
     }
 }
 
-/// The lookups of one order: one agent, one deadline, one failure flag.
-struct Lookup<'a> {
-    agent: &'a ureq::Agent,
-    base: &'a str,
-    flights: &'a single_flight::Flights,
+/// The lookups of one order: one agent, one deadline, and the first failure, which
+/// stops the rest.
+struct Lookup {
+    agent: ureq::Agent,
+    base: Arc<str>,
+    flights: Arc<single_flight::Flights>,
     /// When the order arrived: only answers to requests sent since then verify it.
     since: Instant,
     deadline: Instant,
-    failed: AtomicBool,
-    metrics: &'a Metrics,
+    first_failure: OnceLock<Outage>,
+    metrics: Arc<Metrics>,
 }
 
-impl Lookup<'_> {
+impl Lookup {
     fn fetch(&self, id: ProductId) -> Result<Option<Product>, Outage> {
-        if self.failed.load(Ordering::Relaxed) {
+        if self.first_failure.get().is_some() {
             return Err(Outage("an earlier lookup of this order failed".into()));
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            self.failed.store(true, Ordering::Relaxed);
-            return Err(Outage("out of time for this order".into()));
+            return Err(self.failed(Outage("out of time for this order".into())));
         }
         let result = self.flights.fetch(id, self.since, self.deadline, || {
             self.metrics.product_call();
-            let result = fetch_one(self.agent, self.base, id, left);
+            let result = fetch_one(&self.agent, &self.base, id, left);
             if result.is_err() {
                 self.metrics.product_failure();
             }
             result
         });
-        if result.is_err() {
-            self.failed.store(true, Ordering::Relaxed);
-        }
-        result
+        result.map_err(|e| self.failed(e))
+    }
+
+    fn failed(&self, e: Outage) -> Outage {
+        let _ = self.first_failure.set(e.clone());
+        e
     }
 }
 

@@ -230,7 +230,7 @@ impl Refresher {
 impl Catalog {
     /// `GET {base}/api/products?page=N&per_page=100`.
     fn fetch_list_page(&self, page: u32) -> Result<Answer, Outage> {
-        let Source::Http { agent, base } = &self.source else {
+        let Source::Http { agent, base, .. } = &self.source else {
             return Err(Outage("no product service to list".into()));
         };
         let url = format!("{base}/api/products?page={page}&per_page={PER_PAGE}");

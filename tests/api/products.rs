@@ -466,3 +466,37 @@ fn many_slow_products_share_one_deadline() {
     );
     assert_eq!(app.counts().orders, 0);
 }
+
+#[test]
+fn the_lookups_of_one_order_run_side_by_side() {
+    let app = TestApp::builder()
+        .env("PRODUCT_TIMEOUT_MS", "5000")
+        .env("PRODUCT_READ_TIMEOUT_MS", "4000")
+        .spawn();
+    // Eight products of 400 ms each: 3.2 s one after the other, about 0.4 s side by side
+    // (the order's worker and seven lookup helpers).
+    for id in 200..208 {
+        app.products.set(
+            id,
+            Behaviour::Slow(
+                Duration::from_millis(400),
+                Box::new(product("Slow", "1.00", 5)),
+            ),
+        );
+    }
+    let lines: Vec<(i64, i64)> = (200..208).map(|id| (id, 1)).collect();
+
+    let started = Instant::now();
+    let response = app.create_order(&ALICE, &items(&lines));
+    let took = started.elapsed();
+
+    assert_eq!(response.status, 201, "{response:?}");
+    assert_eq!(response.json()["items"].as_array().map(Vec::len), Some(8));
+    assert!(
+        took < Duration::from_millis(1_600),
+        "eight 400 ms lookups took {took:?}: not side by side"
+    );
+    for id in 200..208 {
+        assert_eq!(app.products.calls_for(id), 1, "product {id}");
+    }
+}
