@@ -452,7 +452,8 @@ fn fresh(run: &mut Run, svc: &Service) -> Option<usize> {
         ("create1", "create, 1 line", 1),
         ("create5", "create, 5 lines", 5),
     ] {
-        if !run.o.wants(part) && !(only_for_reads && lines == 1) {
+        let for_reads = only_for_reads && lines == 1;
+        if !run.o.wants(part) && !for_reads {
             continue;
         }
         let out = run.scenario(section, name, svc, Kind::Create(lines), &known);
