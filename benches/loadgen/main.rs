@@ -41,6 +41,7 @@ const USAGE: &str = "cargo bench --bench loadgen -- [options]
   --backend B        sqlite or postgres (sqlite)
   --dir PATH         where the databases go (the system's temp folder)
   --json PATH        write the report as JSON too
+  --no-broker        leave RabbitMQ out: events wait in the outbox (its cost, by difference)
   --only LIST        run only these parts, comma-separated: create1, create5, get,
                      list, mix, ceilings, scale, drain (reads create their orders first)
   --smoke            a few seconds in all, small preload: for CI; fails on errors";
@@ -63,6 +64,7 @@ struct Options {
     dir: PathBuf,
     json: Option<PathBuf>,
     smoke: bool,
+    no_broker: bool,
     /// The parts to run; empty: all of them.
     only: Vec<String>,
 }
@@ -91,6 +93,7 @@ fn options() -> Result<Options, String> {
         dir: std::env::temp_dir(),
         json: None,
         smoke: false,
+        no_broker: false,
         only: Vec::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -136,6 +139,7 @@ fn options() -> Result<Options, String> {
             },
             "--dir" => o.dir = PathBuf::from(value("--dir")?),
             "--json" => o.json = Some(PathBuf::from(value("--json")?)),
+            "--no-broker" => o.no_broker = true,
             "--only" => {
                 for part in value("--only")?.split(',').filter(|p| !p.is_empty()) {
                     if !PARTS.contains(&part) {
@@ -268,7 +272,7 @@ fn main() {
         }
     };
     let dir = service::run_dir(&o.dir);
-    let broker = service::broker_reachable();
+    let broker = !o.no_broker && service::broker_reachable();
     let mut run = Run {
         products: catalog(),
         broker,
@@ -286,7 +290,7 @@ fn main() {
         o.duration.as_secs_f64(),
         o.warmup.as_secs_f64(),
         cores,
-        if broker { "on" } else { "off (no RabbitMQ on 127.0.0.1:5672: no drain, no ceiling c)" }
+        if broker { "on" } else if o.no_broker { "off (--no-broker: no drain, no ceiling c)" } else { "off (no RabbitMQ on 127.0.0.1:5672: no drain, no ceiling c)" }
     );
     run.report.setup = vec![
         (
