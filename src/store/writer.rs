@@ -7,7 +7,8 @@
 
 use super::{StoreError, Tx};
 use crate::clock::now_micros;
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -125,13 +126,20 @@ impl WriterHandle {
             .map_err(|_| StoreError::Unavailable("the writer did not answer in time".into()))?
     }
 
-    fn send<T, E, F>(&self, work: F, alone: bool) -> Result<Receiver<Result<T, E>>, StoreError>
+    /// The answer comes back over std's channel, which parks its waiter at once: a
+    /// caller waits a whole commit (an fsync), and crossbeam's receive would first spin
+    /// and yield the core a few times, a context switch each on a busy machine.
+    fn send<T, E, F>(
+        &self,
+        work: F,
+        alone: bool,
+    ) -> Result<mpsc::Receiver<Result<T, E>>, StoreError>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
     {
-        let (answer, answered) = bounded(1);
+        let (answer, answered) = mpsc::sync_channel(1);
         let refused = answer.clone();
         let refuse = Box::new(move |e: StoreError| {
             let _ = refused.send(Err(e.into()));
