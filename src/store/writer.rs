@@ -299,6 +299,9 @@ fn not_committed() -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Money, ProductId};
+    use crate::store::CachedProduct;
+    use crossbeam_channel::bounded;
     use std::time::Instant;
 
     /// A migrated database in a fresh folder, removed on drop.
@@ -390,5 +393,82 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(left, vec![old_rows], "the newest row stays");
+    }
+
+    #[test]
+    fn in_one_batch_each_failed_job_is_undone_alone_and_the_others_commit() {
+        let db = TempDb::new();
+        let mut conn = crate::store::open_write(&db.0).unwrap();
+        crate::store::migrate(&mut conn).unwrap();
+        let (wake, _woken) = bounded(1);
+        let engine = crate::store::SqliteEngine::new(conn).unwrap();
+        let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
+        let thread = threads.remove(0);
+
+        // Holds the writer, so the jobs below queue up and go in one batch.
+        let (release, held) = bounded::<()>(0);
+        let blocker = handle
+            .send(
+                move |_tx| -> Result<(), StoreError> {
+                    let _ = held.recv();
+                    Ok(())
+                },
+                false,
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // Each job writes its product, then fails or not: the first fails (no other job
+        // in the transaction yet), then two pass around another failure, then the last
+        // fails (after jobs were kept).
+        let fails = [true, true, false, true, false, true];
+        let answers: Vec<_> = fails
+            .iter()
+            .enumerate()
+            .map(|(i, fail)| {
+                let fail = *fail;
+                handle
+                    .send(
+                        move |tx| -> Result<(), StoreError> {
+                            tx.upsert_product(&CachedProduct {
+                                product_id: ProductId::new(i as i64 + 1).unwrap(),
+                                name: format!("p{i}"),
+                                price: Money::from_cents(100),
+                                stock: 1,
+                                fetched_at: 1,
+                            })?;
+                            if fail {
+                                Err(StoreError::Unavailable(format!("job {i} fails")))
+                            } else {
+                                Ok(())
+                            }
+                        },
+                        false,
+                    )
+                    .unwrap()
+            })
+            .collect();
+        drop(release);
+        blocker.recv().unwrap().unwrap();
+        for (i, (answer, fail)) in answers.into_iter().zip(fails).enumerate() {
+            let answer = answer.recv().unwrap();
+            match (fail, answer) {
+                (true, Err(StoreError::Unavailable(why))) => {
+                    assert_eq!(why, format!("job {i} fails"))
+                }
+                (false, Ok(())) => {}
+                (fail, answer) => panic!("job {i} (fails: {fail}) answered {answer:?}"),
+            }
+        }
+        drop(handle);
+        thread.join().unwrap();
+        let conn = crate::store::open_read(&db.0).unwrap();
+        let kept: Vec<i64> = conn
+            .prepare("SELECT product_id FROM product_cache ORDER BY product_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, vec![3, 5], "only the jobs that passed");
     }
 }
