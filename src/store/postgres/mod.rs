@@ -117,11 +117,22 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
     applied
 }
 
-/// `pool.writers` write sessions, each connected now (a wrong URL shows at start-up).
+/// `pool.writers` write sessions, each connected now (a wrong URL shows at start-up),
+/// side by side: a session takes the server a process start, and start-up waits for all.
 pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngine>, StoreError> {
-    (0..pool.writers)
-        .map(|_| connector.connected().map(PgEngine::new))
-        .collect()
+    std::thread::scope(|s| {
+        let connecting: Vec<_> = (0..pool.writers)
+            .map(|_| s.spawn(|| connector.connected().map(PgEngine::new)))
+            .collect();
+        connecting
+            .into_iter()
+            .map(|c| {
+                c.join().unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable("a connecting thread failed".into()))
+                })
+            })
+            .collect()
+    })
 }
 
 /// A reading session; it connects on first use and again after a loss.

@@ -38,18 +38,24 @@ fn event_head(payload: &str) -> Result<EventHead, StoreError> {
 
 impl Reads for PgReader {
     fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        let mut conn = self.conn.borrow_mut();
-        let Some(head) = conn.query_opt(
-            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-               stock_verified, priced_at
-             FROM orders WHERE id = $1",
+        // One round trip: the order's columns come again on each of its lines.
+        let rows = self.conn.borrow_mut().query(
+            "SELECT o.id, o.user_id, o.user_email, o.status, o.total_cents, o.created_at,
+               o.updated_at, o.stock_verified, o.priced_at,
+               i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents
+             FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
+             WHERE o.id = $1 ORDER BY i.line_no",
             &[&id.get()],
-        )?
-        else {
+        )?;
+        let Some(head) = rows.first() else {
             return Ok(None);
         };
-        let items = items_of(&mut conn, id)?;
-        load_order(&head, items).map(Some)
+        let items = rows
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>(9).is_some())
+            .map(|r| item_at(r, 9))
+            .collect::<Result<_, _>>()?;
+        load_order(head, items).map(Some)
     }
 
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
