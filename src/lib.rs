@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod orders;
 pub mod products;

@@ -31,6 +31,7 @@ enum Failure {
 }
 
 fn main() -> ExitCode {
+    order_service::memory::bound_arenas();
     let result = parse_args(std::env::args().skip(1).collect())
         .and_then(|(cmd, config_file)| run(cmd, config_file));
     match result {

@@ -20,7 +20,7 @@ mod embedded {
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A reader's page cache, as SQLite writes it: negative means KiB.
-const READER_CACHE_KIB: i64 = -512;
+const READER_CACHE_KIB: i64 = -256;
 /// The WAL grows past its usual 4 MB while a long read (a backup) holds checkpoints
 /// back; after the next checkpoint it is cut back to this size instead of keeping its
 /// largest size for good.
