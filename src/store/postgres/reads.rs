@@ -59,59 +59,77 @@ impl Reads for PgReader {
     }
 
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
-        let mut conn = self.conn.borrow_mut();
-        let total: i64 = conn
-            .query_opt(
-                "SELECT orders FROM order_counts WHERE user_id = $1",
-                &[&user.as_str()],
-            )?
-            .map_or(0, |r| r.get(0));
-        // One more than the page, to know whether older orders follow.
+        // One round trip: the user's count, the page (one order more than asked, to know
+        // whether older ones follow) and its items, an order's columns again on each of
+        // its lines. `total LEFT JOIN page` keeps one row (carrying the count) when the
+        // page is empty.
         let limit = i64::from(per_page) + 1;
-        let heads = match page {
+        let mut conn = self.conn.borrow_mut();
+        let rows = match page {
             Page::Number(n) => {
                 let offset = i64::from(n - 1) * i64::from(per_page);
-                if offset >= total {
-                    return Ok(OrderList {
-                        orders: Vec::new(),
-                        total,
-                        more: false,
-                    });
-                }
                 conn.query(
-                    "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-                           stock_verified, priced_at
-                     FROM orders WHERE user_id = $1
-                     ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3",
+                    "WITH total AS (
+                       SELECT COALESCE((SELECT orders FROM order_counts WHERE user_id = $1), 0) AS n),
+                     page AS (
+                       SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+                         stock_verified, priced_at
+                       FROM orders WHERE user_id = $1
+                       ORDER BY created_at DESC, id DESC
+                       -- Past the last order, LIMIT 0 ends it before the offset is scanned.
+                       LIMIT CASE WHEN $3::bigint >= (SELECT n FROM total) THEN 0::bigint
+                                  ELSE $2::bigint END
+                       OFFSET $3::bigint)
+                     SELECT p.id, p.user_id, p.user_email, p.status, p.total_cents, p.created_at,
+                       p.updated_at, p.stock_verified, p.priced_at,
+                       i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents,
+                       total.n
+                     FROM total LEFT JOIN page p ON true LEFT JOIN order_items i ON i.order_id = p.id
+                     ORDER BY p.created_at DESC, p.id DESC, i.line_no",
                     &[&user.as_str(), &limit, &offset],
                 )?
             }
             Page::After(c) => conn.query(
-                "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-                           stock_verified, priced_at
-                 FROM orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
-                 ORDER BY created_at DESC, id DESC LIMIT $4",
+                "WITH total AS (
+                   SELECT COALESCE((SELECT orders FROM order_counts WHERE user_id = $1), 0) AS n),
+                 page AS (
+                   SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+                     stock_verified, priced_at
+                   FROM orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
+                   ORDER BY created_at DESC, id DESC LIMIT $4)
+                 SELECT p.id, p.user_id, p.user_email, p.status, p.total_cents, p.created_at,
+                   p.updated_at, p.stock_verified, p.priced_at,
+                   i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents,
+                   total.n
+                 FROM total LEFT JOIN page p ON true LEFT JOIN order_items i ON i.order_id = p.id
+                 ORDER BY p.created_at DESC, p.id DESC, i.line_no",
                 &[&user.as_str(), &c.created_at, &c.id.get(), &limit],
             )?,
         };
-        let more = heads.len() > per_page as usize;
-        let heads = &heads[..heads.len().min(per_page as usize)];
-        let ids: Vec<i64> = heads.iter().map(|h| h.get(0)).collect();
-        // The page's items in one query.
-        let items = conn.query(
-            "SELECT order_id, product_id, product_name, quantity, price_cents, subtotal_cents
-             FROM order_items WHERE order_id = ANY($1) ORDER BY order_id, line_no",
-            &[&ids],
-        )?;
-        let mut orders = Vec::with_capacity(heads.len());
-        for head in heads {
-            let id: i64 = head.get(0);
-            let mine = items
+        let total: i64 = rows.first().map_or(0, |r| r.get(14));
+        let id_at = |r: &Row| r.get::<_, Option<i64>>(0);
+        let mut orders = Vec::with_capacity(per_page as usize);
+        let mut more = false;
+        let mut at = 0;
+        while at < rows.len() {
+            let Some(id) = id_at(&rows[at]) else {
+                at += 1;
+                continue;
+            };
+            if orders.len() == per_page as usize {
+                more = true;
+                break;
+            }
+            let first = at;
+            while at < rows.len() && id_at(&rows[at]) == Some(id) {
+                at += 1;
+            }
+            let items = rows[first..at]
                 .iter()
-                .filter(|r| r.get::<_, i64>(0) == id)
-                .map(|r| item_at(r, 1))
+                .filter(|r| r.get::<_, Option<i64>>(9).is_some())
+                .map(|r| item_at(r, 9))
                 .collect::<Result<_, _>>()?;
-            orders.push(load_order(head, mine)?);
+            orders.push(load_order(&rows[first], items)?);
         }
         Ok(OrderList {
             orders,
