@@ -15,7 +15,7 @@ mod confirms;
 
 use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
-use crate::store::{BlockedEvent, OutboxRow, Reads, WriterHandle};
+use crate::store::{BlockedEvent, OutboxRow, Pending, Reads, WriterHandle};
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
     ConnectionTuning, Error as AmqpError, FieldTable, Publish, QueueDeclareOptions, Return,
@@ -184,6 +184,7 @@ pub fn spawn(
         stop: stop_rx,
         drain_by: None,
         leading: None,
+        marking: None,
     };
     let thread = crate::threads::spawn_critical("relay", move || {
         let _done = done_tx;
@@ -231,6 +232,16 @@ struct Relay {
     /// Whether this instance publishes (one at a time on a shared database); `None`
     /// until first asked.
     leading: Option<bool>,
+    /// Confirmed events the writer is marking published while the next rows go out.
+    marking: Option<Marking>,
+}
+
+/// Confirmed events whose marking the writer has not answered yet.
+struct Marking {
+    /// The newest of them: the rows up to it are left out of the next batch.
+    last: i64,
+    count: usize,
+    answer: Pending<usize>,
 }
 
 /// Refusals of one event in a row.
@@ -339,17 +350,66 @@ impl Relay {
         Some(leading)
     }
 
+    /// One pass; the marking of its confirmed rows may still be under way after it when
+    /// it made progress (the next pass overlaps it), never after any other outcome.
     fn pass(&mut self) -> Pass {
+        let pass = self.publish_pending();
+        if matches!(pass, Pass::Progress) || self.settle_marking() {
+            pass
+        } else {
+            Pass::Failed
+        }
+    }
+
+    /// Waits for the marking under way; false if it failed: its events stay pending and
+    /// go out again (at least once), as after any failure to mark.
+    fn settle_marking(&mut self) -> bool {
+        let Some(m) = self.marking.take() else {
+            return true;
+        };
+        match m.answer.wait() {
+            Ok(_) => {
+                self.metrics.events_published(m.count as u64);
+                true
+            }
+            Err(e) => {
+                log::error!("relay cannot mark events published: {e}");
+                false
+            }
+        }
+    }
+
+    fn publish_pending(&mut self) -> Pass {
         match self.lead() {
             Some(true) => {}
             Some(false) => return Pass::Standby,
             None => return Pass::Failed,
         }
-        let rows = match self.reader.pending_events(BATCH) {
+        // Rows being marked are still pending in the database: read past them.
+        let marking = self.marking.as_ref().map(|m| (m.last, m.count));
+        let rows = match self
+            .reader
+            .pending_events(BATCH + marking.map_or(0, |(_, n)| n))
+        {
             Ok(rows) => rows,
             Err(e) => {
                 log::error!("relay cannot read the outbox: {e}");
                 return Pass::Failed;
+            }
+        };
+        let rows = match marking {
+            None => rows,
+            Some((last, _)) => {
+                let rows: Vec<_> = rows.into_iter().filter(|r| r.id > last).collect();
+                if rows.is_empty() {
+                    // Nothing beyond them yet: once they are marked, look again.
+                    return if self.settle_marking() {
+                        Pass::Progress
+                    } else {
+                        Pass::Failed
+                    };
+                }
+                rows
             }
         };
         let stopping = self.drain_by.is_some();
@@ -401,9 +461,19 @@ impl Relay {
         }
         let progressed = !outcome.confirmed.is_empty();
         if progressed {
-            let n = outcome.confirmed.len() as u64;
+            // Marks go in order: the last batch's before this one's.
+            if !self.settle_marking() {
+                return Pass::Failed;
+            }
+            let last = *outcome.confirmed.last().expect("progressed");
             match self.writer.mark_published(outcome.confirmed.clone()) {
-                Ok(_) => self.metrics.events_published(n),
+                Ok(answer) => {
+                    self.marking = Some(Marking {
+                        last,
+                        count: outcome.confirmed.len(),
+                        answer,
+                    })
+                }
                 Err(e) => {
                     // Published but not marked: they go out again later (at least once).
                     log::error!("relay cannot mark events published: {e}");

@@ -14,7 +14,7 @@ pub use records::{
     OutboxStats, SnapshotProduct,
 };
 pub use sqlite::{backup, migrate, open_read, open_write, BackupReport, Reader, SqliteEngine};
-pub use writer::{spawn as spawn_writer, Engine, WriterHandle};
+pub use writer::{spawn as spawn_writer, Engine, Pending, WriterHandle};
 
 use crate::config::{Database, PostgresPool};
 use crate::domain::{Order, OrderId, Page, ProductId, Status, UserId};

@@ -60,6 +60,16 @@ struct Job {
     alone: bool,
 }
 
+/// A job sent to the writer, its answer still to come.
+pub struct Pending<T>(mpsc::Receiver<Result<T, StoreError>>);
+
+impl<T> Pending<T> {
+    /// The job's result, once its batch committed.
+    pub fn wait(self) -> Result<T, StoreError> {
+        self.0.recv().map_err(|_| stopped())?
+    }
+}
+
 /// Sends jobs to the writer and waits for their answers. Cheap to clone.
 #[derive(Clone)]
 pub struct WriterHandle {
@@ -81,9 +91,11 @@ impl WriterHandle {
         answer.recv().map_err(|_| stopped())?
     }
 
-    /// Marks events published once the broker confirmed them; returns how many were.
-    pub fn mark_published(&self, ids: Vec<i64>) -> Result<usize, StoreError> {
-        self.run(move |tx| tx.mark_published(&ids, now_micros()))
+    /// Marks events published once the broker confirmed them, without waiting: the
+    /// relay publishes the next rows meanwhile. `Pending::wait` says how many were.
+    pub fn mark_published(&self, ids: Vec<i64>) -> Result<Pending<usize>, StoreError> {
+        self.send(move |tx| tx.mark_published(&ids, now_micros()), false)
+            .map(Pending)
     }
 
     /// Records that the broker keeps refusing event `id`, since `since`.
