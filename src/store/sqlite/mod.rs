@@ -10,6 +10,7 @@ pub use engine::SqliteEngine;
 pub use reads::Reader;
 
 use super::StoreError;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::time::Duration;
@@ -36,7 +37,18 @@ pub fn open_write(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    stable_plans(&conn)?;
     Ok(conn)
+}
+
+/// Query plans that do not depend on the values bound: otherwise SQLite re-plans a
+/// statement each time a new value is bound to a parameter that its plan looked at (an
+/// order's items, `WHERE order_id = ?1 ORDER BY line_no`, were parsed and planned anew on
+/// every read), and the statement cache saves nothing. Every query here is a key lookup
+/// whose plan is the same for any value.
+fn stable_plans(conn: &Connection) -> Result<(), StoreError> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
 }
 
 /// Creates the database file 0600 (and any missing folder 0700) before SQLite does:
@@ -78,6 +90,7 @@ pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
     // Each HTTP worker has a reader; SQLite's default page cache (2 MB each) made most of
     // the process's memory under reads. The OS keeps the file's pages cached anyway.
     conn.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
+    stable_plans(&conn)?;
     Ok(conn)
 }
 

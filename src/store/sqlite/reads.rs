@@ -280,11 +280,12 @@ fn load_items_of(conn: &Connection, orders: &mut [Order]) -> rusqlite::Result<()
     Ok(())
 }
 
+const ITEMS_OF_ORDER: &str =
+    "SELECT product_id, product_name, quantity, price_cents, subtotal_cents
+     FROM order_items WHERE order_id = ?1 ORDER BY line_no";
+
 fn load_items(conn: &Connection, order: OrderId) -> rusqlite::Result<Vec<OrderItem>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT product_id, product_name, quantity, price_cents, subtotal_cents
-         FROM order_items WHERE order_id = ?1 ORDER BY line_no",
-    )?;
+    let mut stmt = conn.prepare_cached(ITEMS_OF_ORDER)?;
     let items = stmt.query_map([order.get()], |r| {
         Ok(OrderItem {
             product_id: ProductId::new(r.get(0)?)
@@ -296,4 +297,45 @@ fn load_items(conn: &Connection, order: OrderId) -> rusqlite::Result<Vec<OrderIt
         })
     })?;
     items.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_orders_statements_are_prepared_once_whatever_the_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders.db");
+        let mut w = crate::store::open_write(&path).unwrap();
+        crate::store::migrate(&mut w).unwrap();
+        for id in 1..=20 {
+            w.execute(
+                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
+                   updated_at, stock_verified, priced_at)
+                 VALUES (?1, 'u', 'u@example.com', 'pending', 100, 1, 1, 1, 1)",
+                [id],
+            )
+            .unwrap();
+            w.execute(
+                "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity,
+                   price_cents, subtotal_cents) VALUES (?1, 1, 1, 'p', 1, 100, 100)",
+                [id],
+            )
+            .unwrap();
+        }
+        let reader = Reader::open(&path).unwrap();
+        for id in 1..=20 {
+            let order = reader.order(OrderId::from_trusted(id)).unwrap().unwrap();
+            assert_eq!(order.items.len(), 1);
+        }
+        // Under SQLite's default planner, the items' ORDER BY made every new id a
+        // reparse and a new plan: the statement cache saved nothing.
+        let items = reader.conn.prepare_cached(ITEMS_OF_ORDER).unwrap();
+        assert_eq!(
+            items.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "re-prepared on a new id"
+        );
+    }
 }
