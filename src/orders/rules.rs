@@ -60,9 +60,7 @@ pub fn create(
     tx.insert_order(&created)?;
     // Every sale, online or not, counts against the snapshot until a fresher row of
     // the product: the snapshot's stock was read before it.
-    for item in &created.items {
-        tx.record_sale(created.id, item.product_id, item.quantity, now)?;
-    }
+    tx.record_sales(&created, now)?;
     events::record(tx, source, &created, None, now)?;
     if let Some(i) = idempotent {
         idempotency::answer(tx, &created.user_id, i, &created)?;
@@ -71,9 +69,7 @@ pub fn create(
     // two transactions refreshing the same products cannot deadlock (PostgreSQL).
     let mut fresh = order.fresh_products;
     fresh.sort_by_key(|p| p.product_id);
-    for p in &fresh {
-        tx.upsert_product(p)?;
-    }
+    tx.upsert_products(&fresh)?;
     Ok(created)
 }
 

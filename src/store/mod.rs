@@ -170,6 +170,10 @@ pub trait Tx {
     fn release_idempotency(&mut self, user: &UserId, key: &str) -> Result<(), StoreError>;
     /// Keeps a product-service answer unless the cache holds a newer one.
     fn upsert_product(&mut self, product: &CachedProduct) -> Result<(), StoreError>;
+    /// `upsert_product` for each, in their order (an engine may take them in one go).
+    fn upsert_products(&mut self, products: &[CachedProduct]) -> Result<(), StoreError> {
+        products.iter().try_for_each(|p| self.upsert_product(p))
+    }
     fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError>;
     /// Marks pending events published; returns how many were.
     fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError>;
@@ -194,6 +198,13 @@ pub trait Tx {
         quantity: u32,
         at: i64,
     ) -> Result<(), StoreError>;
+    /// `record_sale` for every line of `order` (an engine may take them in one go).
+    fn record_sales(&mut self, order: &Order, at: i64) -> Result<(), StoreError> {
+        order
+            .items
+            .iter()
+            .try_for_each(|i| self.record_sale(order.id, i.product_id, i.quantity, at))
+    }
     /// Ends a complete refresh that started at `started`: with `complete_list`, drops the
     /// rows it did not see (gone from the catalog); drops the ledger entries that no
     /// longer count; records the refresh.

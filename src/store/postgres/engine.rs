@@ -117,10 +117,31 @@ impl Tx for PgEngine {
 
     fn insert_order(&mut self, o: &Order) -> Result<(), StoreError> {
         self.wrote = true;
+        // One round trip for the order, its user's count and all its lines (as arrays):
+        // a statement each was most of a create's time, every one a round trip.
+        let mut lines = Lines::default();
+        for (line_no, i) in o.items.iter().enumerate() {
+            lines.line_no.push(line_no as i32 + 1);
+            lines.product_id.push(i.product_id.get());
+            lines.name.push(i.product_name.as_str());
+            lines.quantity.push(i.quantity as i32);
+            lines.price.push(i.price.cents());
+            lines.subtotal.push(i.subtotal.cents());
+        }
         self.conn.execute(
-            "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at,
-               stock_verified, priced_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "WITH o AS (
+               INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
+                 updated_at, stock_verified, priced_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)),
+             c AS (
+               INSERT INTO order_counts (user_id, orders) VALUES ($2, 1)
+               ON CONFLICT (user_id) DO UPDATE SET orders = order_counts.orders + 1)
+             INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity,
+               price_cents, subtotal_cents)
+             SELECT $1, l.line_no, l.product_id, l.name, l.quantity, l.price, l.subtotal
+             FROM unnest($10::integer[], $11::bigint[], $12::text[], $13::integer[],
+               $14::bigint[], $15::bigint[])
+               AS l (line_no, product_id, name, quantity, price, subtotal)",
             &[
                 &o.id.get(),
                 &o.user_id.as_str(),
@@ -131,29 +152,14 @@ impl Tx for PgEngine {
                 &o.updated_at,
                 &i32::from(o.stock_verified),
                 &o.priced_at,
+                &lines.line_no,
+                &lines.product_id,
+                &lines.name,
+                &lines.quantity,
+                &lines.price,
+                &lines.subtotal,
             ],
         )?;
-        self.conn.execute(
-            "INSERT INTO order_counts (user_id, orders) VALUES ($1, 1)
-             ON CONFLICT (user_id) DO UPDATE SET orders = order_counts.orders + 1",
-            &[&o.user_id.as_str()],
-        )?;
-        for (line_no, i) in o.items.iter().enumerate() {
-            let (line_no, quantity) = (line_no as i32 + 1, i.quantity as i32);
-            self.conn.execute(
-                "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, price_cents, subtotal_cents)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &o.id.get(),
-                    &line_no,
-                    &i.product_id.get(),
-                    &i.product_name,
-                    &quantity,
-                    &i.price.cents(),
-                    &i.subtotal.cents(),
-                ],
-            )?;
-        }
         Ok(())
     }
 
@@ -295,6 +301,29 @@ impl Tx for PgEngine {
         Ok(())
     }
 
+    /// One statement; the rows go in their order, as their row locks are taken.
+    fn upsert_products(&mut self, products: &[CachedProduct]) -> Result<(), StoreError> {
+        if products.is_empty() {
+            return Ok(());
+        }
+        self.wrote = true;
+        let ids: Vec<i64> = products.iter().map(|p| p.product_id.get()).collect();
+        let names: Vec<&str> = products.iter().map(|p| p.name.as_str()).collect();
+        let prices: Vec<i64> = products.iter().map(|p| p.price.cents()).collect();
+        let stocks: Vec<i64> = products.iter().map(|p| p.stock).collect();
+        let fetched: Vec<i64> = products.iter().map(|p| p.fetched_at).collect();
+        self.conn.execute(
+            "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[],
+               $5::bigint[])
+             ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
+               price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
+             WHERE excluded.fetched_at >= product_cache.fetched_at",
+            &[&ids, &names, &prices, &stocks, &fetched],
+        )?;
+        Ok(())
+    }
+
     fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError> {
         self.wrote = true;
         self.conn.execute(
@@ -403,6 +432,19 @@ impl Tx for PgEngine {
         Ok(())
     }
 
+    /// One statement for all the order's lines.
+    fn record_sales(&mut self, order: &Order, at: i64) -> Result<(), StoreError> {
+        let products: Vec<i64> = order.items.iter().map(|i| i.product_id.get()).collect();
+        let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity as i32).collect();
+        self.conn.execute(
+            "INSERT INTO stock_ledger (product_id, sold_at, order_id, quantity)
+             SELECT l.product_id, $2, $3, l.quantity
+             FROM unnest($1::bigint[], $4::integer[]) AS l (product_id, quantity)",
+            &[&products, &at, &order.id.get(), &quantities],
+        )?;
+        Ok(())
+    }
+
     fn finish_refresh(
         &mut self,
         started: i64,
@@ -430,4 +472,15 @@ impl Tx for PgEngine {
         )?;
         Ok(())
     }
+}
+
+/// An order's lines as columns, one array each, for `unnest`.
+#[derive(Default)]
+struct Lines<'a> {
+    line_no: Vec<i32>,
+    product_id: Vec<i64>,
+    name: Vec<&'a str>,
+    quantity: Vec<i32>,
+    price: Vec<i64>,
+    subtotal: Vec<i64>,
 }
