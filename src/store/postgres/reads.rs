@@ -36,6 +36,58 @@ fn event_head(payload: &str) -> Result<EventHead, StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("an outbox payload does not parse: {e}")))
 }
 
+/// A page of a user's orders and their items in one query: `$1` is the user, `$from`
+/// the rest of the page's query after its column list (its FROM, order and bounds).
+/// Columns as `orders_with_items` reads them, and the user's count last.
+macro_rules! page_with_items {
+    ($from:literal) => {
+        concat!(
+            "WITH total AS (
+               SELECT COALESCE((SELECT orders FROM order_counts WHERE user_id = $1), 0) AS n),
+             page AS (
+               SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+                 stock_verified, priced_at ",
+            $from,
+            ")
+             SELECT p.id, p.user_id, p.user_email, p.status, p.total_cents, p.created_at,
+               p.updated_at, p.stock_verified, p.priced_at,
+               i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents,
+               total.n
+             FROM total LEFT JOIN page p ON true LEFT JOIN order_items i ON i.order_id = p.id
+             ORDER BY p.created_at DESC, p.id DESC, i.line_no"
+        )
+    };
+}
+
+/// Orders from rows holding an order's columns (0 to 8) and one of its lines (9 to 13,
+/// null without one), each order's rows together: at most `max` of them, and whether
+/// more followed. A row without an order (an empty page's) is skipped.
+fn orders_with_items(rows: &[Row], max: usize) -> Result<(Vec<Order>, bool), StoreError> {
+    let id_at = |r: &Row| r.get::<_, Option<i64>>(0);
+    let mut orders = Vec::with_capacity(max.min(rows.len()));
+    let mut at = 0;
+    while at < rows.len() {
+        let Some(id) = id_at(&rows[at]) else {
+            at += 1;
+            continue;
+        };
+        if orders.len() == max {
+            return Ok((orders, true));
+        }
+        let first = at;
+        while at < rows.len() && id_at(&rows[at]) == Some(id) {
+            at += 1;
+        }
+        let items = rows[first..at]
+            .iter()
+            .filter(|r| r.get::<_, Option<i64>>(9).is_some())
+            .map(|r| item_at(r, 9))
+            .collect::<Result<_, _>>()?;
+        orders.push(load_order(&rows[first], items)?);
+    }
+    Ok((orders, false))
+}
+
 impl Reads for PgReader {
     fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
         // One round trip: the order's columns come again on each of its lines.
@@ -47,15 +99,7 @@ impl Reads for PgReader {
              WHERE o.id = $1 ORDER BY i.line_no",
             &[&id.get()],
         )?;
-        let Some(head) = rows.first() else {
-            return Ok(None);
-        };
-        let items = rows
-            .iter()
-            .filter(|r| r.get::<_, Option<i64>>(9).is_some())
-            .map(|r| item_at(r, 9))
-            .collect::<Result<_, _>>()?;
-        load_order(head, items).map(Some)
+        Ok(orders_with_items(&rows, 1)?.0.pop())
     }
 
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
@@ -69,68 +113,27 @@ impl Reads for PgReader {
             Page::Number(n) => {
                 let offset = i64::from(n - 1) * i64::from(per_page);
                 conn.query(
-                    "WITH total AS (
-                       SELECT COALESCE((SELECT orders FROM order_counts WHERE user_id = $1), 0) AS n),
-                     page AS (
-                       SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-                         stock_verified, priced_at
-                       FROM orders WHERE user_id = $1
-                       ORDER BY created_at DESC, id DESC
-                       -- Past the last order, LIMIT 0 ends it before the offset is scanned.
-                       LIMIT CASE WHEN $3::bigint >= (SELECT n FROM total) THEN 0::bigint
-                                  ELSE $2::bigint END
-                       OFFSET $3::bigint)
-                     SELECT p.id, p.user_id, p.user_email, p.status, p.total_cents, p.created_at,
-                       p.updated_at, p.stock_verified, p.priced_at,
-                       i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents,
-                       total.n
-                     FROM total LEFT JOIN page p ON true LEFT JOIN order_items i ON i.order_id = p.id
-                     ORDER BY p.created_at DESC, p.id DESC, i.line_no",
+                    page_with_items!(
+                        "FROM orders WHERE user_id = $1
+                         ORDER BY created_at DESC, id DESC
+                         -- Past the last order, LIMIT 0 ends it before the offset is scanned.
+                         LIMIT CASE WHEN $3::bigint >= (SELECT n FROM total) THEN 0::bigint
+                                    ELSE $2::bigint END
+                         OFFSET $3::bigint"
+                    ),
                     &[&user.as_str(), &limit, &offset],
                 )?
             }
             Page::After(c) => conn.query(
-                "WITH total AS (
-                   SELECT COALESCE((SELECT orders FROM order_counts WHERE user_id = $1), 0) AS n),
-                 page AS (
-                   SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-                     stock_verified, priced_at
-                   FROM orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
-                   ORDER BY created_at DESC, id DESC LIMIT $4)
-                 SELECT p.id, p.user_id, p.user_email, p.status, p.total_cents, p.created_at,
-                   p.updated_at, p.stock_verified, p.priced_at,
-                   i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents,
-                   total.n
-                 FROM total LEFT JOIN page p ON true LEFT JOIN order_items i ON i.order_id = p.id
-                 ORDER BY p.created_at DESC, p.id DESC, i.line_no",
+                page_with_items!(
+                    "FROM orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
+                     ORDER BY created_at DESC, id DESC LIMIT $4"
+                ),
                 &[&user.as_str(), &c.created_at, &c.id.get(), &limit],
             )?,
         };
         let total: i64 = rows.first().map_or(0, |r| r.get(14));
-        let id_at = |r: &Row| r.get::<_, Option<i64>>(0);
-        let mut orders = Vec::with_capacity(per_page as usize);
-        let mut more = false;
-        let mut at = 0;
-        while at < rows.len() {
-            let Some(id) = id_at(&rows[at]) else {
-                at += 1;
-                continue;
-            };
-            if orders.len() == per_page as usize {
-                more = true;
-                break;
-            }
-            let first = at;
-            while at < rows.len() && id_at(&rows[at]) == Some(id) {
-                at += 1;
-            }
-            let items = rows[first..at]
-                .iter()
-                .filter(|r| r.get::<_, Option<i64>>(9).is_some())
-                .map(|r| item_at(r, 9))
-                .collect::<Result<_, _>>()?;
-            orders.push(load_order(&rows[first], items)?);
-        }
+        let (orders, more) = orders_with_items(&rows, per_page as usize)?;
         Ok(OrderList {
             orders,
             total,
