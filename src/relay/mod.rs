@@ -397,20 +397,11 @@ impl Relay {
                 return Pass::Failed;
             }
         };
+        // Nothing beyond them is idle, as nothing at all is: `pass` then waits for the
+        // marking.
         let rows = match marking {
             None => rows,
-            Some((last, _)) => {
-                let rows: Vec<_> = rows.into_iter().filter(|r| r.id > last).collect();
-                if rows.is_empty() {
-                    // Nothing beyond them yet: once they are marked, look again.
-                    return if self.settle_marking() {
-                        Pass::Progress
-                    } else {
-                        Pass::Failed
-                    };
-                }
-                rows
-            }
+            Some((last, _)) => rows.into_iter().filter(|r| r.id > last).collect(),
         };
         let stopping = self.drain_by.is_some();
         if rows.is_empty() {

@@ -61,11 +61,13 @@ struct Job {
 }
 
 /// A job sent to the writer, its answer still to come.
-pub struct Pending<T>(mpsc::Receiver<Result<T, StoreError>>);
+pub struct Pending<T, E = StoreError>(mpsc::Receiver<Result<T, E>>);
 
-impl<T> Pending<T> {
-    /// The job's result, once its batch committed.
-    pub fn wait(self) -> Result<T, StoreError> {
+impl<T, E: From<StoreError>> Pending<T, E> {
+    /// The job's result, once its batch committed. No timeout: the writer always
+    /// answers, and giving up early could report a failure for a change that then
+    /// commits.
+    pub fn wait(self) -> Result<T, E> {
         self.0.recv().map_err(|_| stopped())?
     }
 }
@@ -85,17 +87,13 @@ impl WriterHandle {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
     {
-        let answer = self.send(work, false)?;
-        // No timeout: the writer always answers, and giving up early could report a
-        // failure for a change that then commits.
-        answer.recv().map_err(|_| stopped())?
+        self.send(work, false)?.wait()
     }
 
     /// Marks events published once the broker confirmed them, without waiting: the
     /// relay publishes the next rows meanwhile. `Pending::wait` says how many were.
     pub fn mark_published(&self, ids: Vec<i64>) -> Result<Pending<usize>, StoreError> {
         self.send(move |tx| tx.mark_published(&ids, now_micros()), false)
-            .map(Pending)
     }
 
     /// Records that the broker keeps refusing event `id`, since `since`.
@@ -115,14 +113,15 @@ impl WriterHandle {
         let started = std::time::Instant::now();
         let mut total = 0;
         loop {
-            let step = self.send(
-                move |tx| -> Result<usize, StoreError> {
-                    Ok(tx.prune_outbox(outbox_before, PRUNE_STEP_ROWS)?
-                        + tx.prune_idempotency(idempotency_before, PRUNE_STEP_ROWS)?)
-                },
-                true,
-            )?;
-            let deleted = step.recv().map_err(|_| stopped())??;
+            let deleted = self
+                .send(
+                    move |tx| -> Result<usize, StoreError> {
+                        Ok(tx.prune_outbox(outbox_before, PRUNE_STEP_ROWS)?
+                            + tx.prune_idempotency(idempotency_before, PRUNE_STEP_ROWS)?)
+                    },
+                    true,
+                )?
+                .wait()?;
             total += deleted;
             if deleted == 0 || started.elapsed() > PRUNE_BUDGET {
                 return Ok(total);
@@ -134,6 +133,7 @@ impl WriterHandle {
     /// everything queued before it is committed.
     pub fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
         self.send(|tx| tx.heartbeat(now_micros()), false)?
+            .0
             .recv_timeout(timeout)
             .map_err(|_| StoreError::Unavailable("the writer did not answer in time".into()))?
     }
@@ -141,11 +141,7 @@ impl WriterHandle {
     /// The answer comes back over std's channel, which parks its waiter at once: a
     /// caller waits a whole commit (an fsync), and crossbeam's receive would first spin
     /// and yield the core a few times, a context switch each on a busy machine.
-    fn send<T, E, F>(
-        &self,
-        work: F,
-        alone: bool,
-    ) -> Result<mpsc::Receiver<Result<T, E>>, StoreError>
+    fn send<T, E, F>(&self, work: F, alone: bool) -> Result<Pending<T, E>, StoreError>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -176,7 +172,7 @@ impl WriterHandle {
                 alone,
             })
             .map_err(|_| stopped())?;
-        Ok(answered)
+        Ok(Pending(answered))
     }
 }
 
@@ -460,9 +456,9 @@ mod tests {
             })
             .collect();
         drop(release);
-        blocker.recv().unwrap().unwrap();
+        blocker.wait().unwrap();
         for (i, (answer, fail)) in answers.into_iter().zip(fails).enumerate() {
-            let answer = answer.recv().unwrap();
+            let answer = answer.wait();
             match (fail, answer) {
                 (true, Err(StoreError::Unavailable(why))) => {
                     assert_eq!(why, format!("job {i} fails"))
