@@ -190,21 +190,8 @@ pub trait Tx {
         &mut self,
         ids: &[ProductId],
     ) -> Result<Vec<SnapshotProduct>, StoreError>;
-    /// Adds a line of an order to the stock ledger.
-    fn record_sale(
-        &mut self,
-        order: OrderId,
-        product: ProductId,
-        quantity: u32,
-        at: i64,
-    ) -> Result<(), StoreError>;
-    /// `record_sale` for every line of `order` (an engine may take them in one go).
-    fn record_sales(&mut self, order: &Order, at: i64) -> Result<(), StoreError> {
-        order
-            .items
-            .iter()
-            .try_for_each(|i| self.record_sale(order.id, i.product_id, i.quantity, at))
-    }
+    /// Adds every line of `order` to the stock ledger, sold at `at`.
+    fn record_sales(&mut self, order: &Order, at: i64) -> Result<(), StoreError>;
     /// Ends a complete refresh that started at `started`: with `complete_list`, drops the
     /// rows it did not see (gone from the catalog); drops the ledger entries that no
     /// longer count; records the refresh.

@@ -289,16 +289,7 @@ impl Tx for PgEngine {
     }
 
     fn upsert_product(&mut self, p: &CachedProduct) -> Result<(), StoreError> {
-        self.wrote = true;
-        self.conn.execute(
-            "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
-               price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
-             WHERE excluded.fetched_at >= product_cache.fetched_at",
-            &[&p.product_id.get(), &p.name, &p.price.cents(), &p.stock, &p.fetched_at],
-        )?;
-        Ok(())
+        self.upsert_products(std::slice::from_ref(p))
     }
 
     /// One statement; the rows go in their order, as their row locks are taken.
@@ -416,20 +407,6 @@ impl Tx for PgEngine {
                 })
             })
             .collect()
-    }
-
-    fn record_sale(
-        &mut self,
-        order: OrderId,
-        product: ProductId,
-        quantity: u32,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO stock_ledger (product_id, sold_at, order_id, quantity) VALUES ($1, $2, $3, $4)",
-            &[&product.get(), &at, &order.get(), &(quantity as i32)],
-        )?;
-        Ok(())
     }
 
     /// One statement for all the order's lines.

@@ -228,16 +228,11 @@ impl Tx for SqliteEngine {
         Ok(reads::snapshot(&self.conn, ids)?)
     }
 
-    fn record_sale(
-        &mut self,
-        order: OrderId,
-        product: ProductId,
-        quantity: u32,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        Ok(writes::record_sale(
-            &self.conn, order, product, quantity, at,
-        )?)
+    fn record_sales(&mut self, order: &Order, at: i64) -> Result<(), StoreError> {
+        for i in &order.items {
+            writes::record_sale(&self.conn, order.id, i.product_id, i.quantity, at)?;
+        }
+        Ok(())
     }
 
     fn finish_refresh(
