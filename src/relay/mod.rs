@@ -185,6 +185,7 @@ pub fn spawn(
         drain_by: None,
         leading: None,
         marking: None,
+        read_ahead: None,
     };
     let thread = crate::threads::spawn_critical("relay", move || {
         let _done = done_tx;
@@ -234,6 +235,9 @@ struct Relay {
     leading: Option<bool>,
     /// Confirmed events the writer is marking published while the next rows go out.
     marking: Option<Marking>,
+    /// The rows after the last batch, read while the broker confirmed it; taken by the
+    /// next pass only when that batch went through whole.
+    read_ahead: Option<Vec<OutboxRow>>,
 }
 
 /// Confirmed events whose marking the writer has not answered yet.
@@ -354,7 +358,11 @@ impl Relay {
     /// it made progress (the next pass overlaps it), never after any other outcome.
     fn pass(&mut self) -> Pass {
         let pass = self.publish_pending();
-        if matches!(pass, Pass::Progress) || self.settle_marking() {
+        if matches!(pass, Pass::Progress) {
+            return pass;
+        }
+        self.read_ahead = None;
+        if self.settle_marking() {
             pass
         } else {
             Pass::Failed
@@ -385,23 +393,18 @@ impl Relay {
             Some(false) => return Pass::Standby,
             None => return Pass::Failed,
         }
-        // Rows being marked are still pending in the database: read past them.
-        let marking = self.marking.as_ref().map(|m| (m.last, m.count));
-        let rows = match self
-            .reader
-            .pending_events(BATCH + marking.map_or(0, |(_, n)| n))
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                log::error!("relay cannot read the outbox: {e}");
-                return Pass::Failed;
-            }
-        };
-        // Nothing beyond them is idle, as nothing at all is: `pass` then waits for the
-        // marking.
-        let rows = match marking {
-            None => rows,
-            Some((last, _)) => rows.into_iter().filter(|r| r.id > last).collect(),
+        // Rows being marked are still pending in the database: read past them. Nothing
+        // beyond them is idle, as nothing at all is: `pass` then waits for the marking.
+        let after = self.marking.as_ref().map_or(0, |m| m.last);
+        let rows = match self.read_ahead.take() {
+            Some(rows) => rows,
+            None => match self.reader.pending_events(after, BATCH) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    log::error!("relay cannot read the outbox: {e}");
+                    return Pass::Failed;
+                }
+            },
         };
         let stopping = self.drain_by.is_some();
         if rows.is_empty() {
@@ -435,13 +438,27 @@ impl Relay {
         let rows = if alone { &rows[..1] } else { &rows[..] };
         let link = self.link.as_mut().expect("connected above");
         let stop = if stopping { never() } else { self.stop.clone() };
-        let outcome = publish_batch(
-            link,
-            rows,
-            &self.settings.rabbit.queue,
-            &stop,
-            self.drain_by,
-        );
+        let sent = send_batch(link, rows, &self.settings.rabbit.queue);
+        // The broker takes about as long to confirm a batch as the database takes to
+        // read the next one: both at once. They are used only if this batch goes through.
+        let next = match (&sent.error, alone) {
+            (None, false) => {
+                let last = rows.last().expect("not empty").id;
+                self.reader
+                    .pending_events(last, BATCH)
+                    .ok()
+                    .filter(|next| !next.is_empty())
+            }
+            _ => None,
+        };
+        let outcome = await_confirms(link, rows, sent, &stop, self.drain_by);
+        if outcome.confirmed.len() == rows.len()
+            && outcome.refused.is_none()
+            && !outcome.returned
+            && outcome.link_error.is_none()
+        {
+            self.read_ahead = next;
+        }
         if outcome.stop_seen {
             self.drain_by.get_or_insert(Instant::now() + LAST_DRAIN);
         }
@@ -667,15 +684,15 @@ struct Outcome {
     stop_seen: bool,
 }
 
-/// Publishes `rows` and waits for their confirms: up to `CONFIRM_TIMEOUT`, and no later
-/// than `drain_by`, or `LAST_DRAIN` after `stop` fires.
-fn publish_batch(
-    link: &mut Link,
-    rows: &[OutboxRow],
-    queue: &str,
-    stop: &Receiver<()>,
-    drain_by: Option<Instant>,
-) -> Outcome {
+/// A batch handed to the broker, its confirms not yet waited for.
+struct Sent {
+    count: usize,
+    /// The publish that failed; the rows after it were not sent.
+    error: Option<String>,
+}
+
+/// Publishes `rows` in order, up to the first that fails.
+fn send_batch(link: &mut Link, rows: &[OutboxRow], queue: &str) -> Sent {
     link.tally.start_batch();
     let mut sent = 0;
     let mut error = None;
@@ -702,6 +719,22 @@ fn publish_batch(
         link.tally.published();
         sent += 1;
     }
+    Sent { count: sent, error }
+}
+
+/// Waits for the confirms of the batch `sent` of `rows`: up to `CONFIRM_TIMEOUT`, and no
+/// later than `drain_by`, or `LAST_DRAIN` after `stop` fires.
+fn await_confirms(
+    link: &mut Link,
+    rows: &[OutboxRow],
+    sent: Sent,
+    stop: &Receiver<()>,
+    drain_by: Option<Instant>,
+) -> Outcome {
+    let Sent {
+        count: sent,
+        mut error,
+    } = sent;
     let mut deadline = Instant::now() + CONFIRM_TIMEOUT;
     if let Some(by) = drain_by {
         deadline = deadline.min(by);

@@ -216,8 +216,8 @@ pub trait Reads: Send {
     fn outbox_stats(&self) -> Result<OutboxStats, StoreError>;
     /// Published rows still kept: a scan, for `outbox status`, never for a probe.
     fn published_events(&self) -> Result<i64, StoreError>;
-    /// Unpublished rows, oldest first.
-    fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
+    /// Unpublished rows with ids above `after`, oldest first.
+    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError>;
     /// The pending event the broker keeps refusing, if the relay declared one.
     fn blocked_event(&self) -> Result<Option<BlockedEvent>, StoreError>;
     /// Whether this reader's instance is the one that relays (on PostgreSQL, several

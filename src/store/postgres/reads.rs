@@ -204,7 +204,7 @@ impl Reads for PgReader {
         Ok(row.get(0))
     }
 
-    fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
         // By id, from the lowest pending one each time (no high-water mark), and only
         // events whose every older transaction has ended: event ids are taken in the
         // order of transaction ids, so no lower id can still commit, and the outbox goes
@@ -212,10 +212,10 @@ impl Reads for PgReader {
         // anyway.) The id of the oldest transaction still running, as a number.
         let rows = self.conn.borrow_mut().query(
             "SELECT id, order_id, event_type, payload, created_at FROM outbox
-             WHERE published_at IS NULL
+             WHERE published_at IS NULL AND id > $1
                AND (tx IS NULL OR tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint)
-             ORDER BY id LIMIT $1",
-            &[&(limit as i64)],
+             ORDER BY id LIMIT $2",
+            &[&after, &(limit as i64)],
         )?;
         rows.iter()
             .map(|r| {

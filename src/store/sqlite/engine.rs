@@ -263,6 +263,6 @@ impl SqliteEngine {
 
     /// The events not yet published, oldest first.
     pub fn pending_events(&self) -> Vec<crate::store::OutboxRow> {
-        outbox::pending(&self.conn, 1000).unwrap()
+        outbox::pending(&self.conn, 0, 1000).unwrap()
     }
 }

@@ -18,12 +18,12 @@ pub(crate) fn insert(conn: &Connection, e: &NewEvent<'_>) -> rusqlite::Result<()
 }
 
 /// Unpublished rows, oldest first.
-pub fn pending(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+pub fn pending(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, order_id, event_type, payload, created_at FROM outbox
-         WHERE published_at IS NULL ORDER BY id LIMIT ?1",
+         WHERE published_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
     )?;
-    let rows = stmt.query_map([limit as i64], |r| {
+    let rows = stmt.query_map([after, limit as i64], |r| {
         let id: i64 = r.get(0)?;
         let payload: String = r.get(3)?;
         let head: EventHead = serde_json::from_str(&payload).map_err(|e| {

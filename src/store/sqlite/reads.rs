@@ -141,8 +141,8 @@ impl Reads for Reader {
         Ok(outbox::published_count(&self.conn)?)
     }
 
-    fn pending_events(&self, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        Ok(outbox::pending(&self.conn, limit)?)
+    fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(outbox::pending(&self.conn, after, limit)?)
     }
 
     fn blocked_event(&self) -> Result<Option<BlockedEvent>, StoreError> {
