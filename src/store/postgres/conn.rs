@@ -4,13 +4,13 @@
 
 use crate::store::StoreError;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Statement};
+use postgres::{Client, NoTls, Row, SimpleQueryMessage, Statement};
 use std::collections::HashMap;
 
 pub struct Conn {
     config: postgres::Config,
     client: Option<Client>,
-    statements: HashMap<&'static str, Statement>,
+    statements: HashMap<String, Statement>,
     /// Counts connects: a session-level lock (the relay's) is gone with its session.
     generation: u64,
     /// Inside a transaction: a lost connection is then an error, never a new one (whose
@@ -59,7 +59,7 @@ impl Conn {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(st) = self.statements.get(sql) {
             if !self.client.as_ref().is_none_or(Client::is_closed) {
                 return Ok(st.clone());
@@ -67,7 +67,7 @@ impl Conn {
         }
         let prepared = self.client()?.prepare(sql);
         let st = prepared.map_err(|e| self.failed(e))?;
-        self.statements.insert(sql, st.clone());
+        self.statements.insert(sql.to_string(), st.clone());
         Ok(st)
     }
 
@@ -101,7 +101,7 @@ impl Conn {
 
     pub fn query(
         &mut self,
-        sql: &'static str,
+        sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
         self.again_if_lost(|conn| {
@@ -113,7 +113,7 @@ impl Conn {
 
     pub fn query_opt(
         &mut self,
-        sql: &'static str,
+        sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, StoreError> {
         self.again_if_lost(|conn| {
@@ -125,7 +125,7 @@ impl Conn {
 
     pub fn query_one(
         &mut self,
-        sql: &'static str,
+        sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, StoreError> {
         self.again_if_lost(|conn| {
@@ -137,7 +137,7 @@ impl Conn {
 
     pub fn execute(
         &mut self,
-        sql: &'static str,
+        sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StoreError> {
         let st = self.statement(sql)?;
@@ -149,6 +149,31 @@ impl Conn {
         self.again_if_lost(|conn| conn.batch("BEGIN"))?;
         self.in_transaction = true;
         Ok(())
+    }
+
+    /// Begins a transaction with `sql` (no parameters) as its first statement, in one
+    /// round trip; the first row's values, which must be integers.
+    pub fn begin_with(&mut self, sql: &str) -> Result<Vec<i64>, StoreError> {
+        let text = format!("BEGIN; {sql}");
+        let messages = self.again_if_lost(|conn| {
+            let result = conn.client()?.simple_query(&text);
+            result.map_err(|e| conn.failed(e))
+        })?;
+        self.in_transaction = true;
+        let row = messages
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .ok_or_else(|| StoreError::Unavailable(format!("no row from {sql}")))?;
+        (0..row.len())
+            .map(|i| {
+                row.get(i)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| StoreError::Unavailable(format!("not an integer from {sql}")))
+            })
+            .collect()
     }
 
     pub fn commit(&mut self) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 //! flushes, which is PostgreSQL's own group commit.
 
 use super::conn::Conn;
+use super::deferred::{Deferred, Param};
 use super::reads::{cached_product, items_of, load_idempotency, load_order};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
 use crate::store::{
@@ -14,6 +15,11 @@ use crate::store::{
 
 pub struct PgEngine {
     conn: Conn,
+    /// This transaction's writes not sent yet: they go out with whatever is sent next.
+    deferred: Deferred,
+    /// Whether the transaction was begun on the server: `begin` waits for its first
+    /// statement, and the event id's query carries the BEGIN.
+    open: bool,
     wrote_events: bool,
     /// The event id this transaction took, with the transaction's id (see `take_event`).
     event: Option<(i64, i64)>,
@@ -22,9 +28,37 @@ pub struct PgEngine {
 }
 
 impl PgEngine {
+    /// The connection in this transaction, begun if it was not yet, once the writes held
+    /// back went out: what runs next sees them.
+    fn conn(&mut self) -> Result<&mut Conn, StoreError> {
+        if !self.open {
+            self.conn.begin()?;
+            self.open = true;
+        }
+        self.deferred.flush(&mut self.conn)?;
+        Ok(&mut self.conn)
+    }
+
+    /// Holds back a write to `table` until something else is sent (`conn`).
+    fn defer(
+        &mut self,
+        table: &'static str,
+        sql: &str,
+        params: Vec<Param>,
+    ) -> Result<(), StoreError> {
+        self.wrote = true;
+        if self.deferred.holds(table) {
+            self.conn()?;
+        }
+        self.deferred.push(table, sql, params);
+        Ok(())
+    }
+
     pub(super) fn new(conn: Conn) -> PgEngine {
         PgEngine {
             conn,
+            deferred: Deferred::default(),
+            open: false,
             wrote_events: false,
             event: None,
             wrote: false,
@@ -43,17 +77,22 @@ impl PgEngine {
                 "an event id taken after the transaction's first write".into(),
             ));
         }
-        let row = if also_order_id {
-            self.conn.query_one(
-                "SELECT e.id, e.tx, nextval('order_ids') FROM order_service_next_event() e",
-                &[],
-            )?
+        let sql = if also_order_id {
+            "SELECT e.id, e.tx, nextval('order_ids') FROM order_service_next_event() e"
         } else {
-            self.conn
-                .query_one("SELECT id, tx FROM order_service_next_event()", &[])?
+            "SELECT id, tx FROM order_service_next_event()"
         };
-        self.event = Some((row.get(0), row.get(1)));
-        Ok(also_order_id.then(|| OrderId::from_trusted(row.get(2))))
+        let row: Vec<i64> = if self.open {
+            let row = self.conn()?.query_one(sql, &[])?;
+            (0..row.len()).map(|i| row.get(i)).collect()
+        } else {
+            // Usually a transaction's first statement: the BEGIN goes with it. Open from
+            // now on, so that a failure after the BEGIN is rolled back.
+            self.open = true;
+            self.conn.begin_with(sql)?
+        };
+        self.event = Some((row[0], row[1]));
+        Ok(also_order_id.then(|| OrderId::from_trusted(row[2])))
     }
 }
 
@@ -66,29 +105,43 @@ impl Engine for PgEngine {
         self.wrote_events = false;
         self.event = None;
         self.wrote = false;
-        self.conn.begin()
+        self.deferred.clear();
+        self.open = false;
+        Ok(())
     }
 
     fn savepoint(&mut self) -> Result<(), StoreError> {
-        self.conn.batch("SAVEPOINT job")
+        self.conn()?.batch("SAVEPOINT job")
     }
 
     fn release(&mut self) -> Result<(), StoreError> {
-        self.conn.batch("RELEASE SAVEPOINT job")
+        self.conn()?.batch("RELEASE SAVEPOINT job")
     }
 
     fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        // What the job held back was written after its savepoint.
+        self.deferred.clear();
         self.conn
             .batch("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
+        if !self.open {
+            // Nothing was sent: the writes held back, if any, are one statement, atomic
+            // without a transaction around it.
+            return self.deferred.flush(&mut self.conn);
+        }
+        self.open = false;
+        self.deferred.flush(&mut self.conn)?;
         self.conn.commit()
     }
 
     fn rollback(&mut self) {
         self.wrote_events = false;
-        self.conn.rollback();
+        self.deferred.clear();
+        if std::mem::take(&mut self.open) {
+            self.conn.rollback();
+        }
     }
 
     fn abandon(&mut self) {
@@ -111,53 +164,63 @@ impl Tx for PgEngine {
                 return Ok(id);
             }
         }
-        let row = self.conn.query_one("SELECT nextval('order_ids')", &[])?;
+        let row = self.conn()?.query_one("SELECT nextval('order_ids')", &[])?;
         Ok(OrderId::from_trusted(row.get(0)))
     }
 
     fn insert_order(&mut self, o: &Order) -> Result<(), StoreError> {
         self.wrote = true;
-        // One round trip for the order, its user's count and all its lines (as arrays):
-        // a statement each was most of a create's time, every one a round trip.
+        // The lines go as arrays, whatever their number: a statement each was most of a
+        // create's time, every one a round trip.
         let mut lines = Lines::default();
         for (line_no, i) in o.items.iter().enumerate() {
             lines.line_no.push(line_no as i32 + 1);
             lines.product_id.push(i.product_id.get());
-            lines.name.push(i.product_name.as_str());
+            lines.name.push(i.product_name.as_str().to_string());
             lines.quantity.push(i.quantity as i32);
             lines.price.push(i.price.cents());
             lines.subtotal.push(i.subtotal.cents());
         }
-        self.conn.execute(
-            "WITH o AS (
-               INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
-                 updated_at, stock_verified, priced_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)),
-             c AS (
-               INSERT INTO order_counts (user_id, orders) VALUES ($2, 1)
-               ON CONFLICT (user_id) DO UPDATE SET orders = order_counts.orders + 1)
-             INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity,
+        let user: Param = Box::new(o.user_id.as_str().to_string());
+        self.defer(
+            "orders",
+            "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
+               updated_at, stock_verified, priced_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            vec![
+                Box::new(o.id.get()),
+                user,
+                Box::new(o.user_email.as_str().to_string()),
+                Box::new(o.status.as_str()),
+                Box::new(o.total.cents()),
+                Box::new(o.created_at),
+                Box::new(o.updated_at),
+                Box::new(i32::from(o.stock_verified)),
+                Box::new(o.priced_at),
+            ],
+        )?;
+        self.defer(
+            "order_counts",
+            "INSERT INTO order_counts (user_id, orders) VALUES ($1, 1)
+             ON CONFLICT (user_id) DO UPDATE SET orders = order_counts.orders + 1",
+            vec![Box::new(o.user_id.as_str().to_string())],
+        )?;
+        self.defer(
+            "order_items",
+            "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity,
                price_cents, subtotal_cents)
              SELECT $1, l.line_no, l.product_id, l.name, l.quantity, l.price, l.subtotal
-             FROM unnest($10::integer[], $11::bigint[], $12::text[], $13::integer[],
-               $14::bigint[], $15::bigint[])
+             FROM unnest($2::integer[], $3::bigint[], $4::text[], $5::integer[],
+               $6::bigint[], $7::bigint[])
                AS l (line_no, product_id, name, quantity, price, subtotal)",
-            &[
-                &o.id.get(),
-                &o.user_id.as_str(),
-                &o.user_email.as_str(),
-                &o.status.as_str(),
-                &o.total.cents(),
-                &o.created_at,
-                &o.updated_at,
-                &i32::from(o.stock_verified),
-                &o.priced_at,
-                &lines.line_no,
-                &lines.product_id,
-                &lines.name,
-                &lines.quantity,
-                &lines.price,
-                &lines.subtotal,
+            vec![
+                Box::new(o.id.get()),
+                Box::new(lines.line_no),
+                Box::new(lines.product_id),
+                Box::new(lines.name),
+                Box::new(lines.quantity),
+                Box::new(lines.price),
+                Box::new(lines.subtotal),
             ],
         )?;
         Ok(())
@@ -170,7 +233,7 @@ impl Tx for PgEngine {
         // lower than that of the change that got in first.) An advisory lock assigns no
         // transaction id, so `take_event` still comes before the first one is assigned.
         if !self.wrote {
-            self.conn
+            self.conn()?
                 .query_one("SELECT pg_advisory_xact_lock($1)", &[&id.get()])?;
         }
         if self.event.is_none() {
@@ -180,7 +243,7 @@ impl Tx for PgEngine {
         // Nobody else changes the row meanwhile: every change of an order takes the lock
         // above first. The row lock is for anything that would not.
         self.wrote = true;
-        let Some(head) = self.conn.query_opt(
+        let Some(head) = self.conn()?.query_opt(
             "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
                stock_verified, priced_at
              FROM orders WHERE id = $1 FOR UPDATE",
@@ -189,15 +252,16 @@ impl Tx for PgEngine {
         else {
             return Ok(None);
         };
-        let items = items_of(&mut self.conn, id)?;
+        let items = items_of(self.conn()?, id)?;
         load_order(&head, items).map(Some)
     }
 
     fn update_status(&mut self, id: OrderId, status: Status, at: i64) -> Result<(), StoreError> {
         self.wrote = true;
-        self.conn.execute(
+        self.defer(
+            "orders",
             "UPDATE orders SET status = $1, updated_at = $2 WHERE id = $3",
-            &[&status.as_str(), &at, &id.get()],
+            vec![Box::new(status.as_str()), Box::new(at), Box::new(id.get())],
         )?;
         Ok(())
     }
@@ -214,9 +278,18 @@ impl Tx for PgEngine {
     fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
         self.wrote = true;
         let tx = self.event.take().map(|(_, tx)| tx);
-        self.conn.execute(
-            "INSERT INTO outbox (id, order_id, event_type, payload, created_at, tx) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&e.id, &e.order_id.get(), &e.event_type, &e.payload, &e.at, &tx],
+        self.defer(
+            "outbox",
+            "INSERT INTO outbox (id, order_id, event_type, payload, created_at, tx)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            vec![
+                Box::new(e.id),
+                Box::new(e.order_id.get()),
+                Box::new(e.event_type.to_string()),
+                Box::new(e.payload.to_string()),
+                Box::new(e.at),
+                Box::new(tx),
+            ],
         )?;
         self.wrote_events = true;
         Ok(())
@@ -227,7 +300,7 @@ impl Tx for PgEngine {
         user: &UserId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        load_idempotency(&mut self.conn, user, key)
+        load_idempotency(self.conn()?, user, key)
     }
 
     fn claim_idempotency(
@@ -238,7 +311,7 @@ impl Tx for PgEngine {
         at: i64,
     ) -> Result<bool, StoreError> {
         self.wrote = true;
-        let n = self.conn.execute(
+        let n = self.conn()?.execute(
             "INSERT INTO idempotency_keys (user_id, idem_key, request, response_status, response_body, created_at)
              VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (user_id, idem_key) DO NOTHING",
             &[&user.as_str(), &key, &request, &at],
@@ -255,7 +328,7 @@ impl Tx for PgEngine {
         stale_before: i64,
     ) -> Result<bool, StoreError> {
         self.wrote = true;
-        let n = self.conn.execute(
+        let n = self.conn()?.execute(
             "UPDATE idempotency_keys SET request = $3, created_at = $4
              WHERE user_id = $1 AND idem_key = $2 AND response_status = 0 AND created_at < $5",
             &[&user.as_str(), &key, &request, &at, &stale_before],
@@ -271,7 +344,7 @@ impl Tx for PgEngine {
         body: &str,
     ) -> Result<bool, StoreError> {
         self.wrote = true;
-        let n = self.conn.execute(
+        let n = self.conn()?.execute(
             "UPDATE idempotency_keys SET response_status = $3, response_body = $4
              WHERE user_id = $1 AND idem_key = $2 AND response_status = 0",
             &[&user.as_str(), &key, &i32::from(status), &body],
@@ -281,7 +354,7 @@ impl Tx for PgEngine {
 
     fn release_idempotency(&mut self, user: &UserId, key: &str) -> Result<(), StoreError> {
         self.wrote = true;
-        self.conn.execute(
+        self.conn()?.execute(
             "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND response_status = 0",
             &[&user.as_str(), &key],
         )?;
@@ -299,25 +372,32 @@ impl Tx for PgEngine {
         }
         self.wrote = true;
         let ids: Vec<i64> = products.iter().map(|p| p.product_id.get()).collect();
-        let names: Vec<&str> = products.iter().map(|p| p.name.as_str()).collect();
+        let names: Vec<String> = products.iter().map(|p| p.name.clone()).collect();
         let prices: Vec<i64> = products.iter().map(|p| p.price.cents()).collect();
         let stocks: Vec<i64> = products.iter().map(|p| p.stock).collect();
         let fetched: Vec<i64> = products.iter().map(|p| p.fetched_at).collect();
-        self.conn.execute(
+        self.defer(
+            "product_cache",
             "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
              SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[],
                $5::bigint[])
              ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
                price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
              WHERE excluded.fetched_at >= product_cache.fetched_at",
-            &[&ids, &names, &prices, &stocks, &fetched],
+            vec![
+                Box::new(ids),
+                Box::new(names),
+                Box::new(prices),
+                Box::new(stocks),
+                Box::new(fetched),
+            ],
         )?;
         Ok(())
     }
 
     fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError> {
         self.wrote = true;
-        self.conn.execute(
+        self.conn()?.execute(
             "DELETE FROM product_cache WHERE product_id = $1",
             &[&id.get()],
         )?;
@@ -326,7 +406,7 @@ impl Tx for PgEngine {
 
     fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError> {
         self.wrote = true;
-        let n = self.conn.execute(
+        let n = self.conn()?.execute(
             "UPDATE outbox SET published_at = $1 WHERE id = ANY($2) AND published_at IS NULL",
             &[&at, &ids],
         )?;
@@ -335,7 +415,7 @@ impl Tx for PgEngine {
 
     fn mark_blocked(&mut self, id: i64, since: i64) -> Result<usize, StoreError> {
         self.wrote = true;
-        let n = self.conn.execute(
+        let n = self.conn()?.execute(
             "UPDATE outbox SET blocked_since = $1 WHERE id = $2 AND published_at IS NULL",
             &[&since, &id],
         )?;
@@ -344,7 +424,7 @@ impl Tx for PgEngine {
 
     fn prune_outbox(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
         self.wrote = true;
-        let n = self.conn.execute(
+        let n = self.conn()?.execute(
             "DELETE FROM outbox WHERE id IN (
                SELECT id FROM outbox
                WHERE published_at IS NOT NULL AND published_at < $1
@@ -357,7 +437,7 @@ impl Tx for PgEngine {
 
     fn prune_idempotency(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
         self.wrote = true;
-        let n = self.conn.execute(
+        let n = self.conn()?.execute(
             "DELETE FROM idempotency_keys WHERE (user_id, idem_key) IN (
                SELECT user_id, idem_key FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
             &[&before, &(limit as i64)],
@@ -367,7 +447,7 @@ impl Tx for PgEngine {
 
     fn heartbeat(&mut self, at: i64) -> Result<(), StoreError> {
         self.wrote = true;
-        self.conn.execute(
+        self.conn()?.execute(
             "INSERT INTO heartbeat (id, beat_at) VALUES (1, $1)
              ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
             &[&at],
@@ -383,12 +463,12 @@ impl Tx for PgEngine {
         // transaction ends: another instance's offline order of the same product waits,
         // then counts this one's ledger entries. An online order takes the same locks by
         // refreshing the rows it looked up.
-        let rows = self.conn.query(
+        let rows = self.conn()?.query(
             "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache
              WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE",
             &[&ids],
         )?;
-        let sold = self.conn.query(
+        let sold = self.conn()?.query(
             "SELECT l.product_id, SUM(l.quantity) FROM stock_ledger l
                JOIN product_cache p ON p.product_id = l.product_id
              WHERE l.product_id = ANY($1) AND l.sold_at >= p.fetched_at
@@ -413,11 +493,18 @@ impl Tx for PgEngine {
     fn record_sales(&mut self, order: &Order, at: i64) -> Result<(), StoreError> {
         let products: Vec<i64> = order.items.iter().map(|i| i.product_id.get()).collect();
         let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity as i32).collect();
-        self.conn.execute(
+        self.wrote = true;
+        self.defer(
+            "stock_ledger",
             "INSERT INTO stock_ledger (product_id, sold_at, order_id, quantity)
              SELECT l.product_id, $2, $3, l.quantity
              FROM unnest($1::bigint[], $4::integer[]) AS l (product_id, quantity)",
-            &[&products, &at, &order.id.get(), &quantities],
+            vec![
+                Box::new(products),
+                Box::new(at),
+                Box::new(order.id.get()),
+                Box::new(quantities),
+            ],
         )?;
         Ok(())
     }
@@ -430,17 +517,17 @@ impl Tx for PgEngine {
         complete_list: bool,
     ) -> Result<(), StoreError> {
         if complete_list {
-            self.conn.execute(
+            self.conn()?.execute(
                 "DELETE FROM product_cache WHERE fetched_at < $1",
                 &[&started],
             )?;
         }
-        self.conn.execute(
+        self.conn()?.execute(
             "DELETE FROM stock_ledger WHERE sold_at < COALESCE(
                (SELECT p.fetched_at FROM product_cache p WHERE p.product_id = stock_ledger.product_id), $1)",
             &[&started],
         )?;
-        self.conn.execute(
+        self.conn()?.execute(
             "INSERT INTO catalog_refresh (id, refreshed_at, products, source) VALUES (1, $1, $2, $3)
              ON CONFLICT (id) DO UPDATE SET refreshed_at = excluded.refreshed_at,
                products = excluded.products, source = excluded.source
@@ -453,10 +540,10 @@ impl Tx for PgEngine {
 
 /// An order's lines as columns, one array each, for `unnest`.
 #[derive(Default)]
-struct Lines<'a> {
+struct Lines {
     line_no: Vec<i32>,
     product_id: Vec<i64>,
-    name: Vec<&'a str>,
+    name: Vec<String>,
     quantity: Vec<i32>,
     price: Vec<i64>,
     subtotal: Vec<i64>,

@@ -7,6 +7,7 @@
 //! their unique key, and one relay at a time under an advisory lock (`Reads::lead_relay`).
 
 mod conn;
+mod deferred;
 mod engine;
 mod import;
 mod reads;
