@@ -13,6 +13,7 @@ use crate::clock::now_micros;
 use crate::domain::{
     Email, IdempotencyKey, NewOrder, Order, OrderId, PricedLine, ProductId, Status, UserId,
 };
+use crate::products::recent::RecentRows;
 use crate::products::{Outage, PricingError};
 use crate::store::{CachedProduct, StoreError, WriterHandle};
 use std::fmt;
@@ -90,6 +91,8 @@ pub struct Orders {
     writer: WriterHandle,
     /// `STORE_ID`: the source of every event.
     source: Arc<str>,
+    /// What the snapshot was last given, so that the same answers are not rewritten.
+    recent: Arc<RecentRows>,
 }
 
 impl Orders {
@@ -97,6 +100,7 @@ impl Orders {
         Orders {
             writer,
             source: source.into(),
+            recent: Arc::default(),
         }
     }
 
@@ -126,12 +130,17 @@ impl Orders {
     /// (`claim`), and the claim gets the answer in the same transaction.
     pub fn create(
         &self,
-        order: PricedOrder,
+        mut order: PricedOrder,
         idempotent: Option<Idempotent>,
     ) -> Result<Order, OrderError> {
         let source = self.source.clone();
-        self.writer
-            .run(move |tx| rules::create(tx, &source, order, idempotent, now_micros()))
+        order.fresh_products = self.recent.worth_writing(order.fresh_products);
+        let written = order.fresh_products.clone();
+        let created = self
+            .writer
+            .run(move |tx| rules::create(tx, &source, order, idempotent, now_micros()))?;
+        self.recent.written(&written);
+        Ok(created)
     }
 
     /// Cancels the caller's own order; another user's order is `NotFound`.
@@ -160,9 +169,12 @@ impl Orders {
     /// commit, as an order would), so the caller's next request prices from what this one
     /// learnt; a failure here is logged and does not change the caller's answer.
     pub fn remember_products(&self, fresh: Vec<CachedProduct>, unknown: Vec<ProductId>) {
+        self.recent.forget(&unknown);
+        let fresh = self.recent.worth_writing(fresh);
         if fresh.is_empty() && unknown.is_empty() {
             return;
         }
+        let written = fresh.clone();
         let kept = self.writer.run(move |tx| -> Result<(), StoreError> {
             let mut fresh = fresh;
             fresh.sort_by_key(|p| p.product_id);
@@ -174,8 +186,9 @@ impl Orders {
             }
             Ok(())
         });
-        if let Err(e) = kept {
-            log::warn!("product cache not updated: {e}");
+        match kept {
+            Ok(()) => self.recent.written(&written),
+            Err(e) => log::warn!("product cache not updated: {e}"),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! (`refresher.rs`), the list and file formats and the offline pricing (`snapshot.rs`).
 
 mod fan_out;
+pub mod recent;
 mod refresher;
 mod resolver;
 mod single_flight;

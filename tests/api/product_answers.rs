@@ -1,5 +1,6 @@
 //! What the product service's answers are taken to mean: which 404 says "no such
-//! product", prices read from their exact text, and a cache that never goes back in time.
+//! product", prices read from their exact text, and a cache that never goes back in time
+//! nor rewrites an unchanged answer more than once a second.
 
 use crate::support::*;
 use serde_json::json;
@@ -110,4 +111,39 @@ fn a_slow_lookup_does_not_put_back_an_older_price() {
         2000,
         "the answer fetched first was written last and replaced the newer one"
     );
+}
+
+fn cached_fetched_at(app: &TestApp, id: i64) -> i64 {
+    app.query_one(
+        "SELECT fetched_at FROM product_cache WHERE product_id = ?1",
+        &[id.into()],
+    )
+}
+
+#[test]
+fn an_unchanged_answer_is_written_to_the_cache_at_most_once_a_second() {
+    let app = spawn_app();
+    let started = std::time::Instant::now();
+    app.place_order(&ALICE, &[(MOUSE, 1)]);
+    let first = cached_fetched_at(&app, MOUSE);
+    app.place_order(&BOB, &[(MOUSE, 1)]);
+    let again = cached_fetched_at(&app, MOUSE);
+    if started.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(
+            again, first,
+            "the same answer was written again within a second"
+        );
+    }
+
+    // A changed answer is written at once.
+    app.products.set(MOUSE, product("Mouse", "21.00", 1000));
+    app.place_order(&ALICE, &[(MOUSE, 1)]);
+    assert_eq!(cached_price_cents(&app, MOUSE), 2100);
+    let changed = cached_fetched_at(&app, MOUSE);
+    assert!(changed > again);
+
+    // The same answer a second later is written again: the row lags by a second at most.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    app.place_order(&BOB, &[(MOUSE, 1)]);
+    assert!(cached_fetched_at(&app, MOUSE) >= changed + 1_000_000);
 }
