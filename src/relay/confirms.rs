@@ -87,9 +87,28 @@ impl Confirms {
     }
 
     /// Whether a confirm still to come could lengthen the run: a refusal ends it at once.
+    #[cfg(test)]
     pub fn waiting(&self) -> bool {
+        self.waiting_for(self.batch.sent as usize)
+    }
+
+    /// `waiting`, for the batch's first `n` messages only: those of the next batch, sent
+    /// behind them, are not waited for.
+    pub fn waiting_for(&self, n: usize) -> bool {
         let b = &self.batch;
-        b.sent > 0 && b.acked_upto < b.last_tag() && b.nacked.is_none()
+        let n = (n as u64).min(b.sent);
+        n > 0 && b.acked_upto < b.first_tag + n - 1 && b.nacked.is_none()
+    }
+
+    /// The batch's first `n` messages, all acked, are settled: what was sent after them
+    /// is the batch now, with what the broker already said of it.
+    pub fn advance(&mut self, n: usize) {
+        let b = &mut self.batch;
+        let n = (n as u64).min(b.sent);
+        debug_assert!(b.acked_upto >= b.first_tag + n - 1 || n == 0);
+        b.first_tag += n;
+        b.sent -= n;
+        b.acked_upto = b.acked_upto.max(b.first_tag - 1);
     }
 
     pub fn batch(&self) -> Batch {
@@ -105,10 +124,6 @@ impl Batch {
             acked_upto: first_tag - 1,
             nacked: None,
         }
-    }
-
-    fn last_tag(&self) -> u64 {
-        self.first_tag + self.sent - 1
     }
 }
 
@@ -375,6 +390,61 @@ mod tests {
         assert_eq!(
             settle(&rows(31..=32), c.batch(), &[]),
             settled(&[31, 32], None, false)
+        );
+    }
+
+    #[test]
+    fn the_first_rows_settle_while_the_next_batch_is_still_unconfirmed() {
+        let mut c = Confirms::new();
+        batch_of(&mut c, 5); // 3 rows, then 2 of the next batch behind them
+        c.record(ack_upto(3));
+        assert!(!c.waiting_for(3));
+        assert!(c.waiting(), "the next batch is not confirmed yet");
+        assert_eq!(
+            settle(&rows(1..=3), c.batch(), &[]),
+            settled(&[1, 2, 3], None, false)
+        );
+
+        c.advance(3);
+        assert!(c.waiting_for(2));
+        c.record(ack(4));
+        c.record(ack(5));
+        assert!(!c.waiting_for(2));
+        assert_eq!(
+            settle(&rows(4..=5), c.batch(), &[]),
+            settled(&[4, 5], None, false)
+        );
+    }
+
+    #[test]
+    fn confirms_of_the_next_batch_received_early_still_count_after_advancing() {
+        let mut c = Confirms::new();
+        batch_of(&mut c, 4);
+        c.record(ack_upto(4));
+        c.advance(2);
+        assert!(!c.waiting_for(2));
+        assert_eq!(
+            settle(&rows(3..=4), c.batch(), &[]),
+            settled(&[3, 4], None, false)
+        );
+    }
+
+    #[test]
+    fn a_nack_in_the_next_batch_refuses_that_row_and_not_the_first_batch() {
+        let mut c = Confirms::new();
+        batch_of(&mut c, 4);
+        c.record(ack_upto(2));
+        c.record(nack(3));
+        assert!(!c.waiting_for(2));
+        assert_eq!(
+            settle(&rows(1..=2), c.batch(), &[]),
+            settled(&[1, 2], None, false)
+        );
+        c.advance(2);
+        assert!(!c.waiting_for(2), "a refusal ends the wait");
+        assert_eq!(
+            settle(&rows(3..=4), c.batch(), &[]),
+            settled(&[], Some((0, "nack")), false)
         );
     }
 

@@ -185,7 +185,6 @@ pub fn spawn(
         drain_by: None,
         leading: None,
         marking: None,
-        read_ahead: None,
     };
     let thread = crate::threads::spawn_critical("relay", move || {
         let _done = done_tx;
@@ -206,6 +205,10 @@ struct Link {
     returns: Receiver<Return>,
     /// What the broker confirmed of what went out on `channel`.
     tally: Confirms,
+    /// Rows sent behind the batch being confirmed, in order: the next pass's batch.
+    window: Vec<OutboxRow>,
+    /// Ids of messages returned as unroutable and not yet settled (the next batch's).
+    returned: Vec<String>,
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -235,9 +238,6 @@ struct Relay {
     leading: Option<bool>,
     /// Confirmed events the writer is marking published while the next rows go out.
     marking: Option<Marking>,
-    /// The rows after the last batch, read while the broker confirmed it; taken by the
-    /// next pass only when that batch went through whole.
-    read_ahead: Option<Vec<OutboxRow>>,
 }
 
 /// Confirmed events whose marking the writer has not answered yet.
@@ -361,7 +361,9 @@ impl Relay {
         if matches!(pass, Pass::Progress) {
             return pass;
         }
-        self.read_ahead = None;
+        if let Some(link) = &mut self.link {
+            link.window.clear();
+        }
         if self.settle_marking() {
             pass
         } else {
@@ -393,18 +395,26 @@ impl Relay {
             Some(false) => return Pass::Standby,
             None => return Pass::Failed,
         }
-        // Rows being marked are still pending in the database: read past them. Nothing
-        // beyond them is idle, as nothing at all is: `pass` then waits for the marking.
-        let after = self.marking.as_ref().map_or(0, |m| m.last);
-        let rows = match self.read_ahead.take() {
-            Some(rows) => rows,
-            None => match self.reader.pending_events(after, BATCH) {
+        // The rows the last pass sent behind its own, else the oldest pending ones. Rows
+        // being marked are still pending in the database: read past them. Nothing beyond
+        // them is idle, as nothing at all is: `pass` then waits for the marking.
+        let in_flight = self
+            .link
+            .as_mut()
+            .map(|l| std::mem::take(&mut l.window))
+            .unwrap_or_default();
+        let fresh = in_flight.is_empty();
+        let rows = if fresh {
+            let after = self.marking.as_ref().map_or(0, |m| m.last);
+            match self.reader.pending_events(after, BATCH) {
                 Ok(rows) => rows,
                 Err(e) => {
                     log::error!("relay cannot read the outbox: {e}");
                     return Pass::Failed;
                 }
-            },
+            }
+        } else {
+            in_flight
         };
         let stopping = self.drain_by.is_some();
         if rows.is_empty() {
@@ -433,31 +443,46 @@ impl Relay {
             self.refusal = None; // published meanwhile
         }
         // While the oldest event is refused it goes alone: nothing after it may reach the
-        // queue before it.
-        let alone = self.refusal.as_ref().is_some_and(|r| r.row == rows[0].id);
+        // queue before it. (Rows in flight follow a batch that went through whole.)
+        let alone = fresh && self.refusal.as_ref().is_some_and(|r| r.row == rows[0].id);
         let rows = if alone { &rows[..1] } else { &rows[..] };
         let link = self.link.as_mut().expect("connected above");
         let stop = if stopping { never() } else { self.stop.clone() };
-        let sent = send_batch(link, rows, &self.settings.rabbit.queue);
-        // The broker takes about as long to confirm a batch as the database takes to
-        // read the next one: both at once. They are used only if this batch goes through.
-        let next = match (&sent.error, alone) {
-            (None, false) => {
-                let last = rows.last().expect("not empty").id;
-                self.reader
-                    .pending_events(last, BATCH)
-                    .ok()
-                    .filter(|next| !next.is_empty())
+        let queue = &self.settings.rabbit.queue;
+        let sent = if fresh {
+            link.tally.start_batch();
+            send_batch(link, rows, queue)
+        } else {
+            Sent {
+                count: rows.len(),
+                error: None,
             }
-            _ => None,
         };
-        let outcome = await_confirms(link, rows, sent, &stop, self.drain_by);
+        // The broker confirms a batch after writing it to disk: meanwhile the next batch
+        // goes out, so that it always has one to work on. It counts only once this one
+        // went through whole; otherwise it is sent again from the first row that did not.
+        let mut next_error = None;
+        if sent.error.is_none() && !alone {
+            let last = rows.last().expect("not empty").id;
+            if let Ok(next) = self.reader.pending_events(last, BATCH) {
+                let next_sent = send_batch(link, &next, queue);
+                link.window = next;
+                link.window.truncate(next_sent.count);
+                next_error = next_sent.error;
+            }
+        }
+        let mut outcome = await_confirms(link, rows, sent, &stop, self.drain_by);
+        if outcome.link_error.is_none() {
+            outcome.link_error = next_error;
+        }
         if outcome.confirmed.len() == rows.len()
             && outcome.refused.is_none()
             && !outcome.returned
             && outcome.link_error.is_none()
         {
-            self.read_ahead = next;
+            link.tally.advance(rows.len());
+        } else {
+            link.window.clear();
         }
         if outcome.stop_seen {
             self.drain_by.get_or_insert(Instant::now() + LAST_DRAIN);
@@ -587,6 +612,8 @@ impl Relay {
             confirms,
             returns,
             tally: Confirms::new(),
+            window: Vec::new(),
+            returned: Vec::new(),
         })
     }
 
@@ -691,9 +718,8 @@ struct Sent {
     error: Option<String>,
 }
 
-/// Publishes `rows` in order, up to the first that fails.
+/// Publishes `rows` in order, up to the first that fails, as the batch's next messages.
 fn send_batch(link: &mut Link, rows: &[OutboxRow], queue: &str) -> Sent {
-    link.tally.start_batch();
     let mut sent = 0;
     let mut error = None;
     for row in rows {
@@ -741,7 +767,7 @@ fn await_confirms(
     }
     let mut stop = stop.clone();
     let mut stop_seen = false;
-    while link.tally.waiting() {
+    while link.tally.waiting_for(sent) {
         let left = deadline.saturating_duration_since(Instant::now());
         let raw = select! {
             recv(link.confirms) -> c => match c {
@@ -766,11 +792,15 @@ fn await_confirms(
         link.tally.record(raw);
     }
     // A mandatory message that routed nowhere comes back as a Return and is acked too.
-    let mut returned = Vec::new();
+    // Returns of the next batch's messages wait for its own settlement.
     while let Ok(r) = link.returns.try_recv() {
-        returned.extend(r.properties.message_id().clone());
+        link.returned.extend(r.properties.message_id().clone());
     }
-    let settlement = confirms::settle(rows, link.tally.batch(), &returned);
+    let settlement = confirms::settle(rows, link.tally.batch(), &link.returned);
+    let before = link.returned.len();
+    link.returned
+        .retain(|id| !rows.iter().any(|row| &row.event_id == id));
+    let returned = link.returned.len() < before;
     if settlement.incomplete {
         error.get_or_insert_with(|| "the broker did not confirm every event".into());
     }
@@ -778,7 +808,7 @@ fn await_confirms(
         sent,
         confirmed: settlement.confirmed,
         refused: settlement.refused,
-        returned: !returned.is_empty(),
+        returned,
         link_error: error,
         stop_seen,
     }

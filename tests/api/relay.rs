@@ -582,6 +582,88 @@ fn a_backlog_of_10000_events_drains() {
     drop(app);
 }
 
+/// The relay sends a batch while the broker confirms the one before: a queue that fills
+/// up in the middle of the second batch refuses the rest of it, and what it took is
+/// marked, the rest waits, and all of it arrives in order once the queue has room.
+#[test]
+fn a_queue_that_fills_up_mid_backlog_takes_the_rest_in_order_once_it_has_room() {
+    if !require_broker() {
+        return;
+    }
+    const ORDERS: usize = 1_200;
+    const ROOM: u32 = 700;
+    let mut arguments = amiquip::FieldTable::new();
+    arguments.insert(
+        "x-max-length".into(),
+        amiquip::AmqpValue::LongLongInt(ROOM as i64),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        amiquip::AmqpValue::LongString("reject-publish".into()),
+    );
+    let queue = TestQueue::declare_with(arguments);
+    let catalog = temp_dir();
+    // The default RABBITMQ_PORT=1: nothing is published while the backlog builds.
+    let mut app = TestApp::builder()
+        .env("PRODUCT_SERVICE_URL", &catalog_file(&catalog))
+        .env("RABBITMQ_QUEUE", queue.name())
+        .spawn();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let app = &app;
+            s.spawn(move || {
+                for _ in (t..ORDERS).step_by(8) {
+                    app.create_order(&ALICE, &items(&[(WIDGET, 1)]))
+                        .assert_status(201);
+                }
+            });
+        }
+    });
+    assert_eq!(pending(&app), ORDERS as i64);
+
+    app.restart_with_env("RABBITMQ_PORT", &BROKER_PORT.to_string());
+    let full = wait_until(Duration::from_secs(30), || {
+        queue.message_count() == ROOM && published(&app) == ROOM as i64
+    });
+    assert!(
+        full,
+        "the queue holds {} (want {ROOM}), {} marked published",
+        queue.message_count(),
+        published(&app)
+    );
+    // Refusals leave the rest pending, whatever went out behind them.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        published(&app),
+        ROOM as i64,
+        "only what the queue took is marked"
+    );
+    assert_eq!(pending(&app), (ORDERS as u32 - ROOM) as i64);
+
+    let consumer = QueueConsumer::start(&queue);
+    let expected = outbox_event_ids(&app);
+    let all = consumer.wait_for(Duration::from_secs(60), |r| {
+        message_id_set(r).len() >= ORDERS
+    });
+    assert!(
+        all,
+        "consumed {} distinct of {ORDERS}",
+        message_id_set(&consumer.received()).len()
+    );
+    let received = consumer.received();
+    assert_message_ids_match_bodies(&received);
+    assert_first_arrivals_in_outbox_order(&received);
+    assert_duplicates_identical(&received);
+    assert_eq!(
+        message_id_set(&received),
+        expected.iter().cloned().collect::<BTreeSet<_>>(),
+        "every event arrived"
+    );
+    assert!(wait_until(Duration::from_secs(10), || pending(&app) == 0));
+    drop(consumer);
+    drop(app);
+}
+
 #[test]
 fn ready_and_metrics_show_the_broker() {
     if !require_broker() {
