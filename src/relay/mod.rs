@@ -211,6 +211,15 @@ struct Link {
     returned: Vec<String>,
 }
 
+impl Link {
+    /// Forgets the rows sent behind a batch that did not go through whole: they go out
+    /// again after it, and what the broker says of them now concerns nobody.
+    fn drop_window(&mut self) {
+        self.window.clear();
+        self.returned.clear();
+    }
+}
+
 #[derive(PartialEq, Eq, Clone, Copy)]
 enum LinkState {
     Unknown,
@@ -362,7 +371,7 @@ impl Relay {
             return pass;
         }
         if let Some(link) = &mut self.link {
-            link.window.clear();
+            link.drop_window();
         }
         if self.settle_marking() {
             pass
@@ -482,7 +491,7 @@ impl Relay {
         {
             link.tally.advance(rows.len());
         } else {
-            link.window.clear();
+            link.drop_window();
         }
         if outcome.stop_seen {
             self.drain_by.get_or_insert(Instant::now() + LAST_DRAIN);
