@@ -482,3 +482,37 @@ fn a_created_order_writes_one_order_created_event() {
         "no broker is reachable, so nothing is published yet"
     );
 }
+
+/// A write that fails late in a create (its ledger row, here refused by a rule added to
+/// the database) leaves nothing of the order: no order, line or event. PostgreSQL sends
+/// a create's writes together with its commit, so the failure shows there.
+#[test]
+fn a_create_whose_last_writes_fail_keeps_nothing_and_the_next_ones_work() {
+    let app = spawn_app();
+    app.place_order(&ALICE, &[(MOUSE, 1)]);
+    app.database().execute(match app.database().backend() {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_seven BEFORE INSERT ON stock_ledger
+             WHEN NEW.quantity = 7 BEGIN SELECT RAISE(ABORT, 'seven refused'); END"
+        }
+        Backend::Postgres => {
+            "ALTER TABLE stock_ledger ADD CONSTRAINT refuse_seven CHECK (quantity <> 7)"
+        }
+    });
+    let before = app.counts();
+
+    let refused = app.create_order(&ALICE, &items(&[(MOUSE, 2), (CABLE, 7)]));
+    refused.assert_error(503, "service_unavailable");
+    assert_eq!(
+        app.counts(),
+        before,
+        "nothing of the refused order was kept"
+    );
+
+    // Every write session is in a clean state again.
+    for _ in 0..20 {
+        app.place_order(&BOB, &[(MOUSE, 1)]);
+    }
+    assert_eq!(app.count_orders(), before.orders + 20);
+    assert_eq!(app.count_outbox(), before.outbox + 20);
+}

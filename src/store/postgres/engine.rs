@@ -131,8 +131,9 @@ impl Engine for PgEngine {
             // without a transaction around it.
             return self.deferred.flush(&mut self.conn);
         }
-        self.open = false;
+        // A failed write leaves the transaction open: the writer's rollback ends it.
         self.deferred.flush(&mut self.conn)?;
+        self.open = false;
         self.conn.commit()
     }
 

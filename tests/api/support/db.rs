@@ -81,6 +81,23 @@ impl TestDatabase {
             .collect()
     }
 
+    /// Runs `sql`, a statement without rows (DDL, for a test that changes the schema
+    /// under the running service).
+    pub fn execute(&self, sql: &str) {
+        match self {
+            TestDatabase::Sqlite(path) => {
+                let conn = rusqlite::Connection::open(path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                conn.execute_batch(sql)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+            TestDatabase::Postgres(db) => {
+                psql(&db.name, &["-c", sql]).unwrap_or_else(|why| panic!("{sql}: {why}"));
+            }
+        }
+    }
+
     /// The one row of `sql`, as [`TestDatabase::query`] reads it.
     #[track_caller]
     pub fn query_one<T: DeserializeOwned>(&self, sql: &str, params: &[Value]) -> T {
