@@ -7,7 +7,7 @@
 
 use super::conn::Conn;
 use super::deferred::{Deferred, Param};
-use super::reads::{cached_product, items_of, load_idempotency, load_order};
+use super::reads::{cached_product, load_idempotency, order_of, order_with_items};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
 use crate::store::{
     CachedProduct, Engine, IdempotencyRecord, NewEvent, SnapshotProduct, StoreError, Tx,
@@ -242,19 +242,13 @@ impl Tx for PgEngine {
             self.take_event(false)?;
         }
         // Nobody else changes the row meanwhile: every change of an order takes the lock
-        // above first. The row lock is for anything that would not.
+        // above first. The row lock is for anything that would not. The order and its
+        // lines are read as a get reads them, in one round trip.
         self.wrote = true;
-        let Some(head) = self.conn()?.query_opt(
-            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-               stock_verified, priced_at
-             FROM orders WHERE id = $1 FOR UPDATE",
-            &[&id.get()],
-        )?
-        else {
-            return Ok(None);
-        };
-        let items = items_of(self.conn()?, id)?;
-        load_order(&head, items).map(Some)
+        let rows = self
+            .conn()?
+            .query(order_with_items!(" FOR UPDATE OF o"), &[&id.get()])?;
+        order_of(&rows)
     }
 
     fn update_status(&mut self, id: OrderId, status: Status, at: i64) -> Result<(), StoreError> {

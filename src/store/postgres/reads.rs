@@ -59,6 +59,27 @@ macro_rules! page_with_items {
     };
 }
 
+/// One order and its lines in one query (the order's columns again on each line), as
+/// `orders_with_items` reads them; `$tail` ends the query (a row lock for a change).
+macro_rules! order_with_items {
+    ($tail:literal) => {
+        concat!(
+            "SELECT o.id, o.user_id, o.user_email, o.status, o.total_cents, o.created_at,
+               o.updated_at, o.stock_verified, o.priced_at,
+               i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents
+             FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
+             WHERE o.id = $1 ORDER BY i.line_no",
+            $tail
+        )
+    };
+}
+pub(super) use order_with_items;
+
+/// The order of rows read by `order_with_items!`, if there was one.
+pub(super) fn order_of(rows: &[Row]) -> Result<Option<Order>, StoreError> {
+    Ok(orders_with_items(rows, 1)?.0.pop())
+}
+
 /// Orders from rows holding an order's columns (0 to 8) and one of its lines (9 to 13,
 /// null without one), each order's rows together: at most `max` of them, and whether
 /// more followed. A row without an order (an empty page's) is skipped.
@@ -90,16 +111,11 @@ fn orders_with_items(rows: &[Row], max: usize) -> Result<(Vec<Order>, bool), Sto
 
 impl Reads for PgReader {
     fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        // One round trip: the order's columns come again on each of its lines.
-        let rows = self.conn.borrow_mut().query(
-            "SELECT o.id, o.user_id, o.user_email, o.status, o.total_cents, o.created_at,
-               o.updated_at, o.stock_verified, o.priced_at,
-               i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents
-             FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
-             WHERE o.id = $1 ORDER BY i.line_no",
-            &[&id.get()],
-        )?;
-        Ok(orders_with_items(&rows, 1)?.0.pop())
+        let rows = self
+            .conn
+            .borrow_mut()
+            .query(order_with_items!(""), &[&id.get()])?;
+        order_of(&rows)
     }
 
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
@@ -318,18 +334,6 @@ pub(super) fn cached_product(r: &Row) -> Result<CachedProduct, StoreError> {
         stock: r.get(3),
         fetched_at: r.get(4),
     })
-}
-
-/// An order's items, in line order.
-pub(super) fn items_of(conn: &mut Conn, id: OrderId) -> Result<Vec<OrderItem>, StoreError> {
-    conn.query(
-        "SELECT product_id, product_name, quantity, price_cents, subtotal_cents
-         FROM order_items WHERE order_id = $1 ORDER BY line_no",
-        &[&id.get()],
-    )?
-    .iter()
-    .map(|r| item_at(r, 0))
-    .collect()
 }
 
 fn item_at(r: &Row, first: usize) -> Result<OrderItem, StoreError> {
