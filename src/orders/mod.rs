@@ -170,17 +170,15 @@ impl Orders {
     /// learnt; a failure here is logged and does not change the caller's answer.
     pub fn remember_products(&self, fresh: Vec<CachedProduct>, unknown: Vec<ProductId>) {
         self.recent.forget(&unknown);
-        let fresh = self.recent.worth_writing(fresh);
+        let mut fresh = self.recent.worth_writing(fresh);
         if fresh.is_empty() && unknown.is_empty() {
             return;
         }
+        // In product order, as a create takes the snapshot's row locks (rules.rs).
+        fresh.sort_by_key(|p| p.product_id);
         let written = fresh.clone();
         let kept = self.writer.run(move |tx| -> Result<(), StoreError> {
-            let mut fresh = fresh;
-            fresh.sort_by_key(|p| p.product_id);
-            for p in &fresh {
-                tx.upsert_product(p)?;
-            }
+            tx.upsert_products(&fresh)?;
             for id in &unknown {
                 tx.forget_product(*id)?;
             }
