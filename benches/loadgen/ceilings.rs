@@ -50,6 +50,8 @@ pub fn sqlite(dir: &Path, lines: usize, per_tx: usize, time: Duration) -> Result
     conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(e)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(e)?;
     for sql in migrations_sql() {
         conn.execute_batch(&sql).map_err(e)?;
     }

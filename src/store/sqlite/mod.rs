@@ -37,6 +37,12 @@ pub fn open_write(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    // The writer runs each job of a batch in a savepoint, whose journal holds the pages
+    // the job changed. Past 64 KiB SQLite moves it to a temporary file, and from then
+    // every page goes through a write call of its own until the commit: a third of the
+    // writer's writes. In memory it is dropped at each job's RELEASE; it never has to
+    // survive a crash, which the WAL covers.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     stable_plans(&conn)?;
     Ok(conn)
 }
@@ -181,6 +187,49 @@ pub fn backup(src: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Files of this process opened without a name (O_TMPFILE), which is how SQLite
+    /// opens a temporary file on Linux.
+    fn unnamed_files() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| {
+                let t = target.to_string_lossy();
+                t.ends_with(" (deleted)")
+                    && t.rsplit('/').next().is_some_and(|n| n.starts_with('#'))
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_savepoint_that_changes_many_pages_keeps_its_journal_in_memory() {
+        let dir = std::env::temp_dir().join(format!(
+            "order-service-subjournal-{}-{}",
+            std::process::id(),
+            crate::clock::now_micros()
+        ));
+        let conn = open_write(&dir.join("orders.db")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (b BLOB);
+             WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 100)
+             INSERT INTO t SELECT zeroblob(3000) FROM n;",
+        )
+        .unwrap();
+        let before = unnamed_files();
+        // 100 pages changed in a savepoint: 400 KiB of journal, past SQLite's 64 KiB.
+        conn.execute_batch("BEGIN; SAVEPOINT job; UPDATE t SET b = zeroblob(3001);")
+            .unwrap();
+        let during = unnamed_files();
+        conn.execute_batch("RELEASE job; COMMIT;").unwrap();
+        drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            during, before,
+            "the savepoint's journal went to a temporary file"
+        );
+    }
 
     #[test]
     fn the_wal_shrinks_back_after_a_big_write() {
