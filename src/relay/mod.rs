@@ -12,6 +12,7 @@
 //! goes through. A refusal is not a lost connection: the link stays up and says so.
 
 mod confirms;
+mod pace;
 
 use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
@@ -24,6 +25,7 @@ use confirms::Confirms;
 use crossbeam_channel::{
     after, bounded, never, select, Receiver, RecvTimeoutError, Sender, TryRecvError,
 };
+use pace::{Pacer, PACE};
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -185,6 +187,7 @@ pub fn spawn(
         drain_by: None,
         leading: None,
         marking: None,
+        found_full_batch: false,
     };
     let thread = crate::threads::spawn_critical("relay", move || {
         let _done = done_tx;
@@ -247,6 +250,8 @@ struct Relay {
     leading: Option<bool>,
     /// Confirmed events the writer is marking published while the next rows go out.
     marking: Option<Marking>,
+    /// Whether the last pass found a full batch: the next one then starts at once.
+    found_full_batch: bool,
 }
 
 /// Confirmed events whose marking the writer has not answered yet.
@@ -296,9 +301,20 @@ enum Pass {
 
 impl Relay {
     fn run(mut self, wake: Receiver<()>) {
+        let mut pacer = Pacer::new(PACE);
         loop {
+            let paced = pacer.wait(Instant::now());
+            if !paced.is_zero() {
+                select! {
+                    recv(self.stop) -> _ => break,
+                    recv(after(paced)) -> _ => {},
+                }
+            }
+            let began = Instant::now();
             self.housekeeping();
-            let wait = match self.pass() {
+            let pass = self.pass();
+            pacer.passed(began, self.found_full_batch);
+            let wait = match pass {
                 _ if self.drain_by.is_some() => break,
                 Pass::Progress if stop_asked(&self.stop) => break,
                 Pass::Progress => continue,
@@ -399,6 +415,7 @@ impl Relay {
     }
 
     fn publish_pending(&mut self) -> Pass {
+        self.found_full_batch = false;
         match self.lead() {
             Some(true) => {}
             Some(false) => return Pass::Standby,
@@ -425,6 +442,7 @@ impl Relay {
         } else {
             in_flight
         };
+        self.found_full_batch = rows.len() >= BATCH;
         let stopping = self.drain_by.is_some();
         if rows.is_empty() {
             if !stopping {
