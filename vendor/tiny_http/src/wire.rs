@@ -192,8 +192,9 @@ impl RequestReader {
     /// Reads until the buffer holds a whole head; returns its length.
     fn read_head<W: Wire>(&mut self, wire: &mut W, deadline: Instant) -> Result<usize, Stop> {
         loop {
-            let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-            let mut request = httparse::Request::new(&mut headers);
+            let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_HEADER_SLOTS], Vec::new());
+            let slots = header_slots(&mut stack, &mut heap, self.limits.max_headers);
+            let mut request = httparse::Request::new(slots);
             match request.parse(&self.buf) {
                 Ok(httparse::Status::Complete(length)) => {
                     if length > self.limits.max_head {
@@ -288,6 +289,25 @@ struct Head {
     last: bool,
 }
 
+/// Header slots for `httparse` held on the stack up to this many. A head is parsed
+/// twice (to find its end, then to read it); slots on the heap were two 3 KiB
+/// allocations per request, in the allocator's slow path.
+const STACK_HEADER_SLOTS: usize = 128;
+
+/// `max` slots for `httparse`: from `stack` when it has room, else from `heap`.
+fn header_slots<'s, 'b>(
+    stack: &'s mut [httparse::Header<'b>; STACK_HEADER_SLOTS],
+    heap: &'s mut Vec<httparse::Header<'b>>,
+    max: usize,
+) -> &'s mut [httparse::Header<'b>] {
+    if max <= STACK_HEADER_SLOTS {
+        &mut stack[..max]
+    } else {
+        heap.resize(max, httparse::EMPTY_HEADER);
+        heap
+    }
+}
+
 /// 505 for a well-formed version other than 1.x (`HTTP/2.0`), 400 for anything else.
 fn version_error(buf: &[u8]) -> u16 {
     let line = buf
@@ -309,8 +329,9 @@ fn version_error(buf: &[u8]) -> u16 {
 fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Head, Stop> {
     let bad = Stop::Refuse(400);
     check_line_ends(bytes)?;
-    let mut raw = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut request = httparse::Request::new(&mut raw);
+    let (mut stack, mut heap) = ([httparse::EMPTY_HEADER; STACK_HEADER_SLOTS], Vec::new());
+    let slots = header_slots(&mut stack, &mut heap, limits.max_headers);
+    let mut request = httparse::Request::new(slots);
     request.parse(bytes).map_err(|_| Stop::Refuse(400))?;
     let (Some(method), Some(path), Some(minor)) = (request.method, request.path, request.version)
     else {
@@ -660,6 +681,28 @@ pub(crate) mod tests {
                 "{}",
                 String::from_utf8_lossy(case)
             );
+        }
+    }
+
+    #[test]
+    fn the_header_limit_holds_below_and_above_the_slots_kept_on_the_stack() {
+        for max_headers in [100, STACK_HEADER_SLOTS, STACK_HEADER_SLOTS + 50] {
+            let limits = Limits {
+                max_headers,
+                ..Limits::default()
+            };
+            for (count, accepted) in [(max_headers, true), (max_headers + 1, false)] {
+                let raw = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(count));
+                let mut reader = RequestReader::new(limits.clone());
+                match reader.next_request(&mut Pieces::whole(raw.as_bytes())) {
+                    Next::Request(p) => {
+                        assert!(accepted, "{count} headers of {max_headers} accepted");
+                        assert_eq!(p.headers.len(), count);
+                    }
+                    Next::Refused(431) => assert!(!accepted, "{count} of {max_headers} refused"),
+                    _ => panic!("{count} headers of {max_headers}: neither read nor refused"),
+                }
+            }
         }
     }
 
