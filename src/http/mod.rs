@@ -255,10 +255,12 @@ fn response_header(name: &str, value: &str) -> tiny_http::Header {
 
 fn new_request_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    // A system call each time otherwise, on every request.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!(
         "{:x}-{:x}-{n:x}",
-        std::process::id(),
+        PID.get_or_init(std::process::id),
         crate::clock::now_micros()
     )
 }
