@@ -33,7 +33,8 @@ pub(crate) struct Shared {
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 64 * 1024 * 1024;
 
-pub(crate) fn serve(mut conn: Connection, remote_addr: Option<SocketAddr>, shared: &Shared) {
+pub(crate) fn serve(conn: Connection, remote_addr: Option<SocketAddr>, shared: &Shared) {
+    let mut conn = Timed::new(conn);
     let mut reader = RequestReader::new(shared.limits.clone());
     loop {
         let parsed = match reader.next_request(&mut conn) {
@@ -77,8 +78,8 @@ pub(crate) fn serve(mut conn: Connection, remote_addr: Option<SocketAddr>, share
 
 /// A graceful close: no more writes, then what the client still sends is dropped until it
 /// closes too (or `LINGER` passes).
-fn linger(conn: &mut Connection) {
-    let _ = conn.shutdown(Shutdown::Write);
+fn linger(conn: &mut Timed) {
+    let _ = conn.conn.shutdown(Shutdown::Write);
     let until = Instant::now() + LINGER;
     let mut buf = [0u8; 8 * 1024];
     let mut dropped = 0;
@@ -90,16 +91,53 @@ fn linger(conn: &mut Connection) {
     }
 }
 
-impl Wire for Connection {
+/// A connection and the timeouts its socket was last given. Each request's deadlines are
+/// usually as far off as the last one's, and setting a timeout is a system call per read
+/// and per write: one already set is kept when it ends at most `SLACK` before the
+/// deadline, never after it.
+struct Timed {
+    conn: Connection,
+    read: Option<Duration>,
+    write: Option<Duration>,
+}
+
+const SLACK: Duration = Duration::from_millis(20);
+
+impl Timed {
+    fn new(conn: Connection) -> Timed {
+        Timed {
+            conn,
+            read: None,
+            write: None,
+        }
+    }
+}
+
+/// Whether a socket whose timeout is `set` needs `left` instead.
+fn resets(set: Option<Duration>, left: Duration) -> bool {
+    !set.is_some_and(|set| set <= left && left - set <= SLACK)
+}
+
+impl Wire for Timed {
     fn read_by(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
-        self.set_read_timeout(Some(time_left(deadline)?))?;
-        self.read(buf)
+        let left = time_left(deadline)?;
+        if resets(self.read, left) {
+            self.read = None;
+            self.conn.set_read_timeout(Some(left))?;
+            self.read = Some(left);
+        }
+        self.conn.read(buf)
     }
 
     fn write_by(&mut self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
         while !bytes.is_empty() {
-            self.set_write_timeout(Some(time_left(deadline)?))?;
-            match self.write(bytes) {
+            let left = time_left(deadline)?;
+            if resets(self.write, left) {
+                self.write = None;
+                self.conn.set_write_timeout(Some(left))?;
+                self.write = Some(left);
+            }
+            match self.conn.write(bytes) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -115,5 +153,33 @@ fn time_left(deadline: Instant) -> io::Result<Duration> {
     match deadline.checked_duration_since(Instant::now()) {
         Some(left) if left >= Duration::from_millis(1) => Ok(left),
         _ => Err(ErrorKind::TimedOut.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_socket_without_a_timeout_gets_one() {
+        assert!(resets(None, S));
+    }
+
+    #[test]
+    fn a_timeout_ending_a_little_before_the_deadline_is_kept() {
+        assert!(!resets(Some(S), S));
+        assert!(!resets(Some(S), S + SLACK));
+    }
+
+    #[test]
+    fn a_timeout_ending_after_the_deadline_is_replaced() {
+        assert!(resets(Some(S), S - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_timeout_ending_well_before_the_deadline_is_replaced() {
+        assert!(resets(Some(S), S + SLACK + Duration::from_millis(1)));
     }
 }
