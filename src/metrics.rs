@@ -18,10 +18,31 @@ struct Histogram {
     sum: f64,
 }
 
+/// Request counts and latencies, as one stripe holds them.
+#[derive(Default)]
+struct Requests {
+    by_status: BTreeMap<(&'static str, u16), u64>,
+    latency: BTreeMap<&'static str, Histogram>,
+}
+
+/// Stripes of the request metrics: every request updates them, from every HTTP worker at
+/// once, and one lock for all had workers queue behind one preempted on two cores. A
+/// thread keeps to one stripe; a scrape adds them up.
+const STRIPES: usize = 16;
+
+/// The stripe of the calling thread: threads take them in turn as they first record.
+fn stripe() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    requests: [Mutex<Requests>; STRIPES],
     orders_created: AtomicU64,
     product_calls: AtomicU64,
     product_failures: AtomicU64,
@@ -58,15 +79,12 @@ pub enum LinkChange {
 impl Metrics {
     /// `route` is the route's pattern (`/api/orders/:id`), never the raw path.
     pub fn observe_request(&self, route: &'static str, status: u16, took: Duration) {
-        *self
-            .requests
+        let mut requests = self.requests[stripe()]
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((route, status))
-            .or_default() += 1;
+            .unwrap_or_else(|p| p.into_inner());
+        *requests.by_status.entry((route, status)).or_default() += 1;
         let secs = took.as_secs_f64();
-        let mut latency = self.latency.lock().unwrap_or_else(|p| p.into_inner());
-        let h = latency.entry(route).or_default();
+        let h = requests.latency.entry(route).or_default();
         for (i, bound) in BUCKETS.iter().enumerate() {
             if secs <= *bound {
                 h.counts[i] += 1;
@@ -171,18 +189,29 @@ impl Metrics {
         catalog: Option<&CatalogStats>,
     ) -> String {
         let mut out = String::with_capacity(4096);
+        let mut by_status = BTreeMap::<(&'static str, u16), u64>::new();
+        let mut latency = BTreeMap::<&'static str, Histogram>::new();
+        for stripe in &self.requests {
+            let stripe = stripe.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, n) in &stripe.by_status {
+                *by_status.entry(*key).or_default() += n;
+            }
+            for (route, h) in &stripe.latency {
+                let sum = latency.entry(route).or_default();
+                for (total, n) in sum.counts.iter_mut().zip(h.counts) {
+                    *total += n;
+                }
+                sum.count += h.count;
+                sum.sum += h.sum;
+            }
+        }
         header(
             &mut out,
             "order_service_http_requests_total",
             "counter",
             "HTTP requests by route and status.",
         );
-        for ((route, status), n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for ((route, status), n) in &by_status {
             let _ = writeln!(
                 out,
                 "order_service_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
@@ -194,12 +223,7 @@ impl Metrics {
             "histogram",
             "Time to answer a request, by route.",
         );
-        for (route, h) in self
-            .latency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for (route, h) in &latency {
             let name = "order_service_http_request_duration_seconds";
             for (bound, n) in BUCKETS.iter().zip(h.counts) {
                 let _ = writeln!(out, "{name}_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
@@ -336,6 +360,52 @@ mod tests {
         assert!(text.contains("le=\"0.005\"} 1"));
         assert!(text.contains("le=\"0.05\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));
+    }
+
+    #[test]
+    fn requests_recorded_from_many_threads_add_up_in_one_exposition() {
+        let m = std::sync::Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..STRIPES + 4)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        m.observe_request("/api/orders/:id", 200, Duration::from_millis(3));
+                    }
+                    m.observe_request("/api/orders/:id", 404, Duration::from_millis(30));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = m.render(None, None, None);
+        let n = STRIPES + 4;
+        let route = "route=\"/api/orders/:id\"";
+        for line in [
+            format!(
+                "order_service_http_requests_total{{{route},status=\"200\"}} {}",
+                n * 100
+            ),
+            format!("order_service_http_requests_total{{{route},status=\"404\"}} {n}"),
+            format!(
+                "order_service_http_request_duration_seconds_bucket{{{route},le=\"0.005\"}} {}",
+                n * 100
+            ),
+            format!(
+                "order_service_http_request_duration_seconds_bucket{{{route},le=\"+Inf\"}} {}",
+                n * 101
+            ),
+            format!(
+                "order_service_http_request_duration_seconds_count{{{route}}} {}",
+                n * 101
+            ),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line} in:\n{text}"
+            );
+        }
     }
 
     #[test]
