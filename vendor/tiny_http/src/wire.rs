@@ -696,11 +696,16 @@ pub(crate) mod tests {
                 let mut reader = RequestReader::new(limits.clone());
                 match reader.next_request(&mut Pieces::whole(raw.as_bytes())) {
                     Next::Request(p) => {
-                        assert!(accepted, "{count} headers of {max_headers} accepted");
+                        assert!(accepted, "{} headers of {} accepted", count, max_headers);
                         assert_eq!(p.headers.len(), count);
                     }
-                    Next::Refused(431) => assert!(!accepted, "{count} of {max_headers} refused"),
-                    _ => panic!("{count} headers of {max_headers}: neither read nor refused"),
+                    Next::Refused(431) => {
+                        assert!(!accepted, "{} of {} refused", count, max_headers)
+                    }
+                    _ => panic!(
+                        "{} headers of {}: neither read nor refused",
+                        count, max_headers
+                    ),
                 }
             }
         }
