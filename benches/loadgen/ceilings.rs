@@ -43,7 +43,7 @@ pub fn sqlite(dir: &Path, lines: usize, per_tx: usize, time: Duration) -> Result
     let path = dir.join(format!("ceiling-a-{lines}-{per_tx}.db"));
     let e = |e: rusqlite::Error| e.to_string();
     let mut conn = rusqlite::Connection::open(&path).map_err(e)?;
-    // As src/store/mod.rs `open_write` sets them.
+    // As src/store/sqlite/mod.rs `open_write` and `for_the_writer` set them.
     conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
     conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;

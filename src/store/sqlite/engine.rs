@@ -23,6 +23,7 @@ pub struct SqliteEngine {
 impl SqliteEngine {
     /// Takes the write connection (from `open_write`, migrated).
     pub fn new(conn: Connection) -> Result<SqliteEngine, StoreError> {
+        super::for_the_writer(&conn)?;
         let mut engine = SqliteEngine {
             conn,
             next_order_id: 0,
