@@ -94,7 +94,9 @@ fn linger(conn: &mut Timed) {
 /// A connection and the timeouts its socket was last given. Each request's deadlines are
 /// usually as far off as the last one's, and setting a timeout is a system call per read
 /// and per write: one already set is kept when it ends at most `SLACK` before the
-/// deadline, never after it.
+/// deadline, never after it. A new one ends half of `SLACK` before the deadline: the
+/// kernel rounds it up to its next tick, and the next request's deadline, a little
+/// later, keeps it.
 struct Timed {
     conn: Connection,
     read: Option<Duration>,
@@ -113,18 +115,24 @@ impl Timed {
     }
 }
 
-/// Whether a socket whose timeout is `set` needs `left` instead.
+/// Whether a socket whose timeout is `set` needs a new one, with `left` to the deadline.
 fn resets(set: Option<Duration>, left: Duration) -> bool {
     !set.is_some_and(|set| set <= left && left - set <= SLACK)
+}
+
+/// The timeout to set with `left` to the deadline.
+fn timeout_for(left: Duration) -> Duration {
+    left.saturating_sub(SLACK / 2).max(Duration::from_millis(1))
 }
 
 impl Wire for Timed {
     fn read_by(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
         let left = time_left(deadline)?;
         if resets(self.read, left) {
+            let timeout = timeout_for(left);
             self.read = None;
-            self.conn.set_read_timeout(Some(left))?;
-            self.read = Some(left);
+            self.conn.set_read_timeout(Some(timeout))?;
+            self.read = Some(timeout);
         }
         self.conn.read(buf)
     }
@@ -133,9 +141,10 @@ impl Wire for Timed {
         while !bytes.is_empty() {
             let left = time_left(deadline)?;
             if resets(self.write, left) {
+                let timeout = timeout_for(left);
                 self.write = None;
-                self.conn.set_write_timeout(Some(left))?;
-                self.write = Some(left);
+                self.conn.set_write_timeout(Some(timeout))?;
+                self.write = Some(timeout);
             }
             match self.conn.write(bytes) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -181,5 +190,19 @@ mod tests {
     #[test]
     fn a_timeout_ending_well_before_the_deadline_is_replaced() {
         assert!(resets(Some(S), S + SLACK + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_new_timeout_ends_before_the_deadline_and_is_kept_for_the_next_one() {
+        let set = timeout_for(S);
+        assert!(set < S);
+        assert!(!resets(Some(set), S));
+        // The next request's deadline, a little later or a little sooner.
+        assert!(!resets(Some(set), S + Duration::from_millis(3)));
+        assert!(!resets(Some(set), S - Duration::from_millis(3)));
+        assert_eq!(
+            timeout_for(Duration::from_millis(2)),
+            Duration::from_millis(1)
+        );
     }
 }

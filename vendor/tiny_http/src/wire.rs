@@ -63,7 +63,8 @@ impl Limits {
 /// A byte stream with deadlines: a socket, or bytes in memory in the tests.
 pub trait Wire {
     /// Reads what has arrived, waiting no later than `deadline`; `Ok(0)` at the end of the
-    /// stream, an error of kind `TimedOut` or `WouldBlock` when the deadline passed.
+    /// stream, an error of kind `TimedOut` or `WouldBlock` when the deadline passed (a
+    /// socket may give up to 20 ms sooner, never later).
     fn read_by(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize>;
     /// Writes all of `bytes`, finishing no later than `deadline`.
     fn write_by(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()>;
