@@ -4,14 +4,15 @@
 //! confirms from the broker, a write marking its rows published. Right after every commit,
 //! under a steady stream of orders, a pass carries a handful of events, and RabbitMQ
 //! spends a fifth more CPU per message than on fuller batches, on the same two cores as
-//! the orders. So after a pass that found less than a full batch, the next one starts no
-//! sooner than `PACE` after it began: a stream goes out in batches of that many
-//! milliseconds' worth. A full batch (a backlog) is followed at once, and the first event
-//! after a quiet spell goes out at once.
+//! the orders. So after a pass that found less than a full batch (or none), the next one
+//! starts no sooner than `PACE` after it began: a stream goes out in batches of that many
+//! milliseconds' worth. A full batch (a backlog) is followed at once, and an event
+//! committed `PACE` or more after the last pass began goes out at once.
 
 use std::time::{Duration, Instant};
 
-/// The longest an event waits for the relay's next pass, beyond its own commit.
+/// How long after a pass that found less than a full batch the next one may start: what
+/// an event waits for the relay at most, beyond a pass already under way.
 pub const PACE: Duration = Duration::from_millis(25);
 
 pub struct Pacer {
