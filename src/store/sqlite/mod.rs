@@ -211,12 +211,8 @@ mod tests {
 
     #[test]
     fn a_savepoint_of_the_writer_that_changes_many_pages_keeps_its_journal_in_memory() {
-        let dir = std::env::temp_dir().join(format!(
-            "order-service-subjournal-{}-{}",
-            std::process::id(),
-            crate::clock::now_micros()
-        ));
-        let conn = open_write(&dir.join("orders.db")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_write(&dir.path().join("orders.db")).unwrap();
         for_the_writer(&conn).unwrap();
         conn.execute_batch(
             "CREATE TABLE t (b BLOB);
@@ -231,8 +227,6 @@ mod tests {
         let during = deleted_files();
         conn.execute_batch("RELEASE job; COMMIT;").unwrap();
         let after = deleted_files();
-        drop(conn);
-        let _ = std::fs::remove_dir_all(&dir);
         // Other tests run alongside: only a file opened during the savepoint and closed
         // with its transaction is this connection's.
         let journals: Vec<_> = during
@@ -247,12 +241,8 @@ mod tests {
 
     #[test]
     fn the_wal_shrinks_back_after_a_big_write() {
-        let dir = std::env::temp_dir().join(format!(
-            "order-service-wal-{}-{}",
-            std::process::id(),
-            crate::clock::now_micros()
-        ));
-        let db = dir.join("orders.db");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("orders.db");
         let conn = open_write(&db).unwrap();
         conn.execute_batch(
             "CREATE TABLE big (b BLOB);
@@ -260,15 +250,13 @@ mod tests {
              INSERT INTO big SELECT zeroblob(4000) FROM n;",
         )
         .unwrap();
-        let wal = dir.join("orders.db-wal");
+        let wal = dir.path().join("orders.db-wal");
         let grown = std::fs::metadata(&wal).unwrap().len();
         assert!(grown > JOURNAL_SIZE_LIMIT as u64, "the WAL grew to {grown}");
         // The next write starts the WAL over after the checkpoint, and cuts it back.
         conn.execute_batch("INSERT INTO big VALUES (x'00')")
             .unwrap();
         let after = std::fs::metadata(&wal).unwrap().len();
-        drop(conn);
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(
             after <= JOURNAL_SIZE_LIMIT as u64,
             "the WAL kept {after} bytes after a checkpoint (it grew to {grown})"
