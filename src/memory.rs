@@ -9,10 +9,19 @@ fn arenas_for(cores: usize) -> usize {
     cores.clamp(2, 64)
 }
 
+/// Whether `MALLOC_ARENA_MAX` holds a count that glibc applies itself: a positive
+/// number. glibc ignores an empty or malformed value, so that must not leave the arenas
+/// unbounded.
+fn counted_by_operator(value: Option<&str>) -> bool {
+    value
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .is_some_and(|n| n > 0)
+}
+
 /// Bounds glibc's malloc arenas, unless `MALLOC_ARENA_MAX` already says how many (glibc
 /// reads it itself). Call first thing in `main`, before any other thread starts.
 pub fn bound_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+    if counted_by_operator(std::env::var("MALLOC_ARENA_MAX").ok().as_deref()) {
         return;
     }
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -41,5 +50,15 @@ mod tests {
         assert_eq!(arenas_for(2), 2);
         assert_eq!(arenas_for(8), 8);
         assert_eq!(arenas_for(1000), 64);
+    }
+
+    #[test]
+    fn only_a_positive_count_in_the_environment_overrides_the_bound() {
+        assert!(counted_by_operator(Some("4")));
+        assert!(counted_by_operator(Some(" 1 ")));
+        assert!(!counted_by_operator(None));
+        assert!(!counted_by_operator(Some("")));
+        assert!(!counted_by_operator(Some("0")));
+        assert!(!counted_by_operator(Some("many")));
     }
 }
