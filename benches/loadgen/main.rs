@@ -33,7 +33,8 @@ const USAGE: &str = "cargo bench --bench loadgen -- [options]
   --duration S       measured seconds per scenario (10)
   --warmup S         warm-up seconds before each (2)
   --clients N        keep-alive client threads (16)
-  --http-threads N   the service's HTTP_THREADS, and the ceiling's workers (16)
+  --http-threads N   the service's HTTP_THREADS, and the ceiling's workers (the
+                     service's default)
   --preload N        orders for the scale runs, 0 to skip them (1000000)
   --users N          users the preloaded orders belong to (10000)
   --big-share P      percent of the preloaded orders held by one user (20)
@@ -84,7 +85,12 @@ fn options() -> Result<Options, String> {
         duration: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
         clients: 16,
-        http_threads: 16,
+        // The service as it ships: the workers (each with its own database connection
+        // and page cache) that a store runs without setting HTTP_THREADS.
+        http_threads: order_service::config::HTTP_THREADS
+            .default
+            .parse()
+            .expect("HTTP_THREADS has a numeric default"),
         preload: 1_000_000,
         users: 10_000,
         big_percent: 20,
