@@ -10,11 +10,12 @@ fn arenas_for(cores: usize) -> usize {
 }
 
 /// Whether `MALLOC_ARENA_MAX` holds a count that glibc applies itself: a positive
-/// number. glibc ignores an empty or malformed value, so that must not leave the arenas
-/// unbounded.
+/// decimal number. glibc ignores an empty or malformed value, so that must not leave the
+/// arenas unbounded; anything odd gets the service's bound.
 fn counted_by_operator(value: Option<&str>) -> bool {
     value
-        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u32>().ok())
         .is_some_and(|n| n > 0)
 }
 
@@ -55,7 +56,9 @@ mod tests {
     #[test]
     fn only_a_positive_count_in_the_environment_overrides_the_bound() {
         assert!(counted_by_operator(Some("4")));
-        assert!(counted_by_operator(Some(" 1 ")));
+        assert!(counted_by_operator(Some("16")));
+        assert!(!counted_by_operator(Some(" 1 ")));
+        assert!(!counted_by_operator(Some("+2")));
         assert!(!counted_by_operator(None));
         assert!(!counted_by_operator(Some("")));
         assert!(!counted_by_operator(Some("0")));
