@@ -101,6 +101,8 @@ pub struct Config {
     pub outbox_retention: Duration,
     pub http_threads: usize,
     pub max_connections: usize,
+    /// env_logger's filter: from the environment or the `--config` file, like the rest.
+    pub log_filter: String,
 }
 
 /// A bad setting, named.
@@ -331,7 +333,7 @@ pub const ALLOW_UNTRUSTED_NETWORK: Setting<bool> = Setting {
     secret: false,
     parse: yes_or_no,
 };
-/// Read by env_logger from the process environment, not by `Config`.
+/// Handed to env_logger as its filter, so that a `--config` file can set it too.
 pub const RUST_LOG: Setting<String> = Setting {
     name: "RUST_LOG",
     default: "info",
@@ -447,6 +449,7 @@ impl Config {
             outbox_retention: OUTBOX_RETENTION.read(&get)?,
             http_threads: HTTP_THREADS.read(&get)?,
             max_connections: MAX_CONNECTIONS.read(&get)?,
+            log_filter: RUST_LOG.read(&get)?,
         })
     }
 
@@ -831,11 +834,11 @@ mod tests {
         .unwrap();
         let mut asked = asked.into_inner();
         asked.sort();
-        // env_logger reads RUST_LOG itself; FLASK_ENV is read by nothing.
+        // FLASK_ENV is read by nothing.
         let mut listed: Vec<String> = ALL
             .iter()
             .map(|s| s.name.to_string())
-            .filter(|n| n != RUST_LOG.name && n != FLASK_ENV.name)
+            .filter(|n| n != FLASK_ENV.name)
             .collect();
         listed.sort();
         assert_eq!(asked, listed);

@@ -119,7 +119,8 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
     }
     let config =
         Config::load(config_file.as_deref()).map_err(|e| Failure::Config(e.to_string()))?;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    env_logger::Builder::new()
+        .parse_filters(&config.log_filter)
         .format_timestamp_millis()
         // amiquip logs the AMQP handshake at debug, and its start-ok holds the broker
         // password in clear: no RUST_LOG may show it.

@@ -839,6 +839,57 @@ fn cli() {
     );
 }
 
+/// A service started with `--config FILE` and `env`, up and answering; its stderr after
+/// the health check that `wait_serving` made (a request logged at INFO).
+fn stderr_of_serve(dir: &TempDir, settings: &str, env: &[(&str, &str)]) -> String {
+    let d = dir.path();
+    for _ in 0..5 {
+        let port = free_port();
+        let file = write_file(dir, "logging.env", &format!("PORT={port}\n{settings}"));
+        let mut child = spawn_serve(d, &["--config", file.to_str().unwrap()], env);
+        match wait_serving(&mut child, port, d) {
+            Ok(()) => {
+                // The worker logs a request once it has answered it: give it a moment.
+                std::thread::sleep(Duration::from_millis(200));
+                return std::fs::read_to_string(d.join("serve.stderr")).unwrap();
+            }
+            Err(e) if e.contains("in use") => continue,
+            Err(e) => panic!("--config with {settings:?}: {e}"),
+        }
+    }
+    panic!("could not find a free port in 5 tries")
+}
+
+#[test]
+fn rust_log_in_the_config_file_sets_the_log_filter_and_the_environment_wins() {
+    let products = ProductStandIn::with_default_catalog();
+    let dir = temp_dir();
+    let settings = |filter: &str| {
+        format!(
+            "HOST=127.0.0.1\nDATABASE_URL={}\nPRODUCT_SERVICE_URL={}\n\
+             RABBITMQ_HOST=127.0.0.1\nRABBITMQ_PORT=1\nRUST_LOG={filter}\n",
+            dir.path().join("orders.db").display(),
+            products.url()
+        )
+    };
+    let info_lines = |log: &str| log.lines().filter(|l| l.contains(" INFO ")).count();
+
+    let quiet = stderr_of_serve(&dir, &settings("warn"), &[]);
+    assert_eq!(
+        info_lines(&quiet),
+        0,
+        "RUST_LOG=warn in the file, yet INFO lines:\n{quiet}"
+    );
+
+    let told = stderr_of_serve(&dir, &settings("warn"), &[("RUST_LOG", "info")]);
+    assert!(
+        told.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("GET /health 200")),
+        "RUST_LOG=info in the environment over warn in the file, yet no INFO line for the \
+         health check:\n{told}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 7: backup
 // ---------------------------------------------------------------------------------------
