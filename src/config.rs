@@ -22,12 +22,25 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum ProductSource {
     /// Base URL of the product service, without a trailing slash.
     Http(String),
     /// A local JSON catalog: an array of product objects.
     File(PathBuf),
+}
+
+/// The URL without its `user:password@`: a `Config` printed whole never shows them.
+impl fmt::Debug for ProductSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProductSource::Http(url) => f
+                .debug_tuple("Http")
+                .field(&crate::redact::userinfo(url))
+                .finish(),
+            ProductSource::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -822,6 +835,20 @@ mod tests {
         assert_eq!(vars["A"], "x y");
         assert_eq!(vars["B"], "z");
         assert!(parse_env_text("nonsense").is_err());
+    }
+
+    #[test]
+    fn a_printed_config_shows_no_product_service_credentials() {
+        let config = Config::from_lookup(|k| {
+            (k == "PRODUCT_SERVICE_URL").then(|| "http://shop:canary-s3cret@products:8001".into())
+        })
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("canary-s3cret"), "{printed}");
+        assert!(
+            printed.contains("Http(\"http://***@products:8001\")"),
+            "{printed}"
+        );
     }
 
     #[test]
