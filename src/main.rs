@@ -119,8 +119,13 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
     }
     let config =
         Config::load(config_file.as_deref()).map_err(|e| Failure::Config(e.to_string()))?;
-    env_logger::Builder::new()
-        .parse_filters(&config.log_filter)
+    // The filter comes from `Config` (a `--config` file may set it); colours, as before,
+    // from RUST_LOG_STYLE in the environment.
+    let mut logs = env_logger::Builder::new();
+    if let Ok(style) = std::env::var("RUST_LOG_STYLE") {
+        logs.parse_write_style(&style);
+    }
+    logs.parse_filters(&config.log_filter)
         .format_timestamp_millis()
         // amiquip logs the AMQP handshake at debug, and its start-ok holds the broker
         // password in clear: no RUST_LOG may show it.
