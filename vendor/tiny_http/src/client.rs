@@ -125,28 +125,34 @@ fn timeout_for(left: Duration) -> Duration {
     left.saturating_sub(SLACK / 2).max(Duration::from_millis(1))
 }
 
+/// Gives the socket a new timeout through `apply` unless the one `set` still serves, with
+/// `left` to the deadline; `set` is unknown (`None`) if that fails.
+fn refresh(
+    set: &mut Option<Duration>,
+    left: Duration,
+    apply: impl FnOnce(Option<Duration>) -> io::Result<()>,
+) -> io::Result<()> {
+    if resets(*set, left) {
+        let timeout = timeout_for(left);
+        *set = None;
+        apply(Some(timeout))?;
+        *set = Some(timeout);
+    }
+    Ok(())
+}
+
 impl Wire for Timed {
     fn read_by(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
-        let left = time_left(deadline)?;
-        if resets(self.read, left) {
-            let timeout = timeout_for(left);
-            self.read = None;
-            self.conn.set_read_timeout(Some(timeout))?;
-            self.read = Some(timeout);
-        }
-        self.conn.read(buf)
+        let Timed { conn, read, .. } = self;
+        refresh(read, time_left(deadline)?, |t| conn.set_read_timeout(t))?;
+        conn.read(buf)
     }
 
     fn write_by(&mut self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
         while !bytes.is_empty() {
-            let left = time_left(deadline)?;
-            if resets(self.write, left) {
-                let timeout = timeout_for(left);
-                self.write = None;
-                self.conn.set_write_timeout(Some(timeout))?;
-                self.write = Some(timeout);
-            }
-            match self.conn.write(bytes) {
+            let Timed { conn, write, .. } = self;
+            refresh(write, time_left(deadline)?, |t| conn.set_write_timeout(t))?;
+            match conn.write(bytes) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
