@@ -87,10 +87,9 @@ fn options() -> Result<Options, String> {
         clients: 16,
         // The service as it ships: the workers (each with its own database connection
         // and page cache) that a store runs without setting HTTP_THREADS.
-        http_threads: order_service::config::HTTP_THREADS
-            .default
-            .parse()
-            .expect("HTTP_THREADS has a numeric default"),
+        http_threads: order_service::config::Config::from_lookup(|_| None)
+            .expect("the defaults make a configuration")
+            .http_threads,
         preload: 1_000_000,
         users: 10_000,
         big_percent: 20,
