@@ -10,22 +10,19 @@
 //! cargo builds `target/release/order-service` with the benchmark, from the same sources,
 //! so the binary measured is never stale.
 
+mod catalog;
 mod ceilings;
 mod client;
 mod preload;
 mod report;
 mod scenarios;
 mod service;
-/// The product service stand-in the API tests use: the one harness for both.
-#[path = "../../tests/api/support/stand_in.rs"]
-#[allow(dead_code)]
-mod stand_in;
 
+use catalog::{Catalog, PRODUCTS};
 use report::{Line, Report, Target};
 use scenarios::{Kind, Known, Outcome};
 use serde_json::{json, Value};
 use service::{Service, Setup};
-use stand_in::ProductStandIn;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -217,7 +214,7 @@ impl Drop for Db {
 struct Run {
     o: Options,
     dir: PathBuf,
-    products: ProductStandIn,
+    products: Catalog,
     broker: bool,
     report: Report,
 }
@@ -279,7 +276,7 @@ fn main() {
     let dir = service::run_dir(&o.dir);
     let broker = !o.no_broker && service::broker_reachable();
     let mut run = Run {
-        products: catalog(),
+        products: Catalog::start(PRODUCTS),
         broker,
         report: Report::default(),
         dir,
@@ -952,20 +949,4 @@ fn targets(r: &mut Report, o: &Options) {
         full.map(|v| v <= 1000.0),
     );
     r.targets = t;
-}
-
-/// Products 1..=10 with endless stock, answered on kept-alive connections.
-fn catalog() -> ProductStandIn {
-    let products = ProductStandIn::start();
-    for id in 1..=10i64 {
-        products.set(
-            id,
-            stand_in::product(
-                &format!("Product {id}"),
-                &format!("{}.99", id * 10),
-                1_000_000,
-            ),
-        );
-    }
-    products
 }

@@ -1,6 +1,7 @@
 //! The scenarios: N client threads, each on its own keep-alive connection, a warm-up,
 //! then a fixed time during which every request's latency is recorded.
 
+use crate::catalog::PRODUCTS;
 use crate::client::{Conn, Request};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -94,12 +95,12 @@ impl Rng {
 }
 
 pub fn create_body(rng: &mut Rng, items: usize) -> String {
-    let first = rng.below(10);
+    let first = rng.below(PRODUCTS);
     let lines: Vec<String> = (0..items as u64)
         .map(|k| {
             format!(
                 r#"{{"product_id":{},"quantity":{}}}"#,
-                1 + (first + k) % 10,
+                1 + (first + k) % PRODUCTS,
                 1 + k % 3
             )
         })

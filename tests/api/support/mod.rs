@@ -6,7 +6,7 @@
 //! text (`metrics`); a TCP proxy a test cuts to take PostgreSQL away (`proxy`).
 //!
 //! No module names `crate::`: a bench can take the whole of it with
-//! `#[path = "../tests/api/support/mod.rs"] mod support;`, or `stand_in.rs` alone.
+//! `#[path = "../tests/api/support/mod.rs"] mod support;`.
 
 mod app;
 mod contract;

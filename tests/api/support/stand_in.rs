@@ -1,8 +1,6 @@
 //! The product service as the tests need it: answers set per product id, served by the
-//! vendored tiny_http, every lookup counted.
-//!
-//! Only std, serde_json and tiny_http, and nothing from the rest of `support/`, so a bench
-//! can take this file alone: `#[path = "../tests/api/support/stand_in.rs"] mod stand_in;`.
+//! vendored tiny_http, every lookup counted. (The benchmark has a leaner one of its own,
+//! `benches/loadgen/catalog.rs`, that takes less of the shared cores.)
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -110,7 +108,7 @@ impl ProductStandIn {
                     Err(_) => continue,
                 };
                 if !is_slow(&request, &catalog) {
-                    // Answered here: no thread to start, so a benchmark can use it too.
+                    // Answered here: no thread to start for each lookup.
                     answer(request, &catalog, &switches, &calls, &stopping);
                     continue;
                 }

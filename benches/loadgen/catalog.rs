@@ -1,0 +1,90 @@
+//! The benchmark's product service: a fixed catalog whose answers are made once, served
+//! on kept-alive connections, each answered on its own thread.
+//!
+//! A real product service runs elsewhere; here it shares the two cores with the service
+//! under test. The tests' stand-in (tiny_http, one thread answering every lookup, each
+//! handed from a connection's thread to it and back) spent about 50 µs of CPU on a
+//! lookup; this one reads a request and writes its answer on the same thread.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+
+/// The catalog's size: products 1 to 10, whose orders the scenarios place.
+pub const PRODUCTS: u64 = 10;
+
+/// Products 1..=`count` with endless stock.
+pub struct Catalog {
+    port: u16,
+}
+
+impl Catalog {
+    pub fn start(count: u64) -> Catalog {
+        let answers: HashMap<u64, Vec<u8>> = (1..=count)
+            .map(|id| {
+                let body = format!(
+                    r#"{{"id":{id},"name":"Product {id}","price":{}.99,"stock":1000000,"description":"stand-in"}}"#,
+                    id * 10
+                );
+                (id, answer("200 OK", &body))
+            })
+            .collect();
+        let answers = Arc::new(answers);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("start the product catalog");
+        let port = listener.local_addr().expect("its port").port();
+        let named = || std::thread::Builder::new().name("catalog".into());
+        named()
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let answers = answers.clone();
+                    let _ = named().spawn(move || serve(stream, &answers));
+                }
+            })
+            .expect("start the product catalog");
+        Catalog { port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn answer(status: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Answers each request head on `stream` until the client closes it. The service's
+/// lookups are GETs without a body; anything but a known product gets a JSON 404 (the
+/// catalog list too: "no list, lookups only").
+fn serve(mut stream: TcpStream, answers: &HashMap<u64, Vec<u8>>) {
+    let _ = stream.set_nodelay(true);
+    let not_found = answer("404 Not Found", r#"{"error":"Product not found"}"#);
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let id = std::str::from_utf8(&buf[..end])
+                .ok()
+                .and_then(|head| head.strip_prefix("GET /api/products/"))
+                .and_then(|rest| rest.split([' ', '?', '/']).next())
+                .and_then(|id| id.parse::<u64>().ok());
+            let reply = id.and_then(|id| answers.get(&id)).unwrap_or(&not_found);
+            if stream.write_all(reply).is_err() {
+                return;
+            }
+            buf.drain(..end + 4);
+        }
+        if buf.len() > 64 * 1024 {
+            return;
+        }
+    }
+}
