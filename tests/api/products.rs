@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -499,4 +499,38 @@ fn the_lookups_of_one_order_run_side_by_side() {
     for id in 200..208 {
         assert_eq!(app.products.calls_for(id), 1, "product {id}");
     }
+}
+
+#[test]
+fn lookups_keep_their_connections_to_the_product_service() {
+    let app = spawn_app();
+    // Four orders of eight lines at a time, twenty times over, each order with products of
+    // its own (concurrent lookups of one product share a request): up to twenty lookups
+    // at once, the four orders' workers and the sixteen lookup helpers.
+    let bodies: Vec<Value> = (0..4)
+        .map(|order| {
+            let ids = (0..8).map(|line| 300 + 8 * order + line);
+            ids.clone()
+                .for_each(|id| app.products.set(id, product("Part", "1.00", 1_000_000)));
+            items(&ids.map(|id| (id, 1)).collect::<Vec<_>>())
+        })
+        .collect();
+
+    for _ in 0..20 {
+        std::thread::scope(|s| {
+            for body in &bodies {
+                s.spawn(|| {
+                    app.create_order(&ALICE, body).assert_status(201);
+                });
+            }
+        });
+    }
+
+    assert_eq!(app.products.calls(), 640);
+    let connections = app.products.connections();
+    assert!(
+        connections <= 24,
+        "640 lookups, at most 20 at once, came on {connections} connections: \
+         kept-alive connections were closed and opened anew"
+    );
 }

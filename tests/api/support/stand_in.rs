@@ -2,8 +2,8 @@
 //! vendored tiny_http, every lookup counted. (The benchmark has a leaner one of its own,
 //! `benches/loadgen/catalog.rs`, that takes less of the shared cores.)
 
-use std::collections::HashMap;
-use std::net::TcpListener;
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -52,6 +52,12 @@ pub fn product(name: &str, price: &str, stock: i64) -> Behaviour {
 
 type Catalog = Arc<Mutex<HashMap<i64, Behaviour>>>;
 
+/// A lookup: the product id asked for, and the connection it came on.
+struct Call {
+    id: i64,
+    peer: Option<SocketAddr>,
+}
+
 /// How the stand-in answers beyond single lookups (tests/api/offline.rs).
 #[derive(Default)]
 struct Switches {
@@ -70,7 +76,7 @@ pub struct ProductStandIn {
     server: Arc<tiny_http::Server>,
     catalog: Catalog,
     switches: Arc<Switches>,
-    calls: Arc<Mutex<Vec<i64>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
     stopping: Arc<AtomicBool>,
     dispatcher: Option<JoinHandle<()>>,
     answers: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -87,7 +93,7 @@ impl ProductStandIn {
         let server = Arc::new(server);
         let catalog: Catalog = Arc::default();
         let switches: Arc<Switches> = Arc::default();
-        let calls: Arc<Mutex<Vec<i64>>> = Arc::default();
+        let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
         let stopping = Arc::new(AtomicBool::new(false));
         let answers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let dispatcher = {
@@ -183,8 +189,18 @@ impl ProductStandIn {
             .lock()
             .unwrap()
             .iter()
-            .filter(|&&c| c == id)
+            .filter(|c| c.id == id)
             .count()
+    }
+
+    /// The connections lookups came on so far: one per connection the service opened.
+    pub fn connections(&self) -> usize {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter_map(|c| c.peer)
+            .collect::<HashSet<_>>()
+            .len()
     }
 }
 
@@ -207,7 +223,7 @@ fn answer(
     request: tiny_http::Request,
     catalog: &Catalog,
     switches: &Switches,
-    calls: &Mutex<Vec<i64>>,
+    calls: &Mutex<Vec<Call>>,
     stopping: &AtomicBool,
 ) {
     if switches.down.load(Ordering::SeqCst) {
@@ -236,7 +252,10 @@ fn answer(
     let id = product_id(&request);
     let behaviour = match id {
         Some(id) if *request.method() == tiny_http::Method::Get => {
-            calls.lock().unwrap().push(id);
+            calls.lock().unwrap().push(Call {
+                id,
+                peer: request.remote_addr().copied(),
+            });
             catalog
                 .lock()
                 .unwrap()
