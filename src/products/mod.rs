@@ -77,9 +77,6 @@ const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 const MAX_PARALLEL: usize = 8;
 /// Helper threads for the lookups of orders with several lines, shared by all workers.
 const LOOKUP_HELPERS: usize = 2 * MAX_PARALLEL;
-/// Kept-alive connections to the product service: more than the workers and helpers
-/// that look up at once.
-const IDLE_CONNECTIONS: usize = MAX_PARALLEL * 4;
 /// How long past its lookups' own deadline an order waits for a helper's answer that
 /// never comes (its part panicked): ureq's timeout has ended every request by then.
 const HELPER_GRACE: Duration = Duration::from_secs(1);
@@ -107,16 +104,18 @@ impl Catalog {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Catalog {
         let source = match &config.product_source {
             ProductSource::Http(base) => {
+                // A connection for each thread that may look up at once: the workers,
+                // the helpers and the refresher. Both caps: ureq's overall one (10 by
+                // default) closed the connections handed back past the tenth, and the
+                // next lookups connected anew.
+                let connections = config.http_threads + LOOKUP_HELPERS + 1;
                 let agent_config = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .timeout_connect(Some(config.product_connect_timeout))
                     .timeout_recv_response(Some(config.product_read_timeout))
                     .timeout_global(Some(config.product_total_timeout))
-                    // Both caps: ureq's overall one (10 by default) is below the
-                    // per-host one, and lookups beyond ten at once closed their
-                    // connections, the next ones connecting anew.
-                    .max_idle_connections(IDLE_CONNECTIONS)
-                    .max_idle_connections_per_host(IDLE_CONNECTIONS)
+                    .max_idle_connections(connections)
+                    .max_idle_connections_per_host(connections)
                     .user_agent(concat!("order-service/", env!("CARGO_PKG_VERSION")))
                     .build();
                 let agent = ureq::Agent::with_parts(
