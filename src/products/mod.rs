@@ -77,6 +77,8 @@ const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 const MAX_PARALLEL: usize = 8;
 /// Helper threads for the lookups of orders with several lines, shared by all workers.
 const LOOKUP_HELPERS: usize = 2 * MAX_PARALLEL;
+/// Each way, a kept connection's buffer; also the largest answer head taken.
+const CONNECTION_BUFFER: usize = 16 * 1024;
 /// How long past its lookups' own deadline an order waits for a helper's answer that
 /// never comes (its part panicked): ureq's timeout has ended every request by then.
 const HELPER_GRACE: Duration = Duration::from_secs(1);
@@ -116,6 +118,12 @@ impl Catalog {
                     .timeout_global(Some(config.product_total_timeout))
                     .max_idle_connections(connections)
                     .max_idle_connections_per_host(connections)
+                    // Each kept connection holds its buffers, 128 KiB each way by
+                    // default, written through when first used. A lookup's request
+                    // and the answer's head are far smaller; a body streams through.
+                    .input_buffer_size(CONNECTION_BUFFER)
+                    .output_buffer_size(CONNECTION_BUFFER)
+                    .max_response_header_size(CONNECTION_BUFFER)
                     .user_agent(concat!("order-service/", env!("CARGO_PKG_VERSION")))
                     .build();
                 let agent = ureq::Agent::with_parts(

@@ -147,3 +147,33 @@ fn an_unchanged_answer_is_written_to_the_cache_at_most_once_a_second() {
     app.place_order(&BOB, &[(MOUSE, 1)]);
     assert!(cached_fetched_at(&app, MOUSE) >= changed + 1_000_000);
 }
+
+/// Product `id`'s answer with a description of `len` bytes.
+fn padded_answer(id: i64, len: usize) -> Behaviour {
+    Behaviour::Answer {
+        status: 200,
+        content_type: "application/json",
+        body: format!(
+            r#"{{"id":{id},"name":"Padded","price":19.99,"stock":1000,"description":"{}"}}"#,
+            "d".repeat(len)
+        ),
+    }
+}
+
+#[test]
+fn an_answer_larger_than_a_connection_buffer_is_read_whole_and_one_past_the_limit_is_an_outage() {
+    let app = spawn_app();
+    // 60 KiB: several times a kept connection's 16 KiB buffer, within the 64 KiB an
+    // answer may have.
+    app.products.set(MOUSE, padded_answer(MOUSE, 60 * 1024));
+    let order = app.place_order(&ALICE, &[(MOUSE, 2)]);
+    assert_eq!(order["items"][0]["product_name"], "Padded");
+    assert_eq!(order["total"], json!(39.98));
+    assert_eq!(order["stock_verified"], json!(true));
+
+    // A product never seen before, so no snapshot prices it instead.
+    app.products.set(CABLE, padded_answer(CABLE, 70 * 1024));
+    app.create_order(&ALICE, &items(&[(CABLE, 1)]))
+        .assert_error(503, "product_service_unavailable");
+    assert_eq!(app.count_orders(), 1);
+}
