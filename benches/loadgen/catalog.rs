@@ -14,14 +14,14 @@ use std::sync::Arc;
 /// The catalog's size: products 1 to 10, whose orders the scenarios place.
 pub const PRODUCTS: u64 = 10;
 
-/// Products 1..=`count` with endless stock.
+/// Products 1 to `PRODUCTS` with endless stock.
 pub struct Catalog {
     port: u16,
 }
 
 impl Catalog {
-    pub fn start(count: u64) -> Catalog {
-        let answers: HashMap<u64, Vec<u8>> = (1..=count)
+    pub fn start() -> Catalog {
+        let answers: HashMap<u64, Vec<u8>> = (1..=PRODUCTS)
             .map(|id| {
                 let body = format!(
                     r#"{{"id":{id},"name":"Product {id}","price":{}.99,"stock":1000000,"description":"stand-in"}}"#,
@@ -68,8 +68,10 @@ fn serve(mut stream: TcpStream, answers: &HashMap<u64, Vec<u8>>) {
     let mut chunk = [0u8; 4096];
     loop {
         match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
         }
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let id = std::str::from_utf8(&buf[..end])

@@ -18,7 +18,7 @@ mod report;
 mod scenarios;
 mod service;
 
-use catalog::{Catalog, PRODUCTS};
+use catalog::Catalog;
 use report::{Line, Report, Target};
 use scenarios::{Kind, Known, Outcome};
 use serde_json::{json, Value};
@@ -276,7 +276,7 @@ fn main() {
     let dir = service::run_dir(&o.dir);
     let broker = !o.no_broker && service::broker_reachable();
     let mut run = Run {
-        products: Catalog::start(PRODUCTS),
+        products: Catalog::start(),
         broker,
         report: Report::default(),
         dir,
