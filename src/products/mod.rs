@@ -77,8 +77,11 @@ const MAX_ANSWER_BYTES: u64 = 64 * 1024;
 const MAX_PARALLEL: usize = 8;
 /// Helper threads for the lookups of orders with several lines, shared by all workers.
 const LOOKUP_HELPERS: usize = 2 * MAX_PARALLEL;
-/// Each way, a kept connection's buffer; also the largest answer head taken.
+/// Each way, a kept connection's buffer.
 const CONNECTION_BUFFER: usize = 16 * 1024;
+/// The largest answer head taken: below the buffer, so that a larger head is reported
+/// as too large (with a full buffer ureq could only say the peer went away).
+const ANSWER_HEAD_LIMIT: usize = 8 * 1024;
 /// How long past its lookups' own deadline an order waits for a helper's answer that
 /// never comes (its part panicked): ureq's timeout has ended every request by then.
 const HELPER_GRACE: Duration = Duration::from_secs(1);
@@ -123,7 +126,7 @@ impl Catalog {
                     // and the answer's head are far smaller; a body streams through.
                     .input_buffer_size(CONNECTION_BUFFER)
                     .output_buffer_size(CONNECTION_BUFFER)
-                    .max_response_header_size(CONNECTION_BUFFER)
+                    .max_response_header_size(ANSWER_HEAD_LIMIT)
                     .user_agent(concat!("order-service/", env!("CARGO_PKG_VERSION")))
                     .build();
                 let agent = ureq::Agent::with_parts(

@@ -4,6 +4,9 @@
 
 use crate::support::*;
 use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::Duration;
 
 fn proxy_page(content_type: &'static str, body: &str) -> Behaviour {
     Behaviour::Answer {
@@ -161,7 +164,7 @@ fn padded_answer(id: i64, len: usize) -> Behaviour {
 }
 
 #[test]
-fn an_answer_larger_than_a_connection_buffer_is_read_whole_and_one_past_the_limit_is_an_outage() {
+fn an_answer_larger_than_a_connection_buffer_is_read_whole_and_one_over_the_limit_is_an_outage() {
     let app = spawn_app();
     // 60 KiB: several times a kept connection's 16 KiB buffer, within the 64 KiB an
     // answer may have.
@@ -176,4 +179,71 @@ fn an_answer_larger_than_a_connection_buffer_is_read_whole_and_one_past_the_limi
     app.create_order(&ALICE, &items(&[(CABLE, 1)]))
         .assert_error(503, "product_service_unavailable");
     assert_eq!(app.count_orders(), 1);
+}
+
+/// A product service whose answers to any lookup (MOUSE's) carry a header `padding`
+/// bytes long; its URL.
+fn product_service_with_a_head_padded_by(padding: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("its address"));
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        request.drain(..end + 4);
+                        let body = format!(
+                            r#"{{"id":{MOUSE},"name":"Mouse","price":19.99,"stock":1000}}"#
+                        );
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                             X-Padding: {}\r\nContent-Length: {}\r\n\r\n{body}",
+                            "p".repeat(padding),
+                            body.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn an_answer_head_over_its_limit_is_an_outage_named_as_such() {
+    // 4 KiB of headers are taken.
+    let app = TestApp::builder()
+        .env(
+            "PRODUCT_SERVICE_URL",
+            &product_service_with_a_head_padded_by(4 * 1024),
+        )
+        .spawn();
+    app.place_order(&ALICE, &[(MOUSE, 1)]);
+
+    // 9 KiB are over the 8 KiB limit: an outage, and the log says why.
+    let app = TestApp::builder()
+        .env(
+            "PRODUCT_SERVICE_URL",
+            &product_service_with_a_head_padded_by(9 * 1024),
+        )
+        .spawn();
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_error(503, "product_service_unavailable");
+    assert_eq!(app.count_orders(), 0);
+    assert!(
+        wait_until(Duration::from_secs(5), || app
+            .stderr()
+            .contains("response header is too big")),
+        "the log names the cause: {}",
+        app.stderr()
+    );
 }

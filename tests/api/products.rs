@@ -529,7 +529,7 @@ fn lookups_keep_their_connections_to_the_product_service() {
     assert_eq!(app.products.calls(), 640);
     let connections = app.products.connections();
     assert!(
-        connections <= 24,
+        (1..=24).contains(&connections),
         "640 lookups, at most 20 at once, came on {connections} connections: \
          kept-alive connections were closed and opened anew"
     );
