@@ -14,6 +14,16 @@ use std::sync::Arc;
 /// The catalog's size: products 1 to 10, whose orders the scenarios place.
 pub const PRODUCTS: u64 = 10;
 
+/// Product `id`'s name, as the catalog answers it.
+pub fn name(id: u64) -> String {
+    format!("Product {id}")
+}
+
+/// Product `id`'s price in cents, as the catalog answers it.
+pub fn price_cents(id: u64) -> u64 {
+    id * 1000 + 99
+}
+
 /// Products 1 to `PRODUCTS` with endless stock.
 pub struct Catalog {
     port: u16,
@@ -23,9 +33,12 @@ impl Catalog {
     pub fn start() -> Catalog {
         let answers: HashMap<u64, Vec<u8>> = (1..=PRODUCTS)
             .map(|id| {
+                let cents = price_cents(id);
                 let body = format!(
-                    r#"{{"id":{id},"name":"Product {id}","price":{}.99,"stock":1000000,"description":"stand-in"}}"#,
-                    id * 10
+                    r#"{{"id":{id},"name":"{}","price":{}.{:02},"stock":1000000,"description":"stand-in"}}"#,
+                    name(id),
+                    cents / 100,
+                    cents % 100
                 );
                 (id, answer("200 OK", &body))
             })

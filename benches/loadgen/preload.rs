@@ -2,7 +2,7 @@
 //! each, spread over many users plus one user holding a big share, and optionally one
 //! pending outbox event per order (what a store offline for a long while holds).
 
-use crate::catalog::PRODUCTS;
+use crate::catalog::{self, PRODUCTS};
 use crate::scenarios::BIG;
 use std::io::Write;
 use std::path::Path;
@@ -44,11 +44,10 @@ impl Row {
         let user = crate::scenarios::user_name(user);
         let items: Vec<_> = (0..lines as u64)
             .map(|k| {
-                let p = ((id + 3 * k) % PRODUCTS + 1) as i64;
+                let p = (id + 3 * k) % PRODUCTS + 1;
                 let q = (k % 3 + 1) as i64;
-                // The catalog's price of product p, in cents.
-                let price = p * 1000 + 99;
-                (p, format!("Product {p}"), q, price, q * price)
+                let price = catalog::price_cents(p) as i64;
+                (p as i64, catalog::name(p), q, price, q * price)
             })
             .collect();
         Row {
