@@ -82,7 +82,8 @@ fn says_close(head: &str) -> bool {
         .any(|l| l.starts_with("connection:") && l.contains("close"))
 }
 
-const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+/// A kept-alive health check.
+pub(crate) const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
 #[test]
 fn a_huge_content_length_does_not_bring_the_service_down() {
