@@ -298,10 +298,7 @@ fn catalog_import_and_status_work_on_a_stopped_service_s_database() {
     assert!(!ok && err.contains("entry 0"), "{err}");
 
     // Started with no product service at all, it sells what the import brought.
-    app.restart_with_env(
-        "PRODUCT_SERVICE_URL",
-        &format!("http://127.0.0.1:{}", free_port()),
-    );
+    app.restart_with_env("PRODUCT_SERVICE_URL", CLOSED_PORT_URL);
     let order = app.place_order(&ALICE, &[(70, 3)]);
     assert_eq!(order["stock_verified"], false);
     assert_eq!(line_for(&order, 70)["product_name"], "USB Lamp");

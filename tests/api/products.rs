@@ -100,12 +100,8 @@ fn a_product_service_500_answers_503_with_retry_after_and_writes_nothing() {
 
 #[test]
 fn an_unreachable_product_service_answers_503() {
-    let closed_port = free_port();
     let app = TestApp::builder()
-        .env(
-            "PRODUCT_SERVICE_URL",
-            &format!("http://127.0.0.1:{closed_port}"),
-        )
+        .env("PRODUCT_SERVICE_URL", CLOSED_PORT_URL)
         .spawn();
 
     let started = Instant::now();
@@ -319,10 +315,7 @@ fn the_offline_policy_serves_the_cache_while_the_product_service_is_unreachable(
     app.place_order(&ALICE, &[(MOUSE, 1)]);
 
     // The same database, with the product service now at a closed port.
-    app.restart_with_env(
-        "PRODUCT_SERVICE_URL",
-        &format!("http://127.0.0.1:{}", free_port()),
-    );
+    app.restart_with_env("PRODUCT_SERVICE_URL", CLOSED_PORT_URL);
 
     let response = app.create_order(&ALICE, &items(&[(MOUSE, 2)]));
 

@@ -33,6 +33,10 @@ pub fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// A product service nothing answers at: port 1 is privileged, and no test binds it. (A
+/// port `free_port` gave may be another test's service by the time it is dialled.)
+pub const CLOSED_PORT_URL: &str = "http://127.0.0.1:1";
+
 /// A port nothing listens on just now. Another process may take it before the service
 /// binds it: callers that start a service on it try again when that happens.
 pub fn free_port() -> u16 {
@@ -118,11 +122,9 @@ pub fn wait_healthy(process: &mut ChildGuard, port: u16) -> Result<(), String> {
         if let Some(status) = process.exited() {
             return Err(format!("the process exited with {status}"));
         }
-        if health_status(port) == Ok(200) {
-            // Make sure it is our process that answered, not a neighbour on a reused port.
-            if let Some(status) = process.exited() {
-                return Err(format!("the process exited with {status}"));
-            }
+        // A neighbour that took the same port answers too, while ours is still migrating
+        // (it binds after); then ours exits with the port in use.
+        if health_status(port) == Ok(200) && process.pid().is_some_and(|pid| listens(pid, port)) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -132,6 +134,32 @@ pub fn wait_healthy(process: &mut ChildGuard, port: u16) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether process `pid` holds the socket listening on TCP `port` (IPv4): the socket's
+/// inode from /proc/net/tcp among the process's open files.
+fn listens(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = format!(":{port:04X}");
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listening = fields.get(1).is_some_and(|local| local.ends_with(&port))
+                && fields.get(3) == Some(&LISTEN);
+            let inode = fields.get(9).filter(|_| listening)?;
+            Some(format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(files) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    files.flatten().any(|file| {
+        std::fs::read_link(file.path())
+            .is_ok_and(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
 }
 
 /// What a finished command printed, and how it ended.
