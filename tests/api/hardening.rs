@@ -82,6 +82,21 @@ fn says_close(head: &str) -> bool {
         .any(|l| l.starts_with("connection:") && l.contains("close"))
 }
 
+/// A service whose product `id` answers after 4 s: long enough for a stop to come while
+/// an order of it is in progress, on however busy a machine, and within the service's
+/// product timeouts, raised here.
+fn with_a_slow_product(id: i64) -> TestApp {
+    let app = TestApp::builder()
+        .env("PRODUCT_READ_TIMEOUT_MS", "10000")
+        .env("PRODUCT_TIMEOUT_MS", "15000")
+        .spawn();
+    app.products.set(
+        id,
+        Behaviour::Slow(Duration::from_secs(4), Box::new(product("Slow", "2.00", 5))),
+    );
+    app
+}
+
 /// A kept-alive health check.
 pub(crate) const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
@@ -231,15 +246,8 @@ fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
 #[test]
 fn stopping_answers_the_current_request_with_connection_close() {
     // Needs src/ to call `Server::stop_accepting` when shutdown starts (on SIGTERM).
-    let mut app = spawn_app();
     const SLOW: i64 = 31;
-    app.products.set(
-        SLOW,
-        Behaviour::Slow(
-            Duration::from_millis(1500),
-            Box::new(product("Slow", "2.00", 5)),
-        ),
-    );
+    let mut app = with_a_slow_product(SLOW);
     // A kept-alive connection, served once and now idle.
     let mut idle = open(&app);
     idle.write_all(HEALTH).unwrap();
@@ -448,15 +456,8 @@ fn stopping_closes_after_the_answer_in_progress_and_reads_no_pipelined_request()
     // Requests are read one at a time, so the second has not been read: the first
     // answer says `Connection: close` and nothing follows it, which tells the client the
     // second was never taken (an answer after a `close` would be taken as unanswered).
-    let mut app = spawn_app();
     const SLOW: i64 = 32;
-    app.products.set(
-        SLOW,
-        Behaviour::Slow(
-            Duration::from_millis(1500),
-            Box::new(product("Slow", "2.00", 5)),
-        ),
-    );
+    let mut app = with_a_slow_product(SLOW);
     let body = serde_json::to_vec(&items(&[(SLOW, 1)])).unwrap();
     let mut requests = format!(
         "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\

@@ -839,8 +839,9 @@ fn cli() {
     );
 }
 
-/// A service started with `--config FILE` and `env`, up and answering; its stderr after
-/// the health check that `wait_serving` made (a request logged at INFO).
+/// A service started with `--config FILE` and `env`, up and answering; its stderr once
+/// it has stopped after the health check that `wait_serving` made (a request logged at
+/// INFO, after its answer).
 fn stderr_of_serve(dir: &TempDir, settings: &str, env: &[(&str, &str)]) -> String {
     let d = dir.path();
     for _ in 0..5 {
@@ -849,8 +850,9 @@ fn stderr_of_serve(dir: &TempDir, settings: &str, env: &[(&str, &str)]) -> Strin
         let mut child = spawn_serve(d, &["--config", file.to_str().unwrap()], env);
         match wait_serving(&mut child, port, d) {
             Ok(()) => {
-                // The worker logs a request once it has answered it: give it a moment.
-                std::thread::sleep(Duration::from_millis(200));
+                child.signal("TERM");
+                let exit = child.wait_exit(Duration::from_secs(20));
+                assert!(exit.is_some_and(|e| e.success()), "exit: {exit:?}");
                 return std::fs::read_to_string(d.join("serve.stderr")).unwrap();
             }
             Err(e) if e.contains("in use") => continue,
