@@ -89,12 +89,10 @@ fn no_log_line_or_command_output_shows_a_password() {
     }
     for (host, port, failure) in brokers {
         let app = app_with_canary(&host, port);
-        assert!(
-            wait_until(Duration::from_secs(10), || app
-                .stderr()
-                .contains("broker unavailable")),
-            "the relay did not report the broker unavailable ({host}:{port}):\n{}",
-            app.stderr()
+        app.wait_for_log(
+            "broker unavailable",
+            Duration::from_secs(10),
+            &format!("the relay did not report the broker unavailable ({host}:{port})"),
         );
         // A few more tries, each of them logged at debug or trace.
         std::thread::sleep(Duration::from_millis(800));
@@ -446,12 +444,10 @@ fn a_second_sigterm_exits_at_once() {
 
     app.signal("TERM");
     // Two signals that come before the first is handled count as one.
-    assert!(
-        wait_until(Duration::from_secs(10), || app
-            .stderr()
-            .contains("shutting down")),
-        "the first SIGTERM was not taken:\n{}",
-        app.stderr()
+    app.wait_for_log(
+        "shutting down",
+        Duration::from_secs(10),
+        "the first SIGTERM was not taken",
     );
     assert!(
         app.wait_exit(Duration::ZERO).is_none(),

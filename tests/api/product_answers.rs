@@ -239,11 +239,9 @@ fn an_answer_head_over_its_limit_is_an_outage_named_as_such() {
     app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
         .assert_error(503, "product_service_unavailable");
     assert_eq!(app.count_orders(), 0);
-    assert!(
-        wait_until(Duration::from_secs(5), || app
-            .stderr()
-            .contains("response header is too big")),
-        "the log names the cause: {}",
-        app.stderr()
+    app.wait_for_log(
+        "response header is too big",
+        Duration::from_secs(5),
+        "the log does not name the cause",
     );
 }

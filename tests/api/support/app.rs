@@ -181,6 +181,16 @@ impl TestApp {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
+    /// Waits up to `within` for `text` in the service's log; panics saying `missing`,
+    /// with the log, if it does not come.
+    pub fn wait_for_log(&self, text: &str, within: Duration, missing: &str) {
+        assert!(
+            super::wait_until(within, || self.stderr().contains(text)),
+            "{missing}:\n{}",
+            self.stderr()
+        );
+    }
+
     /// SIGKILL: no chance to clean up, as in a power cut.
     pub fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
