@@ -83,7 +83,7 @@ fn says_close(head: &str) -> bool {
 }
 
 /// A service whose product `id` answers after 4 s: long enough for a stop to come while
-/// an order of it is in progress, on however busy a machine, and within the service's
+/// an order of it is in progress, with room for a busy machine, and within the service's
 /// product timeouts, raised here.
 fn with_a_slow_product(id: i64) -> TestApp {
     let app = TestApp::builder()

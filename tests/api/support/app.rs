@@ -181,8 +181,9 @@ impl TestApp {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
-    /// Waits up to `within` for `text` in the service's log; panics saying `missing`,
-    /// with the log, if it does not come.
+    /// Waits up to `within` for `text` in the service's log (over all its starts); panics
+    /// saying `missing`, with the log, if it does not come.
+    #[track_caller]
     pub fn wait_for_log(&self, text: &str, within: Duration, missing: &str) {
         assert!(
             super::wait_until(within, || self.stderr().contains(text)),

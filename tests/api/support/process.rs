@@ -118,33 +118,40 @@ impl Drop for ChildGuard {
 /// Polls /health on `port` until it answers 200 (Ok), or the process exits or 10 s pass.
 pub fn wait_healthy(process: &mut ChildGuard, port: u16) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answered = false;
     loop {
         if let Some(status) = process.exited() {
             return Err(format!("the process exited with {status}"));
         }
         // A neighbour that took the same port answers too, while ours is still migrating
         // (it binds after); then ours exits with the port in use.
-        if health_status(port) == Ok(200) && process.pid().is_some_and(|pid| listens(pid, port)) {
-            return Ok(());
+        if health_status(port) == Ok(200) {
+            if process.pid().is_some_and(|pid| listens(pid, port)) {
+                return Ok(());
+            }
+            answered = true;
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "GET /health on port {port} did not answer 200 within 10 s"
-            ));
+            return Err(if answered {
+                format!("port {port} answered 200, but not from a socket of this process")
+            } else {
+                format!("GET /health on port {port} did not answer 200 within 10 s")
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// Whether process `pid` holds the socket listening on TCP `port` (IPv4): the socket's
-/// inode from /proc/net/tcp among the process's open files.
+/// Whether process `pid` holds the socket listening on TCP `port`: the socket's inode
+/// from /proc/net/tcp (or tcp6) among the process's open files.
 fn listens(pid: u32, port: u16) -> bool {
     const LISTEN: &str = "0A";
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let tables = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .map(|table| std::fs::read_to_string(table).unwrap_or_default());
     let port = format!(":{port:04X}");
-    let sockets: Vec<String> = table
-        .lines()
-        .skip(1)
+    let sockets: Vec<String> = tables
+        .iter()
+        .flat_map(|table| table.lines().skip(1))
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let listening = fields.get(1).is_some_and(|local| local.ends_with(&port))
