@@ -4,8 +4,6 @@
 
 use crate::support::*;
 use serde_json::json;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::time::Duration;
 
 fn proxy_page(content_type: &'static str, body: &str) -> Behaviour {
@@ -181,64 +179,25 @@ fn an_answer_larger_than_a_connection_buffer_is_read_whole_and_one_over_the_limi
     assert_eq!(app.count_orders(), 1);
 }
 
-/// A product service whose answers to any lookup (MOUSE's) carry a header `padding`
-/// bytes long; its URL.
-fn product_service_with_a_head_padded_by(padding: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("its address"));
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut request = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                        request.drain(..end + 4);
-                        let body = format!(
-                            r#"{{"id":{MOUSE},"name":"Mouse","price":19.99,"stock":1000}}"#
-                        );
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
-                             X-Padding: {}\r\nContent-Length: {}\r\n\r\n{body}",
-                            "p".repeat(padding),
-                            body.len()
-                        );
-                        if stream.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
-        }
-    });
-    url
-}
-
 #[test]
 fn an_answer_head_over_its_limit_is_an_outage_named_as_such() {
+    let app = spawn_app();
     // 4 KiB of headers are taken.
-    let app = TestApp::builder()
-        .env(
-            "PRODUCT_SERVICE_URL",
-            &product_service_with_a_head_padded_by(4 * 1024),
-        )
-        .spawn();
+    app.products.set(
+        MOUSE,
+        Behaviour::Padded(4 * 1024, Box::new(product("Mouse", "19.99", 1000))),
+    );
     app.place_order(&ALICE, &[(MOUSE, 1)]);
 
-    // 9 KiB are over the 8 KiB limit: an outage, and the log says why.
-    let app = TestApp::builder()
-        .env(
-            "PRODUCT_SERVICE_URL",
-            &product_service_with_a_head_padded_by(9 * 1024),
-        )
-        .spawn();
-    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+    // 9 KiB are over the 8 KiB limit: an outage, and the log says why. A product never
+    // seen before, so no snapshot prices it instead.
+    app.products.set(
+        CABLE,
+        Behaviour::Padded(9 * 1024, Box::new(product("Cable", "0.10", 1000))),
+    );
+    app.create_order(&ALICE, &items(&[(CABLE, 1)]))
         .assert_error(503, "product_service_unavailable");
-    assert_eq!(app.count_orders(), 0);
+    assert_eq!(app.count_orders(), 1);
     app.wait_for_log(
         "response header is too big",
         Duration::from_secs(5),

@@ -32,6 +32,8 @@ pub enum Behaviour {
     Status(u16),
     /// Waits, then answers as the inner behaviour.
     Slow(Duration, Box<Behaviour>),
+    /// Answers as the inner behaviour, with an `X-Padding` header this many bytes long.
+    Padded(usize, Box<Behaviour>),
     /// 404, as for an id the catalog does not hold.
     NotFound,
     /// Exactly this status, Content-Type and body: a proxy's page, say.
@@ -269,9 +271,16 @@ fn answer(
     let content_type =
         tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type(&behaviour).as_bytes())
             .expect("a Content-Type header");
-    let response = tiny_http::Response::from_string(body)
+    let mut response = tiny_http::Response::from_string(body)
         .with_status_code(status)
         .with_header(content_type);
+    let padding = padding(&behaviour);
+    if padding > 0 {
+        response.add_header(
+            tiny_http::Header::from_bytes(&b"X-Padding"[..], "p".repeat(padding).as_bytes())
+                .expect("a padding header"),
+        );
+    }
     // The client may have given up (a test of the service's timeout): nothing to do then.
     let _ = request.respond(response);
 }
@@ -315,7 +324,7 @@ fn is_slow(request: &tiny_http::Request, catalog: &Catalog) -> bool {
     fn waits(b: &Behaviour) -> bool {
         match b {
             Behaviour::Slow(..) => true,
-            Behaviour::Wrapped(_, inner) => waits(inner),
+            Behaviour::Wrapped(_, inner) | Behaviour::Padded(_, inner) => waits(inner),
             _ => false,
         }
     }
@@ -334,8 +343,19 @@ fn product_id(request: &tiny_http::Request) -> Option<i64> {
 fn content_type(behaviour: &Behaviour) -> &'static str {
     match behaviour {
         Behaviour::Answer { content_type, .. } => content_type,
-        Behaviour::Wrapped(_, inner) | Behaviour::Slow(_, inner) => content_type(inner),
+        Behaviour::Wrapped(_, inner) | Behaviour::Slow(_, inner) | Behaviour::Padded(_, inner) => {
+            content_type(inner)
+        }
         _ => "application/json",
+    }
+}
+
+/// The length of the `X-Padding` header the stand-in sends with `behaviour`.
+fn padding(behaviour: &Behaviour) -> usize {
+    match behaviour {
+        Behaviour::Padded(n, _) => *n,
+        Behaviour::Wrapped(_, inner) | Behaviour::Slow(_, inner) => padding(inner),
+        _ => 0,
     }
 }
 
@@ -363,6 +383,7 @@ fn render(id: i64, behaviour: &Behaviour, stopping: &AtomicBool) -> (u16, String
             }
             render(id, inner, stopping)
         }
+        Behaviour::Padded(_, inner) => render(id, inner, stopping),
         Behaviour::NotFound => (404, r#"{"error":"Product not found"}"#.to_string()),
         Behaviour::Answer { status, body, .. } => (*status, body.clone()),
     }
