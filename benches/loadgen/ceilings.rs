@@ -73,10 +73,10 @@ pub fn sqlite(dir: &Path, lines: usize, per_tx: usize, time: Duration) -> Result
                 began.elapsed().as_micros() as i64,
             );
             tx.prepare_cached(
-                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at, lines)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
             )
-            .and_then(|mut s| s.execute(rusqlite::params![r.id, r.user, r.email, r.status, r.total, r.at]))
+            .and_then(|mut s| s.execute(rusqlite::params![r.id, r.user, r.email, r.status, r.total, r.at, r.lines()]))
             .map_err(e)?;
             for (n, (p, name, q, price, sub)) in r.items.iter().enumerate() {
                 tx.prepare_cached(
@@ -118,8 +118,8 @@ pub fn postgres(db: &str, lines: usize, per_tx: usize, count: u64) -> Result<Out
             let r = Row::new(id, (id % 1000) as u32, lines, "pending", id as i64);
             let _ = writeln!(
                 script,
-                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at) VALUES ({}, '{}', '{}', '{}', {}, {}, {});",
-                r.id, r.user, r.email, r.status, r.total, r.at, r.at
+                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at, lines) VALUES ({}, '{}', '{}', '{}', {}, {}, {}, '{}');",
+                r.id, r.user, r.email, r.status, r.total, r.at, r.at, r.lines()
             );
             for (n, (p, name, q, price, sub)) in r.items.iter().enumerate() {
                 let _ = writeln!(

@@ -62,6 +62,14 @@ impl Row {
     }
 }
 
+impl Row {
+    /// The order's lines as the service keeps them on the order's row (`orders.lines`):
+    /// an array of `[product, name, quantity, price, subtotal]`.
+    pub fn lines(&self) -> String {
+        serde_json::to_string(&self.items).expect("numbers and plain names")
+    }
+}
+
 fn row(spec: &Spec, id: u64, base: i64) -> Row {
     let status = if spec.pending_events {
         "pending"
@@ -126,8 +134,8 @@ pub fn sqlite(path: &Path, spec: &Spec) -> Result<Duration, String> {
     {
         let mut orders = tx
             .prepare(
-                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at, lines)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
             )
             .map_err(e)?;
         let mut items = tx
@@ -146,7 +154,13 @@ pub fn sqlite(path: &Path, spec: &Spec) -> Result<Duration, String> {
             let r = row(spec, id, base);
             orders
                 .execute(rusqlite::params![
-                    r.id, r.user, r.email, r.status, r.total, r.at
+                    r.id,
+                    r.user,
+                    r.email,
+                    r.status,
+                    r.total,
+                    r.at,
+                    r.lines()
                 ])
                 .map_err(e)?;
             for (n, (p, name, q, price, sub)) in r.items.iter().enumerate() {
@@ -226,14 +240,22 @@ pub fn postgres(db: &str, spec: &Spec) -> Result<Duration, String> {
     let base = base_time(spec);
     psql_run(
         db,
-        "COPY orders (id, user_id, user_email, status, total_cents, created_at, updated_at) FROM STDIN",
+        "COPY orders (id, user_id, user_email, status, total_cents, created_at, updated_at, lines) FROM STDIN",
         |w| {
             for id in 1..=spec.orders {
                 let r = row(spec, id, base);
+                // The lines' JSON holds no tab, newline or backslash for COPY to escape.
                 let _ = writeln!(
                     w,
-                    "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    r.id, r.user, r.email, r.status, r.total, r.at, r.at
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    r.id,
+                    r.user,
+                    r.email,
+                    r.status,
+                    r.total,
+                    r.at,
+                    r.at,
+                    r.lines()
                 );
             }
         },

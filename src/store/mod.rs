@@ -3,6 +3,7 @@
 //! SQLite engine. The order rules (`crate::orders`) and the relay write through `Tx`;
 //! only this module writes SQL.
 
+mod lines;
 mod postgres;
 mod records;
 mod sqlite;

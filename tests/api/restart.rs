@@ -2,6 +2,7 @@
 //! survive, and new ids continue after the old ones.
 
 use crate::support::*;
+use std::time::Duration;
 
 #[test]
 fn a_restart_on_the_same_file_keeps_orders_and_outbox() {
@@ -91,4 +92,49 @@ fn transitions_continue_after_a_restart() {
             "order_status_updated"
         ]
     );
+}
+
+#[test]
+fn orders_without_their_lines_on_their_row_read_the_same_and_get_them_at_the_next_start() {
+    let mut app = TestApp::builder().env("RUST_LOG", "info").spawn();
+    let old = app.place_order(&ALICE, &[(LAPTOP, 1), (MOUSE, 2)]);
+    let id = old["id"].as_i64().unwrap();
+    app.place_order_id(&ALICE, MOUSE, 1);
+    let list = app.list_orders(&ALICE, "").json();
+    let lines_of = |app: &TestApp| -> Option<String> {
+        app.database()
+            .query_one("SELECT lines FROM orders WHERE id = ?1", &[id.into()])
+    };
+    let written = lines_of(&app).expect("a create writes the order's lines on its row");
+    // As the schema before V8, or an older instance beside this one, leaves an order.
+    app.database()
+        .execute(&format!("UPDATE orders SET lines = NULL WHERE id = {id}"));
+
+    assert_eq!(app.get_order(&ALICE, id).json(), old);
+    assert_eq!(
+        app.list_orders(&ALICE, "").json(),
+        list,
+        "one order of the page without its lines"
+    );
+
+    app.restart();
+
+    app.wait_for_log(
+        "orders given their lines on their row (written before V8, or by an older instance): 1",
+        Duration::from_secs(5),
+        "the start-up did not say it filled the order's lines",
+    );
+    let filled = lines_of(&app).expect("the start-up fills an order's missing lines");
+    let as_json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    assert_eq!(
+        as_json(&filled),
+        as_json(&written),
+        "filled from order_items: {filled}"
+    );
+    let missing: i64 = app
+        .database()
+        .query_one("SELECT COUNT(*) FROM orders WHERE lines IS NULL", &[]);
+    assert_eq!(missing, 0);
+    assert_eq!(app.get_order(&ALICE, id).json(), old);
+    assert_eq!(app.list_orders(&ALICE, "").json(), list);
 }

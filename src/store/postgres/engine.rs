@@ -7,7 +7,7 @@
 
 use super::conn::Conn;
 use super::deferred::{Deferred, Param};
-use super::reads::{cached_product, load_idempotency, order_of, order_with_items};
+use super::reads::{cached_product, load_idempotency, order_of, order_row};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
 use crate::store::{
     CachedProduct, Engine, IdempotencyRecord, NewEvent, SnapshotProduct, StoreError, Tx,
@@ -186,8 +186,8 @@ impl Tx for PgEngine {
         self.defer(
             "orders",
             "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
-               updated_at, stock_verified, priced_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+               updated_at, stock_verified, priced_at, lines)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             vec![
                 Box::new(o.id.get()),
                 user,
@@ -198,6 +198,7 @@ impl Tx for PgEngine {
                 Box::new(o.updated_at),
                 Box::new(i32::from(o.stock_verified)),
                 Box::new(o.priced_at),
+                Box::new(crate::store::lines::encode(&o.items)),
             ],
         )?;
         self.defer(
@@ -242,13 +243,12 @@ impl Tx for PgEngine {
             self.take_event(false)?;
         }
         // Nobody else changes the row meanwhile: every change of an order takes the lock
-        // above first. The row lock is for anything that would not. The order and its
-        // lines are read as a get reads them, in one round trip.
+        // above first. The row lock is for anything that would not. The order is read as
+        // a get reads it.
         self.wrote = true;
-        let rows = self
-            .conn()?
-            .query(order_with_items!(" FOR UPDATE OF o"), &[&id.get()])?;
-        order_of(&rows)
+        let conn = self.conn()?;
+        let rows = conn.query(order_row!(" FOR UPDATE"), &[&id.get()])?;
+        order_of(conn, &rows)
     }
 
     fn update_status(&mut self, id: OrderId, status: Status, at: i64) -> Result<(), StoreError> {

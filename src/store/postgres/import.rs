@@ -52,6 +52,7 @@ const TABLES: [Table; 7] = [
             ("updated_at", Type::INT8),
             ("stock_verified", Type::INT4),
             ("priced_at", Type::INT8),
+            ("lines", Type::TEXT),
         ],
         key: "id",
     },

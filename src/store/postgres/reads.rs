@@ -36,100 +36,108 @@ fn event_head(payload: &str) -> Result<EventHead, StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("an outbox payload does not parse: {e}")))
 }
 
-/// A page of a user's orders and their items in one query: `$1` is the user, `$from`
-/// the rest of the page's query after its column list (its FROM, order and bounds).
-/// Columns as `orders_with_items` reads them, and the user's count last.
-macro_rules! page_with_items {
+/// A page of a user's orders in one query: `$1` is the user, `$from` the rest of the
+/// page's query after its column list (its FROM, order and bounds). Columns as
+/// `orders_from` reads them, and the user's count last.
+macro_rules! page_of_orders {
     ($from:literal) => {
         concat!(
             "WITH total AS (
                SELECT COALESCE((SELECT orders FROM order_counts WHERE user_id = $1), 0) AS n),
              page AS (
                SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-                 stock_verified, priced_at ",
+                 stock_verified, priced_at, lines ",
             $from,
             ")
              SELECT p.id, p.user_id, p.user_email, p.status, p.total_cents, p.created_at,
-               p.updated_at, p.stock_verified, p.priced_at,
-               i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents,
-               total.n
-             FROM total LEFT JOIN page p ON true LEFT JOIN order_items i ON i.order_id = p.id
-             ORDER BY p.created_at DESC, p.id DESC, i.line_no"
+               p.updated_at, p.stock_verified, p.priced_at, p.lines, total.n
+             FROM total LEFT JOIN page p ON true
+             ORDER BY p.created_at DESC, p.id DESC"
         )
     };
 }
 
-/// One order and its lines in one query (the order's columns again on each line), as
-/// `orders_with_items` reads them; `$tail` ends the query (a row lock for a change).
-macro_rules! order_with_items {
+/// One order's row, as `orders_from` reads it; `$tail` ends the query (a row lock for a
+/// change).
+macro_rules! order_row {
     ($tail:literal) => {
         concat!(
-            "SELECT o.id, o.user_id, o.user_email, o.status, o.total_cents, o.created_at,
-               o.updated_at, o.stock_verified, o.priced_at,
-               i.product_id, i.product_name, i.quantity, i.price_cents, i.subtotal_cents
-             FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
-             WHERE o.id = $1 ORDER BY i.line_no",
+            "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+               stock_verified, priced_at, lines
+             FROM orders WHERE id = $1",
             $tail
         )
     };
 }
-pub(super) use order_with_items;
+pub(super) use order_row;
 
-/// The order of rows read by `order_with_items!`, if there was one.
-pub(super) fn order_of(rows: &[Row]) -> Result<Option<Order>, StoreError> {
-    Ok(orders_with_items(rows, 1)?.0.pop())
+/// The order read by `order_row!`, if there was one.
+pub(super) fn order_of(conn: &mut Conn, rows: &[Row]) -> Result<Option<Order>, StoreError> {
+    Ok(orders_from(conn, rows, 1)?.0.pop())
 }
 
-/// Orders from rows holding an order's columns (0 to 8) and one of its lines (9 to 13,
-/// null without one), each order's rows together: at most `max` of them, and whether
-/// more followed. A row without an order (an empty page's) is skipped.
-fn orders_with_items(rows: &[Row], max: usize) -> Result<(Vec<Order>, bool), StoreError> {
-    let id_at = |r: &Row| r.get::<_, Option<i64>>(0);
+/// Orders from rows holding an order's columns (0 to 8) and its `lines` (9): at most
+/// `max` of them, and whether more followed. A row without an order (an empty page's)
+/// is skipped. An order written without `lines` (before V8, or by an older instance)
+/// has its items read from `order_items`, in one more query for all such orders.
+fn orders_from(
+    conn: &mut Conn,
+    rows: &[Row],
+    max: usize,
+) -> Result<(Vec<Order>, bool), StoreError> {
     let mut orders = Vec::with_capacity(max.min(rows.len()));
-    let mut at = 0;
-    while at < rows.len() {
-        let Some(id) = id_at(&rows[at]) else {
-            at += 1;
-            continue;
-        };
+    let mut more = false;
+    for row in rows.iter().filter(|r| r.get::<_, Option<i64>>(0).is_some()) {
         if orders.len() == max {
-            return Ok((orders, true));
+            more = true;
+            break;
         }
-        let first = at;
-        while at < rows.len() && id_at(&rows[at]) == Some(id) {
-            at += 1;
-        }
-        let items = rows[first..at]
-            .iter()
-            .filter(|r| r.get::<_, Option<i64>>(9).is_some())
-            .map(|r| item_at(r, 9))
-            .collect::<Result<_, _>>()?;
-        orders.push(load_order(&rows[first], items)?);
+        let items = match row.get::<_, Option<&str>>(9) {
+            Some(text) => crate::store::lines::decode(text).map_err(StoreError::Unavailable)?,
+            None => Vec::new(),
+        };
+        orders.push(load_order(row, items)?);
     }
-    Ok((orders, false))
+    // No order is without items otherwise: a create needs at least one.
+    let missing: Vec<i64> = orders
+        .iter()
+        .filter(|o| o.items.is_empty())
+        .map(|o| o.id.get())
+        .collect();
+    if !missing.is_empty() {
+        let lines = conn.query(
+            "SELECT order_id, product_id, product_name, quantity, price_cents, subtotal_cents
+             FROM order_items WHERE order_id = ANY($1) ORDER BY order_id, line_no",
+            &[&missing],
+        )?;
+        for line in &lines {
+            let id: i64 = line.get(0);
+            if let Some(o) = orders.iter_mut().find(|o| o.id.get() == id) {
+                o.items.push(item_at(line, 1)?);
+            }
+        }
+    }
+    Ok((orders, more))
 }
 
 impl Reads for PgReader {
     fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        let rows = self
-            .conn
-            .borrow_mut()
-            .query(order_with_items!(""), &[&id.get()])?;
-        order_of(&rows)
+        let mut conn = self.conn.borrow_mut();
+        let rows = conn.query(order_row!(""), &[&id.get()])?;
+        order_of(&mut conn, &rows)
     }
 
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
-        // One round trip: the user's count, the page (one order more than asked, to know
-        // whether older ones follow) and its items, an order's columns again on each of
-        // its lines. `total LEFT JOIN page` keeps one row (carrying the count) when the
-        // page is empty.
+        // One round trip: the user's count and the page (one order more than asked, to
+        // know whether older ones follow), each order with its lines. `total LEFT JOIN
+        // page` keeps one row (carrying the count) when the page is empty.
         let limit = i64::from(per_page) + 1;
         let mut conn = self.conn.borrow_mut();
         let rows = match page {
             Page::Number(n) => {
                 let offset = i64::from(n - 1) * i64::from(per_page);
                 conn.query(
-                    page_with_items!(
+                    page_of_orders!(
                         "FROM orders WHERE user_id = $1
                          ORDER BY created_at DESC, id DESC
                          -- Past the last order, LIMIT 0 ends it before the offset is scanned.
@@ -141,15 +149,15 @@ impl Reads for PgReader {
                 )?
             }
             Page::After(c) => conn.query(
-                page_with_items!(
+                page_of_orders!(
                     "FROM orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
                      ORDER BY created_at DESC, id DESC LIMIT $4"
                 ),
                 &[&user.as_str(), &c.created_at, &c.id.get(), &limit],
             )?,
         };
-        let total: i64 = rows.first().map_or(0, |r| r.get(14));
-        let (orders, more) = orders_with_items(&rows, per_page as usize)?;
+        let total: i64 = rows.first().map_or(0, |r| r.get(10));
+        let (orders, more) = orders_from(&mut conn, &rows, per_page as usize)?;
         Ok(OrderList {
             orders,
             total,

@@ -49,7 +49,7 @@ impl Reads for Reader {
                 self.conn
                     .prepare_cached(
                         "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-                           stock_verified, priced_at
+                           stock_verified, priced_at, lines
                          FROM orders WHERE user_id = ?1
                          ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
                     )?
@@ -60,7 +60,7 @@ impl Reads for Reader {
                 .conn
                 .prepare_cached(
                     "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-                           stock_verified, priced_at
+                           stock_verified, priced_at, lines
                      FROM orders WHERE user_id = ?1 AND (created_at, id) < (?2, ?3)
                      ORDER BY created_at DESC, id DESC LIMIT ?4",
                 )?
@@ -154,7 +154,7 @@ pub(crate) fn load_order(conn: &Connection, id: OrderId) -> rusqlite::Result<Opt
     let head = conn
         .prepare_cached(
             "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-               stock_verified, priced_at
+               stock_verified, priced_at, lines
              FROM orders WHERE id = ?1",
         )?
         .query_row([id.get()], order_head)
@@ -162,7 +162,9 @@ pub(crate) fn load_order(conn: &Connection, id: OrderId) -> rusqlite::Result<Opt
     match head {
         None => Ok(None),
         Some(mut order) => {
-            order.items = load_items(conn, order.id)?;
+            if order.items.is_empty() {
+                order.items = load_items(conn, order.id)?;
+            }
             Ok(Some(order))
         }
     }
@@ -221,7 +223,16 @@ pub(crate) fn load_idempotency(
     .optional()
 }
 
+/// An order from its row, its items from its `lines` (column 9). An order written
+/// without them (before V8, or by an older instance) comes with no items, which no
+/// order has otherwise: the caller reads those from `order_items`.
 fn order_head(r: &Row<'_>) -> rusqlite::Result<Order> {
+    let items = match r.get_ref(9)?.as_str_or_null()? {
+        Some(text) => crate::store::lines::decode(text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, e.into())
+        })?,
+        None => Vec::new(),
+    };
     let status: String = r.get(3)?;
     let status = Status::parse(&status).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -234,7 +245,7 @@ fn order_head(r: &Row<'_>) -> rusqlite::Result<Order> {
         id: OrderId::from_trusted(r.get(0)?),
         user_id: UserId::from_trusted(r.get(1)?),
         user_email: Email::from_trusted(r.get(2)?),
-        items: Vec::new(),
+        items,
         total: Money::from_cents(r.get(4)?),
         status,
         created_at: r.get(5)?,
@@ -244,15 +255,16 @@ fn order_head(r: &Row<'_>) -> rusqlite::Result<Order> {
     })
 }
 
-/// The items of a page of orders, in one query.
+/// The items of a page's orders that came without them (`order_head`), in one query.
 fn load_items_of(conn: &Connection, orders: &mut [Order]) -> rusqlite::Result<()> {
-    if orders.is_empty() {
+    if orders.iter().all(|o| !o.items.is_empty()) {
         return Ok(());
     }
     let ids = format!(
         "[{}]",
         orders
             .iter()
+            .filter(|o| o.items.is_empty())
             .map(|o| o.id.get().to_string())
             .collect::<Vec<_>>()
             .join(",")

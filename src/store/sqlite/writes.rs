@@ -7,8 +7,8 @@ use rusqlite::{params, Connection};
 pub(crate) fn insert_order(conn: &Connection, o: &Order) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at,
-           stock_verified, priced_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+           stock_verified, priced_at, lines)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         o.id.get(),
@@ -19,7 +19,8 @@ pub(crate) fn insert_order(conn: &Connection, o: &Order) -> rusqlite::Result<()>
         o.created_at,
         o.updated_at,
         i64::from(o.stock_verified),
-        o.priced_at
+        o.priced_at,
+        crate::store::lines::encode(&o.items)
     ])?;
     let mut item = conn.prepare_cached(
         "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity, price_cents, subtotal_cents)
