@@ -6,7 +6,7 @@ use crate::metrics::Metrics;
 use crate::orders::Orders;
 use crate::products::{self, Catalog, RefresherHandle};
 use crate::relay::{self, RelayHandle, RelaySettings};
-use crate::store::{self, WriterHandle};
+use crate::store::{self, FillHandle, WriterHandle};
 use crossbeam_channel::bounded;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use std::time::Duration;
 const WRITER_FLUSH: Duration = Duration::from_secs(5);
 /// At most this long for the catalog refresher to finish the page it is reading.
 const REFRESHER_STOP: Duration = Duration::from_secs(3);
+/// At most this long for the lines' fill to finish its step.
+const FILL_STOP: Duration = Duration::from_secs(3);
 
 /// The running service.
 pub struct App {
@@ -25,14 +27,15 @@ pub struct App {
     relay: RelayHandle,
     /// `None` with `CATALOG_REFRESH=0`.
     refresher: Option<RefresherHandle>,
+    lines_fill: FillHandle,
     writer: WriterHandle,
     writer_threads: Vec<JoinHandle<()>>,
 }
 
 impl App {
     /// Migrates the database, starts the writer, binds the port (0 picks one), starts
-    /// the HTTP workers, the relay and the catalog refresher (its first refresh runs in
-    /// the background). When this returns, requests are being served.
+    /// the HTTP workers, the relay, the catalog refresher (its first refresh runs in the
+    /// background) and the lines fill. When this returns, requests are being served.
     pub fn build(config: &Config) -> Result<App, String> {
         let opened = store::open(&config.database, &config.postgres)?;
         for m in &opened.applied {
@@ -85,11 +88,14 @@ impl App {
                     .map_err(|e| format!("cannot start the catalog refresher: {e}"))?;
             Some(refresher)
         };
+        let lines_fill = store::spawn_lines_fill(writer.clone())
+            .map_err(|e| format!("cannot start the lines fill: {e}"))?;
         Ok(App {
             address,
             http,
             relay,
             refresher,
+            lines_fill,
             writer,
             writer_threads,
         })
@@ -99,7 +105,7 @@ impl App {
         self.address
     }
 
-    /// Stops taking connections and the catalog refresher; gives the relay a last drain while the workers answer
+    /// Stops taking connections, the catalog refresher and the lines fill; gives the relay a last drain while the workers answer
     /// what open connections still send; lets the writer commit what it holds; joins
     /// every thread. Bounded whatever the broker does: the relay gets `relay::STOP_WITHIN`.
     pub fn shutdown(self) {
@@ -107,9 +113,10 @@ impl App {
         // makes its last pass; what they commit meanwhile waits in the outbox.
         self.http.stop_accepting();
         let refresher_stopped = self.refresher.is_none_or(|r| r.shutdown(REFRESHER_STOP));
+        let fill_stopped = self.lines_fill.shutdown(FILL_STOP);
         let relay_stopped = self.relay.shutdown(relay::STOP_WITHIN);
         self.http.shutdown();
-        if relay_stopped && refresher_stopped {
+        if relay_stopped && refresher_stopped && fill_stopped {
             drop(self.writer);
             for thread in self.writer_threads {
                 let _ = thread.join();

@@ -3,12 +3,14 @@
 //! SQLite engine. The order rules (`crate::orders`) and the relay write through `Tx`;
 //! only this module writes SQL.
 
+mod fill;
 mod lines;
 mod postgres;
 mod records;
 mod sqlite;
 mod writer;
 
+pub use fill::{spawn as spawn_lines_fill, FillHandle};
 pub use postgres::ImportReport;
 pub use records::{
     BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, OrderList, OutboxRow,
@@ -182,6 +184,10 @@ pub trait Tx {
     /// Deletes at most `limit` events published before `before`, never the newest row.
     fn prune_outbox(&mut self, before: i64, limit: usize) -> Result<usize, StoreError>;
     fn prune_idempotency(&mut self, before: i64, limit: usize) -> Result<usize, StoreError>;
+    /// Writes `lines` on at most `limit` of the orders without them (V8) whose id is above
+    /// `after`, lowest ids first, from their `order_items`: the last id it took and how
+    /// many it filled, or `None` when no such order is left.
+    fn fill_lines(&mut self, after: i64, limit: usize) -> Result<Option<(i64, usize)>, StoreError>;
     /// A real write, so that a full disk or a read-only database shows in `/ready`.
     fn heartbeat(&mut self, at: i64) -> Result<(), StoreError>;
     /// The snapshot rows of `ids` (those it has), each with what this store sold of it

@@ -7,7 +7,7 @@
 
 use super::{StoreError, Tx};
 use crate::clock::now_micros;
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,6 +17,8 @@ use std::time::Duration;
 const PRUNE_STEP_ROWS: usize = 1000;
 /// How long one `prune` call keeps deleting; what is left waits for the next call.
 const PRUNE_BUDGET: Duration = Duration::from_secs(2);
+/// Orders one step of the lines' fill takes, in a transaction of its own.
+const FILL_STEP_ROWS: usize = 1000;
 /// Idempotency records are kept a little over the 24 h the contract promises.
 const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
 
@@ -127,6 +129,21 @@ impl WriterHandle {
                 return Ok(total);
             }
         }
+    }
+
+    /// Gives every order without `lines` (V8) its lines, `FILL_STEP_ROWS` in id order per
+    /// transaction, until none is left or `stop` fires or is dropped. Returns how many.
+    /// Orders queued meanwhile wait for one step at most.
+    pub fn fill_lines(&self, stop: &Receiver<()>) -> Result<usize, StoreError> {
+        let (mut after, mut total) = (0, 0);
+        while matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
+            let step = self
+                .send(move |tx| tx.fill_lines(after, FILL_STEP_ROWS), true)?
+                .wait()?;
+            let Some((last, filled)) = step else { break };
+            (after, total) = (last, total + filled);
+        }
+        Ok(total)
     }
 
     /// Proves the database takes a write, within `timeout`. A ping is answered once
@@ -478,5 +495,59 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(kept, vec![3, 5], "only the jobs that passed");
+    }
+
+    #[test]
+    fn the_lines_fill_fills_every_order_without_lines_in_line_order_keeps_the_rest_and_stops_when_told(
+    ) {
+        let db = TempDb::new();
+        let mut conn = crate::store::open_write(&db.0).unwrap();
+        crate::store::migrate(&mut conn).unwrap();
+        // 2,500 orders of two lines, every third already with (other) lines of its own.
+        conn.execute_batch(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2500)
+             INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
+               updated_at, lines)
+             SELECT x, 'u', 'u@example.com', 'pending', 300, x, x,
+               CASE WHEN x % 3 = 0 THEN '[[9,\"kept\",1,1,1]]' END FROM n;
+             INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity,
+               price_cents, subtotal_cents)
+             SELECT id, 2, 7, 'Mug \"blue\"', 2, 100, 200 FROM orders;
+             INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity,
+               price_cents, subtotal_cents)
+             SELECT id, 1, 3, 'Tea', 1, 100, 100 FROM orders;",
+        )
+        .unwrap();
+        let (wake, _woken) = bounded(1);
+        let engine = crate::store::SqliteEngine::new(conn).unwrap();
+        let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
+
+        let (stop, stopped) = bounded::<()>(0);
+        drop(stop);
+        assert_eq!(
+            handle.fill_lines(&stopped).unwrap(),
+            0,
+            "a stopped fill takes no step"
+        );
+        let (_stop, running) = bounded::<()>(0);
+        assert_eq!(handle.fill_lines(&running).unwrap(), 2500 - 833);
+        assert_eq!(handle.fill_lines(&running).unwrap(), 0, "nothing left");
+
+        drop(handle);
+        threads.remove(0).join().unwrap();
+        let conn = crate::store::open_read(&db.0).unwrap();
+        let lines = |id: i64| -> String {
+            conn.query_row("SELECT lines FROM orders WHERE id = ?1", [id], |r| r.get(0))
+                .unwrap()
+        };
+        let filled = crate::store::lines::decode(&lines(2500)).unwrap();
+        let names: Vec<&str> = filled.iter().map(|i| i.product_name.as_str()).collect();
+        assert_eq!(names, ["Tea", "Mug \"blue\""], "in line order: {filled:?}");
+        assert_eq!(filled[1].subtotal.cents(), 200);
+        assert_eq!(
+            lines(2499),
+            r#"[[9,"kept",1,1,1]]"#,
+            "lines already there stay"
+        );
     }
 }

@@ -16,7 +16,8 @@ use crate::support::*;
 const TABLES: [(&str, &str, &str); 5] = [
     (
         "orders",
-        "id, user_id, user_email, status, total_cents, created_at, updated_at",
+        "id, user_id, user_email, status, total_cents, created_at, updated_at, stock_verified,
+         priced_at, lines",
         "id",
     ),
     (

@@ -95,7 +95,7 @@ fn transitions_continue_after_a_restart() {
 }
 
 #[test]
-fn orders_without_their_lines_on_their_row_read_the_same_and_get_them_at_the_next_start() {
+fn orders_without_their_lines_on_their_row_read_the_same_and_get_them_after_the_next_start() {
     let mut app = TestApp::builder().env("RUST_LOG", "info").spawn();
     let old = app.place_order(&ALICE, &[(LAPTOP, 1), (MOUSE, 2)]);
     let id = old["id"].as_i64().unwrap();
@@ -116,15 +116,23 @@ fn orders_without_their_lines_on_their_row_read_the_same_and_get_them_at_the_nex
         list,
         "one order of the page without its lines"
     );
+    let cancelled = app.cancel(&ALICE, id);
+    cancelled.assert_status(200);
+    let cancelled = cancelled.json();
+    assert_eq!(
+        cancelled["items"], old["items"],
+        "a change reads the order as a get does"
+    );
+    let list = app.list_orders(&ALICE, "").json();
 
     app.restart();
 
     app.wait_for_log(
         "orders given their lines on their row (written before V8, or by an older instance): 1",
         Duration::from_secs(5),
-        "the start-up did not say it filled the order's lines",
+        "the service did not say it filled the order's lines",
     );
-    let filled = lines_of(&app).expect("the start-up fills an order's missing lines");
+    let filled = lines_of(&app).expect("the fill writes an order's missing lines");
     let as_json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
     assert_eq!(
         as_json(&filled),
@@ -135,6 +143,6 @@ fn orders_without_their_lines_on_their_row_read_the_same_and_get_them_at_the_nex
         .database()
         .query_one("SELECT COUNT(*) FROM orders WHERE lines IS NULL", &[]);
     assert_eq!(missing, 0);
-    assert_eq!(app.get_order(&ALICE, id).json(), old);
+    assert_eq!(app.get_order(&ALICE, id).json(), cancelled);
     assert_eq!(app.list_orders(&ALICE, "").json(), list);
 }

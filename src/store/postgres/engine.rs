@@ -430,6 +430,33 @@ impl Tx for PgEngine {
         Ok(n as usize)
     }
 
+    fn fill_lines(&mut self, after: i64, limit: usize) -> Result<Option<(i64, usize)>, StoreError> {
+        self.wrote = true;
+        let conn = self.conn()?;
+        let last: Option<i64> = conn
+            .query_one(
+                "SELECT MAX(id) FROM (
+                   SELECT id FROM orders WHERE lines IS NULL AND id > $1 ORDER BY id LIMIT $2) t",
+                &[&after, &(limit as i64)],
+            )?
+            .get(0);
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        // The same arrays as `store::lines::encode` writes; `[]` for an order without
+        // lines, so that none stays behind. Another instance filling the same orders
+        // meanwhile: this statement waits for its commit, then skips them.
+        let filled = conn.execute(
+            "UPDATE orders o SET lines = COALESCE((
+               SELECT json_agg(json_build_array(i.product_id, i.product_name, i.quantity,
+                 i.price_cents, i.subtotal_cents) ORDER BY i.line_no)::text
+               FROM order_items i WHERE i.order_id = o.id), '[]')
+             WHERE o.lines IS NULL AND o.id > $1 AND o.id <= $2",
+            &[&after, &last],
+        )?;
+        Ok(Some((last, filled as usize)))
+    }
+
     fn prune_idempotency(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
         self.wrote = true;
         let n = self.conn()?.execute(

@@ -108,7 +108,6 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
              END $$;"
         ))
         .map_err(|e| format!("event ids: {e}"))?;
-        fill_lines(&mut conn).map_err(|e| format!("filling orders' lines: {e}"))?;
         Ok(report
             .applied_migrations()
             .iter()
@@ -117,34 +116,6 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
     })();
     let _ = conn.batch(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
     applied
-}
-
-/// Writes `lines` (as `store::lines` encodes them) on the orders that have none, from
-/// their `order_items`, a batch per transaction: an interrupted fill goes on at the next
-/// start. The partial index finds them, so a database without any costs one lookup.
-/// Runs under the migration lock: one instance fills while the others wait.
-fn fill_lines(conn: &mut Conn) -> Result<(), StoreError> {
-    let mut filled = 0;
-    loop {
-        let n = conn.execute(
-            "UPDATE orders o SET lines = COALESCE((
-               SELECT json_agg(json_build_array(i.product_id, i.product_name, i.quantity,
-                 i.price_cents, i.subtotal_cents) ORDER BY i.line_no)::text
-               FROM order_items i WHERE i.order_id = o.id), '[]')
-             WHERE o.id IN (SELECT id FROM orders WHERE lines IS NULL LIMIT 10000)",
-            &[],
-        )?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    if filled > 0 {
-        log::info!(
-            "orders given their lines on their row (written before V8, or by an older instance): {filled}"
-        );
-    }
-    Ok(())
 }
 
 /// `pool.writers` write sessions, each connected now (a wrong URL shows at start-up),

@@ -218,6 +218,10 @@ impl Tx for SqliteEngine {
         Ok(writes::prune_idempotency(&self.conn, before, limit)?)
     }
 
+    fn fill_lines(&mut self, after: i64, limit: usize) -> Result<Option<(i64, usize)>, StoreError> {
+        Ok(writes::fill_lines(&self.conn, after, limit)?)
+    }
+
     fn heartbeat(&mut self, at: i64) -> Result<(), StoreError> {
         Ok(writes::heartbeat(&self.conn, at)?)
     }

@@ -105,46 +105,16 @@ pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Applies the embedded migrations that the database has not seen, and gives orders
-/// written without their `lines` (V8) theirs; returns the migrations' names.
+/// Applies the embedded migrations that the database has not seen; returns their names.
 pub fn migrate(conn: &mut Connection) -> Result<Vec<String>, String> {
     let report = embedded::migrations::runner()
         .run(conn)
         .map_err(|e| format!("migrations: {e}"))?;
-    fill_lines(conn).map_err(|e| format!("filling orders' lines: {e}"))?;
     Ok(report
         .applied_migrations()
         .iter()
         .map(|m| m.to_string())
         .collect())
-}
-
-/// Writes `lines` (as `store::lines` encodes them) on the orders that have none, from
-/// their `order_items`, a batch per transaction: an interrupted fill goes on at the next
-/// start. The partial index finds them, so a database without any costs one lookup.
-fn fill_lines(conn: &Connection) -> rusqlite::Result<()> {
-    let mut filled = 0;
-    loop {
-        let n = conn
-            .prepare_cached(
-                "UPDATE orders SET lines = (
-                   SELECT json_group_array(json_array(product_id, product_name, quantity,
-                     price_cents, subtotal_cents) ORDER BY line_no)
-                   FROM order_items WHERE order_id = orders.id)
-                 WHERE id IN (SELECT id FROM orders WHERE lines IS NULL LIMIT 10000)",
-            )?
-            .execute([])?;
-        if n == 0 {
-            break;
-        }
-        filled += n;
-    }
-    if filled > 0 {
-        log::info!(
-            "orders given their lines on their row (written before V8, or by an older instance): {filled}"
-        );
-    }
-    Ok(())
 }
 
 /// What a backup wrote.

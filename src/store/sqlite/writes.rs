@@ -130,6 +130,34 @@ pub(crate) fn prune_idempotency(
     .execute(params![before, limit as i64])
 }
 
+/// See `Tx::fill_lines`. The partial index `orders_without_lines` finds the orders.
+pub(crate) fn fill_lines(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Option<(i64, usize)>> {
+    let last: Option<i64> = conn
+        .prepare_cached(
+            "SELECT MAX(id) FROM (
+               SELECT id FROM orders WHERE lines IS NULL AND id > ?1 ORDER BY id LIMIT ?2)",
+        )?
+        .query_row(params![after, limit as i64], |r| r.get(0))?;
+    let Some(last) = last else {
+        return Ok(None);
+    };
+    // The same arrays as `store::lines::encode` writes.
+    let filled = conn
+        .prepare_cached(
+            "UPDATE orders SET lines = (
+               SELECT json_group_array(json_array(product_id, product_name, quantity,
+                 price_cents, subtotal_cents) ORDER BY line_no)
+               FROM order_items WHERE order_id = orders.id)
+             WHERE lines IS NULL AND id > ?1 AND id <= ?2",
+        )?
+        .execute(params![after, last])?;
+    Ok(Some((last, filled)))
+}
+
 /// Keeps `p` unless the cache holds a newer answer: a slow lookup that commits last
 /// must not put back an older price.
 pub(crate) fn upsert_product(conn: &Connection, p: &CachedProduct) -> rusqlite::Result<()> {
