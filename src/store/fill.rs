@@ -1,8 +1,8 @@
 //! The thread that gives orders written without `lines` (before V8, or by an older
 //! instance on a shared database) their lines, once per start, in the background: reads
 //! take such orders' lines from `order_items` meanwhile, so start-up does not wait for
-//! a fill that takes a while on a big store (about 7 s for a million orders on SQLite
-//! here, a minute on PostgreSQL).
+//! a fill that takes a while on a big store (a million orders: 4.6 s on SQLite here,
+//! 22 s on PostgreSQL).
 
 use super::WriterHandle;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
