@@ -3,10 +3,9 @@
 -- never change after its create, which writes both in one transaction; `order_items`
 -- stays the lines' relational record.
 --
--- Orders written before this column get it from a thread started with the service, in
--- the background, engine by engine (JSON is not portable SQL), found through the partial
--- index; until then they are read from `order_items`, as is any order an older instance
--- still writes.
+-- Orders written before this column are filled at start-up, engine by engine (JSON is
+-- not portable SQL), through the partial index; until then they are read from
+-- `order_items`, as is any order an older instance still writes.
 ALTER TABLE orders ADD COLUMN lines TEXT;
 
 CREATE INDEX orders_without_lines ON orders (id) WHERE lines IS NULL;

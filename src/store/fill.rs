@@ -37,7 +37,7 @@ impl FillHandle {
     }
 }
 
-/// Starts the fill; the thread ends once no order is without its lines.
+/// Starts the fill; the thread ends when `WriterHandle::fill_lines` returns.
 pub fn spawn(writer: WriterHandle) -> std::io::Result<FillHandle> {
     let (stop, stopped) = bounded::<()>(0);
     let (done_tx, done) = bounded::<()>(0);

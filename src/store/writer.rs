@@ -131,9 +131,10 @@ impl WriterHandle {
         }
     }
 
-    /// Gives every order without `lines` (V8) its lines, `FILL_STEP_ROWS` in id order per
-    /// transaction, until none is left or `stop` fires or is dropped. Returns how many.
-    /// Orders queued meanwhile wait for one step at most.
+    /// Gives the orders without `lines` (V8) their lines, `FILL_STEP_ROWS` in id order per
+    /// transaction, until a step finds fewer (none left above the last id taken: an older
+    /// instance's later orders wait for the next start) or `stop` fires or is dropped.
+    /// Returns how many. Orders queued meanwhile wait for one step at most.
     pub fn fill_lines(&self, stop: &Receiver<()>) -> Result<usize, StoreError> {
         let (mut after, mut total) = (0, 0);
         while matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
@@ -142,6 +143,9 @@ impl WriterHandle {
                 .wait()?;
             let Some((last, filled)) = step else { break };
             (after, total) = (last, total + filled);
+            if filled < FILL_STEP_ROWS {
+                break;
+            }
         }
         Ok(total)
     }
@@ -498,7 +502,7 @@ mod tests {
     }
 
     #[test]
-    fn the_lines_fill_fills_every_order_without_lines_in_line_order_keeps_the_rest_and_stops_when_told(
+    fn the_lines_fill_fills_every_order_without_lines_keeps_the_rest_and_takes_no_step_once_stopped(
     ) {
         let db = TempDb::new();
         let mut conn = crate::store::open_write(&db.0).unwrap();
@@ -542,12 +546,18 @@ mod tests {
         };
         let filled = crate::store::lines::decode(&lines(2500)).unwrap();
         let names: Vec<&str> = filled.iter().map(|i| i.product_name.as_str()).collect();
-        assert_eq!(names, ["Tea", "Mug \"blue\""], "in line order: {filled:?}");
+        assert_eq!(names, ["Tea", "Mug \"blue\""], "{filled:?}");
         assert_eq!(filled[1].subtotal.cents(), 200);
         assert_eq!(
             lines(2499),
             r#"[[9,"kept",1,1,1]]"#,
             "lines already there stay"
         );
+        let missing: i64 = conn
+            .query_row("SELECT COUNT(*) FROM orders WHERE lines IS NULL", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(missing, 0);
     }
 }
