@@ -11,9 +11,9 @@ use super::snapshot::ListPage;
 use super::{get_json, read_catalog, snapshot_row, Catalog, Outage, Source};
 use crate::clock::now_micros;
 use crate::store::{StoreError, WriterHandle};
-use crossbeam_channel::{after, bounded, select, Receiver, RecvTimeoutError, Sender};
+use crate::threads::Stoppable;
+use crossbeam_channel::{after, select, Receiver};
 use std::collections::HashSet;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Products asked for per page.
@@ -25,31 +25,13 @@ const MAX_PAGE_BYTES: u64 = 4 * 1024 * 1024;
 const MAX_PAGES: u32 = 10_000;
 
 /// The running refresher; `shutdown` stops it.
-pub struct RefresherHandle {
-    stop: Sender<()>,
-    /// Disconnected when the thread ends.
-    done: Receiver<()>,
-    thread: JoinHandle<()>,
-}
+pub struct RefresherHandle(Stoppable);
 
 impl RefresherHandle {
     /// Asks the refresher to stop and waits up to `within` (a page being read takes at
     /// most `PRODUCT_TIMEOUT_MS`). False if it is left behind, still in a call.
     pub fn shutdown(self, within: Duration) -> bool {
-        drop(self.stop);
-        match self.done.recv_timeout(within) {
-            Err(RecvTimeoutError::Timeout) => {
-                log::warn!(
-                    "catalog refresher: still reading after {} ms; leaving it",
-                    within.as_millis()
-                );
-                false
-            }
-            _ => {
-                let _ = self.thread.join();
-                true
-            }
-        }
+        self.0.stop(within, "catalog refresher: still reading")
     }
 }
 
@@ -59,31 +41,22 @@ pub fn spawn_refresher(
     writer: WriterHandle,
     every: Duration,
 ) -> std::io::Result<RefresherHandle> {
-    let (stop_tx, stop_rx) = bounded::<()>(0);
-    let (done_tx, done_rx) = bounded::<()>(0);
-    let mut refresher = Refresher {
-        catalog,
-        writer,
-        stop: stop_rx,
-        said_no_list: false,
-    };
-    let thread = std::thread::Builder::new()
-        .name("catalog".into())
-        .spawn(move || {
-            let _done = done_tx;
-            loop {
-                refresher.refresh();
-                select! {
-                    recv(refresher.stop) -> _ => return,
-                    recv(after(every)) -> _ => {}
-                }
+    let thread = Stoppable::spawn("catalog", false, move |stop| {
+        let mut refresher = Refresher {
+            catalog,
+            writer,
+            stop,
+            said_no_list: false,
+        };
+        loop {
+            refresher.refresh();
+            select! {
+                recv(refresher.stop) -> _ => return,
+                recv(after(every)) -> _ => {}
             }
-        })?;
-    Ok(RefresherHandle {
-        stop: stop_tx,
-        done: done_rx,
-        thread,
-    })
+        }
+    })?;
+    Ok(RefresherHandle(thread))
 }
 
 struct Refresher {

@@ -17,18 +17,16 @@ mod pace;
 use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
 use crate::store::{BlockedEvent, OutboxRow, Pending, Reads, WriterHandle};
+use crate::threads::Stoppable;
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
     ConnectionTuning, Error as AmqpError, FieldTable, Publish, QueueDeclareOptions, Return,
 };
 use confirms::Confirms;
-use crossbeam_channel::{
-    after, bounded, never, select, Receiver, RecvTimeoutError, Sender, TryRecvError,
-};
+use crossbeam_channel::{after, bounded, never, select, Receiver, RecvTimeoutError, TryRecvError};
 use pace::{Pacer, PACE};
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Rows published before waiting for their confirms.
@@ -131,33 +129,15 @@ fn tcp_connect(host: &str, port: u16) -> std::io::Result<mio::net::TcpStream> {
     Err(last.unwrap_or_else(|| std::io::Error::other("the name has no address")))
 }
 
-/// The running relay; dropping `stop` (or calling `shutdown`) ends it after a last drain.
-pub struct RelayHandle {
-    stop: Sender<()>,
-    /// Disconnected when the relay thread ends.
-    done: Receiver<()>,
-    thread: JoinHandle<()>,
-}
+/// The running relay; `shutdown` ends it after a last drain.
+pub struct RelayHandle(Stoppable);
 
 impl RelayHandle {
     /// Asks the relay to stop and waits for it up to `within`. False if it is still stuck
     /// in a broker call that does not return: it is then left behind (the process is
     /// about to exit; what it did not mark published goes out again at the next start).
     pub fn shutdown(self, within: Duration) -> bool {
-        drop(self.stop);
-        match self.done.recv_timeout(within) {
-            Err(RecvTimeoutError::Timeout) => {
-                log::warn!(
-                    "relay: still waiting on the broker after {} s; leaving it",
-                    within.as_secs()
-                );
-                false
-            }
-            _ => {
-                let _ = self.thread.join();
-                true
-            }
-        }
+        self.0.stop(within, "relay: still waiting on the broker")
     }
 }
 
@@ -168,36 +148,29 @@ pub fn spawn(
     wake: Receiver<()>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<RelayHandle> {
-    let (stop_tx, stop_rx) = bounded::<()>(0);
-    let (done_tx, done_rx) = bounded::<()>(0);
     // A block recorded by an earlier run goes on: the event is sent alone until it passes.
     let refusal = reader.blocked_event().ok().flatten().map(Refusal::recorded);
-    let relay = Relay {
-        settings,
-        reader,
-        writer,
-        metrics,
-        link: None,
-        state: LinkState::Unknown,
-        backoff: BACKOFF_MIN,
-        jitter: Jitter::seeded(),
-        last_prune: None,
-        refusal,
-        stop: stop_rx,
-        drain_by: None,
-        leading: None,
-        marking: None,
-        found_full_batch: false,
-    };
-    let thread = crate::threads::spawn_critical("relay", move || {
-        let _done = done_tx;
-        relay.run(wake)
+    let thread = Stoppable::spawn("relay", true, move |stop| {
+        Relay {
+            settings,
+            reader,
+            writer,
+            metrics,
+            link: None,
+            state: LinkState::Unknown,
+            backoff: BACKOFF_MIN,
+            jitter: Jitter::seeded(),
+            last_prune: None,
+            refusal,
+            stop,
+            drain_by: None,
+            leading: None,
+            marking: None,
+            found_full_batch: false,
+        }
+        .run(wake)
     })?;
-    Ok(RelayHandle {
-        stop: stop_tx,
-        done: done_rx,
-        thread,
-    })
+    Ok(RelayHandle(thread))
 }
 
 struct Link {
