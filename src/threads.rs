@@ -1,7 +1,7 @@
 //! Threads the service cannot work without (the writer and the relay), and threads
 //! that stop when asked (the relay, the catalog refresher, the lines fill).
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -67,4 +67,10 @@ impl Stoppable {
             }
         }
     }
+}
+
+/// Whether the body of a `Stoppable` has been asked to stop, through the receiver it
+/// was handed: the sender is dropped, never sent on.
+pub fn stop_asked(stop: &Receiver<()>) -> bool {
+    matches!(stop.try_recv(), Err(TryRecvError::Disconnected))
 }

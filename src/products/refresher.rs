@@ -193,10 +193,7 @@ impl Refresher {
     }
 
     fn stopping(&self) -> bool {
-        matches!(
-            self.stop.try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        )
+        crate::threads::stop_asked(&self.stop)
     }
 }
 

@@ -17,13 +17,13 @@ mod pace;
 use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
 use crate::store::{BlockedEvent, OutboxRow, Pending, Reads, WriterHandle};
-use crate::threads::Stoppable;
+use crate::threads::{stop_asked, Stoppable};
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
     ConnectionTuning, Error as AmqpError, FieldTable, Publish, QueueDeclareOptions, Return,
 };
 use confirms::Confirms;
-use crossbeam_channel::{after, bounded, never, select, Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{after, bounded, never, select, Receiver, RecvTimeoutError};
 use pace::{Pacer, PACE};
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
@@ -690,10 +690,6 @@ impl Relay {
             Err(e) => log::warn!("pruning failed: {e}"),
         }
     }
-}
-
-fn stop_asked(stop: &Receiver<()>) -> bool {
-    matches!(stop.try_recv(), Err(TryRecvError::Disconnected))
 }
 
 /// What became of a batch.

@@ -7,7 +7,7 @@
 
 use super::{StoreError, Tx};
 use crate::clock::now_micros;
-use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{unbounded, Receiver, Sender};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -137,7 +137,7 @@ impl WriterHandle {
     /// Returns how many. Orders queued meanwhile wait for one step at most.
     pub fn fill_lines(&self, stop: &Receiver<()>) -> Result<usize, StoreError> {
         let (mut after, mut total) = (0, 0);
-        while matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
+        while !crate::threads::stop_asked(stop) {
             let step = self
                 .send(move |tx| tx.fill_lines(after, FILL_STEP_ROWS), true)?
                 .wait()?;
