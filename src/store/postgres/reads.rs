@@ -357,3 +357,100 @@ fn item_at(r: &Row, first: usize) -> Result<OrderItem, StoreError> {
 fn bad(what: &str) -> StoreError {
     StoreError::Unavailable(format!("the database holds {what} out of range"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{migrate, reader, Connector};
+    use crate::config::PostgresPool;
+    use crate::domain::{Page, UserId};
+    use crate::store::Reads;
+    use postgres::{Client, NoTls};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// A database of its own on the local PostgreSQL (127.0.0.1:5432, user postgres,
+    /// trust), dropped after. Without the server: a failure under CI, a loud note and
+    /// no test otherwise.
+    struct TestDb {
+        name: String,
+        admin: Client,
+    }
+
+    impl TestDb {
+        fn create() -> Option<TestDb> {
+            let admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+            let mut admin = match Client::connect(admin, NoTls) {
+                Ok(client) => client,
+                Err(e) if std::env::var_os("CI").is_some() => {
+                    panic!("PostgreSQL is required in CI (127.0.0.1:5432, user postgres): {e}")
+                }
+                Err(e) => {
+                    eprintln!(
+                        "\n*** PostgreSQL not reachable on 127.0.0.1:5432: this test did NOT run ({e}) ***\n"
+                    );
+                    return None;
+                }
+            };
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            let name = format!("order_service_unit_{}_{nanos}", std::process::id());
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .unwrap();
+            Some(TestDb { name, admin })
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+            if let Err(e) = self.admin.batch_execute(&drop) {
+                eprintln!("could not drop test database {}: {e}", self.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_reading_session_plans_a_list_page_once_and_keeps_the_urls_own_options() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let url = format!(
+            "postgresql://postgres@127.0.0.1:5432/{}?options=-c%20statement_timeout%3D4321",
+            db.name
+        );
+        let pool = PostgresPool {
+            writers: 1,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let connector = Connector::new(&url, &pool).unwrap();
+        migrate(&connector).unwrap();
+        let reader = reader(&connector);
+        let user = UserId::parse("user-1").unwrap();
+        for _ in 0..10 {
+            reader.orders_of(&user, Page::Number(1), 10).unwrap();
+        }
+
+        let mut conn = reader.conn.borrow_mut();
+        let plans = conn
+            .query(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+                 WHERE statement LIKE 'WITH total%'",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(plans.len(), 1, "one prepared statement for the page");
+        let counts: (i64, i64) = (plans[0].get(0), plans[0].get(1));
+        assert_eq!(
+            counts,
+            (10, 0),
+            "(generic, custom) plans of the page's statement after ten pages"
+        );
+        let timeout: String = conn
+            .query_one("SHOW statement_timeout", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(timeout, "4321ms", "the URL's own options");
+    }
+}
