@@ -31,7 +31,7 @@ const USAGE: &str = "cargo bench --bench loadgen -- [options]
   --warmup S         warm-up seconds before each (2)
   --clients N        keep-alive client threads (16)
   --http-threads N   the service's HTTP_THREADS, and the ceiling's workers (the
-                     service's default)
+                     service's default: 16 on SQLite, 8 on PostgreSQL)
   --preload N        orders for the scale runs, 0 to skip them (1000000)
   --users N          users the preloaded orders belong to (10000)
   --big-share P      percent of the preloaded orders held by one user (20)
@@ -82,11 +82,8 @@ fn options() -> Result<Options, String> {
         duration: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
         clients: 16,
-        // The service as it ships: the workers (each with its own database connection
-        // and page cache) that a store runs without setting HTTP_THREADS.
-        http_threads: order_service::config::Config::from_lookup(|_| None)
-            .expect("the defaults make a configuration")
-            .http_threads,
+        // Until --backend is known: 0 stands for the service's own default.
+        http_threads: 0,
         preload: 1_000_000,
         users: 10_000,
         big_percent: 20,
@@ -156,6 +153,19 @@ fn options() -> Result<Options, String> {
             }
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
+    }
+    if o.http_threads == 0 {
+        // The service as it ships: the workers (each with its own database connection)
+        // that a store runs on this backend without setting HTTP_THREADS.
+        let url = o
+            .postgres
+            .then(|| "postgresql://postgres@127.0.0.1/".to_string());
+        o.http_threads = order_service::config::Config::from_lookup(|k| match k {
+            "DATABASE_URL" => url.clone(),
+            _ => None,
+        })
+        .expect("the defaults make a configuration")
+        .http_threads;
     }
     Ok(o)
 }
