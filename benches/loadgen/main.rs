@@ -159,7 +159,7 @@ fn options() -> Result<Options, String> {
         // that a store runs on this backend without setting HTTP_THREADS.
         let url = o
             .postgres
-            .then(|| "postgresql://postgres@127.0.0.1/".to_string());
+            .then(|| "postgresql://postgres@127.0.0.1/orders".to_string());
         o.http_threads = order_service::config::Config::from_lookup(|k| match k {
             "DATABASE_URL" => url.clone(),
             _ => None,
