@@ -139,6 +139,7 @@ pub struct Setting<T> {
     pub name: &'static str,
     /// What an unset or empty variable means, written as an operator would write it: it
     /// goes through `parse` like any value, so the typed default cannot drift from it.
+    /// Empty where the default follows another setting (`HTTP_THREADS`, the database's).
     pub default: &'static str,
     pub help: &'static str,
     /// Kept as a [`Secret`]: it never reaches a log line.
@@ -338,8 +339,8 @@ pub const HTTP_THREADS: Setting<Option<usize>> = Setting {
 /// 8, for 4 MB more at the mix's peak. On PostgreSQL each worker also holds a session of
 /// the server's (a process there, and one of its `max_connections` for every instance),
 /// and 16 made gets 8–15% slower for no faster creates.
-const SQLITE_HTTP_THREADS: usize = 16;
-const POSTGRES_HTTP_THREADS: usize = 8;
+pub const SQLITE_HTTP_THREADS: usize = 16;
+pub const POSTGRES_HTTP_THREADS: usize = 8;
 pub const MAX_CONNECTIONS: Setting<usize> = Setting {
     name: "MAX_CONNECTIONS",
     default: "512",
@@ -731,6 +732,9 @@ mod tests {
         assert_eq!(config(&[]).unwrap().http_threads, 16);
         let pg = ("DATABASE_URL", "postgresql://postgres@127.0.0.1/orders");
         assert_eq!(config(&[pg]).unwrap().http_threads, 8);
+        let said =
+            format!("{SQLITE_HTTP_THREADS} on SQLite, {POSTGRES_HTTP_THREADS} on PostgreSQL");
+        assert!(HTTP_THREADS.help.contains(&said), "the help says {said}");
         assert_eq!(config(&[("HTTP_THREADS", "3")]).unwrap().http_threads, 3);
         assert_eq!(
             config(&[pg, ("HTTP_THREADS", "24")]).unwrap().http_threads,

@@ -157,15 +157,11 @@ fn options() -> Result<Options, String> {
     if o.http_threads == 0 {
         // The service as it ships: the workers (each with its own database connection)
         // that a store runs on this backend without setting HTTP_THREADS.
-        let url = o
-            .postgres
-            .then(|| "postgresql://postgres@127.0.0.1/orders".to_string());
-        o.http_threads = order_service::config::Config::from_lookup(|k| match k {
-            "DATABASE_URL" => url.clone(),
-            _ => None,
-        })
-        .expect("the defaults make a configuration")
-        .http_threads;
+        o.http_threads = if o.postgres {
+            order_service::config::POSTGRES_HTTP_THREADS
+        } else {
+            order_service::config::SQLITE_HTTP_THREADS
+        };
     }
     Ok(o)
 }

@@ -16,6 +16,8 @@ pub struct Conn {
     /// Inside a transaction: a lost connection is then an error, never a new one (whose
     /// statements would run outside the transaction).
     in_transaction: bool,
+    /// Run on every new session before its first statement (session settings).
+    setup: Option<&'static str>,
 }
 
 impl Conn {
@@ -27,6 +29,15 @@ impl Conn {
             statements: HashMap::new(),
             generation: 0,
             in_transaction: false,
+            setup: None,
+        }
+    }
+
+    /// The same, with `setup` run on every session it makes, the later ones too.
+    pub fn with_setup(config: postgres::Config, setup: &'static str) -> Conn {
+        Conn {
+            setup: Some(setup),
+            ..Conn::new(config)
         }
     }
 
@@ -51,7 +62,10 @@ impl Conn {
                     "the database connection was lost in a transaction".into(),
                 ));
             }
-            let client = self.config.connect(NoTls).map_err(StoreError::from)?;
+            let mut client = self.config.connect(NoTls).map_err(StoreError::from)?;
+            if let Some(setup) = self.setup {
+                client.batch_execute(setup).map_err(StoreError::from)?;
+            }
             self.statements.clear();
             self.generation += 1;
             self.client = Some(client);

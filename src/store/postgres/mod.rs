@@ -62,15 +62,13 @@ impl Connector {
     /// order), but PostgreSQL's estimate for a `LIMIT` and `OFFSET` it cannot see can make
     /// the generic plan look dearer than a custom one (51 against 30 on a benchmark's
     /// 50,000 orders). By default it then planned the page anew on every request: half
-    /// of its CPU for list pages. The URL's own `options` stay.
+    /// of its CPU for list pages. A `SET` once connected rather than a startup option,
+    /// which a connection pooler in between may refuse.
     fn generic_plans(&self) -> Conn {
-        let setting = "-c plan_cache_mode=force_generic_plan";
-        let mut config = self.config.clone();
-        match self.config.get_options() {
-            Some(own) => config.options(&format!("{own} {setting}")),
-            None => config.options(setting),
-        };
-        Conn::new(config)
+        Conn::with_setup(
+            self.config.clone(),
+            "SET plan_cache_mode = force_generic_plan",
+        )
     }
 
     fn connected(&self) -> Result<Conn, StoreError> {
@@ -148,8 +146,8 @@ pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngin
     })
 }
 
-/// A reading session; it connects on first use and again after a loss. Its statements
-/// are all keyed reads, whose plans do not depend on the values bound.
+/// A reading session; it connects on first use and again after a loss. Every statement
+/// on it keeps a generic plan (reads.rs says what that asks of them).
 pub fn reader(connector: &Connector) -> PgReader {
     PgReader::new(connector.generic_plans())
 }
