@@ -7,7 +7,7 @@
 
 use super::conn::Conn;
 use super::deferred::{Deferred, Param};
-use super::reads::{cached_product, load_idempotency, order_of, order_row};
+use super::reads::{cached_product, load_idempotency, order_of, orders_where};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
 use crate::store::{
     CachedProduct, Engine, IdempotencyRecord, NewEvent, SnapshotProduct, StoreError, Tx,
@@ -247,7 +247,7 @@ impl Tx for PgEngine {
         // a get reads it.
         self.wrote = true;
         let conn = self.conn()?;
-        let rows = conn.query(order_row!(" FOR UPDATE"), &[&id.get()])?;
+        let rows = conn.query(orders_where!("id = $1 FOR UPDATE"), &[&id.get()])?;
         order_of(conn, &rows)
     }
 

@@ -9,8 +9,11 @@
 mod conn;
 mod deferred;
 mod engine;
+mod gets;
 mod import;
 mod reads;
+#[cfg(test)]
+mod test_db;
 
 pub use engine::PgEngine;
 pub use import::{import_sqlite, ImportReport};
@@ -19,6 +22,8 @@ pub use reads::PgReader;
 use crate::config::PostgresPool;
 use crate::store::StoreError;
 use conn::Conn;
+use gets::Combined;
+use std::sync::Arc;
 use std::time::Duration;
 
 mod embedded {
@@ -32,10 +37,12 @@ const EVENT_ID_LOCK: i64 = 0x6f72_6465_7273_0003;
 /// Held by the relaying instance for as long as its session lives.
 pub(crate) const RELAY_LOCK: i64 = 0x6f72_6465_7273_0002;
 
-/// How to connect: the URL's settings and the connect timeout.
+/// How to connect: the URL's settings and the connect timeout. The reading sessions it
+/// makes combine their gets by id (gets.rs).
 #[derive(Clone)]
 pub struct Connector {
     config: postgres::Config,
+    gets: Arc<Combined>,
 }
 
 impl Connector {
@@ -54,7 +61,10 @@ impl Connector {
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(10));
-        Ok(Connector { config })
+        Ok(Connector {
+            config,
+            gets: Arc::default(),
+        })
     }
 
     /// A session made on first use, whose statements each keep one generic plan. A list
@@ -149,5 +159,5 @@ pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngin
 /// A reading session; it connects on first use and again after a loss. Every statement
 /// on it keeps a generic plan (reads.rs says what that asks of them).
 pub fn reader(connector: &Connector) -> PgReader {
-    PgReader::new(connector.generic_plans())
+    PgReader::new(connector.generic_plans(), connector.gets.clone())
 }

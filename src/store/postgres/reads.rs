@@ -6,6 +6,7 @@
 //! $1`, say) would need a plan per value, and belongs on another session.
 
 use super::conn::Conn;
+use super::gets::Combined;
 use super::RELAY_LOCK;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, Page, ProductId, Status, UserId};
 use crate::store::{
@@ -14,17 +15,21 @@ use crate::store::{
 };
 use postgres::Row;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 pub struct PgReader {
     conn: RefCell<Conn>,
+    /// Gets by id, combined with the other sessions' of this process.
+    gets: Arc<Combined>,
     /// The session (by its connect count) that holds the relay's lock, if one does.
     leading: RefCell<Option<u64>>,
 }
 
 impl PgReader {
-    pub(super) fn new(conn: Conn) -> PgReader {
+    pub(super) fn new(conn: Conn, gets: Arc<Combined>) -> PgReader {
         PgReader {
             conn: RefCell::new(conn),
+            gets,
             leading: RefCell::new(None),
         }
     }
@@ -62,21 +67,21 @@ macro_rules! page_of_orders {
     };
 }
 
-/// One order's row, as `orders_from` reads it; `$tail` ends the query (a row lock for a
-/// change).
-macro_rules! order_row {
-    ($tail:literal) => {
+/// Orders' rows, as `orders_from` reads them, `$rest` being the query's WHERE clause
+/// (and a row lock for a change).
+macro_rules! orders_where {
+    ($rest:literal) => {
         concat!(
             "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
                stock_verified, priced_at, lines
-             FROM orders WHERE id = $1",
-            $tail
+             FROM orders WHERE ",
+            $rest
         )
     };
 }
-pub(super) use order_row;
+pub(super) use orders_where;
 
-/// The order read by `order_row!`, if there was one.
+/// The order read by `orders_where!`, if there was one.
 pub(super) fn order_of(conn: &mut Conn, rows: &[Row]) -> Result<Option<Order>, StoreError> {
     Ok(orders_from(conn, rows, 1)?.0.pop())
 }
@@ -85,7 +90,7 @@ pub(super) fn order_of(conn: &mut Conn, rows: &[Row]) -> Result<Option<Order>, S
 /// `max` of them, and whether more followed. A row without an order (an empty page's)
 /// is skipped. An order written without `lines` (before V8, or by an older instance)
 /// has its items read from `order_items`, in one more query for all such orders.
-fn orders_from(
+pub(super) fn orders_from(
     conn: &mut Conn,
     rows: &[Row],
     max: usize,
@@ -127,9 +132,7 @@ fn orders_from(
 
 impl Reads for PgReader {
     fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        let mut conn = self.conn.borrow_mut();
-        let rows = conn.query(order_row!(""), &[&id.get()])?;
-        order_of(&mut conn, &rows)
+        self.gets.order(&mut self.conn.borrow_mut(), id.get())
     }
 
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
@@ -365,74 +368,18 @@ fn bad(what: &str) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_db::TestDb;
     use super::super::{migrate, reader, Connector};
-    use crate::config::PostgresPool;
     use crate::domain::{Page, UserId};
     use crate::store::Reads;
-    use postgres::{Client, NoTls};
-    use std::io::Write;
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-    /// A database of its own on the local PostgreSQL (127.0.0.1:5432, user postgres,
-    /// trust), dropped after. Without the server: a failure under CI, a loud note and
-    /// no test otherwise.
-    struct TestDb {
-        name: String,
-        admin: Client,
-    }
-
-    impl TestDb {
-        fn create() -> Option<TestDb> {
-            let admin = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
-            let mut admin = match Client::connect(admin, NoTls) {
-                Ok(client) => client,
-                Err(e) if std::env::var_os("CI").is_some() => {
-                    panic!("PostgreSQL is required in CI (127.0.0.1:5432, user postgres): {e}")
-                }
-                Err(e) => {
-                    // Past the test harness's capture, which would swallow the note.
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "\n*** PostgreSQL not reachable on 127.0.0.1:5432: this test did NOT run ({e}) ***\n"
-                    );
-                    return None;
-                }
-            };
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            let name = format!("order_service_unit_{}_{nanos}", std::process::id());
-            admin
-                .batch_execute(&format!("CREATE DATABASE {name}"))
-                .unwrap();
-            Some(TestDb { name, admin })
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-            if let Err(e) = self.admin.batch_execute(&drop) {
-                eprintln!("could not drop test database {}: {e}", self.name);
-            }
-        }
-    }
 
     #[test]
     fn a_reading_session_plans_a_list_page_once_and_keeps_the_urls_own_options() {
         let Some(db) = TestDb::create() else {
             return;
         };
-        let url = format!(
-            "postgresql://postgres@127.0.0.1:5432/{}?options=-c%20statement_timeout%3D4321",
-            db.name
-        );
-        let pool = PostgresPool {
-            writers: 1,
-            connect_timeout: Duration::from_secs(5),
-        };
-        let connector = Connector::new(&url, &pool).unwrap();
+        let url = format!("{}?options=-c%20statement_timeout%3D4321", db.url());
+        let connector = Connector::new(&url, &TestDb::pool()).unwrap();
         migrate(&connector).unwrap();
         let reader = reader(&connector);
         let user = UserId::parse("user-1").unwrap();
