@@ -52,6 +52,11 @@ impl Conn {
         self.generation
     }
 
+    /// Whether the session is up: not lost, nor closed by the server.
+    pub fn is_open(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_closed())
+    }
+
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
@@ -198,8 +203,7 @@ impl Conn {
 
     /// Ends the transaction, keeping nothing; a lost connection ended it already.
     pub fn rollback(&mut self) {
-        let open = self.client.as_ref().is_some_and(|c| !c.is_closed());
-        if open {
+        if self.is_open() {
             if let Err(e) = self.batch("ROLLBACK") {
                 log::warn!("database: rollback failed: {e}");
             }

@@ -1,45 +1,54 @@
-//! Gets by id from all the reading sessions of a process, combined: while a query for
-//! orders by id is in flight, the gets that arrive wait, and the next query reads all of
-//! them at once.
+//! Gets by id from all the reading sessions of a process, combined: while `IN_FLIGHT`
+//! queries for orders by id run, the gets that arrive wait, and the next query to start
+//! reads them all at once.
 //!
 //! A get reads one row by its key, and most of what it costs PostgreSQL is the query
 //! itself: its backend woken, the protocol, the executor started and ended. On the two
 //! cores `pgbench` ran 38,000 queries/s of one id, and 32,000/s of four ids: three times
-//! the rows. No get waits on a timer: one that finds fewer than `IN_FLIGHT` queries
-//! running sends its own at once, taking the gets that wait along; a waiting get is read
-//! by the next query to start, which sees every change committed before it arrived. A
-//! query that fails leaves each get it took to read itself, on its own session, so one
-//! broken session fails no other's request.
+//! the rows. No get waits on a timer: one that finds a place free sends its own query at
+//! once, taking the waiting gets along; a waiting get is read by the next query to start,
+//! which sees every change committed before the get arrived.
+//!
+//! Failures stay with the session that has them. A query that fails leaves each get it
+//! took to read alone, on its own session (its own get too, unless its session was lost),
+//! and a get that waited `PATIENCE` reads alone: a session that hangs holds its own
+//! request, as before, not every get of the process.
 
 use super::conn::Conn;
 use super::reads::{order_of, orders_from, orders_where};
 use crate::domain::Order;
 use crate::store::StoreError;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
-/// Queries by id running at once: two keep both cores busy, and every get that arrives
-/// meanwhile waits for one of them to end.
+/// Queries by id running at once in a process. Every get that arrives meanwhile waits,
+/// so fewer means more ids per query; one query at a time was no faster here than two.
 const IN_FLIGHT: usize = 2;
 /// Ids one query reads at most.
 const MAX_IDS: usize = 64;
+/// How long a get waits on other sessions' queries before it reads alone. A query by ids
+/// takes well under a millisecond; one that takes this long is stuck, or its session is.
+const PATIENCE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Combined {
     state: Mutex<State>,
-    /// Queries sent, gets they read: how much combining there was.
-    queries: AtomicU64,
-    gets: AtomicU64,
+    /// Queries sent and gets they read.
+    #[cfg(test)]
+    counts: Mutex<(u64, u64)>,
 }
 
 #[derive(Default)]
 struct State {
     running: usize,
     waiting: VecDeque<Waiter>,
+    tickets: u64,
 }
 
 struct Waiter {
+    ticket: u64,
     id: i64,
     turn: mpsc::SyncSender<Turn>,
 }
@@ -47,7 +56,7 @@ struct Waiter {
 enum Turn {
     /// Read by another session's query.
     Read(Option<Order>),
-    /// The query that took it failed: read it alone.
+    /// The query that took it failed, or it waited too long: read it alone.
     Alone,
     /// A query ended and handed its place over: lead the next.
     Lead,
@@ -76,13 +85,15 @@ impl Combined {
         if state.running < IN_FLIGHT {
             state.running += 1;
         } else {
+            state.tickets += 1;
+            let ticket = state.tickets;
             let (turn, told) = mpsc::sync_channel(1);
-            state.waiting.push_back(Waiter { id, turn });
+            state.waiting.push_back(Waiter { ticket, id, turn });
             drop(state);
-            match told.recv() {
-                Ok(Turn::Read(order)) => return Ok(order),
-                Ok(Turn::Lead) => {}
-                Ok(Turn::Alone) | Err(_) => return alone(conn, id),
+            match self.wait(&told, ticket) {
+                Turn::Read(order) => return Ok(order),
+                Turn::Alone => return alone(conn, id),
+                Turn::Lead => {}
             }
             state = self.state();
         }
@@ -90,10 +101,14 @@ impl Combined {
         let take = state.waiting.len().min(MAX_IDS - 1);
         let others: Vec<Waiter> = state.waiting.drain(..take).collect();
         drop(state);
-        self.queries.fetch_add(1, Ordering::Relaxed);
-        self.gets
-            .fetch_add(1 + others.len() as u64, Ordering::Relaxed);
+        #[cfg(test)]
+        {
+            let mut counts = self.counts.lock().unwrap();
+            counts.0 += 1;
+            counts.1 += 1 + others.len() as u64;
+        }
         if others.is_empty() {
+            // One id: the statement of one row, as simple a plan as there is.
             let read = alone(conn, id);
             drop(place);
             return read;
@@ -115,18 +130,38 @@ impl Combined {
                 for w in others {
                     let _ = w.turn.send(Turn::Alone);
                 }
-                Err(e)
+                // Another get's row that does not read fails the query, not this get.
+                if conn.is_open() {
+                    alone(conn, id)
+                } else {
+                    Err(e)
+                }
             }
         }
+    }
+
+    /// What the get holding `ticket` does next: what it was told within `PATIENCE`, or
+    /// else to read alone. A place handed over is taken all the same: it was sent under
+    /// the lock, so it is there once the get is no longer waiting.
+    fn wait(&self, told: &Receiver<Turn>, ticket: u64) -> Turn {
+        match told.recv_timeout(PATIENCE) {
+            Ok(turn) => return turn,
+            Err(RecvTimeoutError::Disconnected) => return Turn::Alone,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let mut state = self.state();
+        if let Some(at) = state.waiting.iter().position(|w| w.ticket == ticket) {
+            state.waiting.remove(at);
+            return Turn::Alone;
+        }
+        // A query took it and has not answered yet, unless it just did.
+        told.try_recv().unwrap_or(Turn::Alone)
     }
 
     /// Queries sent and gets they read, since the start.
     #[cfg(test)]
     pub fn counts(&self) -> (u64, u64) {
-        (
-            self.queries.load(Ordering::Relaxed),
-            self.gets.load(Ordering::Relaxed),
-        )
+        *self.counts.lock().unwrap()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -286,6 +321,86 @@ mod tests {
         for (id, read) in [2, 3, 6].into_iter().zip(results) {
             check(&read.unwrap().expect("found"), id);
         }
+        assert_eq!(
+            connector.gets.counts(),
+            (1, 4),
+            "the broken session's query took the three others"
+        );
         assert_eq!(connector.gets.state().running, IN_FLIGHT - 1);
+    }
+
+    #[test]
+    fn a_row_that_does_not_read_fails_its_own_get_only() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = orders(&db);
+        Client::connect(&db.url(), NoTls)
+            .unwrap()
+            .batch_execute(
+                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
+                   updated_at, lines)
+                 VALUES (7, 'user-7', 'user7@example.com', 'pending', 100, 7, 7, 'damaged')",
+            )
+            .unwrap();
+        connector.gets.state().running = IN_FLIGHT;
+        let first = get(reader(&connector), 1);
+        wait_until_waiting(&connector, 1);
+        let damaged = get(reader(&connector), 7);
+        wait_until_waiting(&connector, 2);
+        drop(Place(&connector.gets));
+
+        check(&answer(first).unwrap().expect("found"), 1);
+        assert!(answer(damaged).is_err(), "order 7's lines do not read");
+        assert_eq!(connector.gets.counts(), (1, 2), "one query took both");
+    }
+
+    #[test]
+    fn a_get_left_waiting_by_stuck_queries_reads_alone() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = orders(&db);
+        // Both places held by queries that never end.
+        connector.gets.state().running = IN_FLIGHT;
+        let started = Instant::now();
+        check(&answer(get(reader(&connector), 2)).unwrap().unwrap(), 2);
+        assert!(started.elapsed() >= super::PATIENCE, "it waited first");
+        let state = connector.gets.state();
+        assert!(state.waiting.is_empty(), "no longer waiting");
+        assert_eq!(
+            state.running, IN_FLIGHT,
+            "the stuck queries keep their places"
+        );
+    }
+
+    #[test]
+    fn many_gets_at_once_each_read_their_own_order_and_the_places_come_back() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = orders(&db);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let reader = reader(&connector);
+                std::thread::spawn(move || {
+                    for k in 0..200 {
+                        let n: i64 = [1, 2, 3, 4, 5, 6, 99][(t + k) % 7];
+                        match reader.order(id(n)).unwrap() {
+                            Some(order) => check(&order, n),
+                            None => assert_eq!(n, 99, "order {n} not found"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("every get read its own order");
+        }
+        let (queries, gets) = connector.gets.counts();
+        assert_eq!(gets, 1600, "every get read by a query, none alone");
+        assert!(queries <= gets);
+        let state = connector.gets.state();
+        assert_eq!((state.running, state.waiting.len()), (0, 0), "all idle");
     }
 }
