@@ -25,6 +25,7 @@ use std::time::Duration;
 
 /// Queries by id running at once in a process. Every get that arrives meanwhile waits,
 /// so fewer means more ids per query; one query at a time was no faster here than two.
+/// Two of up to `MAX_IDS` ids each keep up with a server a round trip away as well.
 const IN_FLIGHT: usize = 2;
 /// Ids one query reads at most.
 const MAX_IDS: usize = 64;
