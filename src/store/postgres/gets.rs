@@ -6,13 +6,14 @@
 //! itself: its backend woken, the protocol, the executor started and ended. On the two
 //! cores `pgbench` ran 38,000 queries/s of one id, and 32,000/s of four ids: three times
 //! the rows. No get waits on a timer: one that finds a place free sends its own query at
-//! once, taking the waiting gets along; a waiting get is read by the next query to start,
-//! which sees every change committed before the get arrived.
+//! once. When a query ends, the first waiting get takes its place and reads every get
+//! then waiting in one query, which sees every change committed before they arrived.
 //!
-//! Failures stay with the session that has them. A query that fails leaves each get it
-//! took to read alone, on its own session (its own get too, unless its session was lost),
-//! and a get that waited `PATIENCE` reads alone: a session that hangs holds its own
-//! request, as before, not every get of the process.
+//! A query that fails leaves each get it took to read alone, on its own session (its own
+//! get too, unless its session was lost). A get that has waited `PATIENCE`, queued or
+//! taken by a query that has not answered, reads alone too. A query that hangs keeps its
+//! place until it ends: with both places held so, every get waits `PATIENCE` first, then
+//! reads on its own session as it did before gets were combined.
 
 use super::conn::Conn;
 use super::reads::{order_of, orders_from, orders_where};
@@ -25,7 +26,6 @@ use std::time::Duration;
 
 /// Queries by id running at once in a process. Every get that arrives meanwhile waits,
 /// so fewer means more ids per query; one query at a time was no faster here than two.
-/// Two of up to `MAX_IDS` ids each keep up with a server a round trip away as well.
 const IN_FLIGHT: usize = 2;
 /// Ids one query reads at most.
 const MAX_IDS: usize = 64;
@@ -399,8 +399,10 @@ mod tests {
             t.join().expect("every get read its own order");
         }
         let (queries, gets) = connector.gets.counts();
-        assert_eq!(gets, 1600, "every get read by a query, none alone");
-        assert!(queries <= gets);
+        assert!(
+            queries <= gets && gets <= 1600,
+            "{queries} queries took {gets} gets"
+        );
         let state = connector.gets.state();
         assert_eq!((state.running, state.waiting.len()), (0, 0), "all idle");
     }

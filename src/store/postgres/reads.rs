@@ -1,4 +1,5 @@
-//! Reads on a PostgreSQL session of the reader's own, and the relay's leadership.
+//! Reads on a PostgreSQL session of the reader's own (a get by id may be read by another
+//! reader's query: gets.rs), and the relay's leadership.
 //!
 //! Every statement here is planned once, for any values (`plan_cache_mode =
 //! force_generic_plan`, mod.rs): each reads by a key, a user's index or a partial index,
