@@ -73,8 +73,13 @@ impl Connector {
     /// the generic plan look dearer than a custom one (51 against 30 on a benchmark's
     /// 50,000 orders). By default it then planned the page anew on every request: half
     /// of its CPU for list pages. A `SET` once connected rather than a startup option,
-    /// which a connection pooler in between may refuse.
+    /// which a connection pooler in between may refuse. A plan mode the URL's own
+    /// `options` give is the operator's choice, and stays.
     fn generic_plans(&self) -> Conn {
+        let chosen = self.config.get_options();
+        if chosen.is_some_and(|o| o.contains("plan_cache_mode")) {
+            return Conn::new(self.config.clone());
+        }
         Conn::with_setup(
             self.config.clone(),
             "SET plan_cache_mode = force_generic_plan",

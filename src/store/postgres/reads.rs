@@ -409,4 +409,27 @@ mod tests {
             .get(0);
         assert_eq!(timeout, "4321ms", "the URL's own options");
     }
+
+    #[test]
+    fn a_plan_mode_the_url_gives_stays_on_reading_sessions() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let url = format!(
+            "{}?options=-c%20plan_cache_mode%3Dforce_custom_plan",
+            db.url()
+        );
+        let connector = Connector::new(&url, &TestDb::pool()).unwrap();
+        migrate(&connector).unwrap();
+        let reader = reader(&connector);
+        let user = UserId::parse("user-1").unwrap();
+        reader.orders_of(&user, Page::Number(1), 10).unwrap();
+        let mode: String = reader
+            .conn
+            .borrow_mut()
+            .query_one("SHOW plan_cache_mode", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(mode, "force_custom_plan");
+    }
 }
