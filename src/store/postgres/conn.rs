@@ -80,7 +80,7 @@ impl Conn {
 
     fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
         if let Some(st) = self.statements.get(sql) {
-            if !self.client.as_ref().is_none_or(Client::is_closed) {
+            if self.is_open() {
                 return Ok(st.clone());
             }
         }
@@ -92,7 +92,7 @@ impl Conn {
 
     /// Forgets a connection that is gone, so the next use makes a new one.
     fn failed(&mut self, e: postgres::Error) -> StoreError {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+        if !self.is_open() {
             self.client = None;
         }
         StoreError::from(e)

@@ -238,12 +238,17 @@ mod tests {
             .expect("a get answered within 10 s")
     }
 
-    fn wait_until_waiting(connector: &Connector, n: usize) {
+    /// Order `n`, got on a thread of `reader`'s own, once that get waits in the queue
+    /// behind the ones there before it.
+    fn queued(connector: &Connector, reader: PgReader, n: i64) -> mpsc::Receiver<Got> {
+        let behind = connector.gets.state().waiting.len();
+        let getting = get(reader, n);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while connector.gets.state().waiting.len() < n {
-            assert!(Instant::now() < deadline, "{n} gets never waited");
+        while connector.gets.state().waiting.len() <= behind {
+            assert!(Instant::now() < deadline, "the get of {n} never waited");
             std::thread::sleep(Duration::from_millis(5));
         }
+        getting
     }
 
     fn check(order: &Order, id: i64) {
@@ -277,11 +282,10 @@ mod tests {
         // Both places taken: every get now waits.
         connector.gets.state().running = IN_FLIGHT;
         let ids = [2, 6, 99, 3, 2];
-        let mut getting = Vec::new();
-        for (n, id) in ids.into_iter().enumerate() {
-            getting.push(get(reader(&connector), id));
-            wait_until_waiting(&connector, n + 1);
-        }
+        let getting: Vec<_> = ids
+            .into_iter()
+            .map(|id| queued(&connector, reader(&connector), id))
+            .collect();
         // A query ends: the first waiting get takes its place and reads them all.
         drop(Place(&connector.gets));
         for (id, handle) in ids.into_iter().zip(getting) {
@@ -308,11 +312,9 @@ mod tests {
         connector.gets.state().running = IN_FLIGHT;
         // The first to wait leads the query, on a session that cannot connect.
         let broken = PgReader::new(gone.generic_plans(), connector.gets.clone());
-        let mut getting = vec![get(broken, 1)];
-        wait_until_waiting(&connector, 1);
-        for (n, id) in [2, 3, 6].into_iter().enumerate() {
-            getting.push(get(reader(&connector), id));
-            wait_until_waiting(&connector, n + 2);
+        let mut getting = vec![queued(&connector, broken, 1)];
+        for id in [2, 3, 6] {
+            getting.push(queued(&connector, reader(&connector), id));
         }
         drop(Place(&connector.gets));
 
@@ -345,10 +347,8 @@ mod tests {
             )
             .unwrap();
         connector.gets.state().running = IN_FLIGHT;
-        let first = get(reader(&connector), 1);
-        wait_until_waiting(&connector, 1);
-        let damaged = get(reader(&connector), 7);
-        wait_until_waiting(&connector, 2);
+        let first = queued(&connector, reader(&connector), 1);
+        let damaged = queued(&connector, reader(&connector), 7);
         drop(Place(&connector.gets));
 
         check(&answer(first).unwrap().expect("found"), 1);
