@@ -11,9 +11,9 @@
 //!
 //! A query that fails leaves each get it took to read alone, on its own session (its own
 //! get too, unless its session was lost). A get that has waited `PATIENCE`, queued or
-//! taken by a query that has not answered, reads alone too. A query that hangs keeps its
-//! place until it ends: with both places held so, every get waits `PATIENCE` first, then
-//! reads on its own session as it did before gets were combined.
+//! taken by a query that has not answered, reads alone too. A query running longer than
+//! `PATIENCE` no longer holds its place: the gets that arrive after it take new places,
+//! so a hung session costs the gets already waiting one `PATIENCE`, and the rest nothing.
 
 use super::conn::Conn;
 use super::reads::{order_of, orders_from, orders_where};
@@ -22,15 +22,16 @@ use crate::store::StoreError;
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Queries by id running at once in a process. Every get that arrives meanwhile waits,
 /// so fewer means more ids per query; one query at a time was no faster here than two.
 const IN_FLIGHT: usize = 2;
 /// Ids one query reads at most.
 const MAX_IDS: usize = 64;
-/// How long a get waits on other sessions' queries before it reads alone. A query by ids
-/// takes well under a millisecond; one that takes this long is stuck, or its session is.
+/// How long a get waits on other sessions' queries before it reads alone, and how long a
+/// query keeps its place. A query by ids takes well under a millisecond; one that takes
+/// this long is stuck, or its session is.
 const PATIENCE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -43,9 +44,33 @@ pub struct Combined {
 
 #[derive(Default)]
 struct State {
-    running: usize,
+    /// The running queries' places: ticket and start. A place is freed when its query
+    /// ends, even one no longer counted.
+    running: Vec<(u64, Instant)>,
     waiting: VecDeque<Waiter>,
     tickets: u64,
+}
+
+impl State {
+    fn ticket(&mut self) -> u64 {
+        self.tickets += 1;
+        self.tickets
+    }
+
+    /// Takes a place for a query starting now, if fewer than `IN_FLIGHT` queries started
+    /// within `PATIENCE`.
+    fn take_place(&mut self, now: Instant) -> Option<u64> {
+        let counted = self
+            .running
+            .iter()
+            .filter(|(_, at)| now.duration_since(*at) < PATIENCE)
+            .count();
+        (counted < IN_FLIGHT).then(|| {
+            let ticket = self.ticket();
+            self.running.push((ticket, now));
+            ticket
+        })
+    }
 }
 
 struct Waiter {
@@ -59,23 +84,27 @@ enum Turn {
     Read(Option<Order>),
     /// The query that took it failed, or it waited too long: read it alone.
     Alone,
-    /// A query ended and handed its place over: lead the next.
-    Lead,
+    /// A query ended and handed its place over (this ticket's): lead the next.
+    Lead(u64),
 }
 
-/// A running query's place, handed to the first waiting get when the query ends (or the
-/// thread unwinds), or else given back.
-struct Place<'a>(&'a Combined);
+/// A running query's place, by its ticket: handed to the first waiting get when the
+/// query ends (or the thread unwinds), or else given back.
+struct Place<'a>(&'a Combined, u64);
 
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         let mut state = self.0.state();
+        let Some(at) = state.running.iter().position(|(t, _)| *t == self.1) else {
+            return;
+        };
         while let Some(next) = state.waiting.pop_front() {
-            if next.turn.send(Turn::Lead).is_ok() {
+            if next.turn.send(Turn::Lead(self.1)).is_ok() {
+                state.running[at].1 = Instant::now();
                 return;
             }
         }
-        state.running -= 1;
+        state.running.swap_remove(at);
     }
 }
 
@@ -83,22 +112,22 @@ impl Combined {
     /// Order `id`, read by this session's query or by another's.
     pub fn order(&self, conn: &mut Conn, id: i64) -> Result<Option<Order>, StoreError> {
         let mut state = self.state();
-        if state.running < IN_FLIGHT {
-            state.running += 1;
-        } else {
-            state.tickets += 1;
-            let ticket = state.tickets;
-            let (turn, told) = mpsc::sync_channel(1);
-            state.waiting.push_back(Waiter { ticket, id, turn });
-            drop(state);
-            match self.wait(&told, ticket) {
-                Turn::Read(order) => return Ok(order),
-                Turn::Alone => return alone(conn, id),
-                Turn::Lead => {}
+        let place = match state.take_place(Instant::now()) {
+            Some(ticket) => Place(self, ticket),
+            None => {
+                let ticket = state.ticket();
+                let (turn, told) = mpsc::sync_channel(1);
+                state.waiting.push_back(Waiter { ticket, id, turn });
+                drop(state);
+                let place = match self.wait(&told, ticket) {
+                    Turn::Read(order) => return Ok(order),
+                    Turn::Alone => return alone(conn, id),
+                    Turn::Lead(place) => Place(self, place),
+                };
+                state = self.state();
+                place
             }
-            state = self.state();
-        }
-        let place = Place(self);
+        };
         let take = state.waiting.len().min(MAX_IDS - 1);
         let others: Vec<Waiter> = state.waiting.drain(..take).collect();
         drop(state);
@@ -185,7 +214,7 @@ mod tests {
     use super::super::reads::PgReader;
     use super::super::test_db::TestDb;
     use super::super::{migrate, reader, Connector};
-    use super::{Place, IN_FLIGHT};
+    use super::{Place, IN_FLIGHT, PATIENCE};
     use crate::domain::{Order, OrderId};
     use crate::store::{Reads, StoreError};
     use postgres::{Client, NoTls};
@@ -251,6 +280,22 @@ mod tests {
         getting
     }
 
+    /// Every place held by a query that started `ago`, as if running still; their
+    /// tickets, to end them with `Place`.
+    fn hold_places(connector: &Connector, ago: Duration) -> Vec<u64> {
+        let at = Instant::now()
+            .checked_sub(ago)
+            .expect("the clock is past `ago`");
+        let mut state = connector.gets.state();
+        (0..IN_FLIGHT)
+            .map(|_| {
+                let ticket = state.ticket();
+                state.running.push((ticket, at));
+                ticket
+            })
+            .collect()
+    }
+
     fn check(order: &Order, id: i64) {
         assert_eq!(order.id.get(), id);
         assert_eq!(order.user_id.as_str(), format!("user-{id}"));
@@ -280,14 +325,14 @@ mod tests {
         );
 
         // Both places taken: every get now waits.
-        connector.gets.state().running = IN_FLIGHT;
+        let places = hold_places(&connector, Duration::ZERO);
         let ids = [2, 6, 99, 3, 2];
         let getting: Vec<_> = ids
             .into_iter()
             .map(|id| queued(&connector, reader(&connector), id))
             .collect();
         // A query ends: the first waiting get takes its place and reads them all.
-        drop(Place(&connector.gets));
+        drop(Place(&connector.gets, places[0]));
         for (id, handle) in ids.into_iter().zip(getting) {
             match answer(handle).unwrap() {
                 Some(order) => check(&order, id),
@@ -296,7 +341,7 @@ mod tests {
         }
         assert_eq!(connector.gets.counts(), (2, 6), "five gets, one query");
         assert_eq!(
-            connector.gets.state().running,
+            connector.gets.state().running.len(),
             IN_FLIGHT - 1,
             "the place given back once the query ended"
         );
@@ -309,14 +354,14 @@ mod tests {
         };
         let connector = orders(&db);
         let gone = Connector::new(&format!("{}_gone", db.url()), &TestDb::pool()).unwrap();
-        connector.gets.state().running = IN_FLIGHT;
+        let places = hold_places(&connector, Duration::ZERO);
         // The first to wait leads the query, on a session that cannot connect.
         let broken = PgReader::new(gone.generic_plans(), connector.gets.clone());
         let mut getting = vec![queued(&connector, broken, 1)];
         for id in [2, 3, 6] {
             getting.push(queued(&connector, reader(&connector), id));
         }
-        drop(Place(&connector.gets));
+        drop(Place(&connector.gets, places[0]));
 
         let mut results = getting.into_iter().map(answer);
         let failed = results.next().unwrap();
@@ -329,7 +374,7 @@ mod tests {
             (1, 4),
             "the broken session's query took the three others"
         );
-        assert_eq!(connector.gets.state().running, IN_FLIGHT - 1);
+        assert_eq!(connector.gets.state().running.len(), IN_FLIGHT - 1);
     }
 
     #[test]
@@ -346,10 +391,10 @@ mod tests {
                  VALUES (7, 'user-7', 'user7@example.com', 'pending', 100, 7, 7, 'damaged')",
             )
             .unwrap();
-        connector.gets.state().running = IN_FLIGHT;
+        let places = hold_places(&connector, Duration::ZERO);
         let first = queued(&connector, reader(&connector), 1);
         let damaged = queued(&connector, reader(&connector), 7);
-        drop(Place(&connector.gets));
+        drop(Place(&connector.gets, places[0]));
 
         check(&answer(first).unwrap().expect("found"), 1);
         assert!(answer(damaged).is_err(), "order 7's lines do not read");
@@ -357,22 +402,38 @@ mod tests {
     }
 
     #[test]
-    fn a_get_left_waiting_by_stuck_queries_reads_alone() {
+    fn queries_stuck_past_the_patience_hold_the_gets_waiting_then_and_none_after() {
         let Some(db) = TestDb::create() else {
             return;
         };
         let connector = orders(&db);
         // Both places held by queries that never end.
-        connector.gets.state().running = IN_FLIGHT;
+        let stuck = hold_places(&connector, Duration::ZERO);
         let started = Instant::now();
         check(&answer(get(reader(&connector), 2)).unwrap().unwrap(), 2);
-        assert!(started.elapsed() >= super::PATIENCE, "it waited first");
-        let state = connector.gets.state();
-        assert!(state.waiting.is_empty(), "no longer waiting");
-        assert_eq!(
-            state.running, IN_FLIGHT,
-            "the stuck queries keep their places"
+        assert!(started.elapsed() >= PATIENCE, "a get then waited first");
+        {
+            let state = connector.gets.state();
+            assert!(state.waiting.is_empty(), "no longer waiting");
+            assert_eq!(
+                state.running.len(),
+                IN_FLIGHT,
+                "the stuck queries keep their places"
+            );
+        }
+
+        // They have run for `PATIENCE` now: a get that arrives takes a new place.
+        let started = Instant::now();
+        check(&answer(get(reader(&connector), 3)).unwrap().unwrap(), 3);
+        assert!(
+            started.elapsed() < PATIENCE,
+            "a get after them read at once"
         );
+        assert_eq!(connector.gets.counts(), (1, 1), "with a query of its own");
+
+        // A stuck query ends at last: its place is freed too.
+        drop(Place(&connector.gets, stuck[0]));
+        assert_eq!(connector.gets.state().running.len(), IN_FLIGHT - 1);
     }
 
     #[test]
@@ -404,6 +465,10 @@ mod tests {
             "{queries} queries took {gets} gets"
         );
         let state = connector.gets.state();
-        assert_eq!((state.running, state.waiting.len()), (0, 0), "all idle");
+        assert_eq!(
+            (state.running.len(), state.waiting.len()),
+            (0, 0),
+            "all idle"
+        );
     }
 }
