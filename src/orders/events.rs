@@ -2,7 +2,7 @@
 
 use crate::clock::rfc3339;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, Status, UserId};
-use crate::store::{NewEvent, StoreError, Tx};
+use crate::store::{EventPayload, NewEvent, StoreError, Tx};
 use serde::Serialize;
 
 /// Writes the event of `order`'s change (from `previous`; `None` for its creation) into
@@ -14,15 +14,35 @@ pub fn record(
     previous: Option<Status>,
     at: i64,
 ) -> Result<(), StoreError> {
-    let id = tx.next_event_id()?;
-    let payload = payload(id, source, order, previous, at);
     tx.insert_event(&NewEvent {
-        id,
         order_id: order.id,
         event_type: event_type(previous, order.status),
-        payload: &payload,
+        payload: &around_id(source, order, previous, at),
         at,
     })
+}
+
+/// Stands for the outbox id while the payload is cut: no other number in an event is
+/// negative, and the two places are found by the keys around them.
+const NO_ID: i64 = i64::MIN;
+
+/// The payload, cut where its outbox id goes: in `event_id`, the first field (so before
+/// `event_type`), and in `sequence`. A key's quotes cannot appear unescaped in a string.
+fn around_id(source: &str, order: &Order, previous: Option<Status>, at: i64) -> EventPayload {
+    let text = payload(NO_ID, source, order, previous, at);
+    let in_event_id = format!(":{NO_ID}\",\"event_type\":");
+    let in_sequence = format!("\"sequence\":{NO_ID},");
+    let cut = |text: &str, around: &str| -> (usize, usize) {
+        let at = text.find(around).expect("the payload holds its id") + around.find('-').unwrap();
+        (at, at + NO_ID.to_string().len())
+    };
+    let (first, first_end) = cut(&text, &in_event_id);
+    let (second, second_end) = cut(&text, &in_sequence);
+    EventPayload {
+        head: text[..first].to_string(),
+        middle: text[first_end..second].to_string(),
+        tail: text[second_end..].to_string(),
+    }
 }
 
 /// `<source>:<outbox id>`: what consumers deduplicate on.
@@ -80,4 +100,63 @@ fn payload(id: i64, source: &str, order: &Order, previous: Option<Status>, at: i
         priced_at: order.priced_at.map(rfc3339),
     };
     serde_json::to_string(&event).expect("an event always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ProductId;
+
+    fn order(user: &str, product_name: &str) -> Order {
+        Order {
+            id: OrderId::from_trusted(42),
+            user_id: UserId::from_trusted(user.into()),
+            user_email: Email::from_trusted("a@example.com".into()),
+            items: vec![OrderItem {
+                product_id: ProductId::new(7).unwrap(),
+                product_name: product_name.into(),
+                quantity: 2,
+                price: Money::from_cents(1999),
+                subtotal: Money::from_cents(3998),
+            }],
+            total: Money::from_cents(3998),
+            status: Status::Pending,
+            created_at: 1_700_000_000_000_000,
+            updated_at: 1_700_000_000_000_000,
+            stock_verified: true,
+            priced_at: Some(1_700_000_000_000_000),
+        }
+    }
+
+    #[test]
+    fn the_payload_cut_around_its_id_is_the_payload_with_any_id() {
+        // Sources, users and names that look like the places the id goes.
+        let cases = [
+            ("store-1", "user-1", "Mouse"),
+            (
+                "st\"ore:-9223372036854775808",
+                "-9223372036854775808",
+                "Cable",
+            ),
+            (
+                "a\\",
+                "x:-9223372036854775808\",\"event_type\":",
+                "\"sequence\":-9223372036854775808,",
+            ),
+            ("магазин", "ユーザー", "\u{1F600}"),
+        ];
+        for (source, user, name) in cases {
+            let order = order(user, name);
+            for previous in [None, Some(Status::Pending)] {
+                let cut = around_id(source, &order, previous, 5);
+                for id in [1, 42, 1_000_000_007, i64::MAX] {
+                    assert_eq!(
+                        cut.with_id(id),
+                        payload(id, source, &order, previous, 5),
+                        "source {source:?}, user {user:?}, name {name:?}, id {id}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -134,8 +134,7 @@ pub trait Tx {
     /// The order, safe from concurrent change until the transaction ends.
     fn order_for_update(&mut self, id: OrderId) -> Result<Option<Order>, StoreError>;
     fn update_status(&mut self, id: OrderId, status: Status, at: i64) -> Result<(), StoreError>;
-    /// The id (the `sequence`) the next outbox row gets.
-    fn next_event_id(&mut self) -> Result<i64, StoreError>;
+    /// Writes the event with the next outbox id (its `sequence`).
     fn insert_event(&mut self, event: &NewEvent<'_>) -> Result<(), StoreError>;
     fn idempotency(
         &mut self,
@@ -234,14 +233,30 @@ pub trait Reads: Send {
     }
 }
 
-/// An outbox row about to be written, its payload already built.
+/// An outbox row about to be written. Its id is the store's to take (on PostgreSQL, a
+/// create's is taken by the statement that writes the row), so its payload comes cut where
+/// the id goes.
 #[derive(Debug, Clone, Copy)]
 pub struct NewEvent<'a> {
-    pub id: i64,
     pub order_id: OrderId,
     pub event_type: &'a str,
-    pub payload: &'a str,
+    pub payload: &'a EventPayload,
     pub at: i64,
+}
+
+/// An event's JSON without its outbox id, which it holds twice: the text before, between
+/// and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventPayload {
+    pub head: String,
+    pub middle: String,
+    pub tail: String,
+}
+
+impl EventPayload {
+    pub fn with_id(&self, id: i64) -> String {
+        format!("{}{id}{}{id}{}", self.head, self.middle, self.tail)
+    }
 }
 
 /// Storage failed: the engine reported an error, or the writer is gone or did not answer.

@@ -23,6 +23,8 @@ pub struct Deferred {
     /// The table each part writes.
     tables: Vec<&'static str>,
     params: Vec<Param>,
+    /// The part that is the statement's main query, whatever its place among the parts.
+    main: Option<usize>,
 }
 
 impl Deferred {
@@ -40,11 +42,21 @@ impl Deferred {
         self.params.extend(params);
     }
 
+    /// Holds back `sql` as `push` does, as the statement's main query: PostgreSQL runs it
+    /// first, and the parts in `WITH` that it does not read after it (to completion, at the
+    /// end of the statement). A write that must come before the others goes here.
+    pub fn push_main(&mut self, table: &'static str, sql: &str, params: Vec<Param>) {
+        debug_assert!(self.main.is_none(), "one main query in a statement");
+        self.main = Some(self.parts.len());
+        self.push(table, sql, params);
+    }
+
     /// Forgets what is held: its transaction (or savepoint) is being undone.
     pub fn clear(&mut self) {
         self.parts.clear();
         self.tables.clear();
         self.params.clear();
+        self.main = None;
     }
 
     /// Sends what is held, as one statement, in the transaction `conn` is in (or as a
@@ -67,9 +79,11 @@ impl Deferred {
     /// `WITH w0 AS (first), w1 AS (second), … last`: the same text for the same writes, so
     /// the connection's prepared statement serves each kind of change.
     fn statement(&self) -> String {
-        let (last, rest) = self.parts.split_last().expect("not empty");
+        let main = self.main.unwrap_or(self.parts.len() - 1);
+        let last = &self.parts[main];
+        let rest = self.parts.iter().enumerate().filter(|(i, _)| *i != main);
         let mut sql = String::new();
-        for (i, part) in rest.iter().enumerate() {
+        for (i, (_, part)) in rest.enumerate() {
             let _ = write!(
                 sql,
                 "{} w{i} AS ({part})",
@@ -138,5 +152,26 @@ mod tests {
         assert_eq!(d.params.len(), 4);
         d.clear();
         assert!(d.parts.is_empty() && d.tables.is_empty() && d.params.is_empty());
+    }
+
+    #[test]
+    fn the_main_part_is_the_main_query_wherever_it_was_pushed() {
+        let mut d = Deferred::default();
+        d.push("a", "INSERT INTO a VALUES ($1)", vec![Box::new(1_i64)]);
+        d.push_main("b", "INSERT INTO b SELECT $1", vec![Box::new(2_i64)]);
+        d.push("c", "UPDATE c SET x = $1", vec![Box::new(3_i64)]);
+        assert_eq!(
+            d.statement(),
+            "WITH w0 AS (INSERT INTO a VALUES ($1)), w1 AS (UPDATE c SET x = $3) \
+             INSERT INTO b SELECT $2"
+        );
+        d.clear();
+        d.push("a", "INSERT INTO a VALUES ($1)", vec![Box::new(1_i64)]);
+        d.push("c", "UPDATE c SET x = $1", vec![Box::new(3_i64)]);
+        assert_eq!(
+            d.statement(),
+            "WITH w0 AS (INSERT INTO a VALUES ($1)) UPDATE c SET x = $2",
+            "without a main part, the last"
+        );
     }
 }

@@ -23,6 +23,8 @@ pub struct PgEngine {
     wrote_events: bool,
     /// The event id this transaction took, with the transaction's id (see `take_event`).
     event: Option<(i64, i64)>,
+    /// An order id taken with the event id, for the create to come.
+    order_id: Option<OrderId>,
     /// Whether this transaction has written anything yet.
     wrote: bool,
 }
@@ -61,6 +63,7 @@ impl PgEngine {
             open: false,
             wrote_events: false,
             event: None,
+            order_id: None,
             wrote: false,
         }
     }
@@ -69,9 +72,11 @@ impl PgEngine {
     /// lock held for microseconds (`order_service_next_event`, made in `migrate`): event
     /// ids then follow transaction ids, which lets the relay keep the outbox's order
     /// (reads.rs, `pending_events`). It must come before the transaction's first write,
-    /// which would assign the transaction's id outside the lock; the rules' first calls
-    /// (`next_order_id`, `order_for_update`) take it, and a later try is refused loudly.
-    fn take_event(&mut self, also_order_id: bool) -> Result<Option<OrderId>, StoreError> {
+    /// which would assign the transaction's id outside the lock: the calls that lock rows
+    /// (`order_for_update`, `snapshot_for_update`) take it first, a create's statement
+    /// takes it in its main query (`insert_event`), and a later try is refused loudly, here
+    /// and by the function.
+    fn take_event(&mut self, also_order_id: bool) -> Result<(), StoreError> {
         if self.wrote {
             return Err(StoreError::Unavailable(
                 "an event id taken after the transaction's first write".into(),
@@ -92,7 +97,8 @@ impl PgEngine {
             self.conn.begin_with(sql)?
         };
         self.event = Some((row[0], row[1]));
-        Ok(also_order_id.then(|| OrderId::from_trusted(row[2])))
+        self.order_id = also_order_id.then(|| OrderId::from_trusted(row[2]));
+        Ok(())
     }
 }
 
@@ -104,6 +110,7 @@ impl Engine for PgEngine {
     fn begin(&mut self) -> Result<(), StoreError> {
         self.wrote_events = false;
         self.event = None;
+        self.order_id = None;
         self.wrote = false;
         self.deferred.clear();
         self.open = false;
@@ -160,12 +167,18 @@ impl Engine for PgEngine {
 
 impl Tx for PgEngine {
     fn next_order_id(&mut self) -> Result<OrderId, StoreError> {
-        if self.event.is_none() && !self.wrote {
-            if let Some(id) = self.take_event(true)? {
-                return Ok(id);
-            }
+        if let Some(id) = self.order_id.take() {
+            return Ok(id);
         }
-        let row = self.conn()?.query_one("SELECT nextval('order_ids')", &[])?;
+        const NEXT: &str = "SELECT nextval('order_ids')";
+        let row = if self.open {
+            self.conn()?.query_one(NEXT, &[])?
+        } else {
+            // An online create's, before anything else: outside a transaction, since order
+            // ids need no order among transactions (a failed create leaves a gap, as a
+            // rolled back one does).
+            self.conn.query_one(NEXT, &[])?
+        };
         Ok(OrderId::from_trusted(row.get(0)))
     }
 
@@ -261,27 +274,44 @@ impl Tx for PgEngine {
         Ok(())
     }
 
-    fn next_event_id(&mut self) -> Result<i64, StoreError> {
+    fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
+        if self.event.is_none() && !self.open && !self.deferred.holds("outbox") {
+            // Nothing sent yet (an online create): the statement that writes the event
+            // takes its id in its main query, which runs before the writes in its `WITH`,
+            // and commits alone. One round trip, without BEGIN and COMMIT.
+            self.wrote = true;
+            self.deferred.push_main(
+                "outbox",
+                "INSERT INTO outbox (id, order_id, event_type, payload, created_at, tx)
+                 SELECT n.id, $1, $2, $3 || n.id::text || $4 || n.id::text || $5, $6, n.tx
+                 FROM order_service_next_event() n",
+                vec![
+                    Box::new(e.order_id.get()),
+                    Box::new(e.event_type.to_string()),
+                    Box::new(e.payload.head.clone()),
+                    Box::new(e.payload.middle.clone()),
+                    Box::new(e.payload.tail.clone()),
+                    Box::new(e.at),
+                ],
+            );
+            self.wrote_events = true;
+            return Ok(());
+        }
         // One event per transaction (one job each): a second id, taken after a write,
         // could be overtaken by another transaction's.
         if self.event.is_none() {
             self.take_event(false)?;
         }
-        Ok(self.event.expect("taken above").0)
-    }
-
-    fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
-        self.wrote = true;
-        let tx = self.event.take().map(|(_, tx)| tx);
+        let (id, tx) = self.event.take().expect("taken above");
         self.defer(
             "outbox",
             "INSERT INTO outbox (id, order_id, event_type, payload, created_at, tx)
              VALUES ($1, $2, $3, $4, $5, $6)",
             vec![
-                Box::new(e.id),
+                Box::new(id),
                 Box::new(e.order_id.get()),
                 Box::new(e.event_type.to_string()),
-                Box::new(e.payload.to_string()),
+                Box::new(e.payload.with_id(id)),
                 Box::new(e.at),
                 Box::new(tx),
             ],
@@ -480,6 +510,11 @@ impl Tx for PgEngine {
         &mut self,
         ids: &[ProductId],
     ) -> Result<Vec<SnapshotProduct>, StoreError> {
+        if self.event.is_none() && !self.wrote {
+            // Its row locks assign the transaction's id: the event id, and the order's,
+            // come first.
+            self.take_event(true)?;
+        }
         let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
         // The rows' locks, in one order (by id) for every order, hold until the
         // transaction ends: another instance's offline order of the same product waits,
@@ -569,4 +604,124 @@ struct Lines {
     quantity: Vec<i32>,
     price: Vec<i64>,
     subtotal: Vec<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_db::TestDb;
+    use super::super::{engines, migrate, Connector};
+    use crate::domain::{Email, Money, Order, OrderItem, ProductId, Status, UserId};
+    use crate::store::{CachedProduct, Engine, EventPayload, NewEvent};
+    use postgres::{Client, NoTls};
+
+    fn order(id: crate::domain::OrderId) -> Order {
+        Order {
+            id,
+            user_id: UserId::from_trusted("user-1".into()),
+            user_email: Email::from_trusted("user1@example.com".into()),
+            items: vec![OrderItem {
+                product_id: ProductId::new(3).unwrap(),
+                product_name: "Product 3".into(),
+                quantity: 1,
+                price: Money::from_cents(1999),
+                subtotal: Money::from_cents(1999),
+            }],
+            total: Money::from_cents(1999),
+            status: Status::Pending,
+            created_at: 10,
+            updated_at: 10,
+            stock_verified: true,
+            priced_at: Some(10),
+        }
+    }
+
+    #[test]
+    fn an_online_create_takes_its_event_id_in_the_transaction_of_its_writes() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
+        migrate(&connector).unwrap();
+        let mut engine = engines(&connector, &TestDb::pool()).unwrap().remove(0);
+        let payload = EventPayload {
+            head: r#"{"event_id":"s:"#.into(),
+            middle: r#"","sequence":"#.into(),
+            tail: "}".into(),
+        };
+        for _ in 0..3 {
+            engine.begin().unwrap();
+            let tx = engine.tx();
+            let order = order(tx.next_order_id().unwrap());
+            tx.insert_order(&order).unwrap();
+            tx.record_sales(&order, 10).unwrap();
+            tx.insert_event(&NewEvent {
+                order_id: order.id,
+                event_type: "order_created",
+                payload: &payload,
+                at: 10,
+            })
+            .unwrap();
+            // Written after the event, as a create's fresh products are.
+            tx.upsert_products(&[CachedProduct {
+                product_id: ProductId::new(3).unwrap(),
+                name: "Product 3".into(),
+                price: Money::from_cents(1999),
+                stock: 50,
+                fetched_at: 10,
+            }])
+            .unwrap();
+            engine.commit().unwrap();
+        }
+
+        let mut client = Client::connect(&db.url(), NoTls).unwrap();
+        let rows = client
+            .query(
+                "SELECT o.id, x.id, x.payload, o.xmin::text, x.tx % 4294967296
+                 FROM orders o JOIN outbox x ON x.order_id = o.id ORDER BY o.id",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(rows.len(), 3, "three orders, each with its event");
+        let mut last_tx = 0;
+        for r in rows {
+            let (event, payload): (i64, String) = (r.get(1), r.get(2));
+            assert_eq!(
+                payload,
+                format!(r#"{{"event_id":"s:{event}","sequence":{event}}}"#)
+            );
+            let (order_xid, event_tx): (String, i64) = (r.get(3), r.get(4));
+            assert_eq!(
+                order_xid,
+                event_tx.to_string(),
+                "order {} and its event written by one transaction",
+                r.get::<_, i64>(0)
+            );
+            assert!(event_tx > last_tx, "event ids in the order of transactions");
+            last_tx = event_tx;
+        }
+    }
+
+    #[test]
+    fn an_event_id_is_refused_to_a_transaction_that_wrote_first() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
+        migrate(&connector).unwrap();
+        let mut client = Client::connect(&db.url(), NoTls).unwrap();
+        let mut tx = client.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO order_counts (user_id, orders) VALUES ('user-1', 1)",
+            &[],
+        )
+        .unwrap();
+        let refused = tx
+            .query("SELECT id, tx FROM order_service_next_event()", &[])
+            .unwrap_err();
+        let message = refused.as_db_error().map(|e| e.message().to_string());
+        assert_eq!(
+            message.as_deref(),
+            Some("an event id taken after the transaction's first write")
+        );
+    }
 }

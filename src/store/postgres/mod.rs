@@ -117,7 +117,7 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
         .map_err(|e| format!("sequences: {e}"))?;
         // Event ids are taken in the order of their transactions' ids (a transaction
         // gets its id here, with its event id, before its first write: engine.rs,
-        // `take_event`): then "every transaction older than this event's has ended"
+        // `take_event`; a transaction that has an id already is refused): then "every transaction older than this event's has ended"
         // means every lower event id is committed or never will be, and the relay keeps
         // the outbox's order (reads.rs, `pending_events`). The lock is held for
         // microseconds, not until the commit.
@@ -125,6 +125,9 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
             "CREATE OR REPLACE FUNCTION order_service_next_event() RETURNS TABLE (id BIGINT, tx BIGINT)
              LANGUAGE plpgsql AS $$
              BEGIN
+               IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+                 RAISE EXCEPTION 'an event id taken after the transaction''s first write';
+               END IF;
                PERFORM pg_advisory_lock({EVENT_ID_LOCK});
                tx := pg_current_xact_id()::text::bigint;
                id := nextval('outbox_ids');

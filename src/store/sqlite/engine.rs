@@ -130,14 +130,10 @@ impl Tx for SqliteEngine {
         Ok(writes::update_status(&self.conn, id.get(), status, at)?)
     }
 
-    fn next_event_id(&mut self) -> Result<i64, StoreError> {
+    fn insert_event(&mut self, event: &NewEvent<'_>) -> Result<(), StoreError> {
         let id = self.next_event_id;
         self.next_event_id += 1;
-        Ok(id)
-    }
-
-    fn insert_event(&mut self, event: &NewEvent<'_>) -> Result<(), StoreError> {
-        Ok(outbox::insert(&self.conn, event)?)
+        Ok(outbox::insert(&self.conn, id, event)?)
     }
 
     fn idempotency(

@@ -9,11 +9,11 @@ struct EventHead {
     source: String,
 }
 
-pub(crate) fn insert(conn: &Connection, e: &NewEvent<'_>) -> rusqlite::Result<()> {
+pub(crate) fn insert(conn: &Connection, id: i64, e: &NewEvent<'_>) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO outbox (id, order_id, event_type, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![e.id, e.order_id.get(), e.event_type, e.payload, e.at])?;
+    .execute(params![id, e.order_id.get(), e.event_type, e.payload.with_id(id), e.at])?;
     Ok(())
 }
 
