@@ -100,6 +100,7 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
     let applied = (|| {
         let client = conn.raw().map_err(|e| e.to_string())?;
         let report = embedded::migrations::runner()
+            .set_grouped(true)
             .run(client)
             .map_err(|e| format!("migrations: {e}"))?;
         // A sequence is moved past the largest id only when it is behind it, which happens
@@ -117,10 +118,10 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
         .map_err(|e| format!("sequences: {e}"))?;
         // Event ids are taken in the order of their transactions' ids (a transaction
         // gets its id here, with its event id, before its first write: engine.rs,
-        // `take_event`; a transaction that has an id already is refused): then "every transaction older than this event's has ended"
-        // means every lower event id is committed or never will be, and the relay keeps
-        // the outbox's order (reads.rs, `pending_events`). The lock is held for
-        // microseconds, not until the commit.
+        // `take_event`; a transaction that has an id already is refused): then "every
+        // transaction older than this event's has ended" means every lower event id is
+        // committed or never will be, and the relay keeps the outbox's order (reads.rs,
+        // `pending_events`). The lock is held for microseconds, not until the commit.
         conn.batch(&format!(
             "CREATE OR REPLACE FUNCTION order_service_next_event() RETURNS TABLE (id BIGINT, tx BIGINT)
              LANGUAGE plpgsql AS $$

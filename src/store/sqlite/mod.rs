@@ -108,6 +108,7 @@ pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
 /// Applies the embedded migrations that the database has not seen; returns their names.
 pub fn migrate(conn: &mut Connection) -> Result<Vec<String>, String> {
     let report = embedded::migrations::runner()
+        .set_grouped(true)
         .run(conn)
         .map_err(|e| format!("migrations: {e}"))?;
     Ok(report
