@@ -62,3 +62,29 @@ fn as_optional_rfc3339<S: Serializer>(micros: &Option<i64>, s: S) -> Result<S::O
         None => s.serialize_none(),
     }
 }
+
+#[cfg(test)]
+impl Order {
+    /// A pending order of one line, two of product 7 at 19.99, for tests.
+    pub fn example(id: i64, user: &str, product_name: &str) -> Order {
+        let at = 1_700_000_000_000_000;
+        Order {
+            id: OrderId::from_trusted(id),
+            user_id: UserId::from_trusted(user.into()),
+            user_email: Email::from_trusted("a@example.com".into()),
+            items: vec![OrderItem {
+                product_id: ProductId::new(7).unwrap(),
+                product_name: product_name.into(),
+                quantity: 2,
+                price: Money::from_cents(1999),
+                subtotal: Money::from_cents(3998),
+            }],
+            total: Money::from_cents(3998),
+            status: Status::Pending,
+            created_at: at,
+            updated_at: at,
+            stock_verified: true,
+            priced_at: Some(at),
+        }
+    }
+}

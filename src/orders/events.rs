@@ -22,12 +22,13 @@ pub fn record(
     })
 }
 
-/// Stands for the outbox id while the payload is cut: no other number in an event is
-/// negative, and the two places are found by the keys around them.
+/// Stands for the outbox id while the payload is cut; the two places are found by the
+/// keys around them.
 const NO_ID: i64 = i64::MIN;
 
 /// The payload, cut where its outbox id goes: in `event_id`, the first field (so before
 /// `event_type`), and in `sequence`. A key's quotes cannot appear unescaped in a string.
+/// The store puts the id back (`EventPayload::with_id`, or PostgreSQL's statement).
 fn around_id(source: &str, order: &Order, previous: Option<Status>, at: i64) -> EventPayload {
     let text = payload(NO_ID, source, order, previous, at);
     let in_event_id = format!(":{NO_ID}\",\"event_type\":");
@@ -105,28 +106,6 @@ fn payload(id: i64, source: &str, order: &Order, previous: Option<Status>, at: i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ProductId;
-
-    fn order(user: &str, product_name: &str) -> Order {
-        Order {
-            id: OrderId::from_trusted(42),
-            user_id: UserId::from_trusted(user.into()),
-            user_email: Email::from_trusted("a@example.com".into()),
-            items: vec![OrderItem {
-                product_id: ProductId::new(7).unwrap(),
-                product_name: product_name.into(),
-                quantity: 2,
-                price: Money::from_cents(1999),
-                subtotal: Money::from_cents(3998),
-            }],
-            total: Money::from_cents(3998),
-            status: Status::Pending,
-            created_at: 1_700_000_000_000_000,
-            updated_at: 1_700_000_000_000_000,
-            stock_verified: true,
-            priced_at: Some(1_700_000_000_000_000),
-        }
-    }
 
     #[test]
     fn the_payload_cut_around_its_id_is_the_payload_with_any_id() {
@@ -138,15 +117,18 @@ mod tests {
                 "-9223372036854775808",
                 "Cable",
             ),
+            ("s:-9223372036854775808\",\"event_type\":", "u", "n"),
+            ("\"sequence\":-9223372036854775808,", "u", "n"),
+            ("ends in a backslash \\", "u", "n"),
             (
-                "a\\",
+                "a",
                 "x:-9223372036854775808\",\"event_type\":",
                 "\"sequence\":-9223372036854775808,",
             ),
             ("магазин", "ユーザー", "\u{1F600}"),
         ];
         for (source, user, name) in cases {
-            let order = order(user, name);
+            let order = Order::example(42, user, name);
             for previous in [None, Some(Status::Pending)] {
                 let cut = around_id(source, &order, previous, 5);
                 for id in [1, 42, 1_000_000_007, i64::MAX] {

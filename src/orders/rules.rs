@@ -46,7 +46,7 @@ pub fn create(
         .try_fold(Money::ZERO, |sum, i| sum.plus(i.subtotal))
         .expect("totals are bounded by the item and quantity limits");
     let created = Order {
-        id: tx.next_order_id()?,
+        id: tx.next_order_id(idempotent.is_some())?,
         user_id: order.user_id,
         user_email: order.user_email,
         items,

@@ -127,8 +127,9 @@ pub fn reads(database: &Database, pool: &PostgresPool) -> Result<Box<dyn Reads>,
 /// What the order rules and the relay may do within one transaction. Each call is one
 /// statement (or one small group); the writer decides where transactions begin and end.
 pub trait Tx {
-    /// The id the next order gets.
-    fn next_order_id(&mut self) -> Result<OrderId, StoreError>;
+    /// The id the next order gets. `answered`: the create stores an idempotency answer,
+    /// whose outcome it reads before its commit.
+    fn next_order_id(&mut self, answered: bool) -> Result<OrderId, StoreError>;
     /// Inserts an order with its items, and counts it to its user.
     fn insert_order(&mut self, order: &Order) -> Result<(), StoreError>;
     /// The order, safe from concurrent change until the transaction ends.

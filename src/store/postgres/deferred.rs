@@ -3,11 +3,14 @@
 //! snapshot rows cost one round trip instead of five, and a status change's update and
 //! event one instead of two.
 //!
-//! The parts of one statement all see the database as it was before it, and PostgreSQL
-//! does not say in which order they run. So a part never reads what another writes, and
-//! each writes a table of its own: a second write to a table sends what is held first, as
-//! does anything that reads (a query, a savepoint, the commit). That also bounds a
-//! statement to one part per table, however many products a catalog refresh upserts.
+//! The parts of one statement all see the database as it was before it, and PostgreSQL's
+//! documentation does not say in which order they run (its executor runs the main query
+//! first, and the parts in `WITH` it does not read at the end: `push_main` relies on
+//! that where the server passed a trial, engine.rs). So a part never reads what another
+//! writes, and each writes a table of its own: a second write to a table sends what is
+//! held first, as does anything that reads (a query, a savepoint, the commit). That also
+//! bounds a statement to one part per table, however many products a catalog refresh
+//! upserts.
 
 use super::conn::Conn;
 use crate::store::StoreError;
@@ -42,9 +45,10 @@ impl Deferred {
         self.params.extend(params);
     }
 
-    /// Holds back `sql` as `push` does, as the statement's main query: PostgreSQL runs it
-    /// first, and the parts in `WITH` that it does not read after it (to completion, at the
-    /// end of the statement). A write that must come before the others goes here.
+    /// Holds back `sql` as `push` does, as the statement's main query, which PostgreSQL's
+    /// executor runs before the parts in `WITH` that it does not read (those run to
+    /// completion at the end of the statement). A write that must come before the others
+    /// goes here, once the server was seen to do so (`PgEngine::main_query_first`).
     pub fn push_main(&mut self, table: &'static str, sql: &str, params: Vec<Param>) {
         debug_assert!(self.main.is_none(), "one main query in a statement");
         self.main = Some(self.parts.len());
@@ -76,8 +80,9 @@ impl Deferred {
         done.map(|_| ())
     }
 
-    /// `WITH w0 AS (first), w1 AS (second), … last`: the same text for the same writes, so
-    /// the connection's prepared statement serves each kind of change.
+    /// `WITH w0 AS (first), w1 AS (second), … main`, the main query the part pushed so or
+    /// else the last: the same text for the same writes, so the connection's prepared
+    /// statement serves each kind of change.
     fn statement(&self) -> String {
         let main = self.main.unwrap_or(self.parts.len() - 1);
         let last = &self.parts[main];

@@ -25,6 +25,9 @@ pub struct PgEngine {
     event: Option<(i64, i64)>,
     /// An order id taken with the event id, for the create to come.
     order_id: Option<OrderId>,
+    /// Whether an online create is one statement (`insert_event`): this server runs a
+    /// statement's main query before the writes in its `WITH` (`main_query_first`).
+    one_statement: bool,
     /// Whether this transaction has written anything yet.
     wrote: bool,
 }
@@ -56,6 +59,32 @@ impl PgEngine {
         Ok(())
     }
 
+    /// Whether this server runs a statement's main query before the data-modifying parts
+    /// of its `WITH` that it does not read: what PostgreSQL's executor does (those run at
+    /// the end of the statement), though its documentation leaves the order open. Tried
+    /// once at start-up, in a transaction rolled back; if not, every create is a
+    /// transaction begun with its event id. A sequence number of `outbox_ids` is spent.
+    pub(super) fn main_query_first(&mut self) -> bool {
+        let tried = self.conn.batch(
+            "BEGIN;
+             WITH w AS (INSERT INTO order_counts (user_id, orders) VALUES ('', 0))
+             SELECT id FROM order_service_next_event();",
+        );
+        self.conn.rollback();
+        if let Err(e) = &tried {
+            log::warn!(
+                "database: a create as one statement failed its trial ({e}); creates take \
+                 a transaction of three round trips"
+            );
+        }
+        tried.is_ok()
+    }
+
+    /// Writes online creates as one statement, or not (`main_query_first`).
+    pub(super) fn set_one_statement(&mut self, yes: bool) {
+        self.one_statement = yes;
+    }
+
     pub(super) fn new(conn: Conn) -> PgEngine {
         PgEngine {
             conn,
@@ -64,6 +93,7 @@ impl PgEngine {
             wrote_events: false,
             event: None,
             order_id: None,
+            one_statement: false,
             wrote: false,
         }
     }
@@ -166,19 +196,26 @@ impl Engine for PgEngine {
 }
 
 impl Tx for PgEngine {
-    fn next_order_id(&mut self) -> Result<OrderId, StoreError> {
+    fn next_order_id(&mut self, answered: bool) -> Result<OrderId, StoreError> {
+        if self.order_id.is_none() && !self.open && (answered || !self.one_statement) {
+            // A create that cannot be one statement (its answer is read back before the
+            // commit): a transaction begun with its event id, as a change of status is.
+            self.take_event(true)?;
+        }
         if let Some(id) = self.order_id.take() {
             return Ok(id);
         }
-        const NEXT: &str = "SELECT nextval('order_ids')";
-        let row = if self.open {
-            self.conn()?.query_one(NEXT, &[])?
-        } else {
-            // An online create's, before anything else: outside a transaction, since order
-            // ids need no order among transactions (a failed create leaves a gap, as a
-            // rolled back one does).
-            self.conn.query_one(NEXT, &[])?
-        };
+        if self.open {
+            // Not reached by the rules: a transaction is begun with its event id, which
+            // takes the order id too. `nextval` here could assign the transaction's id.
+            return Err(StoreError::Unavailable(
+                "an order id asked for in a transaction without one".into(),
+            ));
+        }
+        // An online create's, before anything else: outside a transaction, since order ids
+        // need no order among transactions (a failed create leaves a gap, as a rolled back
+        // one does). Its one statement takes the event id (`insert_event`).
+        let row = self.conn.query_one("SELECT nextval('order_ids')", &[])?;
         Ok(OrderId::from_trusted(row.get(0)))
     }
 
@@ -275,10 +312,15 @@ impl Tx for PgEngine {
     }
 
     fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
-        if self.event.is_none() && !self.open && !self.deferred.holds("outbox") {
-            // Nothing sent yet (an online create): the statement that writes the event
-            // takes its id in its main query, which runs before the writes in its `WITH`,
-            // and commits alone. One round trip, without BEGIN and COMMIT.
+        if self.event.is_none()
+            && !self.open
+            && self.one_statement
+            && !self.deferred.holds("outbox")
+        {
+            // Nothing sent yet (an online create without an idempotency key): the
+            // statement that writes the event takes its id in its main query, which runs
+            // before the writes in its `WITH`, and commits alone, without BEGIN and COMMIT.
+            // The payload's id is put in as `EventPayload::with_id` does.
             self.wrote = true;
             self.deferred.push_main(
                 "outbox",
@@ -610,81 +652,78 @@ struct Lines {
 mod tests {
     use super::super::test_db::TestDb;
     use super::super::{engines, migrate, Connector};
-    use crate::domain::{Email, Money, Order, OrderItem, ProductId, Status, UserId};
+    use super::PgEngine;
+    use crate::domain::{Money, Order, ProductId, UserId};
     use crate::store::{CachedProduct, Engine, EventPayload, NewEvent};
     use postgres::{Client, NoTls};
 
-    fn order(id: crate::domain::OrderId) -> Order {
-        Order {
-            id,
-            user_id: UserId::from_trusted("user-1".into()),
-            user_email: Email::from_trusted("user1@example.com".into()),
-            items: vec![OrderItem {
-                product_id: ProductId::new(3).unwrap(),
-                product_name: "Product 3".into(),
-                quantity: 1,
-                price: Money::from_cents(1999),
-                subtotal: Money::from_cents(1999),
-            }],
-            total: Money::from_cents(1999),
-            status: Status::Pending,
-            created_at: 10,
-            updated_at: 10,
-            stock_verified: true,
-            priced_at: Some(10),
-        }
-    }
-
-    #[test]
-    fn an_online_create_takes_its_event_id_in_the_transaction_of_its_writes() {
-        let Some(db) = TestDb::create() else {
-            return;
-        };
+    fn engine(db: &TestDb) -> PgEngine {
         let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
         migrate(&connector).unwrap();
-        let mut engine = engines(&connector, &TestDb::pool()).unwrap().remove(0);
+        engines(&connector, &TestDb::pool()).unwrap().remove(0)
+    }
+
+    /// A create as the rules write it (order, sales, event, its answer if `keyed`, the
+    /// product's fresh row after the event), committed.
+    fn create(engine: &mut PgEngine, keyed: Option<&str>) {
+        let user = UserId::from_trusted("user-1".into());
+        if let Some(key) = keyed {
+            engine.begin().unwrap();
+            assert!(engine.tx().claim_idempotency(&user, key, "{}", 10).unwrap());
+            engine.commit().unwrap();
+        }
         let payload = EventPayload {
             head: r#"{"event_id":"s:"#.into(),
             middle: r#"","sequence":"#.into(),
             tail: "}".into(),
         };
-        for _ in 0..3 {
-            engine.begin().unwrap();
-            let tx = engine.tx();
-            let order = order(tx.next_order_id().unwrap());
-            tx.insert_order(&order).unwrap();
-            tx.record_sales(&order, 10).unwrap();
-            tx.insert_event(&NewEvent {
-                order_id: order.id,
-                event_type: "order_created",
-                payload: &payload,
-                at: 10,
-            })
-            .unwrap();
-            // Written after the event, as a create's fresh products are.
-            tx.upsert_products(&[CachedProduct {
-                product_id: ProductId::new(3).unwrap(),
-                name: "Product 3".into(),
-                price: Money::from_cents(1999),
-                stock: 50,
-                fetched_at: 10,
-            }])
-            .unwrap();
-            engine.commit().unwrap();
+        engine.begin().unwrap();
+        let id = engine.tx().next_order_id(keyed.is_some()).unwrap();
+        assert_eq!(
+            engine.event.is_some(),
+            keyed.is_some() || !engine.one_statement,
+            "a transaction begun with the event id, unless the create is one statement"
+        );
+        let tx = engine.tx();
+        let order = Order::example(id.get(), "user-1", "Product 7");
+        tx.insert_order(&order).unwrap();
+        tx.record_sales(&order, 10).unwrap();
+        tx.insert_event(&NewEvent {
+            order_id: order.id,
+            event_type: "order_created",
+            payload: &payload,
+            at: 10,
+        })
+        .unwrap();
+        if let Some(key) = keyed {
+            assert!(tx.answer_idempotency(&user, key, 201, "{}").unwrap());
         }
+        tx.upsert_products(&[CachedProduct {
+            product_id: ProductId::new(7).unwrap(),
+            name: "Product 7".into(),
+            price: Money::from_cents(1999),
+            stock: 50,
+            fetched_at: 10,
+        }])
+        .unwrap();
+        engine.commit().unwrap();
+    }
 
+    /// Each order's event: written by the order's transaction, with its id in its
+    /// payload, event ids rising with transaction ids.
+    fn check_events(db: &TestDb, orders: usize) {
         let mut client = Client::connect(&db.url(), NoTls).unwrap();
         let rows = client
             .query(
                 "SELECT o.id, x.id, x.payload, o.xmin::text, x.tx % 4294967296
-                 FROM orders o JOIN outbox x ON x.order_id = o.id ORDER BY o.id",
+                 FROM orders o JOIN outbox x ON x.order_id = o.id ORDER BY x.id",
                 &[],
             )
             .unwrap();
-        assert_eq!(rows.len(), 3, "three orders, each with its event");
+        assert_eq!(rows.len(), orders, "each order with its event");
         let mut last_tx = 0;
         for r in rows {
-            let (event, payload): (i64, String) = (r.get(1), r.get(2));
+            let (order, event, payload): (i64, i64, String) = (r.get(0), r.get(1), r.get(2));
             assert_eq!(
                 payload,
                 format!(r#"{{"event_id":"s:{event}","sequence":{event}}}"#)
@@ -693,12 +732,65 @@ mod tests {
             assert_eq!(
                 order_xid,
                 event_tx.to_string(),
-                "order {} and its event written by one transaction",
-                r.get::<_, i64>(0)
+                "order {order} and its event written by one transaction"
             );
-            assert!(event_tx > last_tx, "event ids in the order of transactions");
+            assert!(
+                event_tx > last_tx,
+                "event {event}: ids follow transaction ids"
+            );
             last_tx = event_tx;
         }
+    }
+
+    #[test]
+    fn an_online_create_takes_its_event_id_in_the_transaction_of_its_writes() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let mut engine = engine(&db);
+        assert!(
+            engine.one_statement,
+            "this server runs the main query first"
+        );
+        for _ in 0..3 {
+            create(&mut engine, None);
+        }
+        check_events(&db, 3);
+    }
+
+    #[test]
+    fn a_keyed_create_and_one_on_a_server_that_failed_the_trial_begin_with_the_event_id() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let mut engine = engine(&db);
+        create(&mut engine, Some("key-1"));
+        // What a server that runs the writes in `WITH` first would make of the trial.
+        Client::connect(&db.url(), NoTls)
+            .unwrap()
+            .batch_execute("ALTER FUNCTION order_service_next_event() RENAME TO next_event")
+            .unwrap();
+        assert!(
+            !engine.main_query_first(),
+            "the trial fails without the function"
+        );
+        Client::connect(&db.url(), NoTls)
+            .unwrap()
+            .batch_execute("ALTER FUNCTION next_event() RENAME TO order_service_next_event")
+            .unwrap();
+        engine.set_one_statement(false);
+        create(&mut engine, None);
+        create(&mut engine, Some("key-2"));
+        check_events(&db, 3);
+        let answered: i64 = Client::connect(&db.url(), NoTls)
+            .unwrap()
+            .query_one(
+                "SELECT COUNT(*) FROM idempotency_keys WHERE response_status = 201",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(answered, 2, "both keys answered");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Gets by id from all the reading sessions of a process, combined: while `IN_FLIGHT`
-//! queries for orders by id run, the gets that arrive wait, and the next query to start
-//! reads them all at once.
+//! queries for orders by id run (started within `PATIENCE`), the gets that arrive wait,
+//! and the next query to start reads them all at once.
 //!
 //! A get reads one row by its key, and most of what it costs PostgreSQL is the query
 //! itself: its backend woken, the protocol, the executor started and ended. On the two
@@ -57,15 +57,17 @@ impl State {
         self.tickets
     }
 
-    /// Takes a place for a query starting now, if fewer than `IN_FLIGHT` queries started
-    /// within `PATIENCE`.
-    fn take_place(&mut self, now: Instant) -> Option<u64> {
-        let counted = self
-            .running
+    /// Places other than `but`'s whose query started within `PATIENCE`.
+    fn counted(&self, now: Instant, but: Option<u64>) -> usize {
+        self.running
             .iter()
-            .filter(|(_, at)| now.duration_since(*at) < PATIENCE)
-            .count();
-        (counted < IN_FLIGHT).then(|| {
+            .filter(|(t, at)| Some(*t) != but && now.duration_since(*at) < PATIENCE)
+            .count()
+    }
+
+    /// Takes a place for a query starting now, if fewer than `IN_FLIGHT` count.
+    fn take_place(&mut self, now: Instant) -> Option<u64> {
+        (self.counted(now, None) < IN_FLIGHT).then(|| {
             let ticket = self.ticket();
             self.running.push((ticket, now));
             ticket
@@ -89,7 +91,8 @@ enum Turn {
 }
 
 /// A running query's place, by its ticket: handed to the first waiting get when the
-/// query ends (or the thread unwinds), or else given back.
+/// query ends (or the thread unwinds), or else given back. A place that no longer
+/// counted is given back when `IN_FLIGHT` others count: handed over, it would count again.
 struct Place<'a>(&'a Combined, u64);
 
 impl Drop for Place<'_> {
@@ -98,10 +101,13 @@ impl Drop for Place<'_> {
         let Some(at) = state.running.iter().position(|(t, _)| *t == self.1) else {
             return;
         };
-        while let Some(next) = state.waiting.pop_front() {
-            if next.turn.send(Turn::Lead(self.1)).is_ok() {
-                state.running[at].1 = Instant::now();
-                return;
+        let now = Instant::now();
+        if state.counted(now, Some(self.1)) < IN_FLIGHT {
+            while let Some(next) = state.waiting.pop_front() {
+                if next.turn.send(Turn::Lead(self.1)).is_ok() {
+                    state.running[at].1 = now;
+                    return;
+                }
             }
         }
         state.running.swap_remove(at);
@@ -434,6 +440,40 @@ mod tests {
         // A stuck query ends at last: its place is freed too.
         drop(Place(&connector.gets, stuck[0]));
         assert_eq!(connector.gets.state().running.len(), IN_FLIGHT - 1);
+    }
+
+    #[test]
+    fn a_stuck_query_that_ends_late_gives_its_place_back_when_two_others_count() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = orders(&db);
+        let stuck = hold_places(&connector, PATIENCE);
+        let running = hold_places(&connector, Duration::ZERO);
+        let waiting = queued(&connector, reader(&connector), 2);
+        // A stuck query ends: the two counted places stay the only ones.
+        drop(Place(&connector.gets, stuck[0]));
+        {
+            let state = connector.gets.state();
+            assert_eq!(
+                state.waiting.len(),
+                1,
+                "the get still waits for a counted place"
+            );
+            assert_eq!(
+                state.running.len(),
+                2 * IN_FLIGHT - 1,
+                "the stuck place freed"
+            );
+        }
+        // A counted one ends: its place goes to the waiting get.
+        drop(Place(&connector.gets, running[0]));
+        check(&answer(waiting).unwrap().unwrap(), 2);
+        assert_eq!(
+            connector.gets.counts(),
+            (1, 1),
+            "read by the query that took the place"
+        );
     }
 
     #[test]

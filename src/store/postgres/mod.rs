@@ -149,8 +149,9 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
 
 /// `pool.writers` write sessions, each connected now (a wrong URL shows at start-up),
 /// side by side: a session takes the server a process start, and start-up waits for all.
+/// The first tries whether a create can be one statement here, for all of them.
 pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngine>, StoreError> {
-    std::thread::scope(|s| {
+    let mut engines: Vec<PgEngine> = std::thread::scope(|s| {
         let connecting: Vec<_> = (0..pool.writers)
             .map(|_| s.spawn(|| connector.connected().map(PgEngine::new)))
             .collect();
@@ -161,8 +162,13 @@ pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngin
                     Err(StoreError::Unavailable("a connecting thread failed".into()))
                 })
             })
-            .collect()
-    })
+            .collect::<Result<_, _>>()
+    })?;
+    let one_statement = engines.first_mut().is_some_and(PgEngine::main_query_first);
+    for engine in &mut engines {
+        engine.set_one_statement(one_statement);
+    }
+    Ok(engines)
 }
 
 /// A reading session; it connects on first use and again after a loss. Every statement

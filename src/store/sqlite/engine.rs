@@ -111,7 +111,7 @@ impl Engine for SqliteEngine {
 }
 
 impl Tx for SqliteEngine {
-    fn next_order_id(&mut self) -> Result<OrderId, StoreError> {
+    fn next_order_id(&mut self, _answered: bool) -> Result<OrderId, StoreError> {
         let id = self.next_order_id;
         self.next_order_id += 1;
         Ok(OrderId::from_trusted(id))
