@@ -4,6 +4,8 @@
 //! (a) SQLite with the service's schema and pragmas, one connection, one durable
 //!     transaction per order (order + lines + outbox row); and the group-commit variant,
 //!     K orders per transaction, which is what the service's writer does under load.
+//!     On PostgreSQL the same through psql; and each order as one statement, as the
+//!     service writes a create, over as many connections as the service writes on.
 //! (b) The vendored tiny_http answering an order-sized body from the same number of
 //!     workers, driven by the same client.
 //! (c) amiquip publishing event-sized persistent messages with publisher confirms, in
@@ -106,42 +108,114 @@ pub fn sqlite(dir: &Path, lines: usize, per_tx: usize, time: Duration) -> Result
     Ok(out)
 }
 
-/// (a) on PostgreSQL, through psql on one connection: `count` orders, `per_tx` to a
-/// transaction, synchronous_commit as configured (on by default). No latencies.
-pub fn postgres(db: &str, lines: usize, per_tx: usize, count: u64) -> Result<Outcome, String> {
+/// How psql writes each order in (a) on PostgreSQL.
+#[derive(Clone, Copy)]
+pub enum PgWrites {
+    /// `per_tx` orders to a transaction, a statement per row.
+    Transactions { per_tx: usize },
+    /// One statement per order (its rows as data-modifying CTEs), committing alone: as
+    /// the service writes a create.
+    OneStatement,
+}
+
+/// (a) on PostgreSQL, through psql: `count` orders over `sessions` connections side by
+/// side (the service writes on several), synchronous_commit as configured (on by
+/// default). No latencies.
+pub fn postgres(
+    db: &str,
+    lines: usize,
+    writes: PgWrites,
+    count: u64,
+    sessions: usize,
+) -> Result<Outcome, String> {
+    let each = count / sessions as u64;
+    let scripts: Vec<Vec<u8>> = (0..sessions as u64)
+        .map(|s| orders_script(s * each, each, lines, writes))
+        .collect();
+    crate::preload::psql_run(db, "TRUNCATE orders, order_items, outbox", |_| {})?;
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let running: Vec<_> = scripts
+            .iter()
+            .map(|script| scope.spawn(move || psql_script(db, script)))
+            .collect();
+        running
+            .into_iter()
+            .try_for_each(|r| r.join().unwrap_or_else(|_| Err("psql thread".into())))
+    })?;
+    Ok(Outcome {
+        seconds: started.elapsed().as_secs_f64(),
+        ok: each * sessions as u64,
+        ..Outcome::default()
+    })
+}
+
+/// Orders `after + 1` to `after + count` as psql input.
+fn orders_script(after: u64, count: u64, lines: usize, writes: PgWrites) -> Vec<u8> {
+    let per_tx = match writes {
+        PgWrites::Transactions { per_tx } => per_tx,
+        PgWrites::OneStatement => 1,
+    };
     let mut script = Vec::new();
-    let mut id = 0u64;
-    while id < count {
-        script.extend_from_slice(b"BEGIN;\n");
+    let mut id = after;
+    while id < after + count {
+        let mut statements = Vec::new();
         for _ in 0..per_tx {
             id += 1;
             let r = Row::new(id, (id % 1000) as u32, lines, "pending", id as i64);
-            let _ = writeln!(
-                script,
-                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at, lines) VALUES ({}, '{}', '{}', '{}', {}, {}, {}, '{}');",
+            statements.push(format!(
+                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at, updated_at, lines) VALUES ({}, '{}', '{}', '{}', {}, {}, {}, '{}')",
                 r.id, r.user, r.email, r.status, r.total, r.at, r.at, r.lines()
-            );
-            for (n, (p, name, q, price, sub)) in r.items.iter().enumerate() {
-                let _ = writeln!(
-                    script,
-                    "INSERT INTO order_items VALUES ({}, {}, {p}, '{name}', {q}, {price}, {sub});",
-                    r.id,
-                    n + 1
-                );
+            ));
+            let items: Vec<String> = r
+                .items
+                .iter()
+                .enumerate()
+                .map(|(n, (p, name, q, price, sub))| {
+                    format!("({}, {}, {p}, '{name}', {q}, {price}, {sub})", r.id, n + 1)
+                })
+                .collect();
+            match writes {
+                // A statement per line, as (a) always had.
+                PgWrites::Transactions { .. } => statements.extend(
+                    items
+                        .iter()
+                        .map(|item| format!("INSERT INTO order_items VALUES {item}")),
+                ),
+                // One part per table.
+                PgWrites::OneStatement => statements.push(format!(
+                    "INSERT INTO order_items VALUES {}",
+                    items.join(", ")
+                )),
             }
-            let _ = writeln!(
-                script,
-                "INSERT INTO outbox (id, order_id, event_type, payload, created_at) VALUES ({}, {}, 'order_created', '{}', {});",
+            statements.push(format!(
+                "INSERT INTO outbox (id, order_id, event_type, payload, created_at) VALUES ({}, {}, 'order_created', '{}', {})",
                 r.id,
                 r.id,
                 payload(&r),
                 r.at
-            );
+            ));
         }
-        script.extend_from_slice(b"COMMIT;\n");
+        match writes {
+            PgWrites::Transactions { .. } => {
+                let _ = writeln!(script, "BEGIN;\n{};\nCOMMIT;", statements.join(";\n"));
+            }
+            PgWrites::OneStatement => {
+                let (main, parts) = statements.split_last().expect("an order's writes");
+                let with: Vec<String> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, part)| format!("w{i} AS ({part})"))
+                    .collect();
+                let _ = writeln!(script, "WITH {} {main};", with.join(", "));
+            }
+        }
     }
-    crate::preload::psql_run(db, "TRUNCATE orders, order_items, outbox", |_| {})?;
-    let started = Instant::now();
+    script
+}
+
+/// Runs `script` through psql on a connection of its own.
+fn psql_script(db: &str, script: &[u8]) -> Result<(), String> {
     let mut child = crate::preload::psql(db)
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -153,17 +227,13 @@ pub fn postgres(db: &str, lines: usize, per_tx: usize, count: u64) -> Result<Out
         .stdin
         .take()
         .unwrap()
-        .write_all(&script)
+        .write_all(script)
         .map_err(|e| e.to_string())?;
     let done = child.wait_with_output().map_err(|e| e.to_string())?;
     if !done.status.success() {
         return Err(String::from_utf8_lossy(&done.stderr).trim().to_string());
     }
-    Ok(Outcome {
-        seconds: started.elapsed().as_secs_f64(),
-        ok: count,
-        ..Outcome::default()
-    })
+    Ok(())
 }
 
 /// (b) tiny_http with `workers` threads answering `body_len` bytes of JSON to every request.

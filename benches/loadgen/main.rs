@@ -19,6 +19,7 @@ mod scenarios;
 mod service;
 
 use catalog::Catalog;
+use ceilings::PgWrites;
 use report::{Line, Report, Target};
 use scenarios::{Kind, Known, Outcome};
 use serde_json::{json, Value};
@@ -527,12 +528,35 @@ fn ceilings(run: &mut Run, order_bytes: Option<usize>, failed: &mut bool) {
                         {
                             a_lines.push((
                                 format!("(a) postgres, {label}"),
-                                ceilings::postgres(name, lines, per_tx, count),
+                                ceilings::postgres(
+                                    name,
+                                    lines,
+                                    PgWrites::Transactions { per_tx },
+                                    count,
+                                    1,
+                                ),
                             ));
                         }
                         a_lines.push((
                             format!("(a) postgres, 1 line, {group} orders/tx"),
-                            ceilings::postgres(name, 1, group, count * 4),
+                            ceilings::postgres(
+                                name,
+                                1,
+                                PgWrites::Transactions { per_tx: group },
+                                count * 4,
+                                1,
+                            ),
+                        ));
+                        // What PostgreSQL commits of the service's kind of statement with
+                        // as many sessions as the service writes on by default, before
+                        // any HTTP, lookup or broker.
+                        let writers: usize = order_service::config::DATABASE_POOL_SIZE
+                            .default
+                            .parse()
+                            .expect("a count");
+                        a_lines.push((
+                            format!("(a) postgres, 1 line, {writers} sessions, one statement"),
+                            ceilings::postgres(name, 1, PgWrites::OneStatement, count * 4, writers),
                         ));
                         // The COPY preload, checked here while the service cannot run on
                         // PostgreSQL, so the scale runs work on the day it can.
@@ -652,17 +676,23 @@ fn ceilings(run: &mut Run, order_bytes: Option<usize>, failed: &mut bool) {
         &|n| n.starts_with("(a) ") && n.ends_with(&format!("{group} orders/tx")),
         "",
     );
-    if let (Some((_, g)), Some(create)) = (group_ceiling, run.report.line("create, 1 line")) {
-        let text = format!(
-            "{:.0}/s against {g:.0}/s = {:.2}x",
-            create.rate,
-            create.rate / g
-        );
-        run.report.fact(
-            &format!("create, 1 line vs (a) with group commit, {group} orders/tx"),
-            text,
-            json!(create.rate / g),
-        );
+    let sessions_ceiling = find(&|n| n.starts_with("(a) ") && n.contains(" sessions, "), "");
+    for (ceiling, what) in [
+        (group_ceiling, format!("group commit, {group} orders/tx")),
+        (sessions_ceiling, "its sessions side by side".to_string()),
+    ] {
+        if let (Some((_, g)), Some(create)) = (ceiling, run.report.line("create, 1 line")) {
+            let text = format!(
+                "{:.0}/s against {g:.0}/s = {:.2}x",
+                create.rate,
+                create.rate / g
+            );
+            run.report.fact(
+                &format!("create, 1 line vs (a) with {what}"),
+                text,
+                json!(create.rate / g),
+            );
+        }
     }
     for (_, lines) in run.report.sections.iter_mut() {
         for l in lines.iter_mut() {
