@@ -75,24 +75,13 @@ impl PgEngine {
             )
         });
         self.conn.rollback();
-        match tried.map(|row| row.get::<_, bool>(0)) {
-            Ok(first) => {
-                if !first {
-                    log::warn!(
-                        "database: this PostgreSQL runs a statement's writes before its main \
-                         query; creates take a transaction of three round trips"
-                    );
-                }
-                first
-            }
-            Err(e) => {
-                log::warn!(
-                    "database: the trial of a create as one statement failed ({e}); creates \
-                     take a transaction of three round trips"
-                );
-                false
-            }
-        }
+        let why_not = match tried.map(|row| row.get::<_, bool>(0)) {
+            Ok(true) => return true,
+            Ok(false) => "this PostgreSQL runs a statement's writes before its main query".into(),
+            Err(e) => format!("the trial of a create as one statement failed ({e})"),
+        };
+        log::warn!("database: {why_not}; creates take a transaction begun with their event id");
+        false
     }
 
     /// Writes online creates as one statement, or not (`main_query_first`).
