@@ -518,7 +518,7 @@ fn ceilings(run: &mut Run, order_bytes: Option<usize>, failed: &mut bool) {
                 let Db::Postgres(name) = &db else {
                     unreachable!()
                 };
-                let schema = ceilings::migrations_sql().join("\n");
+                let schema = ceilings::migrations_sql(true).join("\n");
                 let count = if o.smoke { 200 } else { 3000 };
                 match preload::psql_run(name, &schema, |_| {}) {
                     Err(e) => a_lines.push(("(a) postgres".into(), Err(e))),

@@ -276,7 +276,8 @@ fn copy_table(
 }
 
 /// The file must be an order-service database migrated exactly as far as this binary
-/// migrates PostgreSQL, or its columns would not be the target's.
+/// migrates SQLite (its own layouts included, which change no column), or its columns
+/// would not be the target's.
 fn same_schema(sqlite: &Connection) -> Result<(), String> {
     let known = embedded::migrations::runner()
         .get_migrations()

@@ -30,6 +30,17 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
+/// The migrations PostgreSQL runs: every file but SQLite's own table layouts, which are
+/// named `sqlite_` (`migrations/V9__sqlite_row_keys.sql`).
+fn migrations() -> Vec<refinery::Migration> {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .filter(|m| !m.name().starts_with("sqlite_"))
+        .cloned()
+        .collect()
+}
+
 /// Held while migrating, so that instances starting together migrate one at a time.
 const MIGRATION_LOCK: i64 = 0x6f72_6465_7273_0001;
 /// Held for the instant an event id and its transaction's id are taken together.
@@ -99,7 +110,7 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
         .map_err(|e| e.to_string())?;
     let applied = (|| {
         let client = conn.raw().map_err(|e| e.to_string())?;
-        let report = embedded::migrations::runner()
+        let report = refinery::Runner::new(&migrations())
             .set_grouped(true)
             .run(client)
             .map_err(|e| format!("migrations: {e}"))?;
@@ -175,4 +186,22 @@ pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngin
 /// on it keeps a generic plan (reads.rs says what that asks of them).
 pub fn reader(connector: &Connector) -> PgReader {
     PgReader::new(connector.generic_plans(), connector.gets.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgresql_runs_every_migration_but_sqlites_own_layouts() {
+        let all: Vec<String> = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        let run: Vec<String> = migrations().iter().map(|m| m.to_string()).collect();
+        assert!(all.contains(&"V9__sqlite_row_keys".to_string()), "{all:?}");
+        let left_out: Vec<&String> = all.iter().filter(|m| !run.contains(m)).collect();
+        assert_eq!(left_out, ["V9__sqlite_row_keys"]);
+    }
 }

@@ -263,4 +263,105 @@ mod tests {
             "the WAL kept {after} bytes after a checkpoint (it grew to {grown})"
         );
     }
+
+    /// Every row of `table` as text, in key order.
+    fn rows(conn: &Connection, table: &str, key: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY {key}"))
+            .unwrap();
+        let columns = stmt.column_count();
+        stmt.query_map([], |r| {
+            (0..columns)
+                .map(|i| {
+                    r.get::<_, rusqlite::types::Value>(i)
+                        .map(|v| format!("{v:?}"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|cells| cells.join("|"))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    #[test]
+    fn sqlites_own_layout_keeps_every_row_key_and_constraint_of_a_v8_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_write(&dir.path().join("orders.db")).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(8))
+            .set_grouped(true)
+            .run(&mut conn)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO orders VALUES (1, 'u1', 'a@x', 'pending', 1250, 10, 11, 1, NULL,
+                                        '[[7,\"Pen\",1,1250,1250]]');
+             INSERT INTO orders VALUES (2, 'u2', 'b@x', 'cancelled', 300, 12, 13, 0, 9, NULL);
+             INSERT INTO order_items VALUES (1, 1, 7, 'Pen', 1, 1250, 1250);
+             INSERT INTO order_items VALUES (2, 1, 8, 'Ink', 2, 100, 200);
+             INSERT INTO order_items VALUES (2, 2, 9, 'Nib', 1, 100, 100);
+             INSERT INTO outbox VALUES (5, 1, 'order_created', '{}', 10, 20, NULL, 3);
+             INSERT INTO outbox VALUES (6, 2, 'order_cancelled', '{}', 13, NULL, 14, 4);
+             INSERT INTO order_counts VALUES ('u1', 1), ('u2', 1);
+             INSERT INTO stock_ledger VALUES (7, 10, 1, 1), (8, 12, 2, 2);",
+        )
+        .unwrap();
+        let tables = [
+            ("orders", "id"),
+            ("order_items", "order_id, line_no"),
+            ("outbox", "id"),
+            ("order_counts", "user_id"),
+            ("stock_ledger", "product_id, sold_at, order_id"),
+        ];
+        let before: Vec<_> = tables.iter().map(|(t, k)| rows(&conn, t, k)).collect();
+
+        let applied = migrate(&mut conn).unwrap();
+        assert_eq!(applied, ["V9__sqlite_row_keys"]);
+
+        let after: Vec<_> = tables.iter().map(|(t, k)| rows(&conn, t, k)).collect();
+        assert_eq!(before, after);
+        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        // The ids are the tables' own row keys: no index beside them.
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM sqlite_master
+                 WHERE name IN ('sqlite_autoindex_orders_1', 'sqlite_autoindex_outbox_1')"
+            ),
+            0
+        );
+        assert_eq!(count("SELECT COUNT(*) FROM orders WHERE rowid <> id"), 0);
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM pragma_table_list
+                 WHERE wr = 1 AND name IN ('order_items', 'order_counts', 'stock_ledger')"
+            ),
+            3
+        );
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name IN
+                 ('orders_by_user', 'orders_without_lines', 'outbox_pending',
+                  'outbox_published', 'outbox_blocked')"
+            ),
+            5
+        );
+        assert_eq!(count("SELECT COUNT(*) FROM pragma_foreign_key_check"), 0);
+        let ok: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        // The keys and the foreign key still hold.
+        let refused = |sql: &str| conn.execute(sql, []).is_err();
+        assert!(refused(
+            "INSERT INTO order_items VALUES (3, 1, 7, 'Pen', 1, 1250, 1250)"
+        ));
+        assert!(refused(
+            "INSERT INTO order_items VALUES (1, 1, 7, 'Pen', 1, 1250, 1250)"
+        ));
+        assert!(refused("INSERT INTO order_counts VALUES ('u1', 5)"));
+        assert!(refused(
+            "INSERT INTO outbox VALUES (5, 1, 'order_created', '{}', 10, NULL, NULL, 3)"
+        ));
+        assert!(refused("DELETE FROM orders WHERE id = 2"));
+    }
 }
