@@ -175,6 +175,10 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
     }
 }
 
+/// How long systemd waits for READY=1, past its own start timeout: enough to migrate
+/// tens of millions of orders.
+const START_LIMIT: Duration = Duration::from_secs(15 * 60);
+
 /// From the first SIGTERM/SIGINT, the shutdown gets this long (systemd's stop timeout is
 /// 30 s); past it the process exits with status 1.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(25);
@@ -193,6 +197,10 @@ fn serve(config: &Config) -> Result<(), Failure> {
             }
         })
         .map_err(|e| Failure::Other(format!("signals: {e}")))?;
+    // Start-up applies the migrations the database has not seen. One that rebuilds
+    // tables (V9 on SQLite: about 17 s for a million orders here) can outlast systemd's
+    // start timeout (90 s by default), which would kill it and roll it back at every try.
+    systemd::notify(&format!("EXTEND_TIMEOUT_USEC={}", START_LIMIT.as_micros()));
     let app = App::build(config).map_err(Failure::Other)?;
     log::info!(
         "order-service {} listening on http://{} (store {}, database {})",

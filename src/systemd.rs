@@ -1,8 +1,9 @@
-//! Telling systemd (Type=notify) that the service is up or stopping.
+//! Telling systemd (Type=notify) that the service is up or stopping, or needs longer to
+//! start.
 
 use std::os::unix::net::UnixDatagram;
 
-/// Sends `state` (`READY=1`, `STOPPING=1`) to `$NOTIFY_SOCKET`; does nothing without one.
+/// Sends `state` (`READY=1`, `STOPPING=1`, `EXTEND_TIMEOUT_USEC=…`) to `$NOTIFY_SOCKET`; does nothing without one.
 pub fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;

@@ -1082,7 +1082,7 @@ fn request_logs() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn ready_notification() {
+fn ready_notification_after_a_longer_start_timeout() {
     let dir = temp_dir();
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
@@ -1108,22 +1108,33 @@ fn ready_notification() {
             ("STORE_ID", "notify-test"),
         ],
     );
-    let mut buf = [0u8; 4096];
-    let received = socket.recv(&mut buf);
     let stderr = || std::fs::read_to_string(dir.path().join("serve.stderr")).unwrap_or_default();
-    let n = received.unwrap_or_else(|e| {
-        panic!(
-            "no notification within 15 s ({e}); process: {:?}; stderr:\n{}",
-            child.child().try_wait(),
-            stderr()
-        )
-    });
-    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let mut next = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification within 15 s ({e}); process: {:?}; stderr:\n{}",
+                child.child().try_wait(),
+                stderr()
+            )
+        });
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Before migrating, a longer start timeout than systemd's 90 s default.
+    let first = next();
+    let extended: Option<u64> = first
+        .strip_prefix("EXTEND_TIMEOUT_USEC=")
+        .and_then(|us| us.parse().ok());
+    assert!(
+        extended.is_some_and(|us| us >= 300_000_000),
+        "the first notification does not ask for minutes to start: {first:?}"
+    );
+    let message = next();
     // Probe at once: no retry, READY=1 must mean the port answers.
     let health = health_status(port);
     assert!(
         message.lines().any(|l| l == "READY=1"),
-        "the first notification is not READY=1: {message:?}"
+        "the notification after it is not READY=1: {message:?}"
     );
     assert_eq!(
         health,

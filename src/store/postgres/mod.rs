@@ -1,6 +1,7 @@
 //! The PostgreSQL engine: for a shop that outgrows one box, several instances of the
-//! service on one database. The schema is the same migration files as SQLite's; ids come
-//! from two sequences (SQLite's single writer needs none), made here at start-up.
+//! service on one database. The schema is the same migration files as SQLite's (but for
+//! SQLite's own layouts, `migrations()`); ids come from two sequences (SQLite's single
+//! writer needs none), made here at start-up.
 //!
 //! Several instances stay correct because the database decides: ids from sequences, a
 //! row lock on every status change (`order_for_update`), idempotency keys claimed under
