@@ -1,9 +1,9 @@
 -- SQLite only: PostgreSQL's runner leaves out every migration named `sqlite_`. The same
 -- columns, keys and constraints, laid out as SQLite reads and writes them best, which has
 -- no portable spelling:
--- - an `id` declared exactly INTEGER PRIMARY KEY is the table's own row key. Declared
+-- - an id declared exactly INTEGER PRIMARY KEY is the table's own row key. Declared
 --   BIGINT, it was a second B-tree beside the table: every insert wrote both and every
---   read by id searched both.
+--   read by id searched both (orders, outbox, product_cache).
 -- - a table whose key is its whole point (an order's lines, the counts, the ledger) is
 --   stored in its key's order, WITHOUT ROWID, instead of as a table plus an index of the
 --   key.
@@ -92,3 +92,16 @@ SELECT product_id, sold_at, order_id, quantity FROM stock_ledger
 ORDER BY product_id, sold_at, order_id;
 DROP TABLE stock_ledger;
 ALTER TABLE stock_ledger_v9 RENAME TO stock_ledger;
+
+CREATE TABLE product_cache_v9 (
+    product_id  INTEGER      NOT NULL PRIMARY KEY,
+    name        VARCHAR(500) NOT NULL,
+    price_cents BIGINT       NOT NULL,
+    stock       BIGINT       NOT NULL,
+    fetched_at  BIGINT       NOT NULL
+);
+INSERT INTO product_cache_v9 (product_id, name, price_cents, stock, fetched_at)
+SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache
+ORDER BY product_id;
+DROP TABLE product_cache;
+ALTER TABLE product_cache_v9 RENAME TO product_cache;

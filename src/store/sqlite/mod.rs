@@ -303,7 +303,8 @@ mod tests {
              INSERT INTO outbox VALUES (5, 1, 'order_created', '{}', 10, 20, NULL, 3);
              INSERT INTO outbox VALUES (6, 2, 'order_cancelled', '{}', 13, NULL, 14, 4);
              INSERT INTO order_counts VALUES ('u1', 1), ('u2', 1);
-             INSERT INTO stock_ledger VALUES (7, 10, 1, 1), (8, 12, 2, 2);",
+             INSERT INTO stock_ledger VALUES (7, 10, 1, 1), (8, 12, 2, 2);
+             INSERT INTO product_cache VALUES (7, 'Pen', 1250, 40, 9), (8, 'Ink', 100, 3, 9);",
         )
         .unwrap();
         let tables = [
@@ -312,6 +313,7 @@ mod tests {
             ("outbox", "id"),
             ("order_counts", "user_id"),
             ("stock_ledger", "product_id, sold_at, order_id"),
+            ("product_cache", "product_id"),
         ];
         let before: Vec<_> = tables.iter().map(|(t, k)| rows(&conn, t, k)).collect();
 
@@ -325,7 +327,8 @@ mod tests {
         assert_eq!(
             count(
                 "SELECT COUNT(*) FROM sqlite_master
-                 WHERE name IN ('sqlite_autoindex_orders_1', 'sqlite_autoindex_outbox_1')"
+                 WHERE name IN ('sqlite_autoindex_orders_1', 'sqlite_autoindex_outbox_1',
+                                'sqlite_autoindex_product_cache_1')"
             ),
             0
         );
@@ -359,6 +362,9 @@ mod tests {
             "INSERT INTO order_items VALUES (1, 1, 7, 'Pen', 1, 1250, 1250)"
         ));
         assert!(refused("INSERT INTO order_counts VALUES ('u1', 5)"));
+        assert!(refused(
+            "INSERT INTO product_cache VALUES (7, 'Pen', 1, 1, 1)"
+        ));
         assert!(refused(
             "INSERT INTO outbox VALUES (5, 1, 'order_created', '{}', 10, NULL, NULL, 3)"
         ));
