@@ -175,8 +175,8 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
     }
 }
 
-/// How long systemd waits for READY=1, past its own start timeout: enough to migrate
-/// tens of millions of orders.
+/// How long systemd waits for READY=1 from the start-up's first message on, instead of
+/// its start timeout: enough to migrate tens of millions of orders.
 const START_LIMIT: Duration = Duration::from_secs(15 * 60);
 
 /// From the first SIGTERM/SIGINT, the shutdown gets this long (systemd's stop timeout is

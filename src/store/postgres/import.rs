@@ -7,7 +7,7 @@
 //! the tables were locked against writers and found empty; the id sequences are moved
 //! past the copied ids in the same transaction.
 
-use super::{embedded, Connector};
+use super::Connector;
 use crate::store::StoreError;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
@@ -30,8 +30,8 @@ pub struct ImportReport {
     pub elapsed: Duration,
 }
 
-/// One table as both engines hold it (the migrations are the same files): its columns
-/// with their PostgreSQL types, and the order it is read in.
+/// One table as both engines hold it (the same columns from the same migrations): its
+/// columns with their PostgreSQL types, and the order it is read in.
 struct Table {
     name: &'static str,
     columns: &'static [(&'static str, Type)],
@@ -276,18 +276,19 @@ fn copy_table(
 }
 
 /// The file must be an order-service database migrated exactly as far as this binary
-/// migrates SQLite (its own layouts included, which change no column), or its columns
-/// would not be the target's.
+/// migrates PostgreSQL, or its columns would not be the target's. SQLite's own layouts
+/// (migrations named `sqlite_`) change no column, so a file with or without them is
+/// the same to the copy.
 fn same_schema(sqlite: &Connection) -> Result<(), String> {
-    let known = embedded::migrations::runner()
-        .get_migrations()
+    let known = super::migrations()
         .iter()
         .map(|m| i64::from(m.version()))
         .max()
         .unwrap_or(0);
     let applied: Option<i64> = sqlite
         .query_row(
-            "SELECT MAX(version) FROM refinery_schema_history",
+            "SELECT MAX(version) FROM refinery_schema_history
+             WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
             [],
             |r| r.get(0),
         )
@@ -346,5 +347,58 @@ fn explain(e: &postgres::Error) -> String {
             Some(cause) => format!("{e}: {cause}"),
             None => e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::postgres::embedded;
+
+    /// An SQLite file migrated up to `version`.
+    fn migrated_to(version: i32) -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(version))
+            .run(&mut conn)
+            .unwrap();
+        conn
+    }
+
+    #[test]
+    fn a_file_with_or_without_sqlites_own_layouts_is_the_same_schema() {
+        let portable = super::super::migrations()
+            .iter()
+            .map(|m| m.version())
+            .max()
+            .unwrap();
+        let newest = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| m.version())
+            .max()
+            .unwrap();
+        let file = migrated_to(newest);
+        assert_eq!(same_schema(&file), Ok(()));
+        // As a file of the release before SQLite's layouts: the same columns.
+        let removed = file
+            .execute(
+                "DELETE FROM refinery_schema_history WHERE name LIKE 'sqlite%'",
+                [],
+            )
+            .unwrap();
+        assert!(removed > 0, "no SQLite layout among the migrations");
+        assert_eq!(same_schema(&file), Ok(()));
+
+        let older = same_schema(&migrated_to(portable - 1)).unwrap_err();
+        assert!(older.contains("run `order-service migrate`"), "{older}");
+        file.execute(
+            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
+             VALUES (?1, 'later', '', '0')",
+            [newest + 1],
+        )
+        .unwrap();
+        let newer = same_schema(&file).unwrap_err();
+        assert!(newer.contains("newer order-service"), "{newer}");
     }
 }
