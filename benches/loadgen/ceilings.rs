@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The migrations' SQL, in version order: the schema the service runs on, on SQLite with
-/// its own table layouts (the files named `sqlite_`), which PostgreSQL leaves out.
+/// its own table layouts (`order_service::store::sqlite_only`), which PostgreSQL leaves
+/// out.
 pub fn migrations_sql(postgres: bool) -> Vec<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(&dir)
@@ -31,7 +32,7 @@ pub fn migrations_sql(postgres: bool) -> Vec<String> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
             let (version, rest) = name.strip_prefix('V')?.split_once("__")?;
-            if postgres && rest.starts_with("sqlite_") {
+            if postgres && order_service::store::sqlite_only(rest) {
                 return None;
             }
             Some((version.parse().ok()?, e.path()))

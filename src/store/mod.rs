@@ -68,6 +68,13 @@ pub fn open(database: &Database, pool: &PostgresPool) -> Result<Opened, String> 
     }
 }
 
+/// Whether the migration named `name` (what follows `V<n>__`) is SQLite's own table
+/// layout, which has no spelling on PostgreSQL and changes no column: such migrations are
+/// named `sqlite_`, and PostgreSQL leaves them out.
+pub fn sqlite_only(name: &str) -> bool {
+    name.starts_with("sqlite_")
+}
+
 /// Applies the migrations `database` has not seen; returns their names.
 pub fn migrate_database(database: &Database, pool: &PostgresPool) -> Result<Vec<String>, String> {
     let named = |e: &dyn fmt::Display| format!("database {}: {e}", database.describe());

@@ -141,11 +141,11 @@ fn postgres_reachable(not_tried: &str) -> bool {
     false
 }
 
-/// A migration of SQLite's own layout, `V<n>__sqlite_*.sql`, which PostgreSQL leaves out.
+/// A migration of SQLite's own layout, which PostgreSQL leaves out.
 fn sqlite_only(file: &Path) -> bool {
     let name = file.file_name().unwrap_or_default().to_string_lossy();
     name.split_once("__")
-        .is_some_and(|(_, rest)| rest.starts_with("sqlite_"))
+        .is_some_and(|(_, rest)| order_service::store::sqlite_only(rest))
 }
 
 /// `migrations/V<n>__*.sql`, sorted by n as a number (V10 after V9).

@@ -8,7 +8,7 @@
 //! past the copied ids in the same transaction.
 
 use super::Connector;
-use crate::store::StoreError;
+use crate::store::{sqlite_only, StoreError};
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::Transaction;
@@ -277,22 +277,26 @@ fn copy_table(
 
 /// The file must be an order-service database migrated exactly as far as this binary
 /// migrates PostgreSQL, or its columns would not be the target's. SQLite's own layouts
-/// (migrations named `sqlite_`) change no column, so a file with or without them is
-/// the same to the copy.
+/// (`sqlite_only`) change no column, so a file with or without them is the same to the
+/// copy.
 fn same_schema(sqlite: &Connection) -> Result<(), String> {
     let known = super::migrations()
         .iter()
         .map(|m| i64::from(m.version()))
         .max()
         .unwrap_or(0);
-    let applied: Option<i64> = sqlite
-        .query_row(
-            "SELECT MAX(version) FROM refinery_schema_history
-             WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
-            [],
-            |r| r.get(0),
-        )
+    let history: Vec<(i64, String)> = sqlite
+        .prepare("SELECT version, name FROM refinery_schema_history")
+        .and_then(|mut rows| {
+            rows.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
         .map_err(|e| format!("not an order-service database ({e})"))?;
+    let applied = history
+        .into_iter()
+        .filter(|(_, name)| !sqlite_only(name))
+        .map(|(version, _)| version)
+        .max();
     match applied {
         Some(v) if v == known => Ok(()),
         Some(v) if v < known => Err(format!(

@@ -21,7 +21,7 @@ pub use import::{import_sqlite, ImportReport};
 pub use reads::PgReader;
 
 use crate::config::PostgresPool;
-use crate::store::StoreError;
+use crate::store::{sqlite_only, StoreError};
 use conn::Conn;
 use gets::Combined;
 use std::sync::Arc;
@@ -31,13 +31,13 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// The migrations PostgreSQL runs: every file but SQLite's own table layouts, which are
-/// named `sqlite_` (`migrations/V9__sqlite_row_keys.sql`).
+/// The migrations PostgreSQL runs: every file but SQLite's own table layouts
+/// (`sqlite_only`, `migrations/V9__sqlite_row_keys.sql`).
 fn migrations() -> Vec<refinery::Migration> {
     embedded::migrations::runner()
         .get_migrations()
         .iter()
-        .filter(|m| !m.name().starts_with("sqlite_"))
+        .filter(|m| !sqlite_only(m.name()))
         .cloned()
         .collect()
 }
@@ -205,7 +205,7 @@ mod tests {
         for name in &all {
             assert_eq!(
                 run.contains(name),
-                !name.starts_with("sqlite_"),
+                !sqlite_only(name),
                 "{name}: run on PostgreSQL {:?}",
                 run.contains(name)
             );
