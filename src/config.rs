@@ -72,7 +72,10 @@ impl Database {
                 Ok(c) => {
                     let host = match c.get_hosts().first() {
                         Some(postgres::config::Host::Tcp(h)) => h.clone(),
-                        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+                        // As a URL spells it, so that the name is one to connect to.
+                        Some(postgres::config::Host::Unix(p)) => {
+                            p.display().to_string().replace('/', "%2F")
+                        }
                         None => "localhost".into(),
                     };
                     let port = c.get_ports().first().copied().unwrap_or(5432);
@@ -807,6 +810,24 @@ mod tests {
         assert_eq!(
             config(&[("DATABASE_POOL_SIZE", "0")]).unwrap_err().variable,
             "DATABASE_POOL_SIZE"
+        );
+    }
+
+    #[test]
+    fn a_postgresql_socket_url_is_named_as_one_to_connect_to() {
+        let url = "postgresql://shop:canary-pw@%2Fvar%2Frun%2Fpostgresql:5433/orders";
+        let c = config(&[("DATABASE_URL", url)]).unwrap();
+        assert_eq!(
+            c.database.describe(),
+            "postgresql://%2Fvar%2Frun%2Fpostgresql:5433/orders"
+        );
+        let tcp = config(&[(
+            "DATABASE_URL",
+            "postgresql://shop:canary-pw@db.example/orders",
+        )]);
+        assert_eq!(
+            tcp.unwrap().database.describe(),
+            "postgresql://db.example:5432/orders"
         );
     }
 

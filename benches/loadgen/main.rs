@@ -38,6 +38,9 @@ const USAGE: &str = "cargo bench --bench loadgen -- [options]
   --big-share P      percent of the preloaded orders held by one user (20)
   --drain N          pending events for the outbox drain, 0 to skip it (125000)
   --backend B        sqlite or postgres (sqlite)
+  --pg-host H        how the service and psql reach the local PostgreSQL: an address
+                     or a socket folder such as /var/run/postgresql (127.0.0.1);
+                     port 5432, user postgres
   --dir PATH         where the databases go (the system's temp folder)
   --json PATH        write the report as JSON too
   --no-broker        leave RabbitMQ out: events wait in the outbox (its cost, by difference)
@@ -137,6 +140,7 @@ fn options() -> Result<Options, String> {
                 "postgres" | "postgresql" => o.postgres = true,
                 other => return Err(format!("unknown backend {other}: sqlite or postgres")),
             },
+            "--pg-host" => preload::set_pg_host(value("--pg-host")?)?,
             "--dir" => o.dir = PathBuf::from(value("--dir")?),
             "--json" => o.json = Some(PathBuf::from(value("--json")?)),
             "--no-broker" => o.no_broker = true,
@@ -187,7 +191,11 @@ impl Db {
     fn url(&self) -> String {
         match self {
             Db::Sqlite(p) => p.display().to_string(),
-            Db::Postgres(name) => format!("postgresql://postgres@127.0.0.1:5432/{name}"),
+            Db::Postgres(name) => {
+                // A socket folder goes in the URL's host, its slashes escaped.
+                let host = preload::pg_host().replace('/', "%2F");
+                format!("postgresql://postgres@{host}:5432/{name}")
+            }
         }
     }
 
@@ -293,7 +301,7 @@ fn main() {
     let o = &run.o;
     println!(
         "order-service loadgen: {} backend, {} clients, {} HTTP workers, {:.1} s per scenario after {:.1} s warm-up, {} cores shared by client and service, broker {}",
-        if o.postgres { "postgres" } else { "sqlite" },
+        if o.postgres { format!("postgres (at {})", preload::pg_host()) } else { "sqlite".into() },
         o.clients,
         o.http_threads,
         o.duration.as_secs_f64(),
@@ -305,6 +313,10 @@ fn main() {
         (
             "backend".into(),
             json!(if o.postgres { "postgres" } else { "sqlite" }),
+        ),
+        (
+            "postgres_host".into(),
+            json!(o.postgres.then(preload::pg_host)),
         ),
         ("clients".into(), json!(o.clients)),
         ("http_threads".into(), json!(o.http_threads)),

@@ -7,6 +7,7 @@ use crate::scenarios::BIG;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Copy)]
@@ -195,6 +196,24 @@ pub fn sqlite(path: &Path, spec: &Spec) -> Result<Duration, String> {
     Ok(started.elapsed())
 }
 
+static PG_HOST: OnceLock<String> = OnceLock::new();
+
+/// `--pg-host`: an address, or a socket folder (starting with `/`).
+pub fn set_pg_host(host: String) -> Result<(), String> {
+    if host.is_empty() || host.contains(['%', ' ', ':', '@', '?']) {
+        return Err(format!("--pg-host: not an address or a socket folder: {host:?}"));
+    }
+    PG_HOST
+        .set(host)
+        .map_err(|_| "--pg-host given twice".to_string())
+}
+
+/// How the local PostgreSQL is reached: as `--pg-host` says, else over TCP on 127.0.0.1
+/// (as the README's figures were measured).
+pub fn pg_host() -> &'static str {
+    PG_HOST.get_or_init(|| "127.0.0.1".into())
+}
+
 /// `psql` against one database of the local PostgreSQL (user postgres, trust).
 pub fn psql(db: &str) -> Command {
     let mut c = Command::new("psql");
@@ -204,7 +223,7 @@ pub fn psql(db: &str) -> Command {
         "-v",
         "ON_ERROR_STOP=1",
         "-h",
-        "127.0.0.1",
+        pg_host(),
         "-U",
         "postgres",
         "-d",

@@ -191,7 +191,32 @@ pub fn reader(connector: &Connector) -> PgReader {
 
 #[cfg(test)]
 mod tests {
+    use super::test_db::TestDb;
     use super::*;
+    use crate::domain::OrderId;
+    use crate::store::Reads;
+
+    #[test]
+    fn a_server_on_the_same_machine_is_reached_through_its_socket() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let Some(url) = db.socket_url() else {
+            return;
+        };
+        let connector = Connector::new(&url, &TestDb::pool()).unwrap();
+        let applied = migrate(&connector).unwrap();
+        assert_eq!(applied.len(), migrations().len(), "{applied:?}");
+        let mut conn = connector.connected().unwrap();
+        let server: Option<String> = conn
+            .query_one("SELECT inet_server_addr()::text", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(server, None, "a session over TCP has the server's address");
+        assert!(engines(&connector, &TestDb::pool()).is_ok());
+        let order = reader(&connector).order(OrderId::parse("1").unwrap());
+        assert!(order.unwrap().is_none());
+    }
 
     #[test]
     fn postgresql_runs_every_migration_but_sqlites_own_layouts() {

@@ -45,6 +45,27 @@ impl TestDb {
         format!("postgresql://postgres@127.0.0.1:5432/{}", self.name)
     }
 
+    /// The same database through the server's Unix socket, which a Debian PostgreSQL
+    /// keeps in `/var/run/postgresql`. Without it: a failure under CI, a loud note and
+    /// `None` otherwise.
+    pub fn socket_url(&self) -> Option<String> {
+        let dir = "/var/run/postgresql";
+        let socket = std::path::Path::new(dir).join(".s.PGSQL.5432");
+        if !socket.exists() {
+            let missing = format!("no PostgreSQL socket at {}", socket.display());
+            if std::env::var_os("CI").is_some() {
+                panic!("{missing}: required in CI");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** {missing}: this test did NOT run ***\n"
+            );
+            return None;
+        }
+        let host = dir.replace('/', "%2F");
+        Some(format!("postgresql://postgres@{host}:5432/{}", self.name))
+    }
+
     pub fn pool() -> PostgresPool {
         PostgresPool {
             writers: 1,
