@@ -68,18 +68,21 @@ impl Database {
     pub fn describe(&self) -> String {
         match self {
             Database::Sqlite(path) => path.display().to_string(),
+            // As a URL spells it (no user, no password), so that the name is one to
+            // connect to.
             Database::Postgres(url) => match url.expose().parse::<postgres::Config>() {
                 Ok(c) => {
                     let host = match c.get_hosts().first() {
-                        Some(postgres::config::Host::Tcp(h)) => h.clone(),
-                        // As a URL spells it, so that the name is one to connect to.
+                        Some(postgres::config::Host::Tcp(h)) if h.contains(':') => format!("[{h}]"),
+                        Some(postgres::config::Host::Tcp(h)) => url_escaped(h.as_bytes()),
                         Some(postgres::config::Host::Unix(p)) => {
-                            p.display().to_string().replace('/', "%2F")
+                            use std::os::unix::ffi::OsStrExt;
+                            url_escaped(p.as_os_str().as_bytes())
                         }
                         None => "localhost".into(),
                     };
                     let port = c.get_ports().first().copied().unwrap_or(5432);
-                    let db = c.get_dbname().unwrap_or_default();
+                    let db = url_escaped(c.get_dbname().unwrap_or_default().as_bytes());
                     format!("postgresql://{host}:{port}/{db}")
                 }
                 Err(_) => "postgresql".into(),
@@ -540,6 +543,19 @@ fn parse_env_text(text: &str) -> Result<HashMap<String, String>, (usize, String)
 const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
 const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
+/// `bytes` with all but URL's unreserved characters percent-encoded.
+fn url_escaped(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn within(n: u64, min: u64, max: u64) -> Result<u64, String> {
     if (min..=max).contains(&n) {
         Ok(n)
@@ -814,21 +830,40 @@ mod tests {
     }
 
     #[test]
-    fn a_postgresql_socket_url_is_named_as_one_to_connect_to() {
-        let url = "postgresql://shop:canary-pw@%2Fvar%2Frun%2Fpostgresql:5433/orders";
-        let c = config(&[("DATABASE_URL", url)]).unwrap();
-        assert_eq!(
-            c.database.describe(),
-            "postgresql://%2Fvar%2Frun%2Fpostgresql:5433/orders"
-        );
-        let tcp = config(&[(
-            "DATABASE_URL",
-            "postgresql://shop:canary-pw@db.example/orders",
-        )]);
-        assert_eq!(
-            tcp.unwrap().database.describe(),
-            "postgresql://db.example:5432/orders"
-        );
+    fn a_postgresql_url_is_named_as_one_to_connect_to_without_its_user() {
+        use postgres::config::Host;
+        use std::path::PathBuf;
+        let cases = [
+            (
+                "postgresql://shop:canary-pw@%2Fvar%2Frun%2Fpostgresql:5433/orders",
+                "postgresql://%2Fvar%2Frun%2Fpostgresql:5433/orders",
+                Host::Unix(PathBuf::from("/var/run/postgresql")),
+            ),
+            (
+                "postgresql://shop:canary-pw@%2Ftmp%2Fpg%20a%2C%3A%40%25b/orders",
+                "postgresql://%2Ftmp%2Fpg%20a%2C%3A%40%25b:5432/orders",
+                Host::Unix(PathBuf::from("/tmp/pg a,:@%b")),
+            ),
+            (
+                "postgresql://shop:canary-pw@[::1]:5433/orders",
+                "postgresql://[::1]:5433/orders",
+                Host::Tcp("::1".into()),
+            ),
+            (
+                "postgresql://shop:canary-pw@db.example/orders",
+                "postgresql://db.example:5432/orders",
+                Host::Tcp("db.example".into()),
+            ),
+        ];
+        for (url, named, host) in cases {
+            let c = config(&[("DATABASE_URL", url)]).unwrap();
+            let described = c.database.describe();
+            assert_eq!(described, named);
+            let back: postgres::Config = described.parse().unwrap();
+            assert_eq!(back.get_hosts(), [host], "{described}");
+            assert_eq!(back.get_dbname(), Some("orders"), "{described}");
+            assert_eq!(back.get_user(), None, "{described}");
+        }
     }
 
     #[test]

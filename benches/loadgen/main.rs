@@ -63,6 +63,8 @@ struct Options {
     big_percent: u64,
     drain: u64,
     postgres: bool,
+    /// `--pg-host`: an address, or a socket folder (starting with `/`).
+    pg_host: String,
     dir: PathBuf,
     json: Option<PathBuf>,
     smoke: bool,
@@ -93,6 +95,7 @@ fn options() -> Result<Options, String> {
         big_percent: 20,
         drain: 125_000,
         postgres: false,
+        pg_host: "127.0.0.1".into(),
         dir: std::env::temp_dir(),
         json: None,
         smoke: false,
@@ -140,7 +143,7 @@ fn options() -> Result<Options, String> {
                 "postgres" | "postgresql" => o.postgres = true,
                 other => return Err(format!("unknown backend {other}: sqlite or postgres")),
             },
-            "--pg-host" => preload::set_pg_host(value("--pg-host")?)?,
+            "--pg-host" => o.pg_host = value("--pg-host")?,
             "--dir" => o.dir = PathBuf::from(value("--dir")?),
             "--json" => o.json = Some(PathBuf::from(value("--json")?)),
             "--no-broker" => o.no_broker = true,
@@ -159,6 +162,7 @@ fn options() -> Result<Options, String> {
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
     }
+    preload::set_pg_host(&o.pg_host)?;
     if o.http_threads == 0 {
         // The service as it ships: the workers (each with its own database connection)
         // that a store runs on this backend without setting HTTP_THREADS.
@@ -192,8 +196,16 @@ impl Db {
         match self {
             Db::Sqlite(p) => p.display().to_string(),
             Db::Postgres(name) => {
-                // A socket folder goes in the URL's host, its slashes escaped.
-                let host = preload::pg_host().replace('/', "%2F");
+                // A socket folder goes in the URL's host with its slashes escaped, an
+                // IPv6 address in brackets.
+                let host = preload::pg_host();
+                let host = if host.starts_with('/') {
+                    host.replace('/', "%2F").replace(':', "%3A")
+                } else if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.to_string()
+                };
                 format!("postgresql://postgres@{host}:5432/{name}")
             }
         }

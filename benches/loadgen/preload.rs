@@ -198,20 +198,23 @@ pub fn sqlite(path: &Path, spec: &Spec) -> Result<Duration, String> {
 
 static PG_HOST: OnceLock<String> = OnceLock::new();
 
-/// `--pg-host`: an address, or a socket folder (starting with `/`).
-pub fn set_pg_host(host: String) -> Result<(), String> {
-    if host.is_empty() || host.contains(['%', ' ', ':', '@', '?']) {
-        return Err(format!("--pg-host: not an address or a socket folder: {host:?}"));
+/// Sets how the local PostgreSQL is reached (once, from the options): an address, or a
+/// socket folder (starting with `/`).
+pub fn set_pg_host(host: &str) -> Result<(), String> {
+    if host.is_empty() || host.contains(['%', ' ', '@', '?', '#', ',', '[', ']']) {
+        return Err(format!(
+            "--pg-host: not an address or a socket folder: {host:?}"
+        ));
     }
     PG_HOST
-        .set(host)
-        .map_err(|_| "--pg-host given twice".to_string())
+        .set(host.to_string())
+        .map_err(|_| "the PostgreSQL host was set twice".to_string())
 }
 
-/// How the local PostgreSQL is reached: as `--pg-host` says, else over TCP on 127.0.0.1
-/// (as the README's figures were measured).
+/// How the local PostgreSQL is reached: as `--pg-host` said (127.0.0.1 by default, as
+/// the README's figures were measured).
 pub fn pg_host() -> &'static str {
-    PG_HOST.get_or_init(|| "127.0.0.1".into())
+    PG_HOST.get().map_or("127.0.0.1", String::as_str)
 }
 
 /// `psql` against one database of the local PostgreSQL (user postgres, trust).
