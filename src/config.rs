@@ -72,15 +72,7 @@ impl Database {
             // connect to.
             Database::Postgres(url) => match url.expose().parse::<postgres::Config>() {
                 Ok(c) => {
-                    let host = match c.get_hosts().first() {
-                        Some(postgres::config::Host::Tcp(h)) if h.contains(':') => format!("[{h}]"),
-                        Some(postgres::config::Host::Tcp(h)) => url_escaped(h.as_bytes()),
-                        Some(postgres::config::Host::Unix(p)) => {
-                            use std::os::unix::ffi::OsStrExt;
-                            url_escaped(p.as_os_str().as_bytes())
-                        }
-                        None => "localhost".into(),
-                    };
+                    let host = c.get_hosts().first().map_or("localhost".into(), url_host);
                     let port = c.get_ports().first().copied().unwrap_or(5432);
                     let db = url_escaped(c.get_dbname().unwrap_or_default().as_bytes());
                     format!("postgresql://{host}:{port}/{db}")
@@ -542,6 +534,19 @@ fn parse_env_text(text: &str) -> Result<HashMap<String, String>, (usize, String)
 /// Ten years: longer periods are surely a typo, and keep time arithmetic far from overflow.
 const MAX_SECONDS: u64 = 10 * 365 * 24 * 3600;
 const MAX_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+
+/// `host` as a PostgreSQL URL writes it: a socket folder percent-encoded, an IPv6
+/// address in brackets.
+pub fn url_host(host: &postgres::config::Host) -> String {
+    match host {
+        postgres::config::Host::Tcp(h) if h.contains(':') => format!("[{h}]"),
+        postgres::config::Host::Tcp(h) => url_escaped(h.as_bytes()),
+        postgres::config::Host::Unix(p) => {
+            use std::os::unix::ffi::OsStrExt;
+            url_escaped(p.as_os_str().as_bytes())
+        }
+    }
+}
 
 /// `bytes` with all but URL's unreserved characters percent-encoded.
 fn url_escaped(bytes: &[u8]) -> String {

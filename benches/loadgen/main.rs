@@ -20,6 +20,8 @@ mod service;
 
 use catalog::Catalog;
 use ceilings::PgWrites;
+use order_service::config::url_host;
+use postgres::config::Host;
 use report::{Line, Report, Target};
 use scenarios::{Kind, Known, Outcome};
 use serde_json::{json, Value};
@@ -196,17 +198,11 @@ impl Db {
         match self {
             Db::Sqlite(p) => p.display().to_string(),
             Db::Postgres(name) => {
-                // A socket folder goes in the URL's host with its slashes escaped, an
-                // IPv6 address in brackets.
-                let host = preload::pg_host();
-                let host = if host.starts_with('/') {
-                    host.replace('/', "%2F").replace(':', "%3A")
-                } else if host.contains(':') {
-                    format!("[{host}]")
-                } else {
-                    host.to_string()
+                let host = match preload::pg_host() {
+                    folder if folder.starts_with('/') => Host::Unix(folder.into()),
+                    address => Host::Tcp(address.into()),
                 };
-                format!("postgresql://postgres@{host}:5432/{name}")
+                format!("postgresql://postgres@{}:5432/{name}", url_host(&host))
             }
         }
     }

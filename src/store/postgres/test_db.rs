@@ -1,6 +1,7 @@
 //! A database of its own on the local PostgreSQL, for this backend's unit tests.
 
-use crate::config::PostgresPool;
+use crate::config::{url_host, PostgresPool};
+use postgres::config::Host;
 use postgres::{Client, NoTls};
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -50,7 +51,7 @@ impl TestDb {
     /// line of `pg_hba.conf` with `trust`). Without it: a failure under CI, a loud note
     /// and `None` otherwise.
     pub fn socket_url(&self) -> Option<String> {
-        let host = "/var/run/postgresql".replace('/', "%2F");
+        let host = url_host(&Host::Unix("/var/run/postgresql".into()));
         let url = format!("postgresql://postgres@{host}:5432/{}", self.name);
         match Client::connect(&url, NoTls) {
             Ok(_) => Some(url),
