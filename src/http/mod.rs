@@ -166,6 +166,8 @@ impl HttpServer {
     pub fn shutdown(self) {
         self.server.stop_accepting();
         self.stopping.store(true, Ordering::SeqCst);
+        // Waiting workers see `stopping` now, not at the end of their wait.
+        self.server.release_waiters();
         for w in self.workers {
             let _ = w.join();
         }
@@ -181,7 +183,7 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
         }
     };
     while !stopping.load(Ordering::SeqCst) {
-        match server.recv_timeout(Duration::from_millis(250)) {
+        match server.recv_until_released(Duration::from_millis(250)) {
             Ok(Some(req)) => serve(shared, reader.as_ref(), req),
             Ok(None) => {}
             Err(e) => log::debug!("http: {e}"),

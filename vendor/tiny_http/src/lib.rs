@@ -326,6 +326,28 @@ impl Server {
         }
     }
 
+    /// Like `recv_timeout()`, but returns `Ok(None)` at once, while nothing is queued, once
+    /// `release_waiters()` was called: a worker waiting for work learns of a shutdown
+    /// then, not at its next timeout.
+    ///
+    /// Local patch (PATCHES.md, 18).
+    pub fn recv_until_released(&self, timeout: Duration) -> IoResult<Option<Request>> {
+        match self.messages.pop_until_released(timeout) {
+            Some(Message::Error(err)) => Err(err),
+            Some(Message::NewRequest(rq)) => Ok(Some(rq)),
+            None => Ok(None),
+        }
+    }
+
+    /// Wakes every thread in `recv_until_released()`, now and from now on, to return once
+    /// nothing is queued. `recv()`, `recv_timeout()` and `try_recv()` are unchanged, so
+    /// a drain can still wait for what open connections send.
+    ///
+    /// Local patch (PATCHES.md, 18).
+    pub fn release_waiters(&self) {
+        self.messages.release();
+    }
+
     /// Same as `recv()` but doesn't block.
     pub fn try_recv(&self) -> IoResult<Option<Request>> {
         match self.messages.try_pop() {

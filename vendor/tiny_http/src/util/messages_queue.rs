@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,8 @@ where
 {
     queue: Mutex<VecDeque<Control<T>>>,
     condvar: Condvar,
+    /// Set by `release`: `pop_until_released` no longer waits (local patch, PATCHES.md 18).
+    released: AtomicBool,
 }
 
 impl<T> MessagesQueue<T>
@@ -23,6 +26,7 @@ where
         Arc::new(MessagesQueue {
             queue: Mutex::new(VecDeque::with_capacity(capacity)),
             condvar: Condvar::new(),
+            released: AtomicBool::new(false),
         })
     }
 
@@ -38,6 +42,33 @@ where
         let mut queue = self.queue.lock().unwrap();
         queue.push_back(Control::Unblock);
         self.condvar.notify_one();
+    }
+
+    /// Wakes every thread in `pop_until_released`, now and from now on, to return once
+    /// nothing is queued. The other pops are unchanged.
+    pub fn release(&self) {
+        let _queue = self.queue.lock().unwrap();
+        self.released.store(true, SeqCst);
+        self.condvar.notify_all();
+    }
+
+    /// Like `pop_timeout`, but returns `None` at once, while nothing is queued, after
+    /// `release`.
+    pub fn pop_until_released(&self, timeout: Duration) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut queue = self.queue.lock().unwrap();
+        loop {
+            match queue.pop_front() {
+                Some(Control::Elem(value)) => return Some(value),
+                Some(Control::Unblock) => return None,
+                None => (),
+            }
+            let now = Instant::now();
+            if self.released.load(SeqCst) || now >= deadline {
+                return None;
+            }
+            queue = self.condvar.wait_timeout(queue, deadline - now).unwrap().0;
+        }
     }
 
     /// Pops an element. Blocks until one is available.
@@ -78,7 +109,7 @@ where
                 None => (),
             }
             let now = Instant::now();
-            let (_queue, result) = self.condvar.wait_timeout(queue, timeout).unwrap();
+            let (_queue, result) = self.condvar.wait_timeout(queue, duration).unwrap();
             queue = _queue;
             let sleep_time = now.elapsed();
             duration = if duration > sleep_time {
@@ -92,5 +123,66 @@ where
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessagesQueue;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_release_wakes_every_waiting_thread_and_keeps_them_from_waiting_again() {
+        let queue = MessagesQueue::<u32>::with_capacity(4);
+        let started = Instant::now();
+        let waiting: Vec<_> = (0..4)
+            .map(|_| {
+                let queue = queue.clone();
+                thread::spawn(move || queue.pop_until_released(LONG))
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(50));
+        queue.release();
+        for w in waiting {
+            assert_eq!(w.join().unwrap(), None);
+        }
+        assert!(started.elapsed() < LONG / 2, "{:?}", started.elapsed());
+        assert_eq!(queue.pop_until_released(LONG), None);
+        assert!(started.elapsed() < LONG / 2, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn after_a_release_what_is_queued_is_still_popped_and_other_pops_still_wait() {
+        let queue = MessagesQueue::<u32>::with_capacity(4);
+        queue.release();
+        queue.push(1);
+        queue.push(2);
+        assert_eq!(queue.pop_until_released(LONG), Some(1));
+        assert_eq!(queue.pop_timeout(LONG), Some(2));
+        let started = Instant::now();
+        assert_eq!(queue.pop_timeout(Duration::from_millis(200)), None);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_wake_up_with_nothing_queued_does_not_start_the_timeout_over() {
+        let queue = MessagesQueue::<u32>::with_capacity(4);
+        let started = Instant::now();
+        let waiting = {
+            let queue = queue.clone();
+            thread::spawn(move || queue.pop_timeout(Duration::from_secs(2)))
+        };
+        thread::sleep(Duration::from_millis(1500));
+        queue.release();
+        assert_eq!(waiting.join().unwrap(), None);
+        // Upstream waited the whole timeout again: 3.5 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
