@@ -37,6 +37,8 @@ pub enum ApiError {
     /// ambiguous framing (400), too slow (408), too large (413, 414, 431), an unknown
     /// `Expect` (417), a version other than 1.x (505), or full (503).
     Edge(u16),
+    /// The service was stopping when the request came, too late for its last answers.
+    Stopping,
 }
 
 impl ApiError {
@@ -54,7 +56,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => 415,
             ApiError::UnknownProduct(_) | ApiError::IdempotencyKeyReused => 422,
             ApiError::Internal(_) => 500,
-            ApiError::ProductServiceUnavailable(_) | ApiError::DatabaseUnavailable(_) => 503,
+            ApiError::ProductServiceUnavailable(_)
+            | ApiError::DatabaseUnavailable(_)
+            | ApiError::Stopping => 503,
             ApiError::Edge(status) => *status,
         }
     }
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::ProductServiceUnavailable(_) => "product_service_unavailable",
             ApiError::DatabaseUnavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
+            ApiError::Stopping => "service_unavailable",
             ApiError::Edge(413) => "payload_too_large",
             ApiError::Edge(status) => match status {
                 400 => "bad_request",
@@ -133,6 +138,7 @@ impl ApiError {
                 "The service cannot take this request right now; retry later.".into()
             }
             ApiError::Internal(_) => "Something went wrong on our side.".into(),
+            ApiError::Stopping => "The service is stopping; retry shortly.".into(),
             ApiError::Edge(413) => ApiError::PayloadTooLarge.message(),
             ApiError::Edge(status) => match status {
                 400 => "The request is malformed or its framing is ambiguous.",
@@ -165,6 +171,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(allow) => vec![("Allow", allow.join(", "))],
             ApiError::ProductServiceUnavailable(_)
             | ApiError::DatabaseUnavailable(_)
+            | ApiError::Stopping
             | ApiError::Edge(503) => vec![("Retry-After", RETRY_AFTER_SECS.to_string())],
             _ => Vec::new(),
         }

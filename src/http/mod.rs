@@ -113,8 +113,15 @@ pub struct HttpServer {
 
 /// How long workers keep answering queued requests once asked to stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-/// A drain ends once no request has come for this long.
+/// A drain ends once no request has come for this long, and no connection is in the
+/// middle of one.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
+/// How often a drain looks again whether the connections in the middle of a request are done.
+const DRAIN_STEP: Duration = Duration::from_millis(5);
+/// At most this long, once the workers are done, for the connections' threads to write the
+/// answers they were handed (a request that comes meanwhile is refused with 503): the
+/// process exits right after.
+const ANSWERS_WRITTEN: Duration = Duration::from_secs(1);
 
 impl HttpServer {
     /// Starts `threads` workers on an already bound listener (port 0 allowed), serving at
@@ -161,8 +168,9 @@ impl HttpServer {
         self.server.stop_accepting();
     }
 
-    /// Answers what is still queued (until it has been quiet for a moment, within
-    /// `DRAIN_LIMIT`) and joins the workers.
+    /// Answers what is still queued or being read (until it has been quiet for a moment,
+    /// within `DRAIN_LIMIT`), joins the workers, refuses what came too late (503), and
+    /// waits for the connections' threads to write the answers (`ANSWERS_WRITTEN`).
     pub fn shutdown(self) {
         self.server.stop_accepting();
         self.stopping.store(true, Ordering::SeqCst);
@@ -170,6 +178,16 @@ impl HttpServer {
         self.server.release_waiters();
         for w in self.workers {
             let _ = w.join();
+        }
+        let until = Instant::now() + ANSWERS_WRITTEN;
+        loop {
+            while let Ok(Some(late)) = self.server.try_recv() {
+                let _ = late.respond(Response::from_error(&ApiError::Stopping).into_wire());
+            }
+            if self.server.busy_connections() == 0 || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(DRAIN_STEP);
         }
     }
 }
@@ -189,12 +207,28 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
             Err(e) => log::debug!("http: {e}"),
         }
     }
-    // Requests already read from open connections are answered, not dropped.
+    // Requests already read or being read from open connections are answered, not
+    // dropped.
     let deadline = Instant::now() + DRAIN_LIMIT;
-    while Instant::now() < deadline {
-        match server.recv_timeout(DRAIN_QUIET) {
-            Ok(Some(req)) => serve(shared, reader.as_ref(), req),
-            Ok(None) | Err(_) => break,
+    let mut quiet_since = Instant::now();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let quiet_left = DRAIN_QUIET.saturating_sub(quiet_since.elapsed());
+        if left.is_zero() || (quiet_left.is_zero() && server.busy_connections() == 0) {
+            break;
+        }
+        let wait = if quiet_left.is_zero() {
+            DRAIN_STEP
+        } else {
+            quiet_left
+        };
+        match server.recv_timeout(wait.min(left)) {
+            Ok(Some(req)) => {
+                serve(shared, reader.as_ref(), req);
+                quiet_since = Instant::now();
+            }
+            Ok(None) => {}
+            Err(_) => break,
         }
     }
 }

@@ -318,6 +318,48 @@ fn stopping_answers_the_current_request_with_connection_close() {
 }
 
 #[test]
+fn stopping_waits_for_a_request_whose_body_is_still_arriving() {
+    // The drain used to end after 100 ms without a new request, whatever the connections
+    // were in the middle of: this body's second half, 400 ms after the signal, got an
+    // empty 500 or no answer at all.
+    let mut app = spawn_app();
+    let body = serde_json::to_vec(&items(&[(MOUSE, 1)])).unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut slow = open(&app);
+    let mut head = format!(
+        "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\
+         X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    head.extend_from_slice(first);
+    slow.write_all(&head).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    app.signal("TERM");
+    let refused = wait_until(Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", app.port())).is_err()
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    slow.write_all(rest).unwrap();
+    let answer = read_response(&mut slow, Duration::from_secs(10));
+    let exit = app.wait_exit(Duration::from_secs(15));
+
+    assert!(refused, "new connections were still accepted after SIGTERM");
+    let (status, head, body) = answer.unwrap_or_else(|| {
+        panic!(
+            "the request being sent when the stop came got no answer\n--- stderr ---\n{}",
+            app.stderr()
+        )
+    });
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert!(says_close(&head), "{head}");
+    let exit = exit.unwrap_or_else(|| panic!("no exit within 15 s\n{}", app.stderr()));
+    assert!(exit.success(), "exit status {exit}\n{}", app.stderr());
+}
+
+#[test]
 fn a_non_ascii_header_gets_an_http_answer() {
     let app = spawn_app();
     let mut request = b"GET /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: ".to_vec();

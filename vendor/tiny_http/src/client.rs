@@ -7,7 +7,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,9 @@ use crate::{HTTPVersion, Message, ResponseBox};
 pub(crate) struct Shared {
     pub messages: Arc<MessagesQueue<Message>>,
     pub stopping: Arc<AtomicBool>,
+    /// Connections between a request's first byte and the end of writing its answer
+    /// (PATCHES.md, 18).
+    pub busy: Arc<AtomicUsize>,
     pub limits: Limits,
     pub refusal: fn(u16) -> ResponseBox,
 }
@@ -37,6 +40,10 @@ pub(crate) fn serve(conn: Connection, remote_addr: Option<SocketAddr>, shared: &
     let mut conn = Timed::new(conn);
     let mut reader = RequestReader::new(shared.limits.clone());
     loop {
+        if !reader.wait_for_request(&mut conn) {
+            return;
+        }
+        let _busy = Busy::new(&shared.busy);
         let parsed = match reader.next_request(&mut conn) {
             Next::Request(parsed) => parsed,
             Next::Closed => return,
@@ -51,7 +58,9 @@ pub(crate) fn serve(conn: Connection, remote_addr: Option<SocketAddr>, shared: &
                     true,
                 );
                 let deadline = Instant::now() + shared.limits.write_timeout;
-                if conn.write_by(&bytes, deadline).is_ok() {
+                let written = conn.write_by(&bytes, deadline).is_ok();
+                drop(_busy);
+                if written {
                     linger(&mut conn);
                 }
                 return;
@@ -69,10 +78,27 @@ pub(crate) fn serve(conn: Connection, remote_addr: Option<SocketAddr>, shared: &
         if conn.write_by(&bytes, deadline).is_err() {
             return;
         }
+        drop(_busy);
         if close {
             linger(&mut conn);
             return;
         }
+    }
+}
+
+/// Counts its connection in `Shared::busy` while it lives.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn new(busy: &'a AtomicUsize) -> Busy<'a> {
+        busy.fetch_add(1, Ordering::SeqCst);
+        Busy(busy)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -144,6 +144,9 @@ pub struct Server {
     // PATCHES.md, 17: connections open now.
     open: Arc<AtomicUsize>,
 
+    // PATCHES.md, 18: connections between a request's first byte and its answer written.
+    busy: Arc<AtomicUsize>,
+
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
 }
@@ -255,6 +258,7 @@ impl Server {
         let close_trigger = Arc::new(AtomicBool::new(false));
         let stopping = Arc::new(AtomicBool::new(false));
         let open = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
         let local_addr = listener.local_addr()?;
         log::debug!("Server listening on {}", local_addr);
 
@@ -262,6 +266,7 @@ impl Server {
         let shared = Arc::new(client::Shared {
             messages: messages.clone(),
             stopping: stopping.clone(),
+            busy: busy.clone(),
             limits: options.limits.clone(),
             refusal: options.refusal,
         });
@@ -285,6 +290,7 @@ impl Server {
             close: close_trigger,
             stopping,
             open,
+            busy,
             listening_addr: local_addr,
         })
     }
@@ -306,6 +312,15 @@ impl Server {
     /// Returns the number of clients currently connected to the server.
     pub fn num_connections(&self) -> usize {
         self.open.load(SeqCst)
+    }
+
+    /// Connections in the middle of a request: from its first byte until its answer is
+    /// written (or the connection ends). A request being read, queued, handled or
+    /// answered counts; an idle kept-alive connection does not.
+    ///
+    /// Local patch (PATCHES.md, 18), for a shutdown that waits for them.
+    pub fn busy_connections(&self) -> usize {
+        self.busy.load(SeqCst)
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
@@ -498,4 +513,52 @@ fn refuse_at_once(mut conn: Connection, response: ResponseBox) {
     let _ = conn.set_nonblocking(true);
     let _ = conn.write_all(&bytes);
     let _ = conn.shutdown(Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Options, Response, Server};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    fn busy_becomes(server: &Server, count: usize) -> bool {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if server.busy_connections() == count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn a_connection_is_busy_from_a_request_s_first_byte_until_its_answer_is_written() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = Server::from_listener(listener, Options::default()).unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+
+        // Connected, nothing sent: not busy.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(server.busy_connections(), 0);
+
+        client.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+        assert!(busy_becomes(&server, 1), "half a head sent");
+        client.write_all(b"st: x\r\n\r\n").unwrap();
+        let request = server
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap();
+        assert_eq!(server.busy_connections(), 1, "read, not answered yet");
+        request.respond(Response::from_string("ok")).unwrap();
+        let mut answer = [0u8; 256];
+        let n = client.read(&mut answer).unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(busy_becomes(&server, 0), "answered, kept alive and idle");
+    }
 }

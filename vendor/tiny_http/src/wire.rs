@@ -120,14 +120,20 @@ impl RequestReader {
         self.buf.len()
     }
 
+    /// Waits (up to `idle_timeout`) for the first bytes of the next request, unless some
+    /// are held already; false if the client closed, went away or stayed idle.
+    pub fn wait_for_request<W: Wire>(&mut self, wire: &mut W) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let idle_until = Instant::now() + self.limits.idle_timeout;
+        matches!(self.fill(wire, idle_until), Fill::Got)
+    }
+
     /// Reads the next whole request.
     pub fn next_request<W: Wire>(&mut self, wire: &mut W) -> Next {
-        if self.buf.is_empty() {
-            let idle_until = Instant::now() + self.limits.idle_timeout;
-            match self.fill(wire, idle_until) {
-                Fill::Got => {}
-                Fill::Closed | Fill::TimedOut | Fill::Full => return Next::Closed,
-            }
+        if !self.wait_for_request(wire) {
+            return Next::Closed;
         }
         let deadline = Instant::now() + self.limits.request_timeout;
         match self.read_request(wire, deadline) {

@@ -55,6 +55,12 @@ where
     /// Like `pop_timeout`, but returns `None` at once, while nothing is queued, after
     /// `release`.
     pub fn pop_until_released(&self, timeout: Duration) -> Option<T> {
+        self.pop_within(timeout, true)
+    }
+
+    /// The queue's first element, waiting up to `timeout` for one; `None` on `unblock`,
+    /// and with `released_ends`, while nothing is queued, once `release` was called.
+    fn pop_within(&self, timeout: Duration, released_ends: bool) -> Option<T> {
         let deadline = Instant::now() + timeout;
         let mut queue = self.queue.lock().unwrap();
         loop {
@@ -64,7 +70,7 @@ where
                 None => (),
             }
             let now = Instant::now();
-            if self.released.load(SeqCst) || now >= deadline {
+            if (released_ends && self.released.load(SeqCst)) || now >= deadline {
                 return None;
             }
             queue = self.condvar.wait_timeout(queue, deadline - now).unwrap().0;
@@ -100,29 +106,10 @@ where
     /// more than the specified timeout duration
     /// or unblock() was issued
     pub fn pop_timeout(&self, timeout: Duration) -> Option<T> {
-        let mut queue = self.queue.lock().unwrap();
-        let mut duration = timeout;
-        loop {
-            match queue.pop_front() {
-                Some(Control::Elem(value)) => return Some(value),
-                Some(Control::Unblock) => return None,
-                None => (),
-            }
-            let now = Instant::now();
-            let (_queue, result) = self.condvar.wait_timeout(queue, duration).unwrap();
-            queue = _queue;
-            let sleep_time = now.elapsed();
-            duration = if duration > sleep_time {
-                duration - sleep_time
-            } else {
-                Duration::from_millis(0)
-            };
-            if result.timed_out()
-                || (duration.as_secs() == 0 && duration.subsec_nanos() < 1_000_000)
-            {
-                return None;
-            }
-        }
+        // Local (PATCHES.md, 18): upstream waited the whole timeout again after a wake-up
+        // that found nothing, and returned without looking at the queue again when less
+        // than a millisecond was left after a wake-up (an element pushed then waited).
+        self.pop_within(timeout, false)
     }
 }
 
