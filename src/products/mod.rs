@@ -433,8 +433,9 @@ pub fn parse_product(text: &str) -> Result<Product, String> {
         .name
         .as_ref()
         .and_then(Value::as_str)
-        .filter(|n| !n.is_empty() && n.len() <= 500)
-        .ok_or("no name")?
+        // PostgreSQL keeps no NUL in text: refused here, it is refused on both engines alike.
+        .filter(|n| !n.is_empty() && n.len() <= 500 && !n.contains('\0'))
+        .ok_or("no name, or one that is empty, over 500 bytes or holds a NUL")?
         .to_string();
     let price = obj
         .price
@@ -599,6 +600,9 @@ mod tests {
             json!({"id":1,"name":"x","price":1,"stock":-1}),
             json!({"id":1,"price":1,"stock":1}),
             json!({"name":"x","price":1,"stock":1}),
+            json!({"id":1,"name":"","price":1,"stock":1}),
+            json!({"id":1,"name":"x".repeat(501),"price":1,"stock":1}),
+            json!({"id":1,"name":"Mug\u{0}","price":1,"stock":1}),
         ] {
             assert!(parse_product(&bad.to_string()).is_err(), "{bad}");
         }
