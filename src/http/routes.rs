@@ -4,7 +4,7 @@ use super::error::ApiError;
 use super::request::{header, json_body, query_number};
 use super::{Response, Shared};
 use crate::domain::{Cursor, Email, IdempotencyKey, NewOrder, OrderId, Page, Status, UserId};
-use crate::orders::{Answer, Claimed, Idempotent, Priced, PricedOrder};
+use crate::orders::{Answer, Claimed, Priced, PricedOrder};
 use crate::products::PricingError;
 use crate::store::Reads;
 use serde_json::json;
@@ -246,12 +246,11 @@ fn create(
             return Err(e.into());
         }
     };
-    let idempotent = key.map(|key| Idempotent {
-        key,
-        answer: Box::new(|order| Answer {
+    let idempotent = claim.as_ref().map(|claim| {
+        claim.idempotent(Box::new(|order| Answer {
             status: 201,
             body: serde_json::to_string(order).expect("an order always serializes"),
-        }),
+        }))
     });
     let priced = PricedOrder {
         user_id: user,

@@ -16,6 +16,9 @@ pub const CLAIM_TIMEOUT_MICROS: i64 = 60 * 1_000_000;
 /// A create that carries an `Idempotency-Key`, already claimed.
 pub struct Idempotent {
     pub key: IdempotencyKey,
+    /// When this request claimed the key (`claim`'s `now`): what tells its claim from one
+    /// that took it over after `CLAIM_TIMEOUT_MICROS`.
+    pub claimed_at: i64,
     /// The answer to keep for repeats, given the order created.
     pub answer: Box<dyn FnOnce(&Order) -> Answer + Send>,
 }
@@ -84,7 +87,8 @@ pub fn answer(
     order: &Order,
 ) -> Result<(), OrderError> {
     let Answer { status, body } = (idempotent.answer)(order);
-    if tx.answer_idempotency(user, idempotent.key.as_str(), status, &body)? {
+    let key = idempotent.key.as_str();
+    if tx.answer_idempotency(user, key, idempotent.claimed_at, status, &body)? {
         Ok(())
     } else {
         // Taken over after `CLAIM_TIMEOUT_MICROS`: the other request answers it.

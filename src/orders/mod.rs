@@ -114,13 +114,15 @@ impl Orders {
         request: &str,
     ) -> Result<(Claimed, Option<ClaimGuard>), OrderError> {
         let (u, k, r) = (user.clone(), key.clone(), request.to_string());
+        let at = now_micros();
         let claimed = self
             .writer
-            .run(move |tx| idempotency::claim(tx, &u, &k, &r, now_micros()))?;
+            .run(move |tx| idempotency::claim(tx, &u, &k, &r, at))?;
         let guard = (claimed == Claimed::Fresh).then(|| ClaimGuard {
             writer: self.writer.clone(),
             user: user.clone(),
             key: key.clone(),
+            claimed_at: at,
             answered: false,
         });
         Ok((claimed, guard))
@@ -196,10 +198,20 @@ pub struct ClaimGuard {
     writer: WriterHandle,
     user: UserId,
     key: IdempotencyKey,
+    claimed_at: i64,
     answered: bool,
 }
 
 impl ClaimGuard {
+    /// The create's side of this claim: its key, its time, and the answer to keep.
+    pub fn idempotent(&self, answer: Box<dyn FnOnce(&Order) -> Answer + Send>) -> Idempotent {
+        Idempotent {
+            key: self.key.clone(),
+            claimed_at: self.claimed_at,
+            answer,
+        }
+    }
+
     /// The create committed with the claim's answer: nothing to release.
     pub fn answered(mut self) {
         self.answered = true;
@@ -211,10 +223,10 @@ impl Drop for ClaimGuard {
         if self.answered {
             return;
         }
-        let (user, key) = (self.user.clone(), self.key.clone());
+        let (user, key, at) = (self.user.clone(), self.key.clone(), self.claimed_at);
         let released = self
             .writer
-            .run(move |tx| tx.release_idempotency(&user, key.as_str()));
+            .run(move |tx| tx.release_idempotency(&user, key.as_str(), at));
         if let Err(e) = released {
             // Taken over after its timeout by the next request with the key.
             log::warn!("idempotency claim not released: {e}");

@@ -50,9 +50,10 @@ fn create(db: &mut SqliteEngine, idempotent: Option<Idempotent>) -> Order {
     .unwrap()
 }
 
-fn keyed(key: &str) -> Option<Idempotent> {
+fn keyed(key: &str, claimed_at: i64) -> Option<Idempotent> {
     Some(Idempotent {
         key: IdempotencyKey::parse(key).unwrap(),
+        claimed_at,
         answer: Box::new(|order| Answer {
             status: 201,
             body: format!("order {}", order.id),
@@ -103,7 +104,7 @@ fn a_key_is_claimed_once_answered_with_the_order_and_replayed() {
         claim(&mut db, "k", "r1", 1_001),
         Err(OrderError::IdempotencyKeyInProgress)
     ));
-    create(&mut db, keyed("k"));
+    create(&mut db, keyed("k", 1_000));
 
     assert_eq!(
         claim(&mut db, "k", "r1", 2_000).unwrap(),
@@ -123,7 +124,10 @@ fn a_key_is_claimed_once_answered_with_the_order_and_replayed() {
 fn a_released_or_abandoned_claim_can_be_taken_again() {
     let mut db = SqliteEngine::in_memory();
     claim(&mut db, "k", "r1", 1_000).unwrap();
-    in_tx(&mut db, |tx| Ok(tx.release_idempotency(&alice(), "k")?)).unwrap();
+    in_tx(&mut db, |tx| {
+        Ok(tx.release_idempotency(&alice(), "k", 1_000)?)
+    })
+    .unwrap();
     assert_eq!(claim(&mut db, "k", "r2", 2_000).unwrap(), Claimed::Fresh);
 
     // A claim whose holder died is taken over once it is older than the timeout.
@@ -135,10 +139,45 @@ fn a_released_or_abandoned_claim_can_be_taken_again() {
     );
     // Answering a claim that is gone says so: the create then fails and rolls back.
     let late = in_tx(&mut db, |tx| {
-        tx.answer_idempotency(&alice(), "other", 201, "{}")
+        tx.answer_idempotency(&alice(), "other", later + 1, 201, "{}")
             .map_err(OrderError::from)
     });
     assert!(!late.unwrap());
+}
+
+#[test]
+fn a_claim_taken_over_is_answered_and_released_by_its_new_holder_only() {
+    let mut db = SqliteEngine::in_memory();
+    claim(&mut db, "k", "r1", 1_000).unwrap();
+    // The first request stalls past the timeout; a second one takes the key over.
+    let later = 1_001 + idempotency::CLAIM_TIMEOUT_MICROS;
+    assert_eq!(claim(&mut db, "k", "r2", later).unwrap(), Claimed::Fresh);
+
+    // The first one's create cannot answer the claim it lost: it rolls back.
+    let stale = in_tx(&mut db, |tx| {
+        rules::create(tx, SOURCE, priced(alice()), keyed("k", 1_000), 1_000)
+    });
+    assert!(matches!(stale, Err(OrderError::IdempotencyKeyInProgress)));
+    assert!(event_types(&db).is_empty());
+    // Nor can its release take the key from the second one.
+    in_tx(&mut db, |tx| {
+        Ok(tx.release_idempotency(&alice(), "k", 1_000)?)
+    })
+    .unwrap();
+    assert!(matches!(
+        claim(&mut db, "k", "r2", later + 1),
+        Err(OrderError::IdempotencyKeyInProgress)
+    ));
+
+    let order = create(&mut db, keyed("k", later));
+    assert_eq!(
+        claim(&mut db, "k", "r2", later + 2).unwrap(),
+        Claimed::Replay(Answer {
+            status: 201,
+            body: format!("order {}", order.id)
+        })
+    );
+    assert_eq!(event_types(&db), ["order_created"]);
 }
 
 #[test]

@@ -168,16 +168,24 @@ pub trait Tx {
         at: i64,
         stale_before: i64,
     ) -> Result<bool, StoreError>;
-    /// Stores the answer of a claim; whether the claim was still there to answer.
+    /// Stores the answer of the claim made (or taken over) at `claimed_at`; whether that
+    /// claim was still there to answer. A claim taken over since is another request's.
     fn answer_idempotency(
         &mut self,
         user: &UserId,
         key: &str,
+        claimed_at: i64,
         status: u16,
         body: &str,
     ) -> Result<bool, StoreError>;
-    /// Deletes a claim that got no answer: the key may be used again.
-    fn release_idempotency(&mut self, user: &UserId, key: &str) -> Result<(), StoreError>;
+    /// Deletes the claim made at `claimed_at` if it got no answer: the key may be used
+    /// again. A claim taken over since is left to its new holder.
+    fn release_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        claimed_at: i64,
+    ) -> Result<(), StoreError>;
     /// Keeps a product-service answer unless the cache holds a newer one.
     fn upsert_product(&mut self, product: &CachedProduct) -> Result<(), StoreError>;
     /// `upsert_product` for each, in their order (an engine may take them in one go).

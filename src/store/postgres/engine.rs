@@ -411,23 +411,30 @@ impl Tx for PgEngine {
         &mut self,
         user: &UserId,
         key: &str,
+        claimed_at: i64,
         status: u16,
         body: &str,
     ) -> Result<bool, StoreError> {
         self.wrote = true;
         let n = self.conn()?.execute(
-            "UPDATE idempotency_keys SET response_status = $3, response_body = $4
-             WHERE user_id = $1 AND idem_key = $2 AND response_status = 0",
-            &[&user.as_str(), &key, &i32::from(status), &body],
+            "UPDATE idempotency_keys SET response_status = $4, response_body = $5
+             WHERE user_id = $1 AND idem_key = $2 AND created_at = $3 AND response_status = 0",
+            &[&user.as_str(), &key, &claimed_at, &i32::from(status), &body],
         )?;
         Ok(n == 1)
     }
 
-    fn release_idempotency(&mut self, user: &UserId, key: &str) -> Result<(), StoreError> {
+    fn release_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        claimed_at: i64,
+    ) -> Result<(), StoreError> {
         self.wrote = true;
         self.conn()?.execute(
-            "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND response_status = 0",
-            &[&user.as_str(), &key],
+            "DELETE FROM idempotency_keys
+             WHERE user_id = $1 AND idem_key = $2 AND created_at = $3 AND response_status = 0",
+            &[&user.as_str(), &key, &claimed_at],
         )?;
         Ok(())
     }
@@ -700,7 +707,7 @@ mod tests {
         })
         .unwrap();
         if let Some(key) = keyed {
-            assert!(tx.answer_idempotency(&user, key, 201, "{}").unwrap());
+            assert!(tx.answer_idempotency(&user, key, 10, 201, "{}").unwrap());
         }
         tx.upsert_products(&[CachedProduct {
             product_id: ProductId::new(7).unwrap(),

@@ -178,16 +178,24 @@ impl Tx for SqliteEngine {
         &mut self,
         user: &UserId,
         key: &str,
+        claimed_at: i64,
         status: u16,
         body: &str,
     ) -> Result<bool, StoreError> {
         Ok(writes::answer_idempotency(
-            &self.conn, user, key, status, body,
+            &self.conn, user, key, claimed_at, status, body,
         )?)
     }
 
-    fn release_idempotency(&mut self, user: &UserId, key: &str) -> Result<(), StoreError> {
-        Ok(writes::release_idempotency(&self.conn, user, key)?)
+    fn release_idempotency(
+        &mut self,
+        user: &UserId,
+        key: &str,
+        claimed_at: i64,
+    ) -> Result<(), StoreError> {
+        Ok(writes::release_idempotency(
+            &self.conn, user, key, claimed_at,
+        )?)
     }
 
     fn upsert_product(&mut self, product: &CachedProduct) -> Result<(), StoreError> {

@@ -93,15 +93,16 @@ pub(crate) fn answer_idempotency(
     conn: &Connection,
     user: &UserId,
     key: &str,
+    claimed_at: i64,
     status: u16,
     body: &str,
 ) -> rusqlite::Result<bool> {
     let n = conn
         .prepare_cached(
-            "UPDATE idempotency_keys SET response_status = ?3, response_body = ?4
-             WHERE user_id = ?1 AND idem_key = ?2 AND response_status = 0",
+            "UPDATE idempotency_keys SET response_status = ?4, response_body = ?5
+             WHERE user_id = ?1 AND idem_key = ?2 AND created_at = ?3 AND response_status = 0",
         )?
-        .execute(params![user.as_str(), key, status, body])?;
+        .execute(params![user.as_str(), key, claimed_at, status, body])?;
     Ok(n == 1)
 }
 
@@ -109,11 +110,13 @@ pub(crate) fn release_idempotency(
     conn: &Connection,
     user: &UserId,
     key: &str,
+    claimed_at: i64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "DELETE FROM idempotency_keys WHERE user_id = ?1 AND idem_key = ?2 AND response_status = 0",
+        "DELETE FROM idempotency_keys
+         WHERE user_id = ?1 AND idem_key = ?2 AND created_at = ?3 AND response_status = 0",
     )?
-    .execute(params![user.as_str(), key])?;
+    .execute(params![user.as_str(), key, claimed_at])?;
     Ok(())
 }
 
