@@ -176,13 +176,25 @@ impl Orders {
         if fresh.is_empty() && unknown.is_empty() {
             return;
         }
-        // In product order, as a create takes the snapshot's row locks (rules.rs).
+        // In product order, as a create takes the snapshot's row locks (rules.rs): on
+        // PostgreSQL another order would make a deadlock (one of the two aborted).
         fresh.sort_by_key(|p| p.product_id);
         let written = fresh.clone();
         let kept = self.writer.run(move |tx| -> Result<(), StoreError> {
-            tx.upsert_products(&fresh)?;
-            for id in &unknown {
-                tx.forget_product(*id)?;
+            if unknown.is_empty() {
+                return tx.upsert_products(&fresh);
+            }
+            let mut steps: Vec<(ProductId, Option<&CachedProduct>)> = fresh
+                .iter()
+                .map(|p| (p.product_id, Some(p)))
+                .chain(unknown.iter().map(|id| (*id, None)))
+                .collect();
+            steps.sort_by_key(|(id, _)| *id);
+            for (id, fresh) in steps {
+                match fresh {
+                    Some(p) => tx.upsert_product(p)?,
+                    None => tx.forget_product(id)?,
+                }
             }
             Ok(())
         });

@@ -431,6 +431,33 @@ fn a_product_the_service_no_longer_knows_leaves_the_cache() {
 }
 
 #[test]
+fn a_refused_order_keeps_one_product_s_new_answer_and_forgets_another_found_gone() {
+    let app = TestApp::builder()
+        .env("PRODUCT_CACHE_MAX_AGE", "60")
+        .spawn();
+    app.place_order(&ALICE, &[(MOUSE, 1), (MONITOR, 1)]);
+    // The mouse is gone (its row is forgotten), the monitor's answer changed (its row is
+    // written again): both in one transaction, in product order.
+    app.products.set(MOUSE, Behaviour::NotFound);
+    app.products.set(MONITOR, product("Monitor", "249.50", 1));
+    app.create_order(&ALICE, &items(&[(MOUSE, 1), (MONITOR, 1)]))
+        .assert_error(422, "unknown_product");
+
+    app.products.set(MOUSE, Behaviour::Status(500));
+    app.products.set(MONITOR, Behaviour::Status(500));
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_error(503, "product_service_unavailable");
+    // The row kept is the new answer's (1 in stock), not the first order's (3, one sold).
+    let body = app
+        .create_order(&ALICE, &items(&[(MONITOR, 2)]))
+        .assert_error(409, "insufficient_stock");
+    assert_eq!(body["details"][0]["available"], 1, "{body}");
+    let offline = app.create_order(&ALICE, &items(&[(MONITOR, 1)]));
+    offline.assert_status(201);
+    assert_eq!(offline.json()["stock_verified"], false, "{}", offline.body);
+}
+
+#[test]
 fn many_slow_products_share_one_deadline() {
     let app = TestApp::builder()
         .env("PRODUCT_TIMEOUT_MS", "800")
