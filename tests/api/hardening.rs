@@ -82,6 +82,34 @@ fn says_close(head: &str) -> bool {
         .any(|l| l.starts_with("connection:") && l.contains("close"))
 }
 
+/// The head of alice's create with a body of `length` bytes.
+fn create_head(length: usize) -> Vec<u8> {
+    format!(
+        "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\
+         X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Whether the listener closes within 5 s: once it has, the server is stopping for sure.
+fn listener_closes(app: &TestApp) -> bool {
+    wait_until(Duration::from_secs(5), || {
+        TcpStream::connect(("127.0.0.1", app.port())).is_err()
+    })
+}
+
+/// `answer` is a 201 that says `Connection: close`.
+fn assert_created_and_closing(answer: Option<(u16, String, Vec<u8>)>, what: &str, app: &TestApp) {
+    let (status, head, body) =
+        answer.unwrap_or_else(|| panic!("{what} got no answer\n--- stderr ---\n{}", app.stderr()));
+    assert_eq!(status, 201, "{what}: {}", String::from_utf8_lossy(&body));
+    assert!(
+        says_close(&head),
+        "{what}: the answer must say Connection: close: {head}"
+    );
+}
+
 /// A service whose product `id` answers after 4 s: long enough for a stop to come while
 /// an order of it is in progress, with room for a busy machine, and within the service's
 /// product timeouts, raised here.
@@ -258,13 +286,7 @@ fn stopping_answers_the_current_request_with_connection_close() {
     // A request in flight when the signal comes: its handler waits for the product service.
     let body = serde_json::to_vec(&items(&[(SLOW, 1)])).unwrap();
     let mut busy = open(&app);
-    let mut create = format!(
-        "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\
-         X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut create = create_head(body.len());
     create.extend_from_slice(&body);
     busy.write_all(&create).unwrap();
     assert!(
@@ -275,26 +297,14 @@ fn stopping_answers_the_current_request_with_connection_close() {
     app.signal("TERM");
     // Once the listener is closed the server is stopping for sure: a request answered
     // before the signal was handled could not say `Connection: close`.
-    let refused = wait_until(Duration::from_secs(5), || {
-        TcpStream::connect(("127.0.0.1", app.port())).is_err()
-    });
+    let refused = listener_closes(&app);
     let _ = idle.write_all(HEALTH);
     let idle_answer = read_response(&mut idle, Duration::from_secs(10));
     let busy_answer = read_response(&mut busy, Duration::from_secs(10));
     let exit = app.wait_exit(Duration::from_secs(15));
 
     assert!(refused, "new connections were still accepted after SIGTERM");
-    let (status, head, body) = busy_answer.unwrap_or_else(|| {
-        panic!(
-            "the request in flight got no answer\n--- stderr ---\n{}",
-            app.stderr()
-        )
-    });
-    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-    assert!(
-        says_close(&head),
-        "the answer to the request in flight must say Connection: close: {head}"
-    );
+    assert_created_and_closing(busy_answer, "the request in flight", &app);
     // The idle connection may sneak in one request, answered with `Connection: close`,
     // or be closed without a byte; and nothing after that.
     if let Some((status, head, _)) = idle_answer {
@@ -326,35 +336,20 @@ fn stopping_waits_for_a_request_whose_body_is_still_arriving() {
     let body = serde_json::to_vec(&items(&[(MOUSE, 1)])).unwrap();
     let (first, rest) = body.split_at(body.len() / 2);
     let mut slow = open(&app);
-    let mut head = format!(
-        "POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: alice\r\n\
-         X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut head = create_head(body.len());
     head.extend_from_slice(first);
     slow.write_all(&head).unwrap();
     std::thread::sleep(Duration::from_millis(100));
 
     app.signal("TERM");
-    let refused = wait_until(Duration::from_secs(5), || {
-        TcpStream::connect(("127.0.0.1", app.port())).is_err()
-    });
+    let refused = listener_closes(&app);
     std::thread::sleep(Duration::from_millis(400));
     slow.write_all(rest).unwrap();
     let answer = read_response(&mut slow, Duration::from_secs(10));
     let exit = app.wait_exit(Duration::from_secs(15));
 
     assert!(refused, "new connections were still accepted after SIGTERM");
-    let (status, head, body) = answer.unwrap_or_else(|| {
-        panic!(
-            "the request being sent when the stop came got no answer\n--- stderr ---\n{}",
-            app.stderr()
-        )
-    });
-    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
-    assert!(says_close(&head), "{head}");
+    assert_created_and_closing(answer, "the request being sent when the stop came", &app);
     let exit = exit.unwrap_or_else(|| panic!("no exit within 15 s\n{}", app.stderr()));
     assert!(exit.success(), "exit status {exit}\n{}", app.stderr());
 }
