@@ -555,10 +555,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(server.busy_connections(), 1, "read, not answered yet");
-        request.respond(Response::from_string("ok")).unwrap();
-        let mut answer = [0u8; 256];
-        let n = client.read(&mut answer).unwrap();
-        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
-        assert!(busy_becomes(&server, 0), "answered, kept alive and idle");
+        // An answer larger than the sockets' buffers: its write waits for the client.
+        const SIZE: usize = 64 * 1024 * 1024;
+        request
+            .respond(Response::from_data(vec![b'x'; SIZE]))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(server.busy_connections(), 1, "answered, not yet written");
+        let mut got = 0;
+        let mut chunk = vec![0u8; 1024 * 1024];
+        while got < SIZE {
+            let n = client.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed after {} bytes", got);
+            got += n;
+        }
+        assert!(busy_becomes(&server, 0), "written, kept alive and idle");
+        // A stray empty line after it begins no request.
+        client.write_all(b"\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(server.busy_connections(), 0, "an empty line");
     }
 }

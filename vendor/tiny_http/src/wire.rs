@@ -121,13 +121,21 @@ impl RequestReader {
     }
 
     /// Waits (up to `idle_timeout`) for the first bytes of the next request, unless some
-    /// are held already; false if the client closed, went away or stayed idle.
+    /// are held already; false if the client closed, went away or stayed idle. Empty
+    /// lines before a request are dropped (RFC 9112, 2.2): a client may send one after a
+    /// body, and that is no request begun.
     pub fn wait_for_request<W: Wire>(&mut self, wire: &mut W) -> bool {
-        if !self.buf.is_empty() {
-            return true;
-        }
         let idle_until = Instant::now() + self.limits.idle_timeout;
-        matches!(self.fill(wire, idle_until), Fill::Got)
+        loop {
+            let blank = blank_lines(&self.buf);
+            self.buf.drain(..blank);
+            if !self.buf.is_empty() && self.buf != b"\r" {
+                return true;
+            }
+            if !matches!(self.fill(wire, idle_until), Fill::Got) {
+                return false;
+            }
+        }
     }
 
     /// Reads the next whole request.
@@ -554,6 +562,18 @@ fn parse_chunk_size(line: &[u8]) -> Result<usize, Stop> {
     usize::from_str_radix(text, 16).map_err(|_| Stop::Refuse(400))
 }
 
+/// The length of the empty lines (CRLF or LF) `buf` starts with.
+fn blank_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => return at,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -619,6 +639,25 @@ pub(crate) mod tests {
         match read_all(&mut Pieces::whole(bytes)) {
             (_, Next::Refused(status)) => Some(status),
             _ => None,
+        }
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_begin_none() {
+        // A stray CRLF after a request, then silence: no request has begun.
+        let mut reader = RequestReader::new(Limits::default());
+        let mut wire = Pieces::new([b"\r\n".to_vec(), b"\n\r".to_vec()]);
+        assert!(!reader.wait_for_request(&mut wire));
+        // Empty lines, then a request: it is read as if they were not there.
+        let mut reader = RequestReader::new(Limits::default());
+        let mut wire = Pieces::new([
+            b"\r\n\n\r".to_vec(),
+            b"\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ]);
+        assert!(reader.wait_for_request(&mut wire));
+        match reader.next_request(&mut wire) {
+            Next::Request(p) => assert_eq!(p.path, "/a"),
+            other => panic!("{:?}", other),
         }
     }
 

@@ -61,7 +61,8 @@ where
     /// The queue's first element, waiting up to `timeout` for one; `None` on `unblock`,
     /// and with `released_ends`, while nothing is queued, once `release` was called.
     fn pop_within(&self, timeout: Duration, released_ends: bool) -> Option<T> {
-        let deadline = Instant::now() + timeout;
+        // A timeout past what an `Instant` can hold waits for good, as upstream's did.
+        let deadline = Instant::now().checked_add(timeout);
         let mut queue = self.queue.lock().unwrap();
         loop {
             match queue.pop_front() {
@@ -69,11 +70,19 @@ where
                 Some(Control::Unblock) => return None,
                 None => (),
             }
-            let now = Instant::now();
-            if (released_ends && self.released.load(SeqCst)) || now >= deadline {
+            if released_ends && self.released.load(SeqCst) {
                 return None;
             }
-            queue = self.condvar.wait_timeout(queue, deadline - now).unwrap().0;
+            queue = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return None;
+                    }
+                    self.condvar.wait_timeout(queue, deadline - now).unwrap().0
+                }
+                None => self.condvar.wait(queue).unwrap(),
+            };
         }
     }
 
