@@ -55,14 +55,15 @@ where
     /// Like `pop_timeout`, but returns `None` at once, while nothing is queued, after
     /// `release`.
     pub fn pop_until_released(&self, timeout: Duration) -> Option<T> {
-        self.pop_within(timeout, true)
+        self.pop_within(Some(timeout), true)
     }
 
-    /// The queue's first element, waiting up to `timeout` for one; `None` on `unblock`,
-    /// and with `released_ends`, while nothing is queued, once `release` was called.
-    fn pop_within(&self, timeout: Duration, released_ends: bool) -> Option<T> {
+    /// The queue's first element, waiting up to `timeout` (`None`: for good) for one;
+    /// `None` on `unblock`, and with `released_ends`, while nothing is queued, once
+    /// `release` was called.
+    fn pop_within(&self, timeout: Option<Duration>, released_ends: bool) -> Option<T> {
         // A timeout past what an `Instant` can hold waits for good, as upstream's did.
-        let deadline = Instant::now().checked_add(timeout);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut queue = self.queue.lock().unwrap();
         loop {
             match queue.pop_front() {
@@ -89,17 +90,7 @@ where
     /// Pops an element. Blocks until one is available.
     /// Returns None in case unblock() was issued.
     pub fn pop(&self) -> Option<T> {
-        let mut queue = self.queue.lock().unwrap();
-
-        loop {
-            match queue.pop_front() {
-                Some(Control::Elem(value)) => return Some(value),
-                Some(Control::Unblock) => return None,
-                None => (),
-            }
-
-            queue = self.condvar.wait(queue).unwrap();
-        }
+        self.pop_within(None, false)
     }
 
     /// Tries to pop an element without blocking.
@@ -118,7 +109,7 @@ where
         // Local (PATCHES.md, 18): upstream waited the whole timeout again after a wake-up
         // that found nothing, and returned without looking at the queue again when less
         // than a millisecond was left after a wake-up (an element pushed then waited).
-        self.pop_within(timeout, false)
+        self.pop_within(Some(timeout), false)
     }
 }
 
