@@ -62,14 +62,18 @@ pub fn create(
     // the product: the snapshot's stock was read before it.
     tx.record_sales(&created, now)?;
     events::record(tx, source, &created, None, now)?;
-    if let Some(i) = idempotent {
-        idempotency::answer(tx, &created.user_id, i, &created)?;
-    }
     // In product order for every transaction, as the snapshot's row locks are taken:
-    // two transactions refreshing the same products cannot deadlock (PostgreSQL).
+    // two transactions refreshing the same products cannot deadlock (PostgreSQL). And
+    // before the answer, which sends the writes held back: the product rows are then
+    // locked before the user's count, as an offline create locks them (its snapshot
+    // first), so a keyed create and an offline one of the same user and product cannot
+    // deadlock either.
     let mut fresh = order.fresh_products;
     fresh.sort_by_key(|p| p.product_id);
     tx.upsert_products(&fresh)?;
+    if let Some(i) = idempotent {
+        idempotency::answer(tx, &created.user_id, i, &created)?;
+    }
     Ok(created)
 }
 

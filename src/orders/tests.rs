@@ -1,5 +1,6 @@
 //! The rules on an in-memory SQLite database, one transaction per call as the writer
-//! would run them.
+//! would run them; and on PostgreSQL where two of its sessions could get in each
+//! other's way.
 
 use super::*;
 use crate::domain::{IdempotencyKey, Money, PricedLine, ProductId, Quantity};
@@ -30,7 +31,7 @@ fn priced(user: UserId) -> PricedOrder {
 
 /// Runs `rule` in one committed transaction (rolled back if it fails).
 fn in_tx<T>(
-    db: &mut SqliteEngine,
+    db: &mut dyn Engine,
     rule: impl FnOnce(&mut dyn crate::store::Tx) -> Result<T, OrderError>,
 ) -> Result<T, OrderError> {
     db.begin().unwrap();
@@ -256,7 +257,7 @@ fn offline(quantity: u32, max_age: Duration) -> PricedOrder {
     }
 }
 
-fn snapshot_mouse(db: &mut SqliteEngine, stock: i64, at: i64) {
+fn snapshot_mouse(db: &mut dyn Engine, stock: i64, at: i64) {
     in_tx(db, |tx| {
         Ok(tx.upsert_product(&CachedProduct {
             product_id: ProductId::new(2).unwrap(),
@@ -323,4 +324,74 @@ fn an_offline_order_needs_a_row_younger_than_the_max_age() {
     let live = create(&mut db, None);
     assert!(live.stock_verified);
     assert_eq!(live.priced_at, Some(900));
+}
+
+/// An offline create locks its products' snapshot rows first and the user's count when
+/// its held-back writes go out, at its commit. A create with a key sends its own with its
+/// answer: had it locked the count then and the product row only at its commit, each
+/// would wait on the other and PostgreSQL would abort one of them.
+#[test]
+fn a_keyed_create_and_an_offline_one_of_the_same_product_and_user_both_commit() {
+    let Some(pg) = crate::store::TestDb::create() else {
+        return;
+    };
+    let config =
+        crate::config::Config::from_lookup(|name| (name == "DATABASE_URL").then(|| pg.url()))
+            .unwrap();
+    let engine = || {
+        crate::store::open(&config.database, &crate::store::TestDb::pool())
+            .unwrap()
+            .engines
+            .remove(0)
+    };
+    let (mut first, mut second) = (engine(), engine());
+    let hour = Duration::from_secs(3600);
+    snapshot_mouse(first.as_mut(), 5, 500);
+    first.begin().unwrap();
+    rules::create(first.tx(), SOURCE, offline(1, hour), None, 1_000).unwrap();
+
+    let with_key = std::thread::spawn(move || {
+        let key = IdempotencyKey::parse("k-1").unwrap();
+        in_tx(second.as_mut(), |tx| {
+            idempotency::claim(tx, &alice(), &key, "{}", 1_000)
+        })
+        .unwrap();
+        let order = PricedOrder {
+            fresh_products: vec![CachedProduct {
+                product_id: ProductId::new(2).unwrap(),
+                name: "Mouse".into(),
+                price: Money::from_cents(1999),
+                stock: 40,
+                fetched_at: 1_000,
+            }],
+            ..priced(alice())
+        };
+        in_tx(second.as_mut(), |tx| {
+            rules::create(tx, SOURCE, order, keyed("k-1", 1_000), 1_000)
+        })
+    });
+    // The keyed create waits on the product row the offline one holds.
+    let mut watch = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while watch
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "no create waits");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    first
+        .commit()
+        .expect("the offline create commits: the keyed one holds nothing it needs");
+    let with_key = with_key.join().unwrap();
+    assert!(
+        with_key.is_ok(),
+        "the keyed create commits after it: {with_key:?}"
+    );
 }

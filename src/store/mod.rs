@@ -11,6 +11,8 @@ mod sqlite;
 mod writer;
 
 pub use fill::{spawn as spawn_lines_fill, FillHandle};
+#[cfg(test)]
+pub(crate) use postgres::test_db::TestDb;
 pub use postgres::ImportReport;
 pub use records::{
     BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, OrderList, OutboxRow,

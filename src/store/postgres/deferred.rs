@@ -5,12 +5,13 @@
 //!
 //! The parts of one statement all see the database as it was before it, and PostgreSQL's
 //! documentation does not say in which order they run (its executor runs the main query
-//! first, and the parts in `WITH` it does not read at the end: `push_main` relies on
-//! that where the server passed a trial, engine.rs). So a part never reads what another
-//! writes, and each writes a table of its own: a second write to a table sends what is
-//! held first, as does anything that reads (a query, a savepoint, the commit). That also
-//! bounds a statement to one part per table, however many products a catalog refresh
-//! upserts.
+//! first, and the parts in `WITH` it does not read at the end, the last written first:
+//! `push_main` relies on the first where the server passed a trial, engine.rs, and the
+//! order in which a create's row locks are taken on the second, orders/rules.rs). So a
+//! part never reads what another writes, and each writes a table of its own: a second
+//! write to a table sends what is held first, as does anything that reads (a query, a
+//! savepoint, the commit). That also bounds a statement to one part per table, however
+//! many products a catalog refresh upserts.
 
 use super::conn::Conn;
 use crate::store::StoreError;

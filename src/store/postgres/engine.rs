@@ -674,8 +674,8 @@ mod tests {
         engines(&connector, &TestDb::pool()).unwrap().remove(0)
     }
 
-    /// A create as the rules write it (order, sales, event, its answer if `keyed`, the
-    /// product's fresh row after the event), committed.
+    /// A create as the rules write it (order, sales, event, the product's fresh row, its
+    /// answer if `keyed`), committed.
     fn create(engine: &mut PgEngine, keyed: Option<&str>) {
         let user = UserId::from_trusted("user-1".into());
         if let Some(key) = keyed {
@@ -706,9 +706,6 @@ mod tests {
             at: 10,
         })
         .unwrap();
-        if let Some(key) = keyed {
-            assert!(tx.answer_idempotency(&user, key, 10, 201, "{}").unwrap());
-        }
         tx.upsert_products(&[CachedProduct {
             product_id: ProductId::new(7).unwrap(),
             name: "Product 7".into(),
@@ -717,6 +714,9 @@ mod tests {
             fetched_at: 10,
         }])
         .unwrap();
+        if let Some(key) = keyed {
+            assert!(tx.answer_idempotency(&user, key, 10, 201, "{}").unwrap());
+        }
         engine.commit().unwrap();
     }
 

@@ -14,7 +14,7 @@ mod gets;
 mod import;
 mod reads;
 #[cfg(test)]
-mod test_db;
+pub(crate) mod test_db;
 
 pub use engine::PgEngine;
 pub use import::{import_sqlite, ImportReport};
