@@ -237,7 +237,12 @@ fn create(
                 max_age,
                 outage,
             },
-            None => return Err(PricingError::Outage(outage).into()),
+            None => {
+                shared
+                    .orders
+                    .remember_products(pricing.fresh, pricing.unknown);
+                return Err(PricingError::Outage(outage).into());
+            }
         },
         Err(e) => {
             shared

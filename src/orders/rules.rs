@@ -6,7 +6,7 @@ use super::idempotency::{self, Idempotent};
 use super::{OrderError, Priced, PricedOrder};
 use crate::domain::{Money, Order, OrderId, OrderItem, ProductId, Status, UserId};
 use crate::products::price_from_snapshot;
-use crate::store::Tx;
+use crate::store::{SnapshotProduct, Tx};
 
 /// Stores a priced order with its `order_created` event and, with a key claimed for it,
 /// the answer repeats will get.
@@ -25,7 +25,23 @@ pub fn create(
             outage,
         } => {
             let ids: Vec<ProductId> = new.lines().iter().map(|l| l.product_id).collect();
-            let rows = tx.snapshot_for_update(&ids)?;
+            let mut rows = tx.snapshot_for_update(&ids)?;
+            // What the product service answered this order before it failed is newer
+            // than the rows it replaces (the rows are written with the order, below).
+            for p in &order.fresh_products {
+                let fresh = SnapshotProduct {
+                    product: p.clone(),
+                    sold_since: 0,
+                };
+                match rows
+                    .iter_mut()
+                    .find(|r| r.product.product_id == p.product_id)
+                {
+                    Some(r) if r.product.fetched_at > p.fetched_at => {}
+                    Some(r) => *r = fresh,
+                    None => rows.push(fresh),
+                }
+            }
             let (lines, at) = price_from_snapshot(&new, &rows, now, max_age, &outage)
                 .map_err(OrderError::Pricing)?;
             (lines, false, at)

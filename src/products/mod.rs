@@ -179,12 +179,28 @@ impl Catalog {
                     priced_at: now,
                 }
             }
-            Err(e) => {
-                self.link(Err(&e));
+            Err(Cut { outage, answered }) => {
+                self.link(Err(&outage));
+                // The answers that came before the failure are the product service's
+                // latest word on their products: they refuse the order as they would
+                // online, and they outweigh the snapshot's older rows (rules.rs).
+                let fresh = answered
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .map(|p| snapshot_row(p, now))
+                    .collect();
+                let unknown = ids
+                    .iter()
+                    .zip(&answered)
+                    .filter(|(_, a)| matches!(a, Some(None)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                let refused = refusal(order, answered.iter().map(Option::as_ref));
                 Pricing {
-                    outcome: Err(PricingError::Outage(e)),
-                    fresh: Vec::new(),
-                    unknown: Vec::new(),
+                    outcome: Err(refused.unwrap_or(PricingError::Outage(outage))),
+                    fresh,
+                    unknown,
                     priced_at: now,
                 }
             }
@@ -237,14 +253,14 @@ impl Catalog {
 
     /// One answer per id, in order: `None` for an unknown product. The whole lookup
     /// shares one deadline (`PRODUCT_TIMEOUT_MS`), and the first failure stops the rest.
-    fn lookup_all(
-        &self,
-        ids: &[ProductId],
-        since: Instant,
-    ) -> Result<Vec<Option<Product>>, Outage> {
+    fn lookup_all(&self, ids: &[ProductId], since: Instant) -> Result<Vec<Option<Product>>, Cut> {
+        let none_answered = |outage| Cut {
+            outage,
+            answered: vec![None; ids.len()],
+        };
         let (agent, base, helpers) = match &self.source {
             Source::File(path) => {
-                let catalog = read_catalog(path)?;
+                let catalog = read_catalog(path).map_err(none_answered)?;
                 return Ok(ids
                     .iter()
                     .map(|id| catalog.iter().find(|p| p.id == *id).cloned())
@@ -267,21 +283,34 @@ impl Catalog {
             metrics: self.metrics.clone(),
         };
         if ids.len() == 1 {
-            return Ok(vec![lookup.fetch(ids[0])?]);
+            return Ok(vec![lookup.fetch(ids[0]).map_err(none_answered)?]);
         }
         let lookup = Arc::new(lookup);
-        let (each, ids) = (lookup.clone(), ids.to_vec());
+        let (each, all) = (lookup.clone(), ids.to_vec());
         let answers = helpers.map(ids.len(), MAX_PARALLEL - 1, deadline + HELPER_GRACE, {
-            move |i| each.fetch(ids[i])
+            move |i| each.fetch(all[i])
         });
-        if let Some(first) = lookup.first_failure.get() {
-            return Err(first.clone());
+        let Some(answers) = answers else {
+            return Err(none_answered(Outage("a lookup helper failed".into())));
+        };
+        match lookup.first_failure.get() {
+            Some(first) => Err(Cut {
+                outage: first.clone(),
+                answered: answers.into_iter().map(Result::ok).collect(),
+            }),
+            None => answers
+                .into_iter()
+                .collect::<Result<_, _>>()
+                .map_err(none_answered),
         }
-        answers
-            .ok_or_else(|| Outage("a lookup helper failed".into()))?
-            .into_iter()
-            .collect()
     }
+}
+
+/// An order's lookups cut short by `outage`, with the answers that came before it (`None`
+/// where a product got none).
+struct Cut {
+    outage: Outage,
+    answered: Vec<Option<Option<Product>>>,
 }
 
 /// The lookups of one order: one agent, one deadline, and the first failure, which
@@ -495,29 +524,8 @@ fn priced_lines(
     order: &NewOrder,
     answers: &[Option<Product>],
 ) -> Result<Vec<PricedLine>, PricingError> {
-    let unknown: Vec<ProductId> = order
-        .lines()
-        .iter()
-        .zip(answers)
-        .filter(|(_, a)| a.is_none())
-        .map(|(l, _)| l.product_id)
-        .collect();
-    if !unknown.is_empty() {
-        return Err(PricingError::Unknown(unknown));
-    }
-    let shortages: Vec<Shortage> = order
-        .lines()
-        .iter()
-        .zip(answers.iter().flatten())
-        .filter(|(l, p)| p.stock < i64::from(l.quantity.get()))
-        .map(|(l, p)| Shortage {
-            product_id: l.product_id,
-            requested: l.quantity.get(),
-            available: p.stock,
-        })
-        .collect();
-    if !shortages.is_empty() {
-        return Err(PricingError::InsufficientStock(shortages));
+    if let Some(refused) = refusal(order, answers.iter().map(Some)) {
+        return Err(refused);
     }
     Ok(order
         .lines()
@@ -530,6 +538,33 @@ fn priced_lines(
             price: p.price,
         })
         .collect())
+}
+
+/// What the answers refuse the order for, whatever the lines without one (`None`) would
+/// get: products unknown, else stock short. One answer per line, in the order's order.
+fn refusal<'a, I>(order: &NewOrder, answers: I) -> Option<PricingError>
+where
+    I: Iterator<Item = Option<&'a Option<Product>>> + Clone,
+{
+    let lines = || order.lines().iter().zip(answers.clone());
+    let unknown: Vec<ProductId> = lines()
+        .filter(|(_, a)| matches!(a, Some(None)))
+        .map(|(l, _)| l.product_id)
+        .collect();
+    if !unknown.is_empty() {
+        return Some(PricingError::Unknown(unknown));
+    }
+    let shortages: Vec<Shortage> = lines()
+        .filter_map(|(l, a)| {
+            let p = a?.as_ref()?;
+            (p.stock < i64::from(l.quantity.get())).then(|| Shortage {
+                product_id: l.product_id,
+                requested: l.quantity.get(),
+                available: p.stock,
+            })
+        })
+        .collect();
+    (!shortages.is_empty()).then_some(PricingError::InsufficientStock(shortages))
 }
 
 #[cfg(test)]

@@ -168,6 +168,59 @@ fn with_the_service_down_a_product_never_looked_up_is_sold_from_the_snapshot() {
     assert_eq!(app.list_orders(&ALICE, "").json()["total"], 1);
 }
 
+/// The lookups of an order that the service answered before one of them failed are its
+/// latest word on those products: they refuse the order as they would online, and they
+/// price it ahead of the snapshot's older rows.
+#[test]
+fn answers_that_came_before_a_failed_lookup_outweigh_the_snapshot() {
+    let app = store(&[]);
+    app.wait_for_snapshot("list", 5);
+    // The cable's lookup fails after the monitor's has been answered.
+    let failing = Behaviour::Slow(Duration::from_millis(300), Box::new(Behaviour::Status(500)));
+    app.products.set(CABLE, failing);
+    let order = items(&[(MONITOR, 1), (CABLE, 1)]);
+
+    // Sold out now, though the snapshot holds 3.
+    app.products.set(MONITOR, product("Monitor", "249.50", 0));
+    let response = app.create_order(&ALICE, &order);
+    response.assert_error(409, "insufficient_stock");
+    assert_eq!(
+        response.json()["details"],
+        json!([{"product_id": MONITOR, "requested": 1, "available": 0}])
+    );
+    // Gone from the catalog now.
+    app.products.set(MONITOR, Behaviour::NotFound);
+    app.create_order(&ALICE, &order)
+        .assert_error(422, "unknown_product");
+    assert_eq!(
+        app.list_orders(&ALICE, "").json()["total"],
+        0,
+        "nothing written"
+    );
+
+    // Back, at a new price: sold offline at that price, the cable at the snapshot's.
+    app.products.set(MONITOR, product("Monitor", "199.00", 10));
+    let response = app.create_order(&ALICE, &order);
+    response.assert_status(201);
+    let created = response.json();
+    assert_eq!(created["stock_verified"], false, "{created}");
+    assert_eq!(
+        raw_numbers(&response.body, "total"),
+        ["199.10"],
+        "{}",
+        response.body
+    );
+    // The answer is kept in the snapshot: with the service down, the next order gets it.
+    app.products.set_down(true);
+    let response = app.create_order(&BOB, &items(&[(MONITOR, 10)]));
+    response.assert_error(409, "insufficient_stock");
+    assert_eq!(
+        response.json()["details"][0]["available"],
+        9,
+        "10 less the one sold"
+    );
+}
+
 #[test]
 fn the_ledger_refuses_the_sale_that_would_pass_the_snapshot_stock() {
     // Monitor: stock 3 in the snapshot.
