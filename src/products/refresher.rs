@@ -148,6 +148,15 @@ impl Refresher {
                 );
                 return Ok(());
             }
+            if page == 1 && list.entries == 0 {
+                // No real catalog is empty: a service being redeployed, or with its data
+                // away, can answer so. Taken as complete, it would drop the whole snapshot
+                // just before offline sales might need it.
+                log::warn!(
+                    "catalog refresh: the product list is empty; the snapshot keeps what it has"
+                );
+                return Ok(());
+            }
             refused.extend(list.refused.iter().map(|r| format!("page {page} {r}")));
             self.write_page(&list.products, fetched_at)?;
             if list.entries < PER_PAGE {

@@ -327,6 +327,32 @@ fn with_the_service_back_orders_are_verified_live_and_the_snapshot_refreshed() {
 }
 
 #[test]
+fn an_empty_product_list_leaves_the_snapshot_as_it_was() {
+    let app = store(&[("CATALOG_REFRESH", "1")]);
+    let filled = app.wait_for_snapshot("list", 5);
+    for id in [LAPTOP, MOUSE, CABLE, ADAPTER, MONITOR] {
+        app.products.set(id, Behaviour::NotFound);
+    }
+    let pages = app.products.list_pages();
+    assert!(
+        wait_until(Duration::from_secs(10), || app.products.list_pages()
+            >= pages + 2),
+        "no refresh read the empty list"
+    );
+    let catalog = app.ready_json()["catalog"].clone();
+    assert_eq!(catalog["products"], 5, "{catalog}");
+    assert_eq!(catalog["refreshed_at"], filled["refreshed_at"], "{catalog}");
+
+    app.products.set_down(true);
+    let order = app.place_order(&ALICE, &[(MOUSE, 1)]);
+    assert_eq!(
+        order["stock_verified"], false,
+        "sold from the snapshot: {order}"
+    );
+    assert!(app.stderr().contains("the product list is empty"));
+}
+
+#[test]
 fn catalog_import_and_status_work_on_a_stopped_service_s_database() {
     let mut app = store_with(ProductStandIn::with_default_catalog(), &[]);
     app.kill();
