@@ -331,11 +331,12 @@ impl Lookup {
         if self.first_failure.get().is_some() {
             return Err(Outage("an earlier lookup of this order failed".into()));
         }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= self.deadline {
             return Err(self.failed(Outage("out of time for this order".into())));
         }
         let result = self.flights.fetch(id, self.since, self.deadline, || {
+            // What is left when the request goes: a lookup may first wait on another's.
+            let left = self.deadline.saturating_duration_since(Instant::now());
             self.metrics.product_call();
             let result = fetch_one(&self.agent, &self.base, id, left);
             if result.is_err() {

@@ -3,12 +3,14 @@
 //! waiting for an answer already on its way is cheaper, for both services, than a request
 //! of its own. A lookup joins only a request sent after its order arrived: the answer then
 //! verifies stock and price as of after the order came in, as its own request would.
+//! A request runs within its first order's time: a failure that came when that time ran
+//! out says nothing of a lookup with time left, which then sends a request of its own.
 
 use super::{Outage, Product};
 use crate::domain::ProductId;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 type Answer = Result<Option<Product>, Outage>;
 
@@ -17,16 +19,25 @@ pub struct Flights {
     in_flight: Mutex<HashMap<ProductId, Arc<Flight>>>,
 }
 
+/// How close to its deadline a failed request counts as cut short by it (ureq's own
+/// timeout ends a request at about its deadline).
+const CUT_SHORT: Duration = Duration::from_millis(50);
+
 struct Flight {
     launched: Instant,
-    answer: Mutex<Option<Answer>>,
+    /// The end of the time its request was given: its order's deadline.
+    deadline: Instant,
+    /// The answer, and when it came.
+    answer: Mutex<Option<(Answer, Instant)>>,
     landed: Condvar,
 }
 
 impl Flights {
     /// The answer for `id`, for an order that arrived at `since`: from a request sent
     /// since then and still in flight, else from `fetch` (whose answer the lookups that
-    /// come meanwhile may share). A lookup that joins waits no later than `deadline`.
+    /// come meanwhile may share). A lookup that joins waits no later than `deadline`, and
+    /// calls `fetch` itself if the request it joined failed when its own, earlier,
+    /// deadline came.
     pub fn fetch(
         &self,
         id: ProductId,
@@ -43,6 +54,7 @@ impl Flights {
                 _ => {
                     let flight = Arc::new(Flight {
                         launched: Instant::now(),
+                        deadline,
                         answer: Mutex::new(None),
                         landed: Condvar::new(),
                     });
@@ -59,13 +71,20 @@ impl Flights {
                     in_flight.remove(&id);
                 }
             }
-            *flight.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer.clone());
+            *flight.answer.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((answer.clone(), Instant::now()));
             flight.landed.notify_all();
             return answer;
         }
         let mut answer = flight.answer.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(a) = answer.as_ref() {
+            if let Some((a, at)) = answer.as_ref() {
+                let cut_short = a.is_err() && *at + CUT_SHORT >= flight.deadline;
+                if cut_short && flight.deadline + CUT_SHORT < deadline && Instant::now() < deadline
+                {
+                    drop(answer);
+                    return fetch();
+                }
                 return a.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -85,7 +104,6 @@ impl Flights {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     #[test]
     fn lookups_at_the_same_moment_share_one_request_and_later_ones_make_their_own() {
@@ -169,5 +187,68 @@ mod tests {
             assert_eq!(own, Err(Outage("its own answer".into())));
         });
         assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_lookup_with_time_left_asks_again_when_the_request_it_joined_ran_out_of_time() {
+        let flights = Flights::default();
+        let id = ProductId::new(7).unwrap();
+        let requests = AtomicUsize::new(0);
+        let since = Instant::now();
+        let out_of_time = Err(Outage("timed out".into()));
+        std::thread::scope(|s| {
+            // A request given 300 ms (its order's time left), cut short by it.
+            s.spawn(|| {
+                flights.fetch(id, since, since + Duration::from_millis(300), || {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(300));
+                    out_of_time.clone()
+                })
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            // One with 5 s joins it, and asks again when it fails.
+            let with_time = flights.fetch(id, since, since + Duration::from_secs(5), || {
+                requests.fetch_add(1, Ordering::SeqCst);
+                Ok(None)
+            });
+            assert_eq!(with_time, Ok(None));
+            // One with no more time than the request had shares its failure.
+            let since = Instant::now();
+            let deadline = since + Duration::from_millis(300);
+            let flights = &flights;
+            s.spawn(move || {
+                flights.fetch(id, since, deadline, || {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Err(Outage("timed out".into()))
+                })
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let no_more_time =
+                flights.fetch(id, since, deadline + Duration::from_millis(20), || {
+                    panic!("a second request for a lookup with no more time")
+                });
+            assert_eq!(no_more_time, Err(Outage("timed out".into())));
+        });
+        assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_failure_well_before_the_request_s_deadline_is_shared() {
+        let flights = Flights::default();
+        let id = ProductId::new(7).unwrap();
+        let since = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                flights.fetch(id, since, since + Duration::from_secs(3), || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    Err(Outage("503 from the product service".into()))
+                })
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let joined = flights.fetch(id, since, since + Duration::from_secs(5), || {
+                panic!("a second request after the service answered")
+            });
+            assert_eq!(joined, Err(Outage("503 from the product service".into())));
+        });
     }
 }
