@@ -21,29 +21,22 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection that is made on first use.
-    pub fn new(config: postgres::Config) -> Conn {
+    /// A connection that is made on first use, with `setup` (session settings; may be
+    /// empty) run on every session it makes, the later ones too.
+    pub fn with_setup(config: postgres::Config, setup: &'static str) -> Conn {
         Conn {
             config,
             client: None,
             statements: HashMap::new(),
             generation: 0,
             in_transaction: false,
-            setup: None,
+            setup: (!setup.is_empty()).then_some(setup),
         }
     }
 
-    /// The same, with `setup` run on every session it makes, the later ones too.
-    pub fn with_setup(config: postgres::Config, setup: &'static str) -> Conn {
-        Conn {
-            setup: Some(setup),
-            ..Conn::new(config)
-        }
-    }
-
-    /// Connects now, so that a wrong URL or an absent server shows at start-up.
-    pub fn connected(config: postgres::Config) -> Result<Conn, StoreError> {
-        let mut conn = Conn::new(config);
+    /// The same, connected now, so that a wrong URL or an absent server shows at start-up.
+    pub fn connected(config: postgres::Config, setup: &'static str) -> Result<Conn, StoreError> {
+        let mut conn = Conn::with_setup(config, setup);
         conn.client()?;
         Ok(conn)
     }

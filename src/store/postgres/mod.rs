@@ -49,6 +49,14 @@ const EVENT_ID_LOCK: i64 = 0x6f72_6465_7273_0003;
 /// Held by the relaying instance for as long as its session lives.
 pub(crate) const RELAY_LOCK: i64 = 0x6f72_6465_7273_0002;
 
+/// The server's side of the keepalives the client sets (`Connector::new`).
+macro_rules! server_keepalives {
+    () => {
+        "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 5; \
+         SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000"
+    };
+}
+
 /// How to connect: the URL's settings and the connect timeout. The reading sessions it
 /// makes combine their gets by id (gets.rs).
 #[derive(Clone)]
@@ -79,6 +87,30 @@ impl Connector {
         })
     }
 
+    /// What every session asks of the server first: to notice a client gone as soon as
+    /// the client notices a server gone (above), rather than after the kernel's two hours.
+    /// Until then a lost session's locks stay held: the relay's, which kept every instance
+    /// standing by, and a transaction's row locks. Settings the URL's own `options` give
+    /// are the operator's choice, and stay.
+    fn setup(&self, generic_plans: bool) -> &'static str {
+        let chosen = self.config.get_options().unwrap_or("");
+        let keepalives = !["tcp_keepalives", "tcp_user_timeout"]
+            .iter()
+            .any(|name| chosen.contains(name));
+        match (
+            keepalives,
+            generic_plans && !chosen.contains("plan_cache_mode"),
+        ) {
+            (true, true) => concat!(
+                server_keepalives!(),
+                "; SET plan_cache_mode = force_generic_plan"
+            ),
+            (true, false) => server_keepalives!(),
+            (false, true) => "SET plan_cache_mode = force_generic_plan",
+            (false, false) => "",
+        }
+    }
+
     /// A session made on first use, whose statements each keep one generic plan. A list
     /// page's plan does not depend on its user or its bounds (the user's index, in
     /// order), but PostgreSQL's estimate for a `LIMIT` and `OFFSET` it cannot see can make
@@ -88,18 +120,11 @@ impl Connector {
     /// which a connection pooler in between may refuse. A plan mode the URL's own
     /// `options` give is the operator's choice, and stays.
     fn generic_plans(&self) -> Conn {
-        let chosen = self.config.get_options();
-        if chosen.is_some_and(|o| o.contains("plan_cache_mode")) {
-            return Conn::new(self.config.clone());
-        }
-        Conn::with_setup(
-            self.config.clone(),
-            "SET plan_cache_mode = force_generic_plan",
-        )
+        Conn::with_setup(self.config.clone(), self.setup(true))
     }
 
     fn connected(&self) -> Result<Conn, StoreError> {
-        Conn::connected(self.config.clone())
+        Conn::connected(self.config.clone(), self.setup(false))
     }
 }
 
@@ -216,6 +241,48 @@ mod tests {
         assert!(engines(&connector, &TestDb::pool()).is_ok());
         let order = reader(&connector).order(OrderId::parse("1").unwrap());
         assert!(order.unwrap().is_none());
+    }
+
+    /// The settings a session shows, by name.
+    fn shown(conn: &mut Conn, names: &[&str]) -> Vec<String> {
+        names
+            .iter()
+            .map(|n| conn.query_one(&format!("SHOW {n}"), &[]).unwrap().get(0))
+            .collect()
+    }
+
+    #[test]
+    fn every_session_asks_the_server_to_notice_a_lost_client_within_a_minute() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let names = [
+            "tcp_keepalives_idle",
+            "tcp_keepalives_interval",
+            "tcp_keepalives_count",
+            "tcp_user_timeout",
+        ];
+        let asked = ["30", "5", "3", "10000"];
+        let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
+        migrate(&connector).unwrap();
+        // A write session, as `engines` makes them, and a reading one (the relay's too).
+        let mut writing = connector.connected().unwrap();
+        assert_eq!(shown(&mut writing, &names), asked);
+        let mut reading = connector.generic_plans();
+        assert_eq!(shown(&mut reading, &names), asked);
+        assert_eq!(
+            shown(&mut reading, &["plan_cache_mode"]),
+            ["force_generic_plan"]
+        );
+        // Keepalives the URL sets are the operator's.
+        let url = format!("{}?options=-c%20tcp_keepalives_idle%3D77", db.url());
+        let connector = Connector::new(&url, &TestDb::pool()).unwrap();
+        let mut reading = connector.generic_plans();
+        assert_eq!(shown(&mut reading, &names[..1]), ["77"]);
+        assert_eq!(
+            shown(&mut reading, &["plan_cache_mode"]),
+            ["force_generic_plan"]
+        );
     }
 
     #[test]
