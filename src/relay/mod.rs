@@ -10,6 +10,9 @@
 //! after it reaches the queue first; after `STUCK_AFTER` refusals it is named once in the
 //! log and recorded in the outbox (`outbox status`, /ready and /metrics show it) until it
 //! goes through. A refusal is not a lost connection: the link stays up and says so.
+//!
+//! Nor is a broker short of memory or disk, which blocks what connections publish until
+//! its alarm ends: the relay waits on its connection for as long (`await_confirms`).
 
 mod confirms;
 mod pace;
@@ -19,8 +22,9 @@ use crate::metrics::Metrics;
 use crate::store::{BlockedEvent, OutboxRow, Pending, Reads, WriterHandle};
 use crate::threads::{stop_asked, Stoppable};
 use amiquip::{
-    AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
-    ConnectionTuning, Error as AmqpError, FieldTable, Publish, QueueDeclareOptions, Return,
+    AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection,
+    ConnectionBlockedNotification as Blocking, ConnectionOptions, ConnectionTuning,
+    Error as AmqpError, FieldTable, Publish, QueueDeclareOptions, Return,
 };
 use confirms::Confirms;
 use crossbeam_channel::{after, bounded, never, select, Receiver, RecvTimeoutError};
@@ -179,6 +183,11 @@ struct Link {
     connection: Connection,
     confirms: Receiver<Confirm>,
     returns: Receiver<Return>,
+    /// The broker's word that it stops reading what this connection publishes (a memory
+    /// or disk alarm), and that it reads again.
+    blocking: Receiver<Blocking>,
+    /// Since when the broker blocks this connection.
+    blocked_since: Option<Instant>,
     /// What the broker confirmed of what went out on `channel`.
     tally: Confirms,
     /// Rows sent behind the batch being confirmed, in order: the next pass's batch.
@@ -596,7 +605,10 @@ impl Relay {
     }
 
     fn connect(&self) -> Result<Link, String> {
-        let (connection, channel) = open_channel(&self.settings.rabbit)?;
+        let (mut connection, channel) = open_channel(&self.settings.rabbit)?;
+        let blocking = connection
+            .listen_for_connection_blocked()
+            .map_err(|e| format!("listen for blocking: {e}"))?;
         let returns = channel
             .listen_for_returns()
             .map_err(|e| format!("listen for returns: {e}"))?;
@@ -611,6 +623,8 @@ impl Relay {
             connection,
             confirms,
             returns,
+            blocking,
+            blocked_since: None,
             tally: Confirms::new(),
             window: Vec::new(),
             returned: Vec::new(),
@@ -745,7 +759,10 @@ fn send_batch(link: &mut Link, rows: &[OutboxRow], queue: &str) -> Sent {
 }
 
 /// Waits for the confirms of the batch `sent` of `rows`: up to `CONFIRM_TIMEOUT`, and no
-/// later than `drain_by`, or `LAST_DRAIN` after `stop` fires.
+/// later than `drain_by`, or `LAST_DRAIN` after `stop` fires. While the broker blocks the
+/// connection (a resource alarm) it waits for good, but for a stop: a new connection
+/// would be blocked too, and the close of this one would wait for the alarm to end,
+/// leaving a connection and its threads behind at each try.
 fn await_confirms(
     link: &mut Link,
     rows: &[OutboxRow],
@@ -765,6 +782,10 @@ fn await_confirms(
     let mut stop_seen = false;
     while link.tally.waiting_for(sent) {
         let left = deadline.saturating_duration_since(Instant::now());
+        let timer = match link.blocked_since {
+            Some(_) if !stop_seen && drain_by.is_none() => never(),
+            _ => after(left),
+        };
         let raw = select! {
             recv(link.confirms) -> c => match c {
                 Ok(c) => c,
@@ -773,6 +794,32 @@ fn await_confirms(
                     break;
                 }
             },
+            recv(link.blocking) -> b => {
+                match b {
+                    Ok(Blocking::Blocked(why)) => {
+                        log::warn!(
+                            "relay: the broker blocks publishing ({why}); events wait in \
+                             the outbox until it lifts the alarm"
+                        );
+                        link.blocked_since.get_or_insert_with(Instant::now);
+                    }
+                    Ok(Blocking::Unblocked) => {
+                        if let Some(since) = link.blocked_since.take() {
+                            log::info!(
+                                "relay: the broker publishes again after {} s",
+                                since.elapsed().as_secs()
+                            );
+                        }
+                        deadline = Instant::now() + CONFIRM_TIMEOUT;
+                        if let Some(by) = drain_by {
+                            deadline = deadline.min(by);
+                        }
+                    }
+                    // Gone with the connection, which the confirms say too.
+                    Err(_) => link.blocking = never(),
+                }
+                continue;
+            },
             recv(stop) -> _ => {
                 // Shutting down: what is in flight gets the last drain's time, no more.
                 deadline = deadline.min(Instant::now() + LAST_DRAIN);
@@ -780,7 +827,7 @@ fn await_confirms(
                 stop_seen = true;
                 continue;
             },
-            recv(after(left)) -> _ => {
+            recv(timer) -> _ => {
                 error.get_or_insert_with(|| "no confirm from the broker in time".into());
                 break;
             },
