@@ -240,14 +240,14 @@ fn create(
             None => {
                 shared
                     .orders
-                    .remember_products(pricing.fresh, pricing.unknown);
+                    .remember_products(pricing.fresh, pricing.unknown, pricing.priced_at);
                 return Err(PricingError::Outage(outage).into());
             }
         },
         Err(e) => {
             shared
                 .orders
-                .remember_products(pricing.fresh, pricing.unknown);
+                .remember_products(pricing.fresh, pricing.unknown, pricing.priced_at);
             return Err(e.into());
         }
     };

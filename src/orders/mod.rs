@@ -170,7 +170,12 @@ impl Orders {
     /// knows) for a request that failed all the same. It waits for the commit (one group
     /// commit, as an order would), so the caller's next request prices from what this one
     /// learnt; a failure here is logged and does not change the caller's answer.
-    pub fn remember_products(&self, fresh: Vec<CachedProduct>, unknown: Vec<ProductId>) {
+    pub fn remember_products(
+        &self,
+        fresh: Vec<CachedProduct>,
+        unknown: Vec<ProductId>,
+        answered_at: i64,
+    ) {
         self.recent.forget(&unknown);
         let mut fresh = self.recent.worth_writing(fresh);
         if fresh.is_empty() && unknown.is_empty() {
@@ -193,7 +198,7 @@ impl Orders {
             for (id, fresh) in steps {
                 match fresh {
                     Some(p) => tx.upsert_product(p)?,
-                    None => tx.forget_product(id)?,
+                    None => tx.forget_product(id, answered_at)?,
                 }
             }
             Ok(())

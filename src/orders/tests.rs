@@ -335,16 +335,7 @@ fn a_keyed_create_and_an_offline_one_of_the_same_product_and_user_both_commit() 
     let Some(pg) = crate::store::TestDb::create() else {
         return;
     };
-    let config =
-        crate::config::Config::from_lookup(|name| (name == "DATABASE_URL").then(|| pg.url()))
-            .unwrap();
-    let engine = || {
-        crate::store::open(&config.database, &crate::store::TestDb::pool())
-            .unwrap()
-            .engines
-            .remove(0)
-    };
-    let (mut first, mut second) = (engine(), engine());
+    let (mut first, mut second) = (pg_engine(&pg), pg_engine(&pg));
     let hour = Duration::from_secs(3600);
     snapshot_mouse(first.as_mut(), 5, 500);
     first.begin().unwrap();
@@ -394,4 +385,41 @@ fn a_keyed_create_and_an_offline_one_of_the_same_product_and_user_both_commit() 
         with_key.is_ok(),
         "the keyed create commits after it: {with_key:?}"
     );
+}
+
+/// A write session on `pg`'s database, migrated.
+fn pg_engine(pg: &crate::store::TestDb) -> Box<dyn Engine> {
+    let config =
+        crate::config::Config::from_lookup(|name| (name == "DATABASE_URL").then(|| pg.url()))
+            .unwrap();
+    crate::store::open(&config.database, &crate::store::TestDb::pool())
+        .unwrap()
+        .engines
+        .remove(0)
+}
+
+/// A product the service answered unknown is forgotten, unless the snapshot holds an
+/// answer newer than that one (a refresh that came in while the lookup was under way).
+fn an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept(db: &mut dyn Engine) {
+    let mouse = ProductId::new(2).unwrap();
+    let rows =
+        |db: &mut dyn Engine| in_tx(db, |tx| Ok(tx.snapshot_for_update(&[mouse])?.len())).unwrap();
+    snapshot_mouse(db, 5, 2_000);
+    in_tx(db, |tx| Ok(tx.forget_product(mouse, 1_000)?)).unwrap();
+    assert_eq!(rows(db), 1, "the row fetched after the answer stays");
+    in_tx(db, |tx| Ok(tx.forget_product(mouse, 3_000)?)).unwrap();
+    assert_eq!(rows(db), 0, "an answer newer than the row forgets it");
+}
+
+#[test]
+fn an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept_sqlite() {
+    an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept(&mut SqliteEngine::in_memory());
+}
+
+#[test]
+fn an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept_postgres() {
+    let Some(pg) = crate::store::TestDb::create() else {
+        return;
+    };
+    an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept(pg_engine(&pg).as_mut());
 }

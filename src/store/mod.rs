@@ -194,7 +194,9 @@ pub trait Tx {
     fn upsert_products(&mut self, products: &[CachedProduct]) -> Result<(), StoreError> {
         products.iter().try_for_each(|p| self.upsert_product(p))
     }
-    fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError>;
+    /// Forgets a product the service answered it does not know at `answered_at`, unless
+    /// the cache holds an answer newer than that one.
+    fn forget_product(&mut self, id: ProductId, answered_at: i64) -> Result<(), StoreError>;
     /// Marks pending events published; returns how many were.
     fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError>;
     fn mark_blocked(&mut self, id: i64, since: i64) -> Result<usize, StoreError>;

@@ -473,11 +473,11 @@ impl Tx for PgEngine {
         Ok(())
     }
 
-    fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError> {
+    fn forget_product(&mut self, id: ProductId, answered_at: i64) -> Result<(), StoreError> {
         self.wrote = true;
         self.conn()?.execute(
-            "DELETE FROM product_cache WHERE product_id = $1",
-            &[&id.get()],
+            "DELETE FROM product_cache WHERE product_id = $1 AND fetched_at <= $2",
+            &[&id.get(), &answered_at],
         )?;
         Ok(())
     }

@@ -202,8 +202,8 @@ impl Tx for SqliteEngine {
         Ok(writes::upsert_product(&self.conn, product)?)
     }
 
-    fn forget_product(&mut self, id: ProductId) -> Result<(), StoreError> {
-        Ok(writes::forget_product(&self.conn, id)?)
+    fn forget_product(&mut self, id: ProductId, answered_at: i64) -> Result<(), StoreError> {
+        Ok(writes::forget_product(&self.conn, id, answered_at)?)
     }
 
     fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError> {

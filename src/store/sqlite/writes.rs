@@ -175,9 +175,13 @@ pub(crate) fn upsert_product(conn: &Connection, p: &CachedProduct) -> rusqlite::
     Ok(())
 }
 
-pub(crate) fn forget_product(conn: &Connection, id: ProductId) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM product_cache WHERE product_id = ?1")?
-        .execute([id.get()])?;
+pub(crate) fn forget_product(
+    conn: &Connection,
+    id: ProductId,
+    answered_at: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM product_cache WHERE product_id = ?1 AND fetched_at <= ?2")?
+        .execute([id.get(), answered_at])?;
     Ok(())
 }
 
