@@ -153,6 +153,16 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
                WHERE m > (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM outbox_ids);",
         )
         .map_err(|e| format!("sequences: {e}"))?;
+        // A pending event whose transaction id is ahead of this server's was written on
+        // another server: a dump restored here. Its transaction ended there; waiting for
+        // this server's ids to pass it (`pending_events`) would hold it back for good, and
+        // let later events overtake it. No other transaction's row matches: one with a
+        // higher id than this statement's began after its snapshot.
+        conn.batch(
+            "UPDATE outbox SET tx = NULL
+             WHERE published_at IS NULL AND tx >= pg_current_xact_id()::text::bigint",
+        )
+        .map_err(|e| format!("outbox: {e}"))?;
         // Event ids are taken in the order of their transactions' ids (a transaction
         // gets its id here, with its event id, before its first write: engine.rs,
         // `take_event`; a transaction that has an id already is refused): then "every
@@ -283,6 +293,37 @@ mod tests {
             shown(&mut reading, &["plan_cache_mode"]),
             ["force_generic_plan"]
         );
+    }
+
+    #[test]
+    fn a_pending_event_restored_from_another_server_goes_out() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
+        migrate(&connector).unwrap();
+        // As a dump of a server whose transaction ids ran far ahead of this one's leaves
+        // it, beside an event of this server's own still running transaction's id.
+        let mut conn = connector.connected().unwrap();
+        let payload = |n: i64| format!(r#"{{"event_id":"s:{n}","source":"s"}}"#);
+        for (id, tx) in [
+            (1_i64, "9000000000000"),
+            (2, "pg_current_xact_id()::text::bigint"),
+        ] {
+            conn.batch(&format!(
+                "INSERT INTO outbox (id, order_id, event_type, payload, created_at, tx)
+                 VALUES ({id}, {id}, 'order_created', '{}', 0, {tx})",
+                payload(id)
+            ))
+            .unwrap();
+        }
+        let pending = |connector: &Connector| -> Vec<i64> {
+            let rows = reader(connector).pending_events(0, 10).unwrap();
+            rows.iter().map(|r| r.id).collect()
+        };
+        assert_eq!(pending(&connector), [2], "the restored one waits");
+        migrate(&connector).unwrap();
+        assert_eq!(pending(&connector), [1, 2], "after a start, in id order");
     }
 
     #[test]
