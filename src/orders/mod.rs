@@ -140,9 +140,17 @@ impl Orders {
         let written = order.fresh_products.clone();
         let created = self
             .writer
-            .run(move |tx| rules::create(tx, &source, order, idempotent, now_micros()))?;
-        self.recent.written(&written);
-        Ok(created)
+            .run(move |tx| rules::create(tx, &source, order, idempotent, now_micros()));
+        match &created {
+            Ok(_) => self.recent.written(&written),
+            // An offline order the snapshot refused took back the answers it wrote with
+            // it: they are kept all the same (no product among them is unknown).
+            Err(OrderError::Pricing(_)) if !written.is_empty() => {
+                self.remember_products(written, Vec::new(), 0)
+            }
+            Err(_) => {}
+        }
+        created
     }
 
     /// Cancels the caller's own order; another user's order is `NotFound`.

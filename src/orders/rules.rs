@@ -6,7 +6,7 @@ use super::idempotency::{self, Idempotent};
 use super::{OrderError, Priced, PricedOrder};
 use crate::domain::{Money, Order, OrderId, OrderItem, ProductId, Status, UserId};
 use crate::products::price_from_snapshot;
-use crate::store::{SnapshotProduct, Tx};
+use crate::store::Tx;
 
 /// Stores a priced order with its `order_created` event and, with a key claimed for it,
 /// the answer repeats will get.
@@ -17,6 +17,10 @@ pub fn create(
     idempotent: Option<Idempotent>,
     now: i64,
 ) -> Result<Order, OrderError> {
+    // In product order for every transaction, as the snapshot's row locks are taken:
+    // two transactions refreshing the same products cannot deadlock (PostgreSQL).
+    let mut fresh = order.fresh_products;
+    fresh.sort_by_key(|p| p.product_id);
     let (lines, stock_verified, priced_at) = match order.priced {
         Priced::Live { lines, at } => (lines, true, at),
         Priced::Offline {
@@ -26,21 +30,14 @@ pub fn create(
         } => {
             let ids: Vec<ProductId> = new.lines().iter().map(|l| l.product_id).collect();
             let mut rows = tx.snapshot_for_update(&ids)?;
-            // What the product service answered this order before it failed is newer
-            // than the rows it replaces (the rows are written with the order, below).
-            for p in &order.fresh_products {
-                let fresh = SnapshotProduct {
-                    product: p.clone(),
-                    sold_since: 0,
-                };
-                match rows
-                    .iter_mut()
-                    .find(|r| r.product.product_id == p.product_id)
-                {
-                    Some(r) if r.product.fetched_at > p.fetched_at => {}
-                    Some(r) => *r = fresh,
-                    None => rows.push(fresh),
-                }
+            if !fresh.is_empty() {
+                // What the product service answered this order before it failed replaces
+                // the older rows. Read again, they count this store's sales since those
+                // answers (an order committed while the lookup was under way), as any
+                // row does.
+                tx.upsert_products(&fresh)?;
+                fresh.clear();
+                rows = tx.snapshot_for_update(&ids)?;
             }
             let (lines, at) = price_from_snapshot(&new, &rows, now, max_age, &outage)
                 .map_err(OrderError::Pricing)?;
@@ -78,14 +75,10 @@ pub fn create(
     // the product: the snapshot's stock was read before it.
     tx.record_sales(&created, now)?;
     events::record(tx, source, &created, None, now)?;
-    // In product order for every transaction, as the snapshot's row locks are taken:
-    // two transactions refreshing the same products cannot deadlock (PostgreSQL). And
-    // before the answer, which sends the writes held back: the product rows are then
+    // Before the answer, which sends the writes held back: the product rows are then
     // locked before the user's count, as an offline create locks them (its snapshot
     // first), so a keyed create and an offline one of the same user and product cannot
-    // deadlock either.
-    let mut fresh = order.fresh_products;
-    fresh.sort_by_key(|p| p.product_id);
+    // deadlock (PostgreSQL).
     tx.upsert_products(&fresh)?;
     if let Some(i) = idempotent {
         idempotency::answer(tx, &created.user_id, i, &created)?;

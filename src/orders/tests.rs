@@ -304,6 +304,45 @@ fn an_offline_order_is_priced_from_the_snapshot_and_counted_in_the_ledger() {
     .unwrap();
 }
 
+/// An answer the product service gave before it failed replaces the snapshot's row, and
+/// the sales this store made since that answer still count against it: here one sold
+/// while the lookup was under way.
+#[test]
+fn an_offline_order_priced_from_a_fresh_answer_counts_the_sales_since_it() {
+    let mut db = SqliteEngine::in_memory();
+    let hour = Duration::from_secs(3600);
+    snapshot_mouse(&mut db, 5, 500);
+    let answered = |stock| PricedOrder {
+        fresh_products: vec![CachedProduct {
+            product_id: ProductId::new(2).unwrap(),
+            name: "Mouse".into(),
+            price: Money::from_cents(1999),
+            stock,
+            fetched_at: 900,
+        }],
+        ..offline(3, hour)
+    };
+    // Sold at 1,000, after the answer to come (looked up at 900) had left the service.
+    in_tx(&mut db, |tx| {
+        rules::create(tx, SOURCE, offline(1, hour), None, 1_000)
+    })
+    .unwrap();
+    let short = in_tx(&mut db, |tx| {
+        rules::create(tx, SOURCE, answered(3), None, 1_100)
+    });
+    match short {
+        Err(OrderError::Pricing(PricingError::InsufficientStock(s))) => {
+            assert_eq!(s[0].available, 2, "3 answered, 1 sold since")
+        }
+        other => panic!("{other:?}"),
+    }
+    let sold = in_tx(&mut db, |tx| {
+        rules::create(tx, SOURCE, answered(4), None, 1_200)
+    })
+    .unwrap();
+    assert_eq!(sold.items[0].price.cents(), 1999, "the answer's price");
+}
+
 #[test]
 fn an_offline_order_needs_a_row_younger_than_the_max_age() {
     let mut db = SqliteEngine::in_memory();

@@ -148,13 +148,21 @@ impl Refresher {
                 );
                 return Ok(());
             }
-            if page == 1 && list.entries == 0 {
+            if page == 1 && list.products.is_empty() {
                 // No real catalog is empty: a service being redeployed, or with its data
-                // away, can answer so. Taken as complete, it would drop the whole snapshot
-                // just before offline sales might need it.
-                log::warn!(
-                    "catalog refresh: the product list is empty; the snapshot keeps what it has"
-                );
+                // away, can answer so, or in a shape this service does not read. Taken as
+                // complete, it would drop the whole snapshot just before offline sales
+                // might need it.
+                match list.refused.first() {
+                    None => log::warn!(
+                        "catalog refresh: the product list is empty; the snapshot keeps what it has"
+                    ),
+                    Some(first) => log::warn!(
+                        "catalog refresh: none of the {} product(s) on the list's first page \
+                         could be read (page 1 {first}); the snapshot keeps what it has",
+                        list.refused.len()
+                    ),
+                }
                 return Ok(());
             }
             refused.extend(list.refused.iter().map(|r| format!("page {page} {r}")));

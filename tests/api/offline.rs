@@ -221,6 +221,31 @@ fn answers_that_came_before_a_failed_lookup_outweigh_the_snapshot() {
     );
 }
 
+/// An order sold offline that the snapshot then refuses (a product it does not hold)
+/// still keeps the answers its other lookups got before the failure.
+#[test]
+fn answers_are_kept_when_the_snapshot_refuses_the_offline_order() {
+    let app = store(&[]);
+    app.wait_for_snapshot("list", 5);
+    let failing = Behaviour::Slow(Duration::from_millis(300), Box::new(Behaviour::Status(500)));
+    app.products.set(UNKNOWN_PRODUCT, failing);
+    app.products.set(MONITOR, product("Monitor", "199.00", 10));
+
+    app.create_order(&ALICE, &items(&[(MONITOR, 1), (UNKNOWN_PRODUCT, 1)]))
+        .assert_error(503, "product_service_unavailable");
+
+    app.products.set_down(true);
+    let response = app.create_order(&ALICE, &items(&[(MONITOR, 1)]));
+    response.assert_status(201);
+    assert_eq!(response.json()["stock_verified"], false);
+    assert_eq!(
+        raw_numbers(&response.body, "total"),
+        ["199.00"],
+        "{}",
+        response.body
+    );
+}
+
 #[test]
 fn the_ledger_refuses_the_sale_that_would_pass_the_snapshot_stock() {
     // Monitor: stock 3 in the snapshot.
@@ -326,22 +351,29 @@ fn with_the_service_back_orders_are_verified_live_and_the_snapshot_refreshed() {
     assert!(log.contains("1 order(s) were taken offline"), "{log}");
 }
 
+/// A product list with nothing this service can read: every entry refused, or none.
 #[test]
-fn an_empty_product_list_leaves_the_snapshot_as_it_was() {
+fn a_product_list_with_nothing_readable_leaves_the_snapshot_as_it_was() {
     let app = store(&[("CATALOG_REFRESH", "1")]);
     let filled = app.wait_for_snapshot("list", 5);
-    for id in [LAPTOP, MOUSE, CABLE, ADAPTER, MONITOR] {
-        app.products.set(id, Behaviour::NotFound);
-    }
-    let pages = app.products.list_pages();
-    assert!(
-        wait_until(Duration::from_secs(10), || app.products.list_pages()
-            >= pages + 2),
-        "no refresh read the empty list"
-    );
-    let catalog = app.ready_json()["catalog"].clone();
-    assert_eq!(catalog["products"], 5, "{catalog}");
-    assert_eq!(catalog["refreshed_at"], filled["refreshed_at"], "{catalog}");
+    let products = [LAPTOP, MOUSE, CABLE, ADAPTER, MONITOR];
+    let refreshes_of = |list: &dyn Fn(i64) -> Behaviour| {
+        for id in products {
+            app.products.set(id, list(id));
+        }
+        let pages = app.products.list_pages();
+        assert!(
+            wait_until(Duration::from_secs(10), || app.products.list_pages()
+                >= pages + 2),
+            "no refresh read the list"
+        );
+        let catalog = app.ready_json()["catalog"].clone();
+        assert_eq!(catalog["products"], 5, "{catalog}");
+        assert_eq!(catalog["refreshed_at"], filled["refreshed_at"], "{catalog}");
+    };
+    // Prices with three decimals: entries, none of which parses.
+    refreshes_of(&|id| product(&format!("Product {id}"), "1.001", 10));
+    refreshes_of(&|_| Behaviour::NotFound);
 
     app.products.set_down(true);
     let order = app.place_order(&ALICE, &[(MOUSE, 1)]);
@@ -349,7 +381,9 @@ fn an_empty_product_list_leaves_the_snapshot_as_it_was() {
         order["stock_verified"], false,
         "sold from the snapshot: {order}"
     );
-    assert!(app.stderr().contains("the product list is empty"));
+    let log = app.stderr();
+    assert!(log.contains("none of the 5 product(s) on the list's first page could be read"));
+    assert!(log.contains("the product list is empty"));
 }
 
 #[test]
