@@ -35,9 +35,9 @@ struct Flight {
 impl Flights {
     /// The answer for `id`, for an order that arrived at `since`: from a request sent
     /// since then and still in flight, else from `fetch` (whose answer the lookups that
-    /// come meanwhile may share). A lookup that joins waits no later than `deadline`, and
-    /// calls `fetch` itself if the request it joined failed when its own, earlier,
-    /// deadline came.
+    /// come meanwhile may share). A lookup that joins waits no later than `deadline`. If
+    /// the request it joined failed when its own, earlier, deadline came, it looks again:
+    /// it joins a request with at least its own time, or sends one that others may join.
     pub fn fetch(
         &self,
         id: ProductId,
@@ -45,58 +45,83 @@ impl Flights {
         deadline: Instant,
         fetch: impl FnOnce() -> Answer,
     ) -> Answer {
-        let (flight, leader) = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            match in_flight.get(&id) {
-                Some(flight) if flight.launched >= since => (flight.clone(), false),
-                // None, or one sent before this order arrived: a request of its own,
-                // which the lookups that come next may join.
-                _ => {
-                    let flight = Arc::new(Flight {
-                        launched: Instant::now(),
-                        deadline,
-                        answer: Mutex::new(None),
-                        landed: Condvar::new(),
-                    });
-                    in_flight.insert(id, flight.clone());
-                    (flight, true)
-                }
-            }
-        };
-        if leader {
-            let answer = fetch();
-            {
-                let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                if in_flight.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                    in_flight.remove(&id);
-                }
-            }
-            *flight.answer.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((answer.clone(), Instant::now()));
-            flight.landed.notify_all();
-            return answer;
-        }
-        let mut answer = flight.answer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fetch = Some(fetch);
+        let mut looked_again = false;
         loop {
-            if let Some((a, at)) = answer.as_ref() {
-                let cut_short = a.is_err() && *at + CUT_SHORT >= flight.deadline;
-                if cut_short && flight.deadline + CUT_SHORT < deadline && Instant::now() < deadline
-                {
-                    drop(answer);
-                    return fetch();
+            let (flight, leader) = {
+                let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                match in_flight.get(&id) {
+                    Some(flight)
+                        if flight.launched >= since
+                            && (!looked_again || flight.deadline + CUT_SHORT >= deadline) =>
+                    {
+                        (flight.clone(), false)
+                    }
+                    // None, or one sent before this order arrived (or with less time than
+                    // this lookup, looking again): a request of its own, which the
+                    // lookups that come next may join.
+                    _ => {
+                        let flight = Arc::new(Flight {
+                            launched: Instant::now(),
+                            deadline,
+                            answer: Mutex::new(None),
+                            landed: Condvar::new(),
+                        });
+                        in_flight.insert(id, flight.clone());
+                        (flight, true)
+                    }
                 }
-                return a.clone();
+            };
+            if leader {
+                let fetch = fetch
+                    .take()
+                    .expect("a lookup leads once at most: it returns");
+                let answer = fetch();
+                {
+                    let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                    if in_flight.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                        in_flight.remove(&id);
+                    }
+                }
+                *flight.answer.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((answer.clone(), Instant::now()));
+                flight.landed.notify_all();
+                return answer;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Outage("out of time for this order".into()));
+            match wait(&flight, deadline) {
+                // Only a request with less time than this lookup is cut short before it
+                // is, and one joined on looking again has at least as much.
+                Some((_, true))
+                    if flight.deadline + CUT_SHORT < deadline && Instant::now() < deadline =>
+                {
+                    looked_again = true;
+                }
+                Some((answer, _)) => return answer,
+                None => return Err(Outage("out of time for this order".into())),
             }
-            answer = flight
-                .landed
-                .wait_timeout(answer, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
+    }
+}
+
+/// The answer of `flight`, waited for no later than `deadline` (`None` if it did not
+/// come by then), and whether it is a failure that came when the flight's own deadline
+/// did (within `CUT_SHORT`): cut short by it rather than the product service's answer.
+fn wait(flight: &Flight, deadline: Instant) -> Option<(Answer, bool)> {
+    let mut answer = flight.answer.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if let Some((a, at)) = answer.as_ref() {
+            let cut_short = a.is_err() && *at + CUT_SHORT >= flight.deadline;
+            return Some((a.clone(), cut_short));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        answer = flight
+            .landed
+            .wait_timeout(answer, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
 }
 
@@ -230,6 +255,42 @@ mod tests {
             assert_eq!(no_more_time, Err(Outage("timed out".into())));
         });
         assert_eq!(requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn lookups_that_ask_again_share_one_request() {
+        let flights = Flights::default();
+        let id = ProductId::new(7).unwrap();
+        let requests = AtomicUsize::new(0);
+        let since = Instant::now();
+        let answers: Vec<Answer> = std::thread::scope(|s| {
+            s.spawn(|| {
+                flights.fetch(id, since, since + Duration::from_millis(300), || {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(300));
+                    Err(Outage("timed out".into()))
+                })
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let lookups: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        flights.fetch(id, since, since + Duration::from_secs(5), || {
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(100));
+                            Ok(None)
+                        })
+                    })
+                })
+                .collect();
+            lookups.into_iter().map(|l| l.join().unwrap()).collect()
+        });
+        assert!(answers.iter().all(|a| a == &Ok(None)), "{answers:?}");
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            2,
+            "the first, then one more"
+        );
     }
 
     #[test]
