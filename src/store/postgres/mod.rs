@@ -303,7 +303,8 @@ mod tests {
         let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
         migrate(&connector).unwrap();
         // As a dump of a server whose transaction ids ran far ahead of this one's leaves
-        // it, beside an event of this server's own still running transaction's id.
+        // it, beside an event this server wrote (committed: that a running transaction's
+        // row is left alone rests on the statement's snapshot, migrate says why).
         let mut conn = connector.connected().unwrap();
         let payload = |n: i64| format!(r#"{{"event_id":"s:{n}","source":"s"}}"#);
         for (id, tx) in [
