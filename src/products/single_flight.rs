@@ -4,7 +4,8 @@
 //! of its own. A lookup joins only a request sent after its order arrived: the answer then
 //! verifies stock and price as of after the order came in, as its own request would.
 //! A request runs within its first order's time: a failure that came when that time ran
-//! out says nothing of a lookup with time left, which then sends a request of its own.
+//! out says nothing of a lookup with time left, which then looks again (the lookups doing
+//! so share one request too).
 
 use super::{Outage, Product};
 use crate::domain::ProductId;
