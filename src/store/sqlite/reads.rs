@@ -28,8 +28,10 @@ impl Reads for Reader {
     }
 
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
-        let total: i64 = self
-            .conn
+        // The count, the page and its items from one snapshot: a create committed between
+        // two of them would give a page that disagrees with its total.
+        let conn = self.conn.unchecked_transaction()?;
+        let total: i64 = conn
             .prepare_cached("SELECT orders FROM order_counts WHERE user_id = ?1")?
             .query_row([user.as_str()], |r| r.get(0))
             .optional()?
@@ -46,18 +48,16 @@ impl Reads for Reader {
                         more: false,
                     });
                 }
-                self.conn
-                    .prepare_cached(
-                        "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
+                conn.prepare_cached(
+                    "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
                            stock_verified, priced_at, lines
                          FROM orders WHERE user_id = ?1
                          ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
-                    )?
-                    .query_map(params![user.as_str(), limit, offset], order_head)?
-                    .collect::<rusqlite::Result<Vec<Order>>>()?
+                )?
+                .query_map(params![user.as_str(), limit, offset], order_head)?
+                .collect::<rusqlite::Result<Vec<Order>>>()?
             }
-            Page::After(c) => self
-                .conn
+            Page::After(c) => conn
                 .prepare_cached(
                     "SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
                            stock_verified, priced_at, lines
@@ -72,7 +72,7 @@ impl Reads for Reader {
         };
         let more = heads.len() > per_page as usize;
         heads.truncate(per_page as usize);
-        load_items_of(&self.conn, &mut heads)?;
+        load_items_of(&conn, &mut heads)?;
         Ok(OrderList {
             orders: heads,
             total,
@@ -314,6 +314,61 @@ fn load_items(conn: &Connection, order: OrderId) -> rusqlite::Result<Vec<OrderIt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Creates of a user commit while their list pages are read: each page agrees with its
+    /// total (all of the user's orders fit on one). Three users one after another, so that
+    /// without the read transaction a page disagrees a dozen times, not a few.
+    #[test]
+    fn a_list_page_and_its_total_come_from_one_moment() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orders.db");
+        let mut w = crate::store::open_write(&path).unwrap();
+        crate::store::migrate(&mut w).unwrap();
+        w.pragma_update(None, "synchronous", "OFF").unwrap();
+        let reader = Reader::open(&path).unwrap();
+        let (done, current) = (AtomicBool::new(false), AtomicUsize::new(0));
+        let disagreed = std::thread::scope(|s| {
+            let (done, current) = (&done, &current);
+            s.spawn(move || {
+                for user in 0..3_usize {
+                    current.store(user, Ordering::SeqCst);
+                    for n in 1..=90_i64 {
+                        let tx = w.unchecked_transaction().unwrap();
+                        tx.execute(
+                            "INSERT INTO orders (id, user_id, user_email, status, total_cents,
+                               created_at, updated_at, stock_verified, priced_at, lines)
+                             VALUES (?1, ?2, 'u@example.com', 'pending', 100, ?1, ?1, 1, 1, '[]')",
+                            params![user as i64 * 90 + n, format!("u{user}")],
+                        )
+                        .unwrap();
+                        tx.execute(
+                            "INSERT INTO order_counts (user_id, orders) VALUES (?1, 1)
+                             ON CONFLICT (user_id) DO UPDATE SET orders = orders + 1",
+                            [format!("u{user}")],
+                        )
+                        .unwrap();
+                        tx.commit().unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                }
+                done.store(true, Ordering::SeqCst);
+            });
+            let mut disagreed = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let user = UserId::from_trusted(format!("u{}", current.load(Ordering::SeqCst)));
+                let list = reader.orders_of(&user, Page::Number(1), 100).unwrap();
+                if list.orders.len() as i64 != list.total {
+                    disagreed.push((list.total, list.orders.len()));
+                }
+            }
+            disagreed
+        });
+        assert!(
+            disagreed.is_empty(),
+            "(total, orders on the page): {disagreed:?}"
+        );
+    }
 
     #[test]
     fn an_orders_statements_are_prepared_once_whatever_the_id() {
