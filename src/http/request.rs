@@ -59,6 +59,18 @@ pub fn split_url(url: &str) -> (&str, Vec<(&str, &str)>) {
     }
 }
 
+/// The query parameter `name`, if given; given more than once, it is ambiguous (400).
+pub fn query_value<'q>(query: &[(&str, &'q str)], name: &str) -> Result<Option<&'q str>, ApiError> {
+    let mut given = query.iter().filter(|(k, _)| *k == name).map(|(_, v)| *v);
+    match (given.next(), given.next()) {
+        (Some(_), Some(_)) => Err(ApiError::Validation(FieldError::new(
+            name,
+            "must be given once",
+        ))),
+        (value, _) => Ok(value),
+    }
+}
+
 /// A positive integer query parameter within `range`, or its default when absent.
 pub fn query_number(
     query: &[(&str, &str)],
@@ -66,9 +78,9 @@ pub fn query_number(
     default: u32,
     range: std::ops::RangeInclusive<u32>,
 ) -> Result<u32, ApiError> {
-    match query.iter().rev().find(|(k, _)| *k == name) {
+    match query_value(query, name)? {
         None => Ok(default),
-        Some((_, v)) => v
+        Some(v) => v
             .parse::<u32>()
             .ok()
             .filter(|n| range.contains(n))
@@ -205,5 +217,7 @@ mod tests {
         assert!(query_number(&q, "page", 1, 1..=u32::MAX).is_err());
         assert_eq!(query_number(&[], "page", 1, 1..=u32::MAX).unwrap(), 1);
         assert!(query_number(&[("per_page", "abc")], "per_page", 10, 1..=100).is_err());
+        let twice = [("page", "1"), ("page", "1")];
+        assert!(query_number(&twice, "page", 1, 1..=u32::MAX).is_err());
     }
 }

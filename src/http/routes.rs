@@ -1,7 +1,7 @@
 //! Routing and the handlers: each a plain function from a request to a response.
 
 use super::error::ApiError;
-use super::request::{header, json_body, query_number};
+use super::request::{header, json_body, query_number, query_value};
 use super::{Response, Shared};
 use crate::domain::{Cursor, Email, IdempotencyKey, NewOrder, OrderId, Page, Status, UserId};
 use crate::orders::{Answer, Claimed, Priced, PricedOrder};
@@ -91,10 +91,8 @@ pub fn handle(
     if !route.allow().contains(&method.as_str()) {
         return Err(ApiError::MethodNotAllowed(route.allow()));
     }
-    let api = |req: &tiny_http::Request| -> Result<UserId, ApiError> {
-        check_gateway(shared, req)?;
-        user_id(req)
-    };
+    // The gateway's token was checked for every /api/ path before routing (mod.rs).
+    let api = user_id;
     let found = |id: Option<OrderId>| id.ok_or(ApiError::NotFound);
     match route {
         Route::Health => Ok(Response::json(200, &json!({"status": "ok"}))),
@@ -142,13 +140,20 @@ pub fn handle(
 
 fn list(reader: &dyn Reads, user: &UserId, query: &[(&str, &str)]) -> Result<Response, ApiError> {
     let per_page = query_number(query, "per_page", 10, 1..=100)?;
-    let after = query.iter().rev().find(|(k, _)| *k == "after");
+    let after = query_value(query, "after")?;
     let (page, number) = match after {
         None => {
             let number = query_number(query, "page", 1, 1..=u32::MAX)?;
             (Page::Number(number), Some(number))
         }
-        Some((_, raw)) => {
+        // Which of the two was meant is a guess.
+        Some(_) if query_value(query, "page")?.is_some() => {
+            return Err(ApiError::Validation(crate::domain::FieldError::new(
+                "page",
+                "must not be given with after",
+            )))
+        }
+        Some(raw) => {
             let cursor = Cursor::parse(raw).ok_or_else(|| {
                 ApiError::Validation(crate::domain::FieldError::new(
                     "after",
@@ -366,7 +371,7 @@ fn catalog_stats(shared: &Shared, reader: &dyn Reads) -> Option<crate::store::Ca
         .ok()
 }
 
-fn check_gateway(shared: &Shared, req: &tiny_http::Request) -> Result<(), ApiError> {
+pub(super) fn check_gateway(shared: &Shared, req: &tiny_http::Request) -> Result<(), ApiError> {
     match &shared.gateway_token {
         None => Ok(()),
         Some(token) => match header(req, "X-Gateway-Token") {

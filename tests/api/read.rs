@@ -290,6 +290,11 @@ fn bad_paging_answers_400_naming_the_parameter() {
         ("after=abc", "after"),
         ("after=1.0", "after"),
         ("after=1.2.3", "after"),
+        // Ambiguous: refused, not guessed.
+        ("page=1&page=2", "page"),
+        ("per_page=5&per_page=50", "per_page"),
+        ("after=abc&after=abc", "after"),
+        ("page=2&after=abc", "page"),
     ];
     let mut failures = Vec::new();
     for (query, field) in cases {
