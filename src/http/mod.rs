@@ -248,6 +248,11 @@ fn serve(shared: &Shared, reader: &dyn Reads, mut req: tiny_http::Request) {
     let label = route.as_ref().map_or("unmatched", Route::pattern);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         request::refuse_ambiguous_headers(&req)?;
+        // Every /api/ request needs the gateway's token, an unknown path or a method a
+        // path does not take too: without it nothing is said of the routes.
+        if path == "/api" || path.starts_with("/api/") {
+            routes::check_gateway(shared, &req)?;
+        }
         match &route {
             None => Err(ApiError::NotFound),
             Some(route) => routes::handle(shared, reader, &mut req, *route, &query),

@@ -370,6 +370,10 @@ fn with_a_gateway_token_every_api_request_needs_it() {
                 format!("/api/orders/{id}/status"),
                 Some(&br#"{"status":"confirmed"}"#[..]),
             ),
+            // A method a path does not take, and a path that is no route, say nothing
+            // of the routes either.
+            ("DELETE", format!("/api/orders/{id}"), None),
+            ("GET", "/api/anything".to_string(), None),
         ] {
             let response = app.request(method, &path, &headers, body);
             let ok = response.status == 401
