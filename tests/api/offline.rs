@@ -413,6 +413,21 @@ fn catalog_import_and_status_work_on_a_stopped_service_s_database() {
     );
     let (ok, _, err) = app.command(&["catalog", "import", &bad.display().to_string()]);
     assert!(!ok && err.contains("entry 0"), "{err}");
+    if !app.database_url().starts_with("postgres") {
+        // A database that is not there (a setting left out) is not made for the import.
+        let missing = dir.path().join("not-here").join("orders.db");
+        let out = clean_command(dir.path())
+            .env("DATABASE_URL", &missing)
+            .args(["catalog", "import", &file.display().to_string()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("no database at"),
+            "{err}"
+        );
+        assert!(!missing.exists(), "no database made");
+    }
 
     // Started with no product service at all, it sells what the import brought.
     app.restart_with_env("PRODUCT_SERVICE_URL", CLOSED_PORT_URL);
