@@ -176,11 +176,15 @@ pub fn backup(src: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
         // A hard link fails rather than replace a file that appeared meanwhile.
         std::fs::hard_link(&partial, dest)
             .map_err(|e| failed(&format!("cannot create {}", dest.display()), e))?;
-        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(dir) = std::fs::File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
+        // The link itself is durable once its folder is synced: a bare file name's
+        // folder is the current one.
+        let dir = dest
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| failed("sync the backup's folder", e))?;
         Ok(bytes)
     })();
     let _ = std::fs::remove_file(&partial);
