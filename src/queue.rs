@@ -3,12 +3,23 @@
 
 use crate::config::RabbitConfig;
 
-/// Prints up to `max` messages of the queue, oldest first, and puts them back.
+/// Prints up to `max` messages of the queue, oldest first, and puts them back. A queue
+/// that is not there is not made (a mistyped name would leave one behind), and one with
+/// a consumer is left alone: the messages held for the peek would reach it after the
+/// ones behind them.
 pub fn peek(rabbit: &RabbitConfig, max: usize) -> Result<usize, String> {
-    let (connection, channel) = crate::relay::open_channel(rabbit)?;
+    let (connection, channel) = crate::relay::connect_channel(rabbit)?;
     let queue = channel
         .queue_declare_passive(rabbit.queue.as_str())
         .map_err(|e| format!("look up queue {}: {e}", rabbit.queue))?;
+    if let Some(consumers) = queue.declared_consumer_count().filter(|n| *n > 0) {
+        let _ = connection.close();
+        return Err(format!(
+            "queue {} has {consumers} consumer(s): a peek would hold messages back from them \
+             and let later ones overtake them",
+            rabbit.queue
+        ));
+    }
     println!(
         "queue {}: {} message(s)",
         rabbit.queue,

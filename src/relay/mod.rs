@@ -64,10 +64,18 @@ pub struct RelaySettings {
     pub retention: Duration,
 }
 
+/// Opens a connection to the broker and a channel on it, the queue made sure of
+/// (`ensure_queue`).
+pub fn open_channel(rabbit: &RabbitConfig) -> Result<(Connection, Channel), String> {
+    let (mut connection, channel) = connect_channel(rabbit)?;
+    let channel = ensure_queue(&mut connection, channel, &rabbit.queue)?;
+    Ok((connection, channel))
+}
+
 /// Opens a connection to the broker and a channel on it. The connection is built from its
 /// parts (host, port, user, password), never from a URL: amiquip quotes a URL, password
 /// included, in its connect errors, and those end up in the log and on the terminal.
-pub fn open_channel(rabbit: &RabbitConfig) -> Result<(Connection, Channel), String> {
+pub fn connect_channel(rabbit: &RabbitConfig) -> Result<(Connection, Channel), String> {
     let at = format!("{}:{}", rabbit.host, rabbit.port);
     let stream =
         tcp_connect(&rabbit.host, rabbit.port).map_err(|e| format!("connect to {at}: {e}"))?;
@@ -84,7 +92,6 @@ pub fn open_channel(rabbit: &RabbitConfig) -> Result<(Connection, Channel), Stri
     let channel = connection
         .open_channel(None)
         .map_err(|e| format!("open channel: {e}"))?;
-    let channel = ensure_queue(&mut connection, channel, &rabbit.queue)?;
     Ok((connection, channel))
 }
 

@@ -862,3 +862,67 @@ fn events_keep_the_id_they_were_written_with() {
     assert_eq!(body["order_id"], id);
     assert_eq!(body["sequence"], 1);
 }
+
+/// `order-service queue peek` on the test queue, as (succeeded, stdout and stderr).
+fn queue_peek(queue: &str) -> (bool, String) {
+    let dir = temp_dir();
+    let port = BROKER_PORT.to_string();
+    let out = command(
+        dir.path(),
+        &["queue", "peek", "5"],
+        &[("RABBITMQ_PORT", port.as_str()), ("RABBITMQ_QUEUE", queue)],
+    )
+    .output()
+    .expect("run order-service queue peek");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn queue_peek_shows_what_waits_and_leaves_consumed_and_missing_queues_alone() {
+    if !require_broker() {
+        return;
+    }
+    let queue = TestQueue::declare();
+    let app = app_on_broker(&queue);
+    app.place_order_id(&ALICE, MOUSE, 1);
+    assert!(
+        wait_until(Duration::from_secs(10), || queue.message_count() == 1),
+        "the event reaches the queue"
+    );
+
+    let (ok, shown) = queue_peek(queue.name());
+    assert!(ok, "{shown}");
+    assert!(
+        shown.contains(&format!("queue {}: 1 message(s)", queue.name())),
+        "{shown}"
+    );
+    assert!(shown.contains("type=order_created"), "{shown}");
+    assert_eq!(
+        queue.message_count(),
+        1,
+        "still in the queue after the peek"
+    );
+
+    // With a consumer attached, the messages a peek holds would reach it after later ones.
+    let consumer = QueueConsumer::start(&queue);
+    assert!(consumer.wait_for(Duration::from_secs(10), |r| r.len() == 1));
+    let (ok, refused) = queue_peek(queue.name());
+    assert!(!ok && refused.contains("1 consumer(s)"), "{refused}");
+    drop(consumer);
+
+    // A queue that is not there is not made by looking.
+    let missing = format!("{}-missing", queue.name());
+    let (ok, refused) = queue_peek(&missing);
+    assert!(!ok && refused.contains("look up queue"), "{refused}");
+    let mut broker = amiquip::Connection::insecure_open(AMQP_URL).unwrap();
+    let channel = broker.open_channel(None).unwrap();
+    assert!(
+        channel.queue_declare_passive(missing.as_str()).is_err(),
+        "queue {missing} was made"
+    );
+}
