@@ -293,8 +293,8 @@ fn bad_paging_answers_400_naming_the_parameter() {
         // Ambiguous: refused, not guessed.
         ("page=1&page=2", "page"),
         ("per_page=5&per_page=50", "per_page"),
-        ("after=abc&after=abc", "after"),
-        ("page=2&after=abc", "page"),
+        ("after=1.1&after=1.1", "after"),
+        ("page=2&after=1.1", "page"),
     ];
     let mut failures = Vec::new();
     for (query, field) in cases {

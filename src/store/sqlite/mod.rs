@@ -182,9 +182,12 @@ pub fn backup(src: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| failed("sync the backup's folder", e))?;
+        if let Err(e) = std::fs::File::open(dir).and_then(|dir| dir.sync_all()) {
+            // Not known to be durable: no backup at PATH, so that the same command can be
+            // run again.
+            let _ = std::fs::remove_file(dest);
+            return Err(failed("sync the backup's folder", e));
+        }
         Ok(bytes)
     })();
     let _ = std::fs::remove_file(&partial);
