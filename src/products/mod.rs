@@ -158,52 +158,36 @@ impl Catalog {
     pub fn price(&self, order: &NewOrder, since: Instant) -> Pricing {
         let ids: Vec<ProductId> = order.lines().iter().map(|l| l.product_id).collect();
         let now = crate::clock::now_micros();
-        match self.lookup_all(&ids, since) {
-            Ok(answers) => {
-                self.link(Ok(()));
-                let fresh = answers
-                    .iter()
-                    .flatten()
-                    .map(|p| snapshot_row(p, now))
-                    .collect();
-                let unknown = ids
-                    .iter()
-                    .zip(&answers)
-                    .filter(|(_, a)| a.is_none())
-                    .map(|(id, _)| *id)
-                    .collect();
-                Pricing {
-                    outcome: priced_lines(order, &answers),
-                    fresh,
-                    unknown,
-                    priced_at: now,
-                }
-            }
-            Err(Cut { outage, answered }) => {
-                self.link(Err(&outage));
-                // The answers that came before the failure are the product service's
-                // latest word on their products: they refuse the order as they would
-                // online, and they outweigh the snapshot's older rows (rules.rs).
-                let fresh = answered
-                    .iter()
-                    .flatten()
-                    .flatten()
-                    .map(|p| snapshot_row(p, now))
-                    .collect();
-                let unknown = ids
-                    .iter()
-                    .zip(&answered)
-                    .filter(|(_, a)| matches!(a, Some(None)))
-                    .map(|(id, _)| *id)
-                    .collect();
-                let refused = refusal(order, answered.iter().map(Option::as_ref));
-                Pricing {
-                    outcome: Err(refused.unwrap_or(PricingError::Outage(outage))),
-                    fresh,
-                    unknown,
-                    priced_at: now,
-                }
-            }
+        let (answered, outage) = match self.lookup_all(&ids, since) {
+            Ok(answers) => (answers.into_iter().map(Some).collect(), None),
+            Err(Cut { outage, answered }) => (answered, Some(outage)),
+        };
+        self.link(outage.as_ref().map_or(Ok(()), Err));
+        // The answers that came, before a failure too, are the product service's latest
+        // word on their products: they refuse the order as they would online, and they
+        // outweigh the snapshot's older rows (rules.rs).
+        let fresh = answered
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|p| snapshot_row(p, now))
+            .collect();
+        let unknown = ids
+            .iter()
+            .zip(&answered)
+            .filter(|(_, a)| matches!(a, Some(None)))
+            .map(|(id, _)| *id)
+            .collect();
+        let outcome = match (refusal(order, answered.iter().map(Option::as_ref)), outage) {
+            (Some(refused), _) => Err(refused),
+            (None, Some(outage)) => Err(PricingError::Outage(outage)),
+            (None, None) => Ok(priced_lines(order, &answered)),
+        };
+        Pricing {
+            outcome,
+            fresh,
+            unknown,
+            priced_at: now,
         }
     }
 
@@ -521,24 +505,20 @@ fn read_catalog(path: &PathBuf) -> Result<Vec<Product>, Outage> {
         .collect()
 }
 
-fn priced_lines(
-    order: &NewOrder,
-    answers: &[Option<Product>],
-) -> Result<Vec<PricedLine>, PricingError> {
-    if let Some(refused) = refusal(order, answers.iter().map(Some)) {
-        return Err(refused);
-    }
-    Ok(order
+/// The order's lines priced from its answers, every one of them a product that covers
+/// its quantity (`refusal` found nothing).
+fn priced_lines(order: &NewOrder, answered: &[Option<Option<Product>>]) -> Vec<PricedLine> {
+    order
         .lines()
         .iter()
-        .zip(answers.iter().flatten())
+        .zip(answered.iter().flatten().flatten())
         .map(|(l, p)| PricedLine {
             product_id: l.product_id,
             product_name: p.name.clone(),
             quantity: l.quantity,
             price: p.price,
         })
-        .collect())
+        .collect()
 }
 
 /// What the answers refuse the order for, whatever the lines without one (`None`) would
