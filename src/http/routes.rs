@@ -230,26 +230,18 @@ fn create(
     };
 
     let pricing = shared.catalog.price(&order, arrived);
-    let priced = match pricing.outcome {
-        Ok(lines) => Priced::Live {
+    let priced = match (pricing.outcome, shared.catalog.offline_max_age()) {
+        (Ok(lines), _) => Priced::Live {
             lines,
             at: pricing.priced_at,
         },
         // The offline policy: priced from the snapshot in the order's transaction.
-        Err(PricingError::Outage(outage)) => match shared.catalog.offline_max_age() {
-            Some(max_age) => Priced::Offline {
-                order,
-                max_age,
-                outage,
-            },
-            None => {
-                shared
-                    .orders
-                    .remember_products(pricing.fresh, pricing.unknown, pricing.priced_at);
-                return Err(PricingError::Outage(outage).into());
-            }
+        (Err(PricingError::Outage(outage)), Some(max_age)) => Priced::Offline {
+            order,
+            max_age,
+            outage,
         },
-        Err(e) => {
+        (Err(e), _) => {
             shared
                 .orders
                 .remember_products(pricing.fresh, pricing.unknown, pricing.priced_at);
