@@ -353,13 +353,7 @@ fn catalog_import(config: &Config, file: &std::path::Path) -> Result<(), Failure
         .map_or(now, |d| {
             i64::try_from(d.as_micros()).unwrap_or(now).min(now)
         });
-    // Into the service's own database, not a new one where a setting is missing (the
-    // default `./data/orders.db` in another folder), which the service would never read.
-    if let Database::Sqlite(path) = &config.database {
-        if !path.exists() {
-            return Err(Failure::Other(format!("no database at {}", path.display())));
-        }
-    }
+    store::require_existing(&config.database).map_err(Failure::Other)?;
     let opened = store::open(&config.database, &config.postgres).map_err(Failure::Other)?;
     let (wake, _woken) = crossbeam_channel::bounded(1);
     let (writer, threads) =

@@ -116,16 +116,23 @@ pub fn import_sqlite(
     postgres::import_sqlite(file, &connector, &target.describe())
 }
 
+/// For a command that works on a store: an SQLite file that is not there is refused, not
+/// made (a setting left out would point at `./data/orders.db` in another folder).
+pub fn require_existing(database: &Database) -> Result<(), String> {
+    match database {
+        Database::Sqlite(path) if !path.exists() => {
+            Err(format!("no database at {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A read session on an existing database, for the command line.
 pub fn reads(database: &Database, pool: &PostgresPool) -> Result<Box<dyn Reads>, String> {
     let named = |e: &dyn fmt::Display| format!("database {}: {e}", database.describe());
+    require_existing(database)?;
     match database {
-        Database::Sqlite(path) => {
-            if !path.exists() {
-                return Err(format!("no database at {}", path.display()));
-            }
-            Ok(Box::new(Reader::open(path).map_err(|e| named(&e))?))
-        }
+        Database::Sqlite(path) => Ok(Box::new(Reader::open(path).map_err(|e| named(&e))?)),
         Database::Postgres(url) => {
             let connector = postgres::Connector::new(url.expose(), pool).map_err(|e| named(&e))?;
             Ok(Box::new(postgres::reader(&connector)))
