@@ -781,10 +781,11 @@ fn await_confirms(
         count: sent,
         mut error,
     } = sent;
-    let mut deadline = Instant::now() + CONFIRM_TIMEOUT;
-    if let Some(by) = drain_by {
-        deadline = deadline.min(by);
-    }
+    let confirm_by = || {
+        let deadline = Instant::now() + CONFIRM_TIMEOUT;
+        drain_by.map_or(deadline, |by| deadline.min(by))
+    };
+    let mut deadline = confirm_by();
     let mut stop = stop.clone();
     let mut stop_seen = false;
     while link.tally.waiting_for(sent) {
@@ -817,10 +818,7 @@ fn await_confirms(
                                 since.elapsed().as_secs()
                             );
                         }
-                        deadline = Instant::now() + CONFIRM_TIMEOUT;
-                        if let Some(by) = drain_by {
-                            deadline = deadline.min(by);
-                        }
+                        deadline = confirm_by();
                     }
                     // Gone with the connection, which the confirms say too.
                     Err(_) => link.blocking = never(),
