@@ -15,7 +15,7 @@ use crate::domain::{
 };
 use crate::products::recent::RecentRows;
 use crate::products::{Outage, PricingError};
-use crate::store::{CachedProduct, StoreError, WriterHandle};
+use crate::store::{CachedProduct, StoreError, Tx, WriterHandle};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,9 +138,16 @@ impl Orders {
         let source = self.source.clone();
         order.fresh_products = self.recent.worth_writing(order.fresh_products);
         let written = order.fresh_products.clone();
-        let created = self
-            .writer
-            .run(move |tx| rules::create(tx, &source, order, idempotent, now_micros()));
+        // An online create without a key writes only its own rows, nothing it reads back:
+        // the writer may combine it with others (`WriterHandle::create`).
+        let combinable = idempotent.is_none() && matches!(order.priced, Priced::Live { .. });
+        let create =
+            move |tx: &mut dyn Tx| rules::create(tx, &source, order, idempotent, now_micros());
+        let created = if combinable {
+            self.writer.create(create)
+        } else {
+            self.writer.run(create)
+        };
         match &created {
             Ok(_) => self.recent.written(&written),
             // An offline order the snapshot refused took back the answers it wrote with

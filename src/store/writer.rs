@@ -27,7 +27,17 @@ const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
 pub trait Engine: Send + 'static {
     /// Jobs one transaction may hold.
     fn max_batch(&self) -> usize;
+    /// Online creates (`WriterHandle::create`) one transaction may write together, on
+    /// writers of their own (`spawn`); 0 if they are jobs like any other.
+    fn combines(&self) -> usize {
+        0
+    }
     fn begin(&mut self) -> Result<(), StoreError>;
+    /// Begins a transaction for `creates` online creates written together.
+    fn begin_combined(&mut self, creates: usize) -> Result<(), StoreError> {
+        let _ = creates;
+        self.begin()
+    }
     fn savepoint(&mut self) -> Result<(), StoreError>;
     /// Keeps what the job since the savepoint did.
     fn release(&mut self) -> Result<(), StoreError>;
@@ -78,6 +88,8 @@ impl<T, E: From<StoreError>> Pending<T, E> {
 #[derive(Clone)]
 pub struct WriterHandle {
     jobs: Sender<Job>,
+    /// Online creates: to the writers that combine them, or with the other jobs.
+    creates: Sender<Job>,
 }
 
 impl WriterHandle {
@@ -90,6 +102,19 @@ impl WriterHandle {
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
     {
         self.send(work, false)?.wait()
+    }
+
+    /// Runs `work`, an online create without an idempotency key, as `run` does; where the
+    /// engine combines such creates (`Engine::combines`), it may be written in one
+    /// statement with others that queued meanwhile. `work` then writes only the order,
+    /// its sales, its event and its fresh product rows; anything else fails it.
+    pub fn create<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
+    {
+        self.send_to(&self.creates, work, false)?.wait()
     }
 
     /// Marks events published once the broker confirmed them, without waiting: the
@@ -168,6 +193,20 @@ impl WriterHandle {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
     {
+        self.send_to(&self.jobs, work, alone)
+    }
+
+    fn send_to<T, E, F>(
+        &self,
+        queue: &Sender<Job>,
+        work: F,
+        alone: bool,
+    ) -> Result<Pending<T, E>, StoreError>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
+    {
         let (answer, answered) = mpsc::sync_channel(1);
         let refused = answer.clone();
         let refuse = Box::new(move |e: StoreError| {
@@ -186,7 +225,7 @@ impl WriterHandle {
                 }),
             }
         });
-        self.jobs
+        queue
             .send(Job {
                 work,
                 refuse,
@@ -197,23 +236,46 @@ impl WriterHandle {
     }
 }
 
+/// Writers that take only online creates, where the engine combines them: while both
+/// write, the creates that arrive queue, and the next to finish writes them together.
+/// One would leave its session idle between statements while creates wait.
+const COMBINING_WRITERS: usize = 2;
+
 /// Starts a writer thread on each engine, all taking jobs from one queue; they stop when
 /// every handle is dropped. `wake_relay` is signalled after each commit that wrote an
-/// event.
+/// event. Where the engines combine online creates and there are more than two, the
+/// first two take those creates from a queue of their own (`run_combining`).
 pub fn spawn(
     engines: Vec<Box<dyn Engine>>,
     wake_relay: Sender<()>,
 ) -> Result<(WriterHandle, Vec<JoinHandle<()>>), StoreError> {
     let (jobs, queue) = unbounded();
+    let combining = match engines.first() {
+        Some(e) if e.combines() > 1 && engines.len() > COMBINING_WRITERS => COMBINING_WRITERS,
+        _ => 0,
+    };
+    let (creates, created) = if combining > 0 {
+        unbounded()
+    } else {
+        (jobs.clone(), queue.clone())
+    };
     let mut threads = Vec::with_capacity(engines.len());
-    for engine in engines {
-        let (queue, wake_relay) = (queue.clone(), wake_relay.clone());
-        let thread =
+    for (i, engine) in engines.into_iter().enumerate() {
+        let wake_relay = wake_relay.clone();
+        let thread = if i < combining {
+            let created = created.clone();
+            crate::threads::spawn_critical("writer", move || {
+                run_combining(engine, created, wake_relay)
+            })
+        } else {
+            let queue = queue.clone();
             crate::threads::spawn_critical("writer", move || run(engine, queue, wake_relay))
-                .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
-        threads.push(thread);
+        };
+        threads.push(
+            thread.map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?,
+        );
     }
-    Ok((WriterHandle { jobs }, threads))
+    Ok((WriterHandle { jobs, creates }, threads))
 }
 
 fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>) {
@@ -239,19 +301,45 @@ fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>
                 }
             }
         }
-        run_batch(engine.as_mut(), batch, &wake_relay);
+        run_batch(engine.as_mut(), batch, &wake_relay, false);
     }
     log::debug!("writer: all handles dropped, stopping");
 }
 
-fn run_batch(engine: &mut dyn Engine, mut batch: Vec<Job>, wake_relay: &Sender<()>) {
+/// Takes online creates: one alone as any job, and all that queued meanwhile together,
+/// up to `Engine::combines`.
+fn run_combining(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < engine.combines() {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(engine.as_mut(), batch, &wake_relay, true);
+    }
+    log::debug!("writer: all handles dropped, stopping");
+}
+
+fn run_batch(
+    engine: &mut dyn Engine,
+    mut batch: Vec<Job>,
+    wake_relay: &Sender<()>,
+    combined: bool,
+) {
     if batch.len() == 1 {
         return run_one(engine, batch.remove(0), wake_relay);
     }
     let mut settled = Vec::with_capacity(batch.len());
     let mut waiting = batch.into_iter();
+    let creates = waiting.len();
     let outcome = (|| {
-        engine.begin()?;
+        if combined {
+            engine.begin_combined(creates)?;
+        } else {
+            engine.begin()?;
+        }
         for job in waiting.by_ref() {
             if let Err(e) = engine.savepoint() {
                 (job.refuse)(not_committed());

@@ -3,8 +3,10 @@
 //! Each session runs one job per transaction (`max_batch` 1): a batch of several would
 //! hold the row locks of several orders at once, and two instances batching the same
 //! orders in another order would deadlock. Concurrent sessions still share the WAL's
-//! flushes, which is PostgreSQL's own group commit.
+//! flushes, which is PostgreSQL's own group commit. Online creates, which lock no order,
+//! are the exception: several that queued are written as one statement (combined.rs).
 
+use super::combined::Combined;
 use super::conn::Conn;
 use super::deferred::{Deferred, Param};
 use super::reads::{cached_product, load_idempotency, order_of, orders_where};
@@ -30,12 +32,28 @@ pub struct PgEngine {
     one_statement: bool,
     /// Whether this transaction has written anything yet.
     wrote: bool,
+    /// Online creates written together, held until the commit (`begin_combined`).
+    combined: Option<Combined>,
 }
+
+/// Online creates one statement writes at most: a session's share of the HTTP workers
+/// is far fewer.
+const MAX_COMBINED: usize = 64;
+
+/// Upserts the snapshot rows of `unnest`'s products, in their order, unless a row holds a
+/// newer answer.
+pub(super) const UPSERT_PRODUCTS: &str =
+    "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+     ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
+       price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
+     WHERE excluded.fetched_at >= product_cache.fetched_at";
 
 impl PgEngine {
     /// The connection in this transaction, begun if it was not yet, once the writes held
     /// back went out: what runs next sees them.
     fn conn(&mut self) -> Result<&mut Conn, StoreError> {
+        self.not_combined()?;
         if !self.open {
             self.conn.begin()?;
             self.open = true;
@@ -51,12 +69,24 @@ impl PgEngine {
         sql: &str,
         params: Vec<Param>,
     ) -> Result<(), StoreError> {
+        self.not_combined()?;
         self.wrote = true;
         if self.deferred.holds(table) {
             self.conn()?;
         }
         self.deferred.push(table, sql, params);
         Ok(())
+    }
+
+    /// Combined creates write only what `Combined` holds: anything else is a job that
+    /// should not have been combined, refused rather than sent outside its statement.
+    fn not_combined(&self) -> Result<(), StoreError> {
+        match self.combined {
+            Some(_) => Err(StoreError::Unavailable(
+                "a write that is not an online create, among combined creates".into(),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Whether this server runs a statement's main query before the data-modifying parts
@@ -99,6 +129,7 @@ impl PgEngine {
             order_id: None,
             one_statement: false,
             wrote: false,
+            combined: None,
         }
     }
 
@@ -111,6 +142,7 @@ impl PgEngine {
     /// takes it in its main query (`insert_event`), and a later try is refused loudly, here
     /// and by the function.
     fn take_event(&mut self, also_order_id: bool) -> Result<(), StoreError> {
+        self.not_combined()?;
         if self.wrote {
             return Err(StoreError::Unavailable(
                 "an event id taken after the transaction's first write".into(),
@@ -141,6 +173,15 @@ impl Engine for PgEngine {
         1
     }
 
+    /// Only where a create is one statement: it takes its event ids in its main query.
+    fn combines(&self) -> usize {
+        if self.one_statement {
+            MAX_COMBINED
+        } else {
+            0
+        }
+    }
+
     fn begin(&mut self) -> Result<(), StoreError> {
         self.wrote_events = false;
         self.event = None;
@@ -148,18 +189,43 @@ impl Engine for PgEngine {
         self.wrote = false;
         self.deferred.clear();
         self.open = false;
+        self.combined = None;
+        Ok(())
+    }
+
+    /// Takes the creates' order ids in one round trip, outside a transaction as a single
+    /// create's is (`next_order_id`).
+    fn begin_combined(&mut self, creates: usize) -> Result<(), StoreError> {
+        self.begin()?;
+        let n = creates.min(MAX_COMBINED) as i32;
+        let rows = self.conn.query(
+            "SELECT nextval('order_ids') FROM generate_series(1, $1)",
+            &[&n],
+        )?;
+        self.combined = Some(Combined::new(rows.iter().map(|r| r.get(0)).collect()));
         Ok(())
     }
 
     fn savepoint(&mut self) -> Result<(), StoreError> {
+        if let Some(c) = &mut self.combined {
+            c.next_create();
+            return Ok(());
+        }
         self.conn()?.batch("SAVEPOINT job")
     }
 
     fn release(&mut self) -> Result<(), StoreError> {
+        if self.combined.is_some() {
+            return Ok(());
+        }
         self.conn()?.batch("RELEASE SAVEPOINT job")
     }
 
     fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
+        if let Some(c) = &mut self.combined {
+            c.undo_create();
+            return Ok(());
+        }
         // What the job held back was written after its savepoint.
         self.deferred.clear();
         self.conn
@@ -167,6 +233,11 @@ impl Engine for PgEngine {
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
+        if let Some(c) = self.combined.take() {
+            // One statement, atomic without a transaction around it.
+            c.hold(&mut self.deferred);
+            return self.deferred.flush(&mut self.conn);
+        }
         if !self.open {
             // Nothing was sent: the writes held back, if any, are one statement, atomic
             // without a transaction around it.
@@ -180,6 +251,7 @@ impl Engine for PgEngine {
 
     fn rollback(&mut self) {
         self.wrote_events = false;
+        self.combined = None;
         self.deferred.clear();
         if std::mem::take(&mut self.open) {
             self.conn.rollback();
@@ -201,6 +273,9 @@ impl Engine for PgEngine {
 
 impl Tx for PgEngine {
     fn next_order_id(&mut self, answered: bool) -> Result<OrderId, StoreError> {
+        if let (Some(c), false) = (&mut self.combined, answered) {
+            return c.order_id();
+        }
         if self.order_id.is_none() && !self.open && (answered || !self.one_statement) {
             // A create that cannot be one statement (its answer is read back before the
             // commit): a transaction begun with its event id, as a change of status is.
@@ -224,6 +299,9 @@ impl Tx for PgEngine {
     }
 
     fn insert_order(&mut self, o: &Order) -> Result<(), StoreError> {
+        if let Some(c) = &mut self.combined {
+            return c.insert_order(o);
+        }
         self.wrote = true;
         // The lines go as arrays, whatever their number: a statement each was most of a
         // create's time, every one a round trip.
@@ -316,6 +394,10 @@ impl Tx for PgEngine {
     }
 
     fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
+        if let Some(c) = &mut self.combined {
+            self.wrote_events = true;
+            return c.insert_event(e);
+        }
         if self.event.is_none()
             && !self.open
             && self.one_statement
@@ -448,6 +530,9 @@ impl Tx for PgEngine {
         if products.is_empty() {
             return Ok(());
         }
+        if let Some(c) = &mut self.combined {
+            return c.upsert_products(products);
+        }
         self.wrote = true;
         let ids: Vec<i64> = products.iter().map(|p| p.product_id.get()).collect();
         let names: Vec<String> = products.iter().map(|p| p.name.clone()).collect();
@@ -456,12 +541,7 @@ impl Tx for PgEngine {
         let fetched: Vec<i64> = products.iter().map(|p| p.fetched_at).collect();
         self.defer(
             "product_cache",
-            "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[],
-               $5::bigint[])
-             ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
-               price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
-             WHERE excluded.fetched_at >= product_cache.fetched_at",
+            UPSERT_PRODUCTS,
             vec![
                 Box::new(ids),
                 Box::new(names),
@@ -601,6 +681,9 @@ impl Tx for PgEngine {
 
     /// One statement for all the order's lines.
     fn record_sales(&mut self, order: &Order, at: i64) -> Result<(), StoreError> {
+        if let Some(c) = &mut self.combined {
+            return c.record_sales(order, at);
+        }
         let products: Vec<i64> = order.items.iter().map(|i| i.product_id.get()).collect();
         let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity as i32).collect();
         self.wrote = true;
@@ -664,8 +747,8 @@ mod tests {
     use super::super::test_db::TestDb;
     use super::super::{engines, migrate, Connector};
     use super::PgEngine;
-    use crate::domain::{Money, Order, ProductId, UserId};
-    use crate::store::{CachedProduct, Engine, EventPayload, NewEvent};
+    use crate::domain::{Money, Order, OrderId, ProductId, Status, UserId};
+    use crate::store::{CachedProduct, Engine, EventPayload, NewEvent, StoreError, Tx};
     use postgres::{Client, NoTls};
 
     fn engine(db: &TestDb) -> PgEngine {
@@ -674,29 +757,15 @@ mod tests {
         engines(&connector, &TestDb::pool()).unwrap().remove(0)
     }
 
-    /// A create as the rules write it (order, sales, event, the product's fresh row, its
-    /// answer if `keyed`), committed.
-    fn create(engine: &mut PgEngine, keyed: Option<&str>) {
-        let user = UserId::from_trusted("user-1".into());
-        if let Some(key) = keyed {
-            engine.begin().unwrap();
-            assert!(engine.tx().claim_idempotency(&user, key, "{}", 10).unwrap());
-            engine.commit().unwrap();
-        }
+    /// An online create's writes as the rules make them, after its order id: the order of
+    /// `user`, its sales, its event, and product 7's row as answered at `fetched_at`.
+    fn write_create(tx: &mut dyn Tx, id: OrderId, user: &str, fetched_at: i64) {
         let payload = EventPayload {
             head: r#"{"event_id":"s:"#.into(),
             middle: r#"","sequence":"#.into(),
             tail: "}".into(),
         };
-        engine.begin().unwrap();
-        let id = engine.tx().next_order_id(keyed.is_some()).unwrap();
-        assert_eq!(
-            engine.event.is_some(),
-            keyed.is_some() || !engine.one_statement,
-            "a transaction begun with the event id, unless the create is one statement"
-        );
-        let tx = engine.tx();
-        let order = Order::example(id.get(), "user-1", "Product 7");
+        let order = Order::example(id.get(), user, "Product 7");
         tx.insert_order(&order).unwrap();
         tx.record_sales(&order, 10).unwrap();
         tx.insert_event(&NewEvent {
@@ -711,18 +780,39 @@ mod tests {
             name: "Product 7".into(),
             price: Money::from_cents(1999),
             stock: 50,
-            fetched_at: 10,
+            fetched_at,
         }])
         .unwrap();
+    }
+
+    /// A create as the rules write it (order, sales, event, the product's fresh row, its
+    /// answer if `keyed`), committed.
+    fn create(engine: &mut PgEngine, keyed: Option<&str>) {
+        let user = UserId::from_trusted("user-1".into());
         if let Some(key) = keyed {
+            engine.begin().unwrap();
+            assert!(engine.tx().claim_idempotency(&user, key, "{}", 10).unwrap());
+            engine.commit().unwrap();
+        }
+        engine.begin().unwrap();
+        let id = engine.tx().next_order_id(keyed.is_some()).unwrap();
+        assert_eq!(
+            engine.event.is_some(),
+            keyed.is_some() || !engine.one_statement,
+            "a transaction begun with the event id, unless the create is one statement"
+        );
+        write_create(engine.tx(), id, "user-1", 10);
+        if let Some(key) = keyed {
+            let tx = engine.tx();
             assert!(tx.answer_idempotency(&user, key, 10, 201, "{}").unwrap());
         }
         engine.commit().unwrap();
     }
 
     /// Each order's event: written by the order's transaction, with its id in its
-    /// payload, event ids rising with transaction ids.
-    fn check_events(db: &TestDb, orders: usize) {
+    /// payload, event ids rising with transaction ids. Returns the number of
+    /// transactions that wrote them.
+    fn check_events(db: &TestDb, orders: usize) -> usize {
         let mut client = Client::connect(&db.url(), NoTls).unwrap();
         let rows = client
             .query(
@@ -732,7 +822,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(rows.len(), orders, "each order with its event");
-        let mut last_tx = 0;
+        let (mut last_tx, mut transactions) = (0, 0);
         for r in rows {
             let (order, event, payload): (i64, i64, String) = (r.get(0), r.get(1), r.get(2));
             assert_eq!(
@@ -746,11 +836,177 @@ mod tests {
                 "order {order} and its event written by one transaction"
             );
             assert!(
-                event_tx > last_tx,
+                event_tx >= last_tx,
                 "event {event}: ids follow transaction ids"
             );
+            transactions += usize::from(event_tx > last_tx);
             last_tx = event_tx;
         }
+        transactions
+    }
+
+    /// One value of the database's.
+    fn count(db: &TestDb, sql: &str) -> i64 {
+        let mut client = Client::connect(&db.url(), NoTls).unwrap();
+        client.query_one(sql, &[]).unwrap().get(0)
+    }
+
+    #[test]
+    fn online_creates_written_together_are_one_transaction_and_a_failed_one_is_left_out() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let mut engine = engine(&db);
+        assert!(engine.combines() > 1);
+        engine.begin_combined(3).unwrap();
+        let mut ids = Vec::new();
+        for (user, fetched_at, fails) in [
+            ("user-1", 20, false),
+            ("user-2", 40, true),
+            ("user-1", 30, false),
+        ] {
+            engine.savepoint().unwrap();
+            let id = engine.tx().next_order_id(false).unwrap();
+            write_create(engine.tx(), id, user, fetched_at);
+            if fails {
+                engine.rollback_to_savepoint().unwrap();
+            } else {
+                engine.release().unwrap();
+                ids.push(id.get());
+            }
+        }
+        engine.commit().unwrap();
+        assert!(engine.wrote_events());
+        assert_eq!(check_events(&db, 2), 1, "one transaction");
+        let orders: Vec<i64> = Client::connect(&db.url(), NoTls)
+            .unwrap()
+            .query("SELECT id FROM orders ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(orders, ids, "the failed create left out");
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM order_items"), 2);
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM stock_ledger"), 2);
+        assert_eq!(
+            count(
+                &db,
+                "SELECT orders FROM order_counts WHERE user_id = 'user-1'"
+            ),
+            2,
+            "one count row, both orders"
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) FROM order_counts WHERE user_id = 'user-2'"
+            ),
+            0
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT fetched_at FROM product_cache WHERE product_id = 7"
+            ),
+            30,
+            "the newest answer of the creates kept"
+        );
+        // What a combined create may not write is refused, not sent on its own.
+        engine.begin_combined(2).unwrap();
+        engine.savepoint().unwrap();
+        let refused =
+            engine
+                .tx()
+                .update_status(OrderId::from_trusted(ids[0]), Status::Cancelled, 50);
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+        engine.rollback_to_savepoint().unwrap();
+        engine.commit().unwrap();
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM orders WHERE status = 'pending'"),
+            2
+        );
+    }
+
+    #[test]
+    fn creates_that_queue_while_the_combining_writers_write_go_together() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
+        migrate(&connector).unwrap();
+        let pool = crate::config::PostgresPool {
+            writers: 4,
+            ..TestDb::pool()
+        };
+        let engines: Vec<Box<dyn Engine>> = engines(&connector, &pool)
+            .unwrap()
+            .into_iter()
+            .map(|e| Box::new(e) as Box<dyn Engine>)
+            .collect();
+        assert!(engines.len() > 2, "{}", engines.len());
+        let (wake, _woken) = crossbeam_channel::unbounded();
+        let (writer, threads) = crate::store::spawn_writer(engines, wake).unwrap();
+        // Every seventh create fails after its writes: it must leave nothing.
+        let clients: Vec<_> = (0..16)
+            .map(|c| {
+                let writer = writer.clone();
+                std::thread::spawn(move || {
+                    let mut kept = Vec::new();
+                    for n in 0..25 {
+                        let fails = (c * 25 + n) % 7 == 0;
+                        let user = format!("user-{}", n % 3);
+                        let created = writer.create(move |tx| -> Result<i64, StoreError> {
+                            let id = tx.next_order_id(false)?;
+                            write_create(tx, id, &user, 10 + n);
+                            if fails {
+                                return Err(StoreError::Unavailable("refused".into()));
+                            }
+                            Ok(id.get())
+                        });
+                        match (created, fails) {
+                            (Ok(id), false) => kept.push(id),
+                            (Err(_), true) => {}
+                            (other, _) => panic!("create {c}/{n}: {other:?}"),
+                        }
+                    }
+                    kept
+                })
+            })
+            .collect();
+        let mut kept: Vec<i64> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        kept.sort_unstable();
+        drop(writer);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let orders: Vec<i64> = Client::connect(&db.url(), NoTls)
+            .unwrap()
+            .query("SELECT id FROM orders ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(orders, kept, "every answered create, and no other");
+        let transactions = check_events(&db, kept.len());
+        assert!(
+            transactions < kept.len(),
+            "{} creates in {transactions} transactions: none combined",
+            kept.len()
+        );
+        assert_eq!(
+            count(&db, "SELECT SUM(orders)::bigint FROM order_counts"),
+            kept.len() as i64
+        );
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM stock_ledger"),
+            kept.len() as i64
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! row lock on every status change (`order_for_update`), idempotency keys claimed under
 //! their unique key, and one relay at a time under an advisory lock (`Reads::lead_relay`).
 
+mod combined;
 mod conn;
 mod deferred;
 mod engine;
@@ -169,6 +170,7 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
         // transaction older than this event's has ended" means every lower event id is
         // committed or never will be, and the relay keeps the outbox's order (reads.rs,
         // `pending_events`). The lock is held for microseconds, not until the commit.
+        // Creates written together take theirs at once, in a row (combined.rs).
         conn.batch(&format!(
             "CREATE OR REPLACE FUNCTION order_service_next_event() RETURNS TABLE (id BIGINT, tx BIGINT)
              LANGUAGE plpgsql AS $$
@@ -181,6 +183,21 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
                id := nextval('outbox_ids');
                PERFORM pg_advisory_unlock({EVENT_ID_LOCK});
                RETURN NEXT;
+             END $$;
+             CREATE OR REPLACE FUNCTION order_service_next_events(n INTEGER)
+               RETURNS TABLE (id BIGINT, tx BIGINT)
+             LANGUAGE plpgsql AS $$
+             BEGIN
+               IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+                 RAISE EXCEPTION 'an event id taken after the transaction''s first write';
+               END IF;
+               PERFORM pg_advisory_lock({EVENT_ID_LOCK});
+               tx := pg_current_xact_id()::text::bigint;
+               FOR i IN 1..n LOOP
+                 id := nextval('outbox_ids');
+                 RETURN NEXT;
+               END LOOP;
+               PERFORM pg_advisory_unlock({EVENT_ID_LOCK});
              END $$;"
         ))
         .map_err(|e| format!("event ids: {e}"))?;
