@@ -10,6 +10,11 @@
 //! (`order_service_next_events`): event ids still follow transaction ids. The rows a
 //! statement locks, users' counts and products' snapshot rows, go in key order, so two
 //! such statements cannot deadlock; a create writes none of another's rows.
+//!
+//! A create that fails before the commit is left out (`undo_create`). The statement
+//! fails only for the database's own reasons (what a create writes was parsed at the
+//! edge), and then every create in it is told it was not kept, as a failed commit tells
+//! every job of an SQLite batch.
 
 use super::deferred::Deferred;
 use super::engine::UPSERT_PRODUCTS;
