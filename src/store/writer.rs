@@ -106,8 +106,9 @@ impl WriterHandle {
 
     /// Runs `work`, an online create without an idempotency key, as `run` does; where the
     /// engine combines such creates (`Engine::combines`), it may be written in one
-    /// statement with others that queued meanwhile. `work` then writes only the order,
-    /// its sales, its event and its fresh product rows; anything else fails it.
+    /// statement with others that queued meanwhile. `work` must write only the order,
+    /// its sales, its event and its fresh product rows: anything else fails it when it
+    /// is combined.
     pub fn create<T, E, F>(&self, work: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -236,15 +237,14 @@ impl WriterHandle {
     }
 }
 
-/// Writers that take only online creates, where the engine combines them: while both
-/// write, the creates that arrive queue, and the next to finish writes them together.
-/// One would leave its session idle between statements while creates wait.
+/// Writers that take online creates, where the engine combines them: while both write,
+/// the creates that arrive queue, and the next to finish writes them together.
 const COMBINING_WRITERS: usize = 2;
 
 /// Starts a writer thread on each engine, all taking jobs from one queue; they stop when
 /// every handle is dropped. `wake_relay` is signalled after each commit that wrote an
-/// event. Where the engines combine online creates and there are more than two, the
-/// first two take those creates from a queue of their own (`run_combining`).
+/// event. Where the engines combine online creates and there are more than two, those
+/// creates have a queue of their own, which the first two take first (`run_combining`).
 pub fn spawn(
     engines: Vec<Box<dyn Engine>>,
     wake_relay: Sender<()>,
@@ -263,9 +263,9 @@ pub fn spawn(
     for (i, engine) in engines.into_iter().enumerate() {
         let wake_relay = wake_relay.clone();
         let thread = if i < combining {
-            let created = created.clone();
+            let (created, queue) = (created.clone(), queue.clone());
             crate::threads::spawn_critical("writer", move || {
-                run_combining(engine, created, wake_relay)
+                run_combining(engine, created, queue, wake_relay)
             })
         } else {
             let queue = queue.clone();
@@ -307,12 +307,34 @@ fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>
 }
 
 /// Takes online creates: one alone as any job, and all that queued meanwhile together,
-/// up to `Engine::combines`.
-fn run_combining(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>) {
-    while let Ok(first) = queue.recv() {
+/// up to `Engine::combines`. With none queued, it takes the other jobs too, one at a
+/// time (`max_batch` 1 wherever creates are combined), so that they keep every session.
+fn run_combining(
+    mut engine: Box<dyn Engine>,
+    creates: Receiver<Job>,
+    jobs: Receiver<Job>,
+    wake_relay: Sender<()>,
+) {
+    loop {
+        // (whether a create, the job); none once every handle is dropped.
+        let next = match creates.try_recv() {
+            Ok(job) => Some((true, job)),
+            Err(_) => crossbeam_channel::select! {
+                recv(creates) -> job => job.ok().map(|j| (true, j)),
+                recv(jobs) -> job => job.ok().map(|j| (false, j)),
+            },
+        };
+        let first = match next {
+            Some((true, create)) => create,
+            Some((false, job)) => {
+                run_batch(engine.as_mut(), vec![job], &wake_relay, false);
+                continue;
+            }
+            None => break,
+        };
         let mut batch = vec![first];
         while batch.len() < engine.combines() {
-            match queue.try_recv() {
+            match creates.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }

@@ -118,6 +118,11 @@ impl Combined {
         Ok(())
     }
 
+    /// Whether a create kept so far wrote an event.
+    pub fn holds_events(&self) -> bool {
+        self.creates.iter().any(|c| !c.events.is_empty())
+    }
+
     /// Holds the creates' writes in `deferred` as one statement, its parts in the order a
     /// single create pushes them (engine.rs), so that every create locks rows of a table
     /// in the same turn. Nothing held if no create wrote.

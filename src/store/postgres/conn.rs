@@ -18,6 +18,8 @@ pub struct Conn {
     in_transaction: bool,
     /// Run on every new session before its first statement (session settings).
     setup: Option<&'static str>,
+    /// A statement failed on this session since the last `take_failure`.
+    failure: bool,
 }
 
 impl Conn {
@@ -31,6 +33,7 @@ impl Conn {
             generation: 0,
             in_transaction: false,
             setup: (!setup.is_empty()).then_some(setup),
+            failure: false,
         }
     }
 
@@ -88,7 +91,13 @@ impl Conn {
         if !self.is_open() {
             self.client = None;
         }
+        self.failure = true;
         StoreError::from(e)
+    }
+
+    /// Whether a statement failed on the session since the last call.
+    pub fn take_failure(&mut self) -> bool {
+        std::mem::take(&mut self.failure)
     }
 
     /// Runs `op`, and once more on a new connection if it found this one gone outside a

@@ -235,6 +235,7 @@ impl Engine for PgEngine {
     fn commit(&mut self) -> Result<(), StoreError> {
         if let Some(c) = self.combined.take() {
             // One statement, atomic without a transaction around it.
+            self.wrote_events = c.holds_events();
             c.hold(&mut self.deferred);
             return self.deferred.flush(&mut self.conn);
         }
@@ -255,6 +256,15 @@ impl Engine for PgEngine {
         self.deferred.clear();
         if std::mem::take(&mut self.open) {
             self.conn.rollback();
+        }
+        // A statement that failed inside the event-id function, between its lock and its
+        // unlock (cancelled, say), left this session holding the event-id lock, and every
+        // instance's events would wait for it. A write session holds no other
+        // session-level lock.
+        if self.conn.take_failure() && self.conn.is_open() {
+            if let Err(e) = self.conn.batch("SELECT pg_advisory_unlock_all()") {
+                log::warn!("database: could not let go of the session's locks: {e}");
+            }
         }
     }
 
@@ -395,7 +405,6 @@ impl Tx for PgEngine {
 
     fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
         if let Some(c) = &mut self.combined {
-            self.wrote_events = true;
             return c.insert_event(e);
         }
         if self.event.is_none()
@@ -858,8 +867,10 @@ mod tests {
         };
         let mut engine = engine(&db);
         assert!(engine.combines() > 1);
+        // user-1 has an order already: the statement adds to its count.
+        create(&mut engine, None);
+        let mut ids = vec![count(&db, "SELECT MAX(id) FROM orders")];
         engine.begin_combined(3).unwrap();
-        let mut ids = Vec::new();
         for (user, fetched_at, fails) in [
             ("user-1", 20, false),
             ("user-2", 40, true),
@@ -877,7 +888,11 @@ mod tests {
         }
         engine.commit().unwrap();
         assert!(engine.wrote_events());
-        assert_eq!(check_events(&db, 2), 1, "one transaction");
+        assert_eq!(
+            check_events(&db, 3),
+            2,
+            "the first create's, and one for both"
+        );
         let orders: Vec<i64> = Client::connect(&db.url(), NoTls)
             .unwrap()
             .query("SELECT id FROM orders ORDER BY id", &[])
@@ -886,15 +901,15 @@ mod tests {
             .map(|r| r.get(0))
             .collect();
         assert_eq!(orders, ids, "the failed create left out");
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM order_items"), 2);
-        assert_eq!(count(&db, "SELECT COUNT(*) FROM stock_ledger"), 2);
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM order_items"), 3);
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM stock_ledger"), 3);
         assert_eq!(
             count(
                 &db,
                 "SELECT orders FROM order_counts WHERE user_id = 'user-1'"
             ),
-            2,
-            "one count row, both orders"
+            3,
+            "one count row, every order"
         );
         assert_eq!(
             count(
@@ -924,21 +939,84 @@ mod tests {
         );
         engine.rollback_to_savepoint().unwrap();
         engine.commit().unwrap();
+        assert!(!engine.wrote_events(), "nothing written");
         assert_eq!(
             count(&db, "SELECT COUNT(*) FROM orders WHERE status = 'pending'"),
-            2
+            3
         );
     }
 
     #[test]
-    fn creates_that_queue_while_the_combining_writers_write_go_together() {
+    fn a_combined_statement_that_fails_keeps_none_of_its_creates() {
         let Some(db) = TestDb::create() else {
             return;
         };
+        let mut engine = engine(&db);
+        engine.begin_combined(2).unwrap();
+        let mut first = None;
+        for _ in 0..2 {
+            engine.savepoint().unwrap();
+            let id = engine.tx().next_order_id(false).unwrap();
+            // The second order under the first's id: the statement fails on its key.
+            let id = *first.get_or_insert(id);
+            write_create(engine.tx(), id, "user-1", 10);
+            engine.release().unwrap();
+        }
+        assert!(engine.commit().is_err());
+        engine.abandon();
+        for table in [
+            "orders",
+            "order_items",
+            "order_counts",
+            "stock_ledger",
+            "outbox",
+        ] {
+            let rows = count(&db, &format!("SELECT COUNT(*) FROM {table}"));
+            assert_eq!(rows, 0, "{table}");
+        }
+        // The session goes on.
+        create(&mut engine, None);
+        assert_eq!(check_events(&db, 1), 1);
+    }
+
+    #[test]
+    fn a_create_that_fails_inside_the_event_id_function_lets_go_of_its_lock() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let mut engine = engine(&db);
+        create(&mut engine, None);
+        // No event id left: the function fails after taking its lock, before letting go.
+        let mut other = Client::connect(&db.url(), NoTls).unwrap();
+        other
+            .batch_execute("ALTER SEQUENCE outbox_ids MAXVALUE 2; SELECT setval('outbox_ids', 2)")
+            .unwrap();
+        engine.begin().unwrap();
+        let id = engine.tx().next_order_id(false).unwrap();
+        write_create(engine.tx(), id, "user-1", 10);
+        let failed = engine.commit().unwrap_err();
+        assert!(failed.to_string().contains("maximum value"), "{failed}");
+        engine.abandon();
+        let lock = super::super::EVENT_ID_LOCK;
+        let free: bool = other
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&lock])
+            .unwrap()
+            .get(0);
+        assert!(
+            free,
+            "the event-id lock still held by the failed create's session"
+        );
+    }
+
+    /// The writer on `writers` sessions of `db`.
+    fn writer(
+        db: &TestDb,
+        writers: usize,
+    ) -> (crate::store::WriterHandle, Vec<std::thread::JoinHandle<()>>) {
         let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
         migrate(&connector).unwrap();
         let pool = crate::config::PostgresPool {
-            writers: 4,
+            writers,
             ..TestDb::pool()
         };
         let engines: Vec<Box<dyn Engine>> = engines(&connector, &pool)
@@ -946,9 +1024,45 @@ mod tests {
             .into_iter()
             .map(|e| Box::new(e) as Box<dyn Engine>)
             .collect();
-        assert!(engines.len() > 2, "{}", engines.len());
         let (wake, _woken) = crossbeam_channel::unbounded();
-        let (writer, threads) = crate::store::spawn_writer(engines, wake).unwrap();
+        crate::store::spawn_writer(engines, wake).unwrap()
+    }
+
+    #[test]
+    fn the_sessions_that_combine_creates_take_other_jobs_when_no_create_waits() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        // Three sessions: two combine creates, one takes only other jobs.
+        let (writer, threads) = writer(&db, 3);
+        let (release, held) = crossbeam_channel::bounded::<()>(0);
+        let holding = {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                writer.run(move |_tx| -> Result<(), StoreError> {
+                    let _ = held.recv();
+                    Ok(())
+                })
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // While one session is held, another job still runs.
+        let pinged = writer.ping(std::time::Duration::from_secs(5));
+        let _ = release.send(());
+        holding.join().unwrap().unwrap();
+        assert!(pinged.is_ok(), "{pinged:?}");
+        drop(writer);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn creates_that_queue_while_the_combining_writers_write_go_together() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let (writer, threads) = writer(&db, 4);
         // Every seventh create fails after its writes: it must leave nothing.
         let clients: Vec<_> = (0..16)
             .map(|c| {
@@ -1022,7 +1136,7 @@ mod tests {
         for _ in 0..3 {
             create(&mut engine, None);
         }
-        check_events(&db, 3);
+        assert_eq!(check_events(&db, 3), 3, "a transaction each");
     }
 
     #[test]
@@ -1046,7 +1160,7 @@ mod tests {
         engine.set_one_statement(false);
         create(&mut engine, None);
         create(&mut engine, Some("key-2"));
-        check_events(&db, 3);
+        assert_eq!(check_events(&db, 3), 3, "a transaction each");
         let answered: i64 = Client::connect(&db.url(), NoTls)
             .unwrap()
             .query_one(
