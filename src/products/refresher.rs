@@ -10,7 +10,7 @@
 use super::snapshot::ListPage;
 use super::{get_json, read_catalog, snapshot_row, Catalog, Outage, Source};
 use crate::clock::now_micros;
-use crate::store::{StoreError, WriterHandle};
+use crate::store::{CachedProduct, StoreError, WriterHandle};
 use crate::threads::Stoppable;
 use crossbeam_channel::{after, select, Receiver};
 use std::collections::HashSet;
@@ -188,13 +188,8 @@ impl Refresher {
     }
 
     fn write_page(&self, products: &[super::Product], at: i64) -> Result<(), StoreError> {
-        let rows: Vec<_> = products.iter().map(|p| snapshot_row(p, at)).collect();
-        self.writer.run(move |tx| {
-            for row in &rows {
-                tx.upsert_product(row)?;
-            }
-            Ok(())
-        })
+        let rows = snapshot_rows(products, at);
+        self.writer.run(move |tx| tx.upsert_products(&rows))
     }
 
     fn finish(
@@ -246,12 +241,46 @@ pub fn import_snapshot(
     taken_at: i64,
     source: &str,
 ) -> Result<(), StoreError> {
-    let rows: Vec<_> = products.iter().map(|p| snapshot_row(p, taken_at)).collect();
+    let rows = snapshot_rows(products, taken_at);
     let (n, source) = (rows.len() as i64, source.to_string());
     writer.run(move |tx| {
-        for row in &rows {
-            tx.upsert_product(row)?;
-        }
+        tx.upsert_products(&rows)?;
         tx.finish_refresh(taken_at, n, &source, false)
     })
+}
+
+/// The snapshot's rows for `products`, one per product (the last given) in product
+/// order, as every transaction takes the snapshot's row locks (orders/rules.rs): a page
+/// written while creates refresh some of the same products cannot deadlock with them
+/// (PostgreSQL).
+fn snapshot_rows(products: &[super::Product], at: i64) -> Vec<CachedProduct> {
+    let rows: std::collections::BTreeMap<_, _> = products
+        .iter()
+        .map(|p| (p.id, snapshot_row(p, at)))
+        .collect();
+    rows.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Money, ProductId};
+
+    #[test]
+    fn a_page_is_written_one_row_per_product_in_product_order() {
+        let product = |id: i64, stock: i64| super::super::Product {
+            id: ProductId::new(id).unwrap(),
+            name: format!("Product {id}"),
+            price: Money::from_cents(100),
+            stock,
+        };
+        let page = [product(9, 1), product(2, 1), product(9, 7), product(5, 1)];
+        let rows = snapshot_rows(&page, 42);
+        let kept: Vec<(i64, i64)> = rows
+            .iter()
+            .map(|r| (r.product_id.get(), r.stock))
+            .collect();
+        assert_eq!(kept, [(2, 1), (5, 1), (9, 7)], "the last answer of 9 kept");
+        assert!(rows.iter().all(|r| r.fetched_at == 42));
+    }
 }
