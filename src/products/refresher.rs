@@ -276,10 +276,7 @@ mod tests {
         };
         let page = [product(9, 1), product(2, 1), product(9, 7), product(5, 1)];
         let rows = snapshot_rows(&page, 42);
-        let kept: Vec<(i64, i64)> = rows
-            .iter()
-            .map(|r| (r.product_id.get(), r.stock))
-            .collect();
+        let kept: Vec<(i64, i64)> = rows.iter().map(|r| (r.product_id.get(), r.stock)).collect();
         assert_eq!(kept, [(2, 1), (5, 1), (9, 7)], "the last answer of 9 kept");
         assert!(rows.iter().all(|r| r.fetched_at == 42));
     }
