@@ -372,12 +372,12 @@ fn catalog_import(config: &Config, file: &std::path::Path) -> Result<(), Failure
     for thread in threads {
         let _ = thread.join();
     }
-    imported.map_err(|e| Failure::Other(e.to_string()))?;
+    let imported = imported.map_err(|e| Failure::Other(e.to_string()))?;
     let age = (now - taken_at) / 1_000_000;
     println!(
         "{}: {} products imported into the catalog snapshot of {}, as of {} (the file's time; rows fetched later are kept)",
         file.display(),
-        products.len(),
+        imported,
         config.database.describe(),
         order_service::clock::rfc3339(taken_at)
     );

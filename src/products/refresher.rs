@@ -235,18 +235,20 @@ impl Catalog {
 
 /// Loads `products` into the snapshot as fetched at `taken_at` (`catalog import`): rows
 /// fetched later (by a lookup or a refresh) are kept, and nothing else is dropped.
+/// Returns how many products that was (a product listed twice counts once).
 pub fn import_snapshot(
     writer: &WriterHandle,
     products: &[super::Product],
     taken_at: i64,
     source: &str,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let rows = snapshot_rows(products, taken_at);
-    let (n, source) = (rows.len() as i64, source.to_string());
+    let (n, source) = (rows.len(), source.to_string());
     writer.run(move |tx| {
         tx.upsert_products(&rows)?;
-        tx.finish_refresh(taken_at, n, &source, false)
-    })
+        tx.finish_refresh(taken_at, n as i64, &source, false)
+    })?;
+    Ok(n)
 }
 
 /// The snapshot's rows for `products`, one per product (the last given) in product

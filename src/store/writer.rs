@@ -28,7 +28,7 @@ pub trait Engine: Send + 'static {
     /// Jobs one transaction may hold.
     fn max_batch(&self) -> usize;
     /// Online creates (`WriterHandle::create`) one transaction may write together, on
-    /// writers of their own (`spawn`); 0 if they are jobs like any other.
+    /// the writers that take them first (`spawn`); 0 if they are jobs like any other.
     fn combines(&self) -> usize {
         0
     }
@@ -244,7 +244,9 @@ const COMBINING_WRITERS: usize = 2;
 /// Starts a writer thread on each engine, all taking jobs from one queue; they stop when
 /// every handle is dropped. `wake_relay` is signalled after each commit that wrote an
 /// event. Where the engines combine online creates and there are more than two, those
-/// creates have a queue of their own, which the first two take first (`run_combining`).
+/// creates have a queue of their own, which the first two take first (`run_combining`);
+/// the first of them takes other jobs too when no create waits, and the second only
+/// creates, so that creates never wait behind other jobs.
 pub fn spawn(
     engines: Vec<Box<dyn Engine>>,
     wake_relay: Sender<()>,
@@ -263,7 +265,8 @@ pub fn spawn(
     for (i, engine) in engines.into_iter().enumerate() {
         let wake_relay = wake_relay.clone();
         let thread = if i < combining {
-            let (created, queue) = (created.clone(), queue.clone());
+            let created = created.clone();
+            let queue = (i == 0).then(|| queue.clone());
             crate::threads::spawn_critical("writer", move || {
                 run_combining(engine, created, queue, wake_relay)
             })
@@ -307,19 +310,20 @@ fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>
 }
 
 /// Takes online creates: one alone as any job, and all that queued meanwhile together,
-/// up to `Engine::combines`. With none queued, it takes the other jobs too, one at a
-/// time (`max_batch` 1 wherever creates are combined), so that they keep every session.
+/// up to `Engine::combines`. With `jobs` and no create queued, it takes the other jobs
+/// too, one at a time (`max_batch` 1 wherever creates are combined).
 fn run_combining(
     mut engine: Box<dyn Engine>,
     creates: Receiver<Job>,
-    jobs: Receiver<Job>,
+    jobs: Option<Receiver<Job>>,
     wake_relay: Sender<()>,
 ) {
     loop {
         // (whether a create, the job); none once every handle is dropped.
-        let next = match creates.try_recv() {
-            Ok(job) => Some((true, job)),
-            Err(_) => crossbeam_channel::select! {
+        let next = match (creates.try_recv(), &jobs) {
+            (Ok(job), _) => Some((true, job)),
+            (Err(_), None) => creates.recv().ok().map(|j| (true, j)),
+            (Err(_), Some(jobs)) => crossbeam_channel::select! {
                 recv(creates) -> job => job.ok().map(|j| (true, j)),
                 recv(jobs) -> job => job.ok().map(|j| (false, j)),
             },

@@ -926,8 +926,13 @@ mod tests {
             30,
             "the newest answer of the creates kept"
         );
-        // What a combined create may not write is refused, not sent on its own.
+        // A create undone takes its event with it; what a combined create may not write
+        // is refused, not sent on its own.
         engine.begin_combined(2).unwrap();
+        engine.savepoint().unwrap();
+        let id = engine.tx().next_order_id(false).unwrap();
+        write_create(engine.tx(), id, "user-3", 50);
+        engine.rollback_to_savepoint().unwrap();
         engine.savepoint().unwrap();
         let refused =
             engine
@@ -1024,16 +1029,18 @@ mod tests {
             .into_iter()
             .map(|e| Box::new(e) as Box<dyn Engine>)
             .collect();
+        assert!(engines[0].combines() > 1, "this server combines creates");
         let (wake, _woken) = crossbeam_channel::unbounded();
         crate::store::spawn_writer(engines, wake).unwrap()
     }
 
     #[test]
-    fn the_sessions_that_combine_creates_take_other_jobs_when_no_create_waits() {
+    fn a_session_that_combines_creates_takes_other_jobs_when_no_create_waits() {
         let Some(db) = TestDb::create() else {
             return;
         };
-        // Three sessions: two combine creates, one takes only other jobs.
+        // Three sessions: the first takes creates first and other jobs, the second only
+        // creates, the third only other jobs.
         let (writer, threads) = writer(&db, 3);
         let (release, held) = crossbeam_channel::bounded::<()>(0);
         let holding = {
@@ -1051,6 +1058,54 @@ mod tests {
         let _ = release.send(());
         holding.join().unwrap().unwrap();
         assert!(pinged.is_ok(), "{pinged:?}");
+        drop(writer);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_create_does_not_wait_behind_other_jobs_that_hold_the_other_sessions() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        // Three jobs that hold their session: two run, on the two sessions that take
+        // other jobs, and one waits for them.
+        let (writer, threads) = writer(&db, 3);
+        let (release, held) = crossbeam_channel::unbounded::<()>();
+        let holding: Vec<_> = (0..3)
+            .map(|_| {
+                let (writer, held) = (writer.clone(), held.clone());
+                std::thread::spawn(move || {
+                    writer.run(move |_tx| -> Result<(), StoreError> {
+                        let _ = held.recv();
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (done, created) = crossbeam_channel::bounded(1);
+        let creating = {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                let id = writer.create(|tx| -> Result<OrderId, StoreError> {
+                    let id = tx.next_order_id(false)?;
+                    write_create(tx, id, "user-1", 10);
+                    Ok(id)
+                });
+                let _ = done.send(id);
+            })
+        };
+        let answer = created.recv_timeout(std::time::Duration::from_secs(5));
+        for _ in 0..3 {
+            let _ = release.send(());
+        }
+        for h in holding {
+            h.join().unwrap().unwrap();
+        }
+        creating.join().unwrap();
+        assert!(matches!(answer, Ok(Ok(_))), "{answer:?}");
         drop(writer);
         for t in threads {
             t.join().unwrap();
