@@ -170,21 +170,11 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
         // transaction older than this event's has ended" means every lower event id is
         // committed or never will be, and the relay keeps the outbox's order (reads.rs,
         // `pending_events`). The lock is held for microseconds, not until the commit.
-        // Creates written together take theirs at once, in a row (combined.rs).
+        // Creates written together take theirs at once, in a row (combined.rs);
+        // `order_service_next_event()`, which older instances on the same database call
+        // too, is the same function asked for one.
         conn.batch(&format!(
-            "CREATE OR REPLACE FUNCTION order_service_next_event() RETURNS TABLE (id BIGINT, tx BIGINT)
-             LANGUAGE plpgsql AS $$
-             BEGIN
-               IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
-                 RAISE EXCEPTION 'an event id taken after the transaction''s first write';
-               END IF;
-               PERFORM pg_advisory_lock({EVENT_ID_LOCK});
-               tx := pg_current_xact_id()::text::bigint;
-               id := nextval('outbox_ids');
-               PERFORM pg_advisory_unlock({EVENT_ID_LOCK});
-               RETURN NEXT;
-             END $$;
-             CREATE OR REPLACE FUNCTION order_service_next_events(n INTEGER)
+            "CREATE OR REPLACE FUNCTION order_service_next_events(n INTEGER)
                RETURNS TABLE (id BIGINT, tx BIGINT)
              LANGUAGE plpgsql AS $$
              BEGIN
@@ -198,7 +188,9 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
                  RETURN NEXT;
                END LOOP;
                PERFORM pg_advisory_unlock({EVENT_ID_LOCK});
-             END $$;"
+             END $$;
+             CREATE OR REPLACE FUNCTION order_service_next_event() RETURNS TABLE (id BIGINT, tx BIGINT)
+             LANGUAGE sql AS $$ SELECT * FROM order_service_next_events(1) $$;"
         ))
         .map_err(|e| format!("event ids: {e}"))?;
         Ok(report
