@@ -1034,6 +1034,28 @@ mod tests {
         crate::store::spawn_writer(engines, wake).unwrap()
     }
 
+    /// A job that holds its session until `held` gives it a go.
+    fn hold(
+        writer: &crate::store::WriterHandle,
+        held: crossbeam_channel::Receiver<()>,
+    ) -> std::thread::JoinHandle<Result<(), StoreError>> {
+        let writer = writer.clone();
+        std::thread::spawn(move || {
+            writer.run(move |_tx| -> Result<(), StoreError> {
+                let _ = held.recv();
+                Ok(())
+            })
+        })
+    }
+
+    /// Drops the writer's last handle and waits for its threads to stop.
+    fn stop(writer: crate::store::WriterHandle, threads: Vec<std::thread::JoinHandle<()>>) {
+        drop(writer);
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
     #[test]
     fn a_session_that_combines_creates_takes_other_jobs_when_no_create_waits() {
         let Some(db) = TestDb::create() else {
@@ -1042,26 +1064,15 @@ mod tests {
         // Three sessions: the first takes creates first and other jobs, the second only
         // creates, the third only other jobs.
         let (writer, threads) = writer(&db, 3);
-        let (release, held) = crossbeam_channel::bounded::<()>(0);
-        let holding = {
-            let writer = writer.clone();
-            std::thread::spawn(move || {
-                writer.run(move |_tx| -> Result<(), StoreError> {
-                    let _ = held.recv();
-                    Ok(())
-                })
-            })
-        };
+        let (release, held) = crossbeam_channel::unbounded::<()>();
+        let holding = hold(&writer, held);
         std::thread::sleep(std::time::Duration::from_millis(100));
         // While one session is held, another job still runs.
         let pinged = writer.ping(std::time::Duration::from_secs(5));
         let _ = release.send(());
         holding.join().unwrap().unwrap();
         assert!(pinged.is_ok(), "{pinged:?}");
-        drop(writer);
-        for t in threads {
-            t.join().unwrap();
-        }
+        stop(writer, threads);
     }
 
     #[test]
@@ -1073,17 +1084,7 @@ mod tests {
         // other jobs, and one waits for them.
         let (writer, threads) = writer(&db, 3);
         let (release, held) = crossbeam_channel::unbounded::<()>();
-        let holding: Vec<_> = (0..3)
-            .map(|_| {
-                let (writer, held) = (writer.clone(), held.clone());
-                std::thread::spawn(move || {
-                    writer.run(move |_tx| -> Result<(), StoreError> {
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                })
-            })
-            .collect();
+        let holding: Vec<_> = (0..3).map(|_| hold(&writer, held.clone())).collect();
         std::thread::sleep(std::time::Duration::from_millis(100));
         let (done, created) = crossbeam_channel::bounded(1);
         let creating = {
@@ -1106,10 +1107,7 @@ mod tests {
         }
         creating.join().unwrap();
         assert!(matches!(answer, Ok(Ok(_))), "{answer:?}");
-        drop(writer);
-        for t in threads {
-            t.join().unwrap();
-        }
+        stop(writer, threads);
     }
 
     #[test]
@@ -1150,10 +1148,7 @@ mod tests {
             .flat_map(|c| c.join().unwrap())
             .collect();
         kept.sort_unstable();
-        drop(writer);
-        for t in threads {
-            t.join().unwrap();
-        }
+        stop(writer, threads);
         let orders: Vec<i64> = Client::connect(&db.url(), NoTls)
             .unwrap()
             .query("SELECT id FROM orders ORDER BY id", &[])
