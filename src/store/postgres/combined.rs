@@ -23,10 +23,25 @@ use crate::store::{CachedProduct, EventPayload, NewEvent, StoreError};
 use std::collections::BTreeMap;
 
 /// An order's sales: when, and each line's product and quantity.
-struct Sales {
+pub(super) struct Sales {
     order: OrderId,
     at: i64,
     lines: Vec<(i64, i32)>,
+}
+
+impl Sales {
+    pub(super) fn of(o: &Order, at: i64) -> Sales {
+        let lines = o
+            .items
+            .iter()
+            .map(|i| (i.product_id.get(), i.quantity as i32))
+            .collect();
+        Sales {
+            order: o.id,
+            at,
+            lines,
+        }
+    }
 }
 
 /// An event, its id to come.
@@ -90,16 +105,7 @@ impl Combined {
     }
 
     pub fn record_sales(&mut self, o: &Order, at: i64) -> Result<(), StoreError> {
-        let lines = o
-            .items
-            .iter()
-            .map(|i| (i.product_id.get(), i.quantity as i32))
-            .collect();
-        self.current()?.sales.push(Sales {
-            order: o.id,
-            at,
-            lines,
-        });
+        self.current()?.sales.push(Sales::of(o, at));
         Ok(())
     }
 
@@ -124,8 +130,9 @@ impl Combined {
     }
 
     /// Holds the creates' writes in `deferred` as one statement, its parts in the order a
-    /// single create pushes them (engine.rs), so that every create locks rows of a table
-    /// in the same turn. Nothing held if no create wrote.
+    /// single create pushes them (engine.rs, with the same `push_orders` and
+    /// `push_sales`), so that every create locks rows of a table in the same turn.
+    /// Nothing held if no create wrote.
     pub fn hold(self, deferred: &mut Deferred) {
         let creates = self.creates;
         let orders: Vec<&Order> = creates.iter().flat_map(|c| &c.orders).collect();
@@ -134,26 +141,7 @@ impl Combined {
         }
         let sales: Vec<_> = creates.iter().flat_map(|c| &c.sales).collect();
         if !sales.is_empty() {
-            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for s in sales {
-                for (product, quantity) in &s.lines {
-                    cols.0.push(*product);
-                    cols.1.push(s.at);
-                    cols.2.push(s.order.get());
-                    cols.3.push(*quantity);
-                }
-            }
-            deferred.push(
-                "stock_ledger",
-                "INSERT INTO stock_ledger (product_id, sold_at, order_id, quantity)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::integer[])",
-                vec![
-                    Box::new(cols.0),
-                    Box::new(cols.1),
-                    Box::new(cols.2),
-                    Box::new(cols.3),
-                ],
-            );
+            push_sales(deferred, &sales);
         }
         let events: Vec<_> = creates.iter().flat_map(|c| &c.events).collect();
         if !events.is_empty() {
@@ -184,8 +172,32 @@ impl Combined {
     }
 }
 
+/// The sales of the orders' lines, to the ledger.
+pub(super) fn push_sales(deferred: &mut Deferred, sales: &[&Sales]) {
+    let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for s in sales {
+        for (product, quantity) in &s.lines {
+            cols.0.push(*product);
+            cols.1.push(s.at);
+            cols.2.push(s.order.get());
+            cols.3.push(*quantity);
+        }
+    }
+    deferred.push(
+        "stock_ledger",
+        "INSERT INTO stock_ledger (product_id, sold_at, order_id, quantity)
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::integer[])",
+        vec![
+            Box::new(cols.0),
+            Box::new(cols.1),
+            Box::new(cols.2),
+            Box::new(cols.3),
+        ],
+    );
+}
+
 /// The orders, their users' counts (one row per user, in user order) and their lines.
-fn push_orders(deferred: &mut Deferred, orders: &[&Order]) {
+pub(super) fn push_orders(deferred: &mut Deferred, orders: &[&Order]) {
     let col = |f: fn(&Order) -> i64| orders.iter().map(|o| f(o)).collect::<Vec<i64>>();
     let text = |f: fn(&Order) -> &str| {
         orders

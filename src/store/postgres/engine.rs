@@ -6,7 +6,7 @@
 //! flushes, which is PostgreSQL's own group commit. Online creates, which lock no order,
 //! are the exception: several that queued are written as one statement (combined.rs).
 
-use super::combined::Combined;
+use super::combined::{self, Combined, Sales};
 use super::conn::Conn;
 use super::deferred::{Deferred, Param};
 use super::reads::{cached_product, load_idempotency, order_of, orders_where};
@@ -69,12 +69,19 @@ impl PgEngine {
         sql: &str,
         params: Vec<Param>,
     ) -> Result<(), StoreError> {
+        self.make_room(&[table])?;
+        self.deferred.push(table, sql, params);
+        Ok(())
+    }
+
+    /// Before writes to `tables` are held back: a write held for one of them goes out
+    /// first (one part per table in a statement).
+    fn make_room(&mut self, tables: &[&str]) -> Result<(), StoreError> {
         self.not_combined()?;
         self.wrote = true;
-        if self.deferred.holds(table) {
+        if tables.iter().any(|t| self.deferred.holds(t)) {
             self.conn()?;
         }
-        self.deferred.push(table, sql, params);
         Ok(())
     }
 
@@ -312,61 +319,10 @@ impl Tx for PgEngine {
         if let Some(c) = &mut self.combined {
             return c.insert_order(o);
         }
-        self.wrote = true;
         // The lines go as arrays, whatever their number: a statement each was most of a
         // create's time, every one a round trip.
-        let mut lines = Lines::default();
-        for (line_no, i) in o.items.iter().enumerate() {
-            lines.line_no.push(line_no as i32 + 1);
-            lines.product_id.push(i.product_id.get());
-            lines.name.push(i.product_name.as_str().to_string());
-            lines.quantity.push(i.quantity as i32);
-            lines.price.push(i.price.cents());
-            lines.subtotal.push(i.subtotal.cents());
-        }
-        let user: Param = Box::new(o.user_id.as_str().to_string());
-        self.defer(
-            "orders",
-            "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
-               updated_at, stock_verified, priced_at, lines)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            vec![
-                Box::new(o.id.get()),
-                user,
-                Box::new(o.user_email.as_str().to_string()),
-                Box::new(o.status.as_str()),
-                Box::new(o.total.cents()),
-                Box::new(o.created_at),
-                Box::new(o.updated_at),
-                Box::new(i32::from(o.stock_verified)),
-                Box::new(o.priced_at),
-                Box::new(crate::store::lines::encode(&o.items)),
-            ],
-        )?;
-        self.defer(
-            "order_counts",
-            "INSERT INTO order_counts (user_id, orders) VALUES ($1, 1)
-             ON CONFLICT (user_id) DO UPDATE SET orders = order_counts.orders + 1",
-            vec![Box::new(o.user_id.as_str().to_string())],
-        )?;
-        self.defer(
-            "order_items",
-            "INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity,
-               price_cents, subtotal_cents)
-             SELECT $1, l.line_no, l.product_id, l.name, l.quantity, l.price, l.subtotal
-             FROM unnest($2::integer[], $3::bigint[], $4::text[], $5::integer[],
-               $6::bigint[], $7::bigint[])
-               AS l (line_no, product_id, name, quantity, price, subtotal)",
-            vec![
-                Box::new(o.id.get()),
-                Box::new(lines.line_no),
-                Box::new(lines.product_id),
-                Box::new(lines.name),
-                Box::new(lines.quantity),
-                Box::new(lines.price),
-                Box::new(lines.subtotal),
-            ],
-        )?;
+        self.make_room(&["orders", "order_counts", "order_items"])?;
+        combined::push_orders(&mut self.deferred, &[o]);
         Ok(())
     }
 
@@ -693,21 +649,8 @@ impl Tx for PgEngine {
         if let Some(c) = &mut self.combined {
             return c.record_sales(order, at);
         }
-        let products: Vec<i64> = order.items.iter().map(|i| i.product_id.get()).collect();
-        let quantities: Vec<i32> = order.items.iter().map(|i| i.quantity as i32).collect();
-        self.wrote = true;
-        self.defer(
-            "stock_ledger",
-            "INSERT INTO stock_ledger (product_id, sold_at, order_id, quantity)
-             SELECT l.product_id, $2, $3, l.quantity
-             FROM unnest($1::bigint[], $4::integer[]) AS l (product_id, quantity)",
-            vec![
-                Box::new(products),
-                Box::new(at),
-                Box::new(order.id.get()),
-                Box::new(quantities),
-            ],
-        )?;
+        self.make_room(&["stock_ledger"])?;
+        combined::push_sales(&mut self.deferred, &[&Sales::of(order, at)]);
         Ok(())
     }
 
@@ -738,17 +681,6 @@ impl Tx for PgEngine {
         )?;
         Ok(())
     }
-}
-
-/// An order's lines as columns, one array each, for `unnest`.
-#[derive(Default)]
-struct Lines {
-    line_no: Vec<i32>,
-    product_id: Vec<i64>,
-    name: Vec<String>,
-    quantity: Vec<i32>,
-    price: Vec<i64>,
-    subtotal: Vec<i64>,
 }
 
 #[cfg(test)]
