@@ -17,7 +17,6 @@
 //! every job of an SQLite batch.
 
 use super::deferred::Deferred;
-use super::engine::UPSERT_PRODUCTS;
 use crate::domain::{Order, OrderId};
 use crate::store::{CachedProduct, EventPayload, NewEvent, StoreError};
 use std::collections::BTreeMap;
@@ -130,8 +129,8 @@ impl Combined {
     }
 
     /// Holds the creates' writes in `deferred` as one statement, its parts in the order a
-    /// single create pushes them (engine.rs, with the same `push_orders` and
-    /// `push_sales`), so that every create locks rows of a table in the same turn.
+    /// single create pushes them (engine.rs, with the same `push_orders`, `push_sales`
+    /// and `push_products`), so that every create locks rows of a table in the same turn.
     /// Nothing held if no create wrote.
     pub fn hold(self, deferred: &mut Deferred) {
         let creates = self.creates;
@@ -157,19 +156,29 @@ impl Combined {
         }
         if !products.is_empty() {
             let rows: Vec<&CachedProduct> = products.into_values().collect();
-            deferred.push(
-                "product_cache",
-                UPSERT_PRODUCTS,
-                vec![
-                    Box::new(rows.iter().map(|p| p.product_id.get()).collect::<Vec<_>>()),
-                    Box::new(rows.iter().map(|p| p.name.clone()).collect::<Vec<_>>()),
-                    Box::new(rows.iter().map(|p| p.price.cents()).collect::<Vec<_>>()),
-                    Box::new(rows.iter().map(|p| p.stock).collect::<Vec<_>>()),
-                    Box::new(rows.iter().map(|p| p.fetched_at).collect::<Vec<_>>()),
-                ],
-            );
+            push_products(deferred, &rows);
         }
     }
+}
+
+/// Upserts the snapshot rows of `rows`, in their order, unless a row holds a newer
+/// answer. A statement may not upsert a row twice: one row per product, callers see to it.
+pub(super) fn push_products(deferred: &mut Deferred, rows: &[&CachedProduct]) {
+    deferred.push(
+        "product_cache",
+        "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+         ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
+           price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
+         WHERE excluded.fetched_at >= product_cache.fetched_at",
+        vec![
+            Box::new(rows.iter().map(|p| p.product_id.get()).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|p| p.name.clone()).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|p| p.price.cents()).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|p| p.stock).collect::<Vec<_>>()),
+            Box::new(rows.iter().map(|p| p.fetched_at).collect::<Vec<_>>()),
+        ],
+    );
 }
 
 /// The sales of the orders' lines, to the ledger.

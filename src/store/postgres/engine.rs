@@ -40,15 +40,6 @@ pub struct PgEngine {
 /// is far fewer.
 const MAX_COMBINED: usize = 64;
 
-/// Upserts the snapshot rows of `unnest`'s products, in their order, unless a row holds a
-/// newer answer.
-pub(super) const UPSERT_PRODUCTS: &str =
-    "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
-     SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
-     ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
-       price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
-     WHERE excluded.fetched_at >= product_cache.fetched_at";
-
 impl PgEngine {
     /// The connection in this transaction, begun if it was not yet, once the writes held
     /// back went out: what runs next sees them.
@@ -498,23 +489,9 @@ impl Tx for PgEngine {
         if let Some(c) = &mut self.combined {
             return c.upsert_products(products);
         }
-        self.wrote = true;
-        let ids: Vec<i64> = products.iter().map(|p| p.product_id.get()).collect();
-        let names: Vec<String> = products.iter().map(|p| p.name.clone()).collect();
-        let prices: Vec<i64> = products.iter().map(|p| p.price.cents()).collect();
-        let stocks: Vec<i64> = products.iter().map(|p| p.stock).collect();
-        let fetched: Vec<i64> = products.iter().map(|p| p.fetched_at).collect();
-        self.defer(
-            "product_cache",
-            UPSERT_PRODUCTS,
-            vec![
-                Box::new(ids),
-                Box::new(names),
-                Box::new(prices),
-                Box::new(stocks),
-                Box::new(fetched),
-            ],
-        )?;
+        self.make_room(&["product_cache"])?;
+        let rows: Vec<&CachedProduct> = products.iter().collect();
+        combined::push_products(&mut self.deferred, &rows);
         Ok(())
     }
 
