@@ -1,7 +1,9 @@
 //! Online creates written together: one statement for several orders, their lines,
 //! counts, sales, events and fresh product rows. A create alone costs PostgreSQL a
 //! backend woken, a statement started and ended, and a commit of its own (its WAL
-//! flushed), whatever its size; several in one statement share them.
+//! flushed), whatever its size; several in one statement share them. The parts that
+//! write the orders, sales and product rows (`push_orders`, `push_sales`,
+//! `push_products`) are a single create's too (engine.rs).
 //!
 //! The writer hands a session several such creates only when they queued while the
 //! sessions that write them were busy (writer.rs, `run_combining`), so a create never
