@@ -830,6 +830,22 @@ fn preloaded(run: &mut Run, spec: preload::Spec, main: bool) -> Result<(), Strin
             ));
         }
     }
+    // And every other user holds a share: the first and the last are asked.
+    let share = ((spec.orders - big) / u64::from(spec.users)).max(1);
+    for u in [0, spec.users - 1] {
+        let user = scenarios::user_name(u);
+        let first = client::Conn::new(svc.addr)
+            .send(&client::Request::get("/api/orders".into()).header("X-User-Id", user.clone()))
+            .map_err(|e| format!("list of {user}: {e}"))?;
+        let body: Value = serde_json::from_slice(&first.body).unwrap_or_default();
+        if first.status != 200 || body["total"].as_u64().unwrap_or(0) < share {
+            return Err(format!(
+                "{user} does not hold the {share} preloaded orders of each user: {} {}",
+                first.status,
+                String::from_utf8_lossy(&first.body)
+            ));
+        }
+    }
     run.scenario(&section, &get, &svc, Kind::Get, &known);
     run.scenario(&section, &list, &svc, Kind::List { big: false }, &known);
     if big > 0 {
