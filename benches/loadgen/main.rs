@@ -23,7 +23,7 @@ use ceilings::PgWrites;
 use order_service::config::url_host;
 use postgres::config::Host;
 use report::{Line, Report, Target};
-use scenarios::{Kind, Known, Outcome};
+use scenarios::{Kind, Known, Outcome, BIG};
 use serde_json::{json, Value};
 use service::{Service, Setup};
 use std::path::{Path, PathBuf};
@@ -754,7 +754,7 @@ fn baseline(full: &preload::Spec) -> preload::Spec {
 
 /// What the scale runs call their lines: (section, get, list, the big user's list).
 fn scale_names(spec: &preload::Spec, main: bool) -> (String, String, String, String) {
-    let big = spec.orders * spec.big_percent / 100;
+    let big = spec.held(BIG);
     let tag = if main {
         "preloaded".to_string()
     } else {
@@ -811,40 +811,12 @@ fn preloaded(run: &mut Run, spec: preload::Spec, main: bool) -> Result<(), Strin
         users: spec.users,
     };
     let (section, get, list, big_list) = scale_names(&spec, main);
-    let big = spec.orders * spec.big_percent / 100;
-    // The reads below must find what was preloaded: a list that comes back empty would
-    // measure nothing.
-    if big > 0 {
-        let first = client::Conn::new(svc.addr)
-            .send(&client::Request::get("/api/orders".into()).header("X-User-Id", "user-big"))
-            .map_err(|e| format!("list of the big user: {e}"))?;
-        let body: Value = serde_json::from_slice(&first.body).unwrap_or_default();
-        if first.status != 200
-            || body["total"] != json!(big)
-            || body["orders"].as_array().map_or(0, Vec::len) != 10.min(big as usize)
-        {
-            return Err(format!(
-                "the preloaded database does not answer as preloaded: {} {}",
-                first.status,
-                String::from_utf8_lossy(&first.body)
-            ));
-        }
-    }
-    // And every other user holds a share: the first and the last are asked.
-    let share = ((spec.orders - big) / u64::from(spec.users)).max(1);
-    for u in [0, spec.users - 1] {
-        let user = scenarios::user_name(u);
-        let first = client::Conn::new(svc.addr)
-            .send(&client::Request::get("/api/orders".into()).header("X-User-Id", user.clone()))
-            .map_err(|e| format!("list of {user}: {e}"))?;
-        let body: Value = serde_json::from_slice(&first.body).unwrap_or_default();
-        if first.status != 200 || body["total"].as_u64().unwrap_or(0) < share {
-            return Err(format!(
-                "{user} does not hold the {share} preloaded orders of each user: {} {}",
-                first.status,
-                String::from_utf8_lossy(&first.body)
-            ));
-        }
+    let big = spec.held(BIG);
+    let queue = setup.queue.clone();
+    if let Err(e) = check_preloaded(&svc, &spec) {
+        svc.stop();
+        service::delete_queue(&queue);
+        return Err(e);
     }
     run.scenario(&section, &get, &svc, Kind::Get, &known);
     run.scenario(&section, &list, &svc, Kind::List { big: false }, &known);
@@ -856,7 +828,44 @@ fn preloaded(run: &mut Run, spec: preload::Spec, main: bool) -> Result<(), Strin
         l.ceiling = b.clone();
     }
     let log = svc.stop();
+    service::delete_queue(&queue);
     look_at_log(&mut run.report, label, &log);
+    Ok(())
+}
+
+/// The reads of the scale runs must find what was preloaded (a list that comes back empty
+/// would measure nothing): the big user's orders, and those of the first and the last
+/// user, each exactly as many as the preload gave them.
+fn check_preloaded(svc: &Service, spec: &preload::Spec) -> Result<(), String> {
+    let others = spec.orders - spec.held(BIG);
+    for user in [BIG, 0, spec.users - 1] {
+        let held = spec.held(user);
+        let name = scenarios::user_name(user);
+        // With at least as many orders as users, every user has some.
+        if user != BIG && held == 0 && others >= u64::from(spec.users) {
+            return Err(format!(
+                "the preload gave {name} no orders of {others} spread over {} users",
+                spec.users
+            ));
+        }
+        if held == 0 {
+            continue;
+        }
+        let first = client::Conn::new(svc.addr)
+            .send(&client::Request::get("/api/orders".into()).header("X-User-Id", name.clone()))
+            .map_err(|e| format!("list of {name}: {e}"))?;
+        let body: Value = serde_json::from_slice(&first.body).unwrap_or_default();
+        if first.status != 200
+            || body["total"] != json!(held)
+            || body["orders"].as_array().map_or(0, Vec::len) != 10.min(held as usize)
+        {
+            return Err(format!(
+                "{name} does not hold the {held} orders preloaded for it: {} {}",
+                first.status,
+                String::from_utf8_lossy(&first.body)
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -1000,7 +1009,7 @@ fn targets(r: &mut Report, o: &Options) {
     let (_, big_get, big_list, big_user) = scale_names(&full, true);
     let small = baseline(&full);
     let (_, small_get, small_list, _) = scale_names(&small, false);
-    // Every read the run measured, preloaded ones too.
+    // The reads the targets are about: the fresh database's and the preloaded ones.
     let reads = [
         "get by id",
         "list page 1 (10 per page)",

@@ -33,6 +33,13 @@ impl Spec {
             (nth % u64::from(self.users)) as u32
         }
     }
+
+    /// How many orders `user` holds (`BIG`: the big user), counted over the ids.
+    pub fn held(&self, user: u32) -> u64 {
+        (1..=self.orders)
+            .filter(|&id| self.owner(id) == user)
+            .count() as u64
+    }
 }
 
 /// One order, in the shapes each table wants: (product, name, quantity, price, subtotal).

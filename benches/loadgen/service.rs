@@ -192,8 +192,9 @@ pub fn run_dir(parent: &Path) -> PathBuf {
 /// one connection kept for the purpose. Cheap for the broker, and it costs the service
 /// nothing, unlike asking the service for its pending count. Dropping it closes both.
 pub struct QueueDepth {
-    connection: amiquip::Connection,
+    // Dropped in this order: the channel closes before its connection.
     channel: Option<amiquip::Channel>,
+    connection: amiquip::Connection,
     queue: String,
 }
 
@@ -202,8 +203,8 @@ impl QueueDepth {
         let connection = amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672")
             .map_err(|e| format!("connect: {e}"))?;
         Ok(QueueDepth {
-            connection,
             channel: None,
+            connection,
             queue: queue.to_string(),
         })
     }
