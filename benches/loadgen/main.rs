@@ -730,7 +730,9 @@ fn ceilings(run: &mut Run, order_bytes: Option<usize>, failed: &mut bool) {
 
 /// The scale runs: the same reads on `--preload` orders and, as their baseline, on a
 /// hundredth as many from the same generator (as many orders per user, the big user the
-/// same share): the two differ in size only.
+/// same share): the two differ in size only. Both services run side by side and each
+/// read is measured on one right after the other, the first of the two taking turns, so
+/// that the machine's drift over the runs falls on both alike.
 fn scale(run: &mut Run) -> Result<(), String> {
     let o = &run.o;
     let full = preload::Spec {
@@ -739,8 +741,74 @@ fn scale(run: &mut Run) -> Result<(), String> {
         big_percent: o.big_percent,
         pending_events: false,
     };
-    preloaded(run, full, true)?;
-    preloaded(run, baseline(&full), false)
+    let big = load(run, full, true)?;
+    let small = match load(run, baseline(&full), false) {
+        Ok(small) => small,
+        Err(e) => {
+            big.stop(run);
+            return Err(e);
+        }
+    };
+    // The million's section first in the report, whichever read runs first.
+    run.report.section(&big.names.0);
+    run.report.section(&small.names.0);
+    let reads: [(Kind, LineName); 3] = [
+        (Kind::Get, |l| &l.names.1),
+        (Kind::List { big: false }, |l| &l.names.2),
+        (Kind::List { big: true }, |l| &l.names.3),
+    ];
+    for (turn, (kind, name)) in reads.into_iter().enumerate() {
+        let order = if turn % 2 == 0 {
+            [&small, &big]
+        } else {
+            [&big, &small]
+        };
+        for loaded in order {
+            if matches!(kind, Kind::List { big: true }) && loaded.spec.held(BIG) == 0 {
+                continue;
+            }
+            run.scenario(
+                &loaded.names.0,
+                name(loaded),
+                &loaded.svc,
+                kind,
+                &loaded.known,
+            );
+        }
+    }
+    let b = run.report.line("get by id").and_then(|l| l.ceiling.clone());
+    for loaded in [&big, &small] {
+        for l in run.report.section(&loaded.names.0).iter_mut() {
+            l.ceiling = b.clone();
+        }
+    }
+    big.stop(run);
+    small.stop(run);
+    Ok(())
+}
+
+/// Which of a `Loaded`'s names a read's line takes.
+type LineName = fn(&Loaded) -> &str;
+
+/// A preloaded database with the service started on it.
+struct Loaded {
+    svc: Service,
+    queue: String,
+    label: &'static str,
+    spec: preload::Spec,
+    known: Known,
+    /// As `scale_names` gives them.
+    names: (String, String, String, String),
+    /// Removes the database when dropped, after the service has stopped.
+    _db: Db,
+}
+
+impl Loaded {
+    fn stop(self, run: &mut Run) {
+        let log = self.svc.stop();
+        service::delete_queue(&self.queue);
+        look_at_log(&mut run.report, self.label, &log);
+    }
 }
 
 /// The baseline of `full`: a hundredth of its orders over a hundredth of its users.
@@ -768,8 +836,8 @@ fn scale_names(spec: &preload::Spec, main: bool) -> (String, String, String, Str
     )
 }
 
-/// Preloads `spec` into a database of its own, starts the service on it and reads.
-fn preloaded(run: &mut Run, spec: preload::Spec, main: bool) -> Result<(), String> {
+/// Preloads `spec` into a database of its own and starts the service on it.
+fn load(run: &mut Run, spec: preload::Spec, main: bool) -> Result<Loaded, String> {
     let o = &run.o;
     let label = if main { "scale" } else { "baseline" };
     let db = Db::new(o, &run.dir, label)?;
@@ -804,33 +872,25 @@ fn preloaded(run: &mut Run, spec: preload::Spec, main: bool) -> Result<(), Strin
             json!(ms(svc.ready_after)),
         );
     }
-    let known = Known {
-        orders: (1..=spec.orders)
-            .map(|id| (id as i64, spec.owner(id)))
-            .collect(),
-        users: spec.users,
+    let loaded = Loaded {
+        known: Known {
+            orders: (1..=spec.orders)
+                .map(|id| (id as i64, spec.owner(id)))
+                .collect(),
+            users: spec.users,
+        },
+        names: scale_names(&spec, main),
+        queue: setup.queue.clone(),
+        label,
+        spec,
+        svc,
+        _db: db,
     };
-    let (section, get, list, big_list) = scale_names(&spec, main);
-    let big = spec.held(BIG);
-    let queue = setup.queue.clone();
-    if let Err(e) = check_preloaded(&svc, &spec) {
-        svc.stop();
-        service::delete_queue(&queue);
+    if let Err(e) = check_preloaded(&loaded.svc, &spec) {
+        loaded.stop(run);
         return Err(e);
     }
-    run.scenario(&section, &get, &svc, Kind::Get, &known);
-    run.scenario(&section, &list, &svc, Kind::List { big: false }, &known);
-    if big > 0 {
-        run.scenario(&section, &big_list, &svc, Kind::List { big: true }, &known);
-    }
-    let b = run.report.line("get by id").and_then(|l| l.ceiling.clone());
-    for l in run.report.section(&section).iter_mut() {
-        l.ceiling = b.clone();
-    }
-    let log = svc.stop();
-    service::delete_queue(&queue);
-    look_at_log(&mut run.report, label, &log);
-    Ok(())
+    Ok(loaded)
 }
 
 /// The reads of the scale runs must find what was preloaded (a list that comes back empty

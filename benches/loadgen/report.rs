@@ -76,11 +76,16 @@ fn num(v: f64) -> Value {
 }
 
 impl Report {
+    /// The section of that title, made at the end if there is none yet.
     pub fn section(&mut self, title: &str) -> &mut Vec<Line> {
-        if self.sections.last().is_none_or(|(t, _)| t != title) {
-            self.sections.push((title.to_string(), Vec::new()));
-        }
-        &mut self.sections.last_mut().unwrap().1
+        let at = match self.sections.iter().position(|(t, _)| t == title) {
+            Some(at) => at,
+            None => {
+                self.sections.push((title.to_string(), Vec::new()));
+                self.sections.len() - 1
+            }
+        };
+        &mut self.sections[at].1
     }
 
     pub fn line(&self, name: &str) -> Option<&Line> {
