@@ -2,8 +2,8 @@
 //! counts, sales, events and fresh product rows. A create alone costs PostgreSQL a
 //! backend woken, a statement started and ended, and a commit of its own (its WAL
 //! flushed), whatever its size; several in one statement share them. The parts that
-//! write the orders, sales and product rows (`push_orders`, `push_sales`,
-//! `push_products`) are a single create's too (engine.rs).
+//! write the orders, sales, events and product rows (`push_orders`, `push_sales`,
+//! `push_events`, `push_products`) are a single create's too (engine.rs).
 //!
 //! The writer hands a session several such creates only when they queued while the
 //! sessions that write them were busy (writer.rs, `run_combining`), so a create never
@@ -46,11 +46,22 @@ impl Sales {
 }
 
 /// An event, its id to come.
-struct Event {
+pub(super) struct Event {
     order: OrderId,
     kind: String,
     payload: EventPayload,
     at: i64,
+}
+
+impl Event {
+    pub(super) fn of(e: &NewEvent<'_>) -> Event {
+        Event {
+            order: e.order_id,
+            kind: e.event_type.to_string(),
+            payload: e.payload.clone(),
+            at: e.at,
+        }
+    }
 }
 
 /// What one create (a job of the writer's) wrote.
@@ -111,12 +122,7 @@ impl Combined {
     }
 
     pub fn insert_event(&mut self, e: &NewEvent<'_>) -> Result<(), StoreError> {
-        self.current()?.events.push(Event {
-            order: e.order_id,
-            kind: e.event_type.to_string(),
-            payload: e.payload.clone(),
-            at: e.at,
-        });
+        self.current()?.events.push(Event::of(e));
         Ok(())
     }
 
@@ -298,8 +304,9 @@ pub(super) fn push_orders(deferred: &mut Deferred, orders: &[&Order]) {
 }
 
 /// The events, as the statement's main query: it takes their ids, in their turn, before
-/// the writes in the statement's `WITH` give the transaction its id.
-fn push_events(deferred: &mut Deferred, events: &[&Event]) {
+/// the writes in the statement's `WITH` give the transaction its id. The payload's id is
+/// put in as `EventPayload::with_id` does.
+pub(super) fn push_events(deferred: &mut Deferred, events: &[&Event]) {
     let text = |f: fn(&Event) -> &str| events.iter().map(|e| f(e).to_string()).collect::<Vec<_>>();
     deferred.push_main(
         "outbox",

@@ -362,22 +362,8 @@ impl Tx for PgEngine {
             // Nothing sent yet (an online create without an idempotency key): the
             // statement that writes the event takes its id in its main query, which runs
             // before the writes in its `WITH`, and commits alone, without BEGIN and COMMIT.
-            // The payload's id is put in as `EventPayload::with_id` does.
             self.wrote = true;
-            self.deferred.push_main(
-                "outbox",
-                "INSERT INTO outbox (id, order_id, event_type, payload, created_at, tx)
-                 SELECT n.id, $1, $2, $3 || n.id::text || $4 || n.id::text || $5, $6, n.tx
-                 FROM order_service_next_event() n",
-                vec![
-                    Box::new(e.order_id.get()),
-                    Box::new(e.event_type.to_string()),
-                    Box::new(e.payload.head.clone()),
-                    Box::new(e.payload.middle.clone()),
-                    Box::new(e.payload.tail.clone()),
-                    Box::new(e.at),
-                ],
-            );
+            combined::push_events(&mut self.deferred, &[&combined::Event::of(e)]);
             self.wrote_events = true;
             return Ok(());
         }
