@@ -292,8 +292,7 @@ pub fn hello(
 /// waited on for its confirms, for `time`. Latencies are per batch.
 pub fn broker(payload_len: usize, batch: usize, time: Duration) -> Result<Outcome, String> {
     let queue = format!("loadgen-ceiling-{}", std::process::id());
-    let mut connection = amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672")
-        .map_err(|e| format!("connect: {e}"))?;
+    let mut connection = crate::service::broker().map_err(|e| format!("connect: {e}"))?;
     let result = (|| {
         let channel = connection
             .open_channel(None)

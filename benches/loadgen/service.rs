@@ -172,8 +172,13 @@ pub fn broker_reachable() -> bool {
     TcpStream::connect_timeout(&"127.0.0.1:5672".parse().unwrap(), Duration::from_secs(1)).is_ok()
 }
 
+/// A connection to the local RabbitMQ, as guest.
+pub fn broker() -> amiquip::Result<amiquip::Connection> {
+    amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672")
+}
+
 pub fn delete_queue(queue: &str) {
-    if let Ok(mut c) = amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672") {
+    if let Ok(mut c) = broker() {
         if let Ok(ch) = c.open_channel(None) {
             let _ = ch.queue_delete(queue, amiquip::QueueDeleteOptions::default());
         }
@@ -200,8 +205,7 @@ pub struct QueueDepth {
 
 impl QueueDepth {
     pub fn open(queue: &str) -> Result<QueueDepth, String> {
-        let connection = amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672")
-            .map_err(|e| format!("connect: {e}"))?;
+        let connection = broker().map_err(|e| format!("connect: {e}"))?;
         Ok(QueueDepth {
             channel: None,
             connection,
