@@ -734,13 +734,7 @@ fn ceilings(run: &mut Run, order_bytes: Option<usize>, failed: &mut bool) {
 /// read is measured on one right after the other, the first of the two taking turns, so
 /// that the machine's drift over the runs falls on both alike.
 fn scale(run: &mut Run) -> Result<(), String> {
-    let o = &run.o;
-    let full = preload::Spec {
-        orders: o.preload,
-        users: o.users,
-        big_percent: o.big_percent,
-        pending_events: false,
-    };
+    let full = scale_spec(&run.o);
     let big = load(run, full, true)?;
     let small = match load(run, baseline(&full), false) {
         Ok(small) => small,
@@ -808,6 +802,16 @@ impl Loaded {
         let log = self.svc.stop();
         service::delete_queue(&self.queue);
         look_at_log(&mut run.report, self.label, &log);
+    }
+}
+
+/// The big preload of the scale runs, as the options give it.
+fn scale_spec(o: &Options) -> preload::Spec {
+    preload::Spec {
+        orders: o.preload,
+        users: o.users,
+        big_percent: o.big_percent,
+        pending_events: false,
     }
 }
 
@@ -1060,12 +1064,7 @@ fn targets(r: &mut Report, o: &Options) {
         list.map(|l| format!("{:.0}/s = {:.1}x seed", l.0, l.0 / 680.0)),
         list.map(|l| ok && l.0 >= 10_200.0),
     );
-    let full = preload::Spec {
-        orders: o.preload,
-        users: o.users,
-        big_percent: o.big_percent,
-        pending_events: false,
-    };
+    let full = scale_spec(o);
     let (_, big_get, big_list, big_user) = scale_names(&full, true);
     let small = baseline(&full);
     let (_, small_get, small_list, _) = scale_names(&small, false);
@@ -1090,18 +1089,15 @@ fn targets(r: &mut Report, o: &Options) {
         p99.map(|p| format!("{p:.2} ms")),
         p99.map(|p| ok && p <= 10.0),
     );
-    let n = o.preload;
-    for (what, small, big) in [
+    let (n, m) = (o.preload, small.orders);
+    for (what, at_m, at_n) in [
         ("get", &small_get, &big_get),
         ("list", &small_list, &big_list),
     ] {
-        let (f, b) = (line(r, small), line(r, big));
-        let ok = clean(r, &[small, big]);
+        let (f, b) = (line(r, at_m), line(r, at_n));
+        let ok = clean(r, &[at_m, at_n]);
         add(
-            &format!(
-                "{what} p50 with {n} orders within 25% of {} orders'",
-                baseline(&full).orders
-            ),
+            &format!("{what} p50 with {n} orders within 25% of {m} orders'"),
             f.zip(b).map(|(f, b)| {
                 format!(
                     "{:.2} vs {:.2} ms ({:+.0}%)",
