@@ -48,9 +48,12 @@ const USAGE: &str = "cargo bench --bench loadgen -- [options]
   --no-broker        leave RabbitMQ out: events wait in the outbox (its cost, by difference)
   --only LIST        run only these parts, comma-separated: create1, create5, get,
                      list, mix, ceilings, scale, drain (reads create their orders first)
+  --service-log F    the services' RUST_LOG (warn); at info they log every request
+                     with its time, at a cost of their own
+  --keep-logs        keep the run's folder with the services' logs (printed at the end)
   --smoke            a few seconds in all, small preload: for CI; fails on errors";
 
-/// The relay's batch (src/relay.rs BATCH): rows published before waiting for confirms.
+/// The relay's batch (src/relay/mod.rs BATCH): rows published before waiting for confirms.
 const RELAY_BATCH: usize = 500;
 /// Users of the fresh-database scenarios: ~30 orders each, so page 1 is full.
 const FRESH_USERS: u32 = 1000;
@@ -73,6 +76,9 @@ struct Options {
     no_broker: bool,
     /// The parts to run; empty: all of them.
     only: Vec<String>,
+    /// The services' RUST_LOG.
+    service_log: String,
+    keep_logs: bool,
 }
 
 const PARTS: [&str; 8] = [
@@ -103,6 +109,8 @@ fn options() -> Result<Options, String> {
         smoke: false,
         no_broker: false,
         only: Vec::new(),
+        service_log: "warn".into(),
+        keep_logs: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     // --smoke first, so that explicit options after it still win.
@@ -149,6 +157,8 @@ fn options() -> Result<Options, String> {
             "--dir" => o.dir = PathBuf::from(value("--dir")?),
             "--json" => o.json = Some(PathBuf::from(value("--json")?)),
             "--no-broker" => o.no_broker = true,
+            "--service-log" => o.service_log = value("--service-log")?,
+            "--keep-logs" => o.keep_logs = true,
             "--only" => {
                 for part in value("--only")?.split(',').filter(|p| !p.is_empty()) {
                     if !PARTS.contains(&part) {
@@ -251,6 +261,7 @@ impl Run {
             queue: queue.to_string(),
             http_threads: self.o.http_threads,
             log: self.dir.join(format!("{label}.log")),
+            log_filter: self.o.service_log.clone(),
         }
     }
 
@@ -306,16 +317,22 @@ fn main() {
         o,
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let autogroup = service::sched_autogroup();
     let o = &run.o;
     println!(
-        "order-service loadgen: {} backend, {} clients, {} HTTP workers, {:.1} s per scenario after {:.1} s warm-up, {} cores shared by client and service, broker {}",
+        "order-service loadgen: {} backend, {} clients, {} HTTP workers, {:.1} s per scenario after {:.1} s warm-up, {} cores shared by client and service, broker {}, the kernel's autogroup {}",
         if o.postgres { format!("postgres (at {})", preload::pg_host()) } else { "sqlite".into() },
         o.clients,
         o.http_threads,
         o.duration.as_secs_f64(),
         o.warmup.as_secs_f64(),
         cores,
-        if broker { "on" } else if o.no_broker { "off (--no-broker: no drain, no ceiling c)" } else { "off (no RabbitMQ on 127.0.0.1:5672: no drain, no ceiling c)" }
+        if broker { "on" } else if o.no_broker { "off (--no-broker: no drain, no ceiling c)" } else { "off (no RabbitMQ on 127.0.0.1:5672: no drain, no ceiling c)" },
+        match autogroup {
+            Some(true) => "on (the CPU is shared out by session: this run's, PostgreSQL's, RabbitMQ's)",
+            Some(false) => "off",
+            None => "unknown",
+        }
     );
     run.report.setup = vec![
         (
@@ -336,6 +353,7 @@ fn main() {
         ("drain".into(), json!(o.drain)),
         ("cores".into(), json!(cores)),
         ("broker".into(), json!(broker)),
+        ("sched_autogroup".into(), json!(autogroup)),
         ("smoke".into(), json!(o.smoke)),
         ("binary".into(), json!(service::BINARY)),
     ];
@@ -366,7 +384,11 @@ fn main() {
         }
         println!("JSON report: {}", path.display());
     }
-    let _ = std::fs::remove_dir_all(&run.dir);
+    if run.o.keep_logs {
+        println!("the services' logs: {}", run.dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&run.dir);
+    }
     if run.o.smoke && failed {
         eprintln!("loadgen: the smoke run saw failures (above)");
         std::process::exit(1);

@@ -25,6 +25,8 @@ pub struct Setup {
     pub queue: String,
     pub http_threads: usize,
     pub log: PathBuf,
+    /// RUST_LOG.
+    pub log_filter: String,
 }
 
 impl Setup {
@@ -41,7 +43,7 @@ impl Setup {
             .env("RABBITMQ_QUEUE", &self.queue)
             .env("STORE_ID", "loadgen")
             .env("HTTP_THREADS", self.http_threads.to_string())
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", &self.log_filter);
         c
     }
 
@@ -231,4 +233,13 @@ impl QueueDepth {
             }
         }
     }
+}
+
+/// Whether the kernel shares the CPU out by session (`sched_autogroup_enabled`): then
+/// PostgreSQL's and RabbitMQ's processes, started in sessions of their own, take turns
+/// with this run's as groups, and a busy group's processes can wait long for a core.
+pub fn sched_autogroup() -> Option<bool> {
+    std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+        .ok()
+        .map(|v| v.trim() != "0")
 }
