@@ -2,6 +2,7 @@
 //! who may do what, and the one event each real change writes.
 
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
 
 use crate::support::*;
 
@@ -423,4 +424,41 @@ fn setting_the_status_of_a_missing_order_answers_404() {
         .assert_error(404, "not_found");
 
     assert_eq!(app.count_outbox(), 0);
+}
+
+/// On PostgreSQL the changes of an order take a lock keyed by its id, among the keys of
+/// the service's own locks (src/store/postgres/mod.rs): the relay holds one of them for
+/// as long as it runs. An id from the path that is one of those keys is a missing order
+/// like any other, answered at once, and holds up nothing.
+#[test]
+fn an_order_id_equal_to_one_of_the_services_own_lock_keys_is_a_missing_order() {
+    if !require_postgres() {
+        return;
+    }
+    let app = TestApp::builder().postgres_only().spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            metric(&app.metrics().body, "order_service_relay_active") == Some(1.0)
+        }),
+        "the relay leads, holding its lock"
+    );
+    let relay_lock = 0x6f72_6465_7273_0002_i64;
+    for id in [relay_lock - 1, relay_lock, relay_lock + 1] {
+        let started = Instant::now();
+        app.cancel(&ALICE, id).assert_error(404, "not_found");
+        app.set_status_as_admin(id, "confirmed")
+            .assert_error(404, "not_found");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "order {id} answered at once, not after {:?}",
+            started.elapsed()
+        );
+    }
+
+    // Every writing session is free: changes go through, with their events.
+    let id = app.place_order_id(&ALICE, LAPTOP, 1);
+    app.cancel(&ALICE, id).assert_status(200);
+    app.set_status_as_admin(app.place_order_id(&ALICE, MOUSE, 1), "confirmed")
+        .assert_status(200);
+    assert_eq!(app.count_outbox(), 4);
 }

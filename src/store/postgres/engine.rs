@@ -323,6 +323,9 @@ impl Tx for PgEngine {
         // ids in the order the changes commit. (An event id taken while waiting could be
         // lower than that of the change that got in first.) An advisory lock assigns no
         // transaction id, so `take_event` still comes before the first one is assigned.
+        if super::SERVICE_LOCKS.contains(&id.get()) {
+            return Ok(None);
+        }
         if !self.wrote {
             self.conn()?
                 .query_one("SELECT pg_advisory_xact_lock($1)", &[&id.get()])?;

@@ -49,6 +49,12 @@ const MIGRATION_LOCK: i64 = 0x6f72_6465_7273_0001;
 const EVENT_ID_LOCK: i64 = 0x6f72_6465_7273_0003;
 /// Held by the relaying instance for as long as its session lives.
 pub(crate) const RELAY_LOCK: i64 = 0x6f72_6465_7273_0002;
+/// The keys of the locks above, and room for more. An order's changes lock its id in the
+/// same key space (`order_for_update`), so an id among these is no order's: locked, a
+/// client's request for it would wait on the relay's lock for as long as the relay runs,
+/// holding a writing session, or hold up every instance's event ids. Ids count up from 1.
+pub(crate) const SERVICE_LOCKS: std::ops::RangeInclusive<i64> =
+    0x6f72_6465_7273_0000..=0x6f72_6465_7273_ffff;
 
 /// The server's side of the keepalives the client sets (`Connector::new`).
 macro_rules! server_keepalives {
