@@ -254,7 +254,7 @@ pub const RABBITMQ_QUEUE: Setting<String> = Setting {
 pub const PRODUCT_SERVICE_URL: Setting<ProductSource> = Setting {
     name: "PRODUCT_SERVICE_URL",
     default: "http://localhost:8001",
-    help: "product service base URL, or file:PATH for a local catalog",
+    help: "product service base URL (http://), or file:PATH for a local catalog",
     secret: false,
     parse: parse_product_source,
 };
@@ -626,14 +626,21 @@ fn parse_product_source(v: &str) -> Result<ProductSource, String> {
             Ok(ProductSource::File(PathBuf::from(path)))
         };
     }
-    if v.starts_with("http://") || v.starts_with("https://") {
-        let rest = v.split_once("://").map(|(_, r)| r).unwrap_or("");
+    // ureq is built without TLS: an https:// URL would start and then fail every lookup.
+    if v.starts_with("https://") {
+        return Err(
+            "https:// is not supported: the product service is reached over plain \
+                    HTTP (http://, on a trusted network or through a local TLS proxy)"
+                .into(),
+        );
+    }
+    if let Some(rest) = v.strip_prefix("http://") {
         if rest.is_empty() || rest.starts_with('/') {
             return Err("needs a host".into());
         }
         return Ok(ProductSource::Http(v.trim_end_matches('/').to_string()));
     }
-    Err("must start with http://, https:// or file:".into())
+    Err("must start with http:// or file:".into())
 }
 
 fn ip_address(v: &str) -> Result<IpAddr, String> {
@@ -909,6 +916,19 @@ mod tests {
             c.product_source,
             ProductSource::Http("http://p:8001".into())
         );
+    }
+
+    #[test]
+    fn an_https_product_service_stops_start_up_since_lookups_speak_plain_http() {
+        let e = config(&[("PRODUCT_SERVICE_URL", "https://products.internal")]).unwrap_err();
+        assert_eq!(e.variable, "PRODUCT_SERVICE_URL");
+        assert!(e.to_string().contains("https:// is not supported"), "{e}");
+        for bad in ["http://", "http:///api", "products:8001"] {
+            assert!(
+                config(&[("PRODUCT_SERVICE_URL", bad)]).is_err(),
+                "{bad} is refused"
+            );
+        }
     }
 
     #[test]
