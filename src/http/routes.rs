@@ -298,7 +298,7 @@ fn parse_status(body: &serde_json::Value) -> Result<Status, ApiError> {
 }
 
 fn ready(shared: &Shared, reader: &dyn Reads) -> Response {
-    let database = shared.writer.ping(Duration::from_secs(2));
+    let database = shared.writer.probe(Duration::from_secs(2));
     let outbox = reader.outbox_stats();
     let db_ok = database.is_ok() && outbox.is_ok();
     let db_text = match (&database, &outbox) {

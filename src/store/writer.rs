@@ -8,7 +8,7 @@
 use super::{StoreError, Tx};
 use crate::clock::now_micros;
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -90,6 +90,19 @@ pub struct WriterHandle {
     jobs: Sender<Job>,
     /// Online creates: to the writers that combine them, or with the other jobs.
     creates: Sender<Job>,
+    /// The probe's heartbeat in flight, which every probe meanwhile waits for.
+    probe: Arc<Mutex<Option<Arc<Probe>>>>,
+}
+
+/// One heartbeat's answer, for every probe waiting on it.
+#[derive(Default)]
+struct Probe {
+    answer: Mutex<Option<Result<(), String>>>,
+    answered: Condvar,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl WriterHandle {
@@ -176,6 +189,48 @@ impl WriterHandle {
         Ok(total)
     }
 
+    /// Proves the database takes a write, within `timeout`, for `/ready`: probes at the
+    /// same time share one heartbeat, so that however often they come (a probe needs no
+    /// identity) at most one is queued, and a probe that gave up leaves nothing more
+    /// behind. Unlike `ping`, it may be answered before a job queued just before it.
+    pub fn probe(&self, timeout: Duration) -> Result<(), StoreError> {
+        let flight = {
+            let mut slot = locked(&self.probe);
+            match &*slot {
+                Some(flight) => flight.clone(),
+                None => {
+                    let flight = Arc::new(Probe::default());
+                    let (slot_ref, done) = (self.probe.clone(), flight.clone());
+                    self.send_with(
+                        &self.jobs,
+                        |tx| tx.heartbeat(now_micros()),
+                        false,
+                        move |result: Result<(), StoreError>| {
+                            // Probes from now on need a heartbeat of their own.
+                            locked(&slot_ref).take();
+                            *locked(&done.answer) = Some(result.map_err(|e| e.to_string()));
+                            done.answered.notify_all();
+                        },
+                    )?;
+                    *slot = Some(flight.clone());
+                    flight
+                }
+            }
+        };
+        let answer = locked(&flight.answer);
+        let (answer, _) = flight
+            .answered
+            .wait_timeout_while(answer, timeout, |a| a.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        match answer.as_ref() {
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(StoreError::Unavailable(why.clone())),
+            None => Err(StoreError::Unavailable(
+                "the writer did not answer in time".into(),
+            )),
+        }
+    }
+
     /// Proves the database takes a write, within `timeout`. A ping is answered once
     /// everything queued before it is committed.
     pub fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
@@ -209,20 +264,47 @@ impl WriterHandle {
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
     {
         let (answer, answered) = mpsc::sync_channel(1);
+        self.send_with(queue, work, alone, move |result| {
+            // A caller that went away no longer needs its answer.
+            let _ = answer.send(result);
+        })?;
+        Ok(Pending(answered))
+    }
+
+    /// Queues `work`; `answer` gets its result once its batch committed, or why it did
+    /// not (it is called once).
+    fn send_with<T, E, F, A>(
+        &self,
+        queue: &Sender<Job>,
+        work: F,
+        alone: bool,
+        answer: A,
+    ) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
+        A: FnOnce(Result<T, E>) + Send + 'static,
+    {
+        // Refused (the batch failed before the job ran) or delivered: one of the two.
+        let answer = Arc::new(Mutex::new(Some(answer)));
         let refused = answer.clone();
         let refuse = Box::new(move |e: StoreError| {
-            let _ = refused.send(Err(e.into()));
+            if let Some(answer) = locked(&refused).take() {
+                answer(Err(e.into()));
+            }
         });
         let work = Box::new(move |tx: &mut dyn Tx| {
             let result = work(tx);
             Settled {
                 ok: result.is_ok(),
                 deliver: Box::new(move |failed: Option<StoreError>| {
-                    // A caller that went away no longer needs its answer.
-                    let _ = answer.send(match failed {
-                        None => result,
-                        Some(e) => Err(e.into()),
-                    });
+                    if let Some(answer) = locked(&answer).take() {
+                        answer(match failed {
+                            None => result,
+                            Some(e) => Err(e.into()),
+                        });
+                    }
                 }),
             }
         });
@@ -232,8 +314,7 @@ impl WriterHandle {
                 refuse,
                 alone,
             })
-            .map_err(|_| stopped())?;
-        Ok(Pending(answered))
+            .map_err(|_| stopped())
     }
 }
 
@@ -278,7 +359,14 @@ pub fn spawn(
             thread.map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?,
         );
     }
-    Ok((WriterHandle { jobs, creates }, threads))
+    Ok((
+        WriterHandle {
+            jobs,
+            creates,
+            probe: Arc::default(),
+        },
+        threads,
+    ))
 }
 
 fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>) {
@@ -536,6 +624,64 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(left, vec![old_rows], "the newest row stays");
+    }
+
+    #[test]
+    fn probes_at_the_same_time_queue_one_heartbeat_and_all_get_its_answer() {
+        let db = TempDb::new();
+        let mut conn = crate::store::open_write(&db.0).unwrap();
+        crate::store::migrate(&mut conn).unwrap();
+        let (wake, _woken) = bounded(1);
+        let engine = crate::store::SqliteEngine::new(conn).unwrap();
+        let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
+        let thread = threads.remove(0);
+
+        // Holds the writer, so what the probes send stays queued.
+        let (release, held) = bounded::<()>(0);
+        let blocker = handle
+            .send(
+                move |_tx| -> Result<(), StoreError> {
+                    let _ = held.recv();
+                    Ok(())
+                },
+                false,
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // A flood of probes, each giving up after 100 ms, as /ready's do after 2 s.
+        let gave_up = std::thread::scope(|s| {
+            let probes: Vec<_> = (0..50)
+                .map(|_| s.spawn(|| handle.probe(Duration::from_millis(100))))
+                .collect();
+            probes
+                .into_iter()
+                .map(|p| p.join().unwrap())
+                .filter(Result::is_err)
+                .count()
+        });
+        assert_eq!(gave_up, 50, "the writer is held: no probe is answered");
+        assert_eq!(handle.jobs.len(), 1, "one heartbeat queued for the fifty");
+
+        // Probes that come while it is still queued wait for the same one.
+        let waiting = std::thread::scope(|s| {
+            let probes: Vec<_> = (0..10)
+                .map(|_| s.spawn(|| handle.probe(Duration::from_secs(10))))
+                .collect();
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(handle.jobs.len(), 1, "still one heartbeat queued");
+            release.send(()).unwrap();
+            probes
+                .into_iter()
+                .map(|p| p.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        assert!(waiting.iter().all(Result::is_ok), "{waiting:?}");
+        blocker.wait().unwrap();
+        // Once answered, the next probe writes a heartbeat of its own.
+        handle.probe(Duration::from_secs(10)).unwrap();
+        assert_eq!(handle.jobs.len(), 0);
+        drop(handle);
+        thread.join().unwrap();
     }
 
     #[test]
