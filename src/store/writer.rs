@@ -272,7 +272,8 @@ impl WriterHandle {
     }
 
     /// Queues `work`; `answer` gets its result once its batch committed, or why it did
-    /// not (it is called once).
+    /// not: the job is either refused (its batch failed before it ran) or delivered, so
+    /// `answer` is called once.
     fn send_with<T, E, F, A>(
         &self,
         queue: &Sender<Job>,
@@ -284,27 +285,20 @@ impl WriterHandle {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
-        A: FnOnce(Result<T, E>) + Send + 'static,
+        A: Fn(Result<T, E>) + Send + Sync + 'static,
     {
-        // Refused (the batch failed before the job ran) or delivered: one of the two.
-        let answer = Arc::new(Mutex::new(Some(answer)));
+        let answer = Arc::new(answer);
         let refused = answer.clone();
-        let refuse = Box::new(move |e: StoreError| {
-            if let Some(answer) = locked(&refused).take() {
-                answer(Err(e.into()));
-            }
-        });
+        let refuse = Box::new(move |e: StoreError| refused(Err(e.into())));
         let work = Box::new(move |tx: &mut dyn Tx| {
             let result = work(tx);
             Settled {
                 ok: result.is_ok(),
                 deliver: Box::new(move |failed: Option<StoreError>| {
-                    if let Some(answer) = locked(&answer).take() {
-                        answer(match failed {
-                            None => result,
-                            Some(e) => Err(e.into()),
-                        });
-                    }
+                    answer(match failed {
+                        None => result,
+                        Some(e) => Err(e.into()),
+                    })
                 }),
             }
         });
