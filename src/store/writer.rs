@@ -192,7 +192,10 @@ impl WriterHandle {
     /// Proves the database takes a write, within `timeout`, for `/ready`: probes at the
     /// same time share one heartbeat, so that however often they come (a probe needs no
     /// identity) at most one is queued, and a probe that gave up leaves nothing more
-    /// behind. Unlike `ping`, it may be answered before a job queued just before it.
+    /// behind. Unlike `ping`, it may be answered before a job queued just before it. With
+    /// several writing sessions (PostgreSQL), a session stuck on the shared heartbeat
+    /// fails the probes until it fails itself (its connection's timeouts), where a probe
+    /// of its own could have gone to another session: a stuck session is worth a 503.
     pub fn probe(&self, timeout: Duration) -> Result<(), StoreError> {
         let flight = {
             let mut slot = locked(&self.probe);
@@ -630,18 +633,24 @@ mod tests {
         let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
         let thread = threads.remove(0);
 
-        // Holds the writer, so what the probes send stays queued.
-        let (release, held) = bounded::<()>(0);
-        let blocker = handle
-            .send(
-                move |_tx| -> Result<(), StoreError> {
-                    let _ = held.recv();
-                    Ok(())
-                },
-                false,
-            )
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        // Holds the writer, once it runs, so that what the probes send stays queued.
+        let hold = |handle: &WriterHandle| {
+            let (release, held) = bounded::<()>(0);
+            let (running, started) = bounded::<()>(1);
+            let blocker = handle
+                .send(
+                    move |_tx| -> Result<(), StoreError> {
+                        running.send(()).unwrap();
+                        let _ = held.recv();
+                        Ok(())
+                    },
+                    false,
+                )
+                .unwrap();
+            started.recv_timeout(Duration::from_secs(10)).unwrap();
+            (release, blocker)
+        };
+        let (release, blocker) = hold(&handle);
         // A flood of probes, each giving up after 100 ms, as /ready's do after 2 s.
         let gave_up = std::thread::scope(|s| {
             let probes: Vec<_> = (0..50)
@@ -671,7 +680,15 @@ mod tests {
         });
         assert!(waiting.iter().all(Result::is_ok), "{waiting:?}");
         blocker.wait().unwrap();
-        // Once answered, the next probe writes a heartbeat of its own.
+        // Once answered, the next probe needs a heartbeat of its own: it waits for it.
+        let (release, blocker) = hold(&handle);
+        assert!(
+            handle.probe(Duration::from_millis(100)).is_err(),
+            "not answered by the heartbeat before"
+        );
+        assert_eq!(handle.jobs.len(), 1, "a new heartbeat queued");
+        release.send(()).unwrap();
+        blocker.wait().unwrap();
         handle.probe(Duration::from_secs(10)).unwrap();
         assert_eq!(handle.jobs.len(), 0);
         drop(handle);
