@@ -320,7 +320,7 @@ fn main() {
     let autogroup = service::sched_autogroup();
     let o = &run.o;
     println!(
-        "order-service loadgen: {} backend, {} clients, {} HTTP workers, {:.1} s per scenario after {:.1} s warm-up, {} cores shared by client and service, broker {}, the kernel's autogroup {}",
+        "order-service loadgen: {} backend, {} clients, {} HTTP workers, {:.1} s per scenario after {:.1} s warm-up, {} cores shared by client and service, broker {}, the kernel's autogroup {}, the services' RUST_LOG {}",
         if o.postgres { format!("postgres (at {})", preload::pg_host()) } else { "sqlite".into() },
         o.clients,
         o.http_threads,
@@ -332,7 +332,8 @@ fn main() {
             Some(true) => "on (the CPU is shared out by session: this run's, PostgreSQL's, RabbitMQ's)",
             Some(false) => "off",
             None => "unknown",
-        }
+        },
+        o.service_log
     );
     run.report.setup = vec![
         (
@@ -354,6 +355,7 @@ fn main() {
         ("cores".into(), json!(cores)),
         ("broker".into(), json!(broker)),
         ("sched_autogroup".into(), json!(autogroup)),
+        ("service_log".into(), json!(o.service_log)),
         ("smoke".into(), json!(o.smoke)),
         ("binary".into(), json!(service::BINARY)),
     ];
