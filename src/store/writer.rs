@@ -211,7 +211,12 @@ impl WriterHandle {
                         move |result: Result<(), StoreError>| {
                             // Probes from now on need a heartbeat of their own.
                             locked(&slot_ref).take();
-                            *locked(&done.answer) = Some(result.map_err(|e| e.to_string()));
+                            // Given again to each probe as `Unavailable`, said once.
+                            let why = |e| match e {
+                                StoreError::Unavailable(why) => why,
+                                other => other.to_string(),
+                            };
+                            *locked(&done.answer) = Some(result.map_err(why));
                             done.answered.notify_all();
                         },
                     )?;
