@@ -557,6 +557,33 @@ mod tests {
         }
     }
 
+    /// A writer thread on `conn` (migrated), and the receiver of its relay wake-ups.
+    fn sqlite_writer(conn: rusqlite::Connection) -> (WriterHandle, JoinHandle<()>, Receiver<()>) {
+        let (wake, woken) = bounded(1);
+        let engine = crate::store::SqliteEngine::new(conn).unwrap();
+        let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
+        (handle, threads.remove(0), woken)
+    }
+
+    /// Holds the writer with a job that runs until `release` is sent (or dropped); returns
+    /// once the job runs, so that what is sent after it stays queued.
+    fn hold(handle: &WriterHandle) -> (crossbeam_channel::Sender<()>, Pending<()>) {
+        let (release, held) = bounded::<()>(0);
+        let (running, started) = bounded::<()>(1);
+        let blocker = handle
+            .send(
+                move |_tx| -> Result<(), StoreError> {
+                    running.send(()).unwrap();
+                    let _ = held.recv();
+                    Ok(())
+                },
+                false,
+            )
+            .unwrap();
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        (release, blocker)
+    }
+
     #[test]
     fn pruning_goes_in_small_steps_that_writes_get_between() {
         let db = TempDb::new();
@@ -579,10 +606,7 @@ mod tests {
             [],
         )
         .unwrap();
-        let (wake, _woken) = bounded(1);
-        let engine = crate::store::SqliteEngine::new(conn).unwrap();
-        let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
-        let thread = threads.remove(0);
+        let (handle, thread, _woken) = sqlite_writer(conn);
 
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (pruned, slowest) = std::thread::scope(|s| {
@@ -633,28 +657,9 @@ mod tests {
         let db = TempDb::new();
         let mut conn = crate::store::open_write(&db.0).unwrap();
         crate::store::migrate(&mut conn).unwrap();
-        let (wake, _woken) = bounded(1);
-        let engine = crate::store::SqliteEngine::new(conn).unwrap();
-        let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
-        let thread = threads.remove(0);
+        let (handle, thread, _woken) = sqlite_writer(conn);
 
-        // Holds the writer, once it runs, so that what the probes send stays queued.
-        let hold = |handle: &WriterHandle| {
-            let (release, held) = bounded::<()>(0);
-            let (running, started) = bounded::<()>(1);
-            let blocker = handle
-                .send(
-                    move |_tx| -> Result<(), StoreError> {
-                        running.send(()).unwrap();
-                        let _ = held.recv();
-                        Ok(())
-                    },
-                    false,
-                )
-                .unwrap();
-            started.recv_timeout(Duration::from_secs(10)).unwrap();
-            (release, blocker)
-        };
+        // Holds the writer, so that what the probes send stays queued.
         let (release, blocker) = hold(&handle);
         // A flood of probes, each giving up after 100 ms, as /ready's do after 2 s.
         let gave_up = std::thread::scope(|s| {
@@ -705,23 +710,10 @@ mod tests {
         let db = TempDb::new();
         let mut conn = crate::store::open_write(&db.0).unwrap();
         crate::store::migrate(&mut conn).unwrap();
-        let (wake, _woken) = bounded(1);
-        let engine = crate::store::SqliteEngine::new(conn).unwrap();
-        let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
-        let thread = threads.remove(0);
+        let (handle, thread, _woken) = sqlite_writer(conn);
 
         // Holds the writer, so the jobs below queue up and go in one batch.
-        let (release, held) = bounded::<()>(0);
-        let blocker = handle
-            .send(
-                move |_tx| -> Result<(), StoreError> {
-                    let _ = held.recv();
-                    Ok(())
-                },
-                false,
-            )
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        let (release, blocker) = hold(&handle);
         // Each job writes its product, then fails or not: the first fails (no other job
         // in the transaction yet), then two pass around another failure, then the last
         // fails (after jobs were kept).
@@ -798,9 +790,7 @@ mod tests {
              SELECT id, 1, 3, 'Tea', 1, 100, 100 FROM orders;",
         )
         .unwrap();
-        let (wake, _woken) = bounded(1);
-        let engine = crate::store::SqliteEngine::new(conn).unwrap();
-        let (handle, mut threads) = spawn(vec![Box::new(engine)], wake).unwrap();
+        let (handle, thread, _woken) = sqlite_writer(conn);
 
         let (stop, stopped) = bounded::<()>(0);
         drop(stop);
@@ -814,7 +804,7 @@ mod tests {
         assert_eq!(handle.fill_lines(&running).unwrap(), 0, "nothing left");
 
         drop(handle);
-        threads.remove(0).join().unwrap();
+        thread.join().unwrap();
         let conn = crate::store::open_read(&db.0).unwrap();
         let lines = |id: i64| -> String {
             conn.query_row("SELECT lines FROM orders WHERE id = ?1", [id], |r| r.get(0))
