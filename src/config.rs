@@ -83,11 +83,13 @@ impl Database {
     }
 }
 
-/// The PostgreSQL connections: how many write, how long a connect may take.
+/// The PostgreSQL connections: how many write, how long a connect may take, and how long
+/// a statement may wait for its answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PostgresPool {
     pub writers: usize,
     pub connect_timeout: Duration,
+    pub answer_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -205,9 +207,16 @@ pub const DATABASE_POOL_SIZE: Setting<usize> = Setting {
 pub const DATABASE_CONNECT_TIMEOUT: Setting<Duration> = Setting {
     name: "DATABASE_CONNECT_TIMEOUT",
     default: "5",
-    help: "PostgreSQL only: seconds a connection attempt may take (1..=60); while none succeeds, requests get 503",
+    help: "PostgreSQL only: seconds a connection attempt may take, its start-up exchange included (1..=60); while none succeeds, requests get 503",
     secret: false,
     parse: connect_timeout,
+};
+pub const DATABASE_TIMEOUT: Setting<Duration> = Setting {
+    name: "DATABASE_TIMEOUT",
+    default: "10",
+    help: "PostgreSQL only: seconds a statement may wait for the server's answer, a lock included (1..=3600); past them its session is closed and the request gets 503",
+    secret: false,
+    parse: answer_timeout,
 };
 pub const SECRET_KEY: Setting<Option<Secret>> = Setting {
     name: "SECRET_KEY",
@@ -377,6 +386,7 @@ pub const ALL: &[About] = &[
     DATABASE_URL.about(),
     DATABASE_POOL_SIZE.about(),
     DATABASE_CONNECT_TIMEOUT.about(),
+    DATABASE_TIMEOUT.about(),
     SECRET_KEY.about(),
     RABBITMQ_HOST.about(),
     RABBITMQ_PORT.about(),
@@ -426,6 +436,7 @@ impl Config {
         let postgres = PostgresPool {
             writers: DATABASE_POOL_SIZE.read(&get)?,
             connect_timeout: DATABASE_CONNECT_TIMEOUT.read(&get)?,
+            answer_timeout: DATABASE_TIMEOUT.read(&get)?,
         };
         let rabbitmq = RabbitConfig {
             host: RABBITMQ_HOST.read(&get)?,
@@ -614,6 +625,12 @@ fn pool_size(v: &str) -> Result<usize, String> {
 fn connect_timeout(v: &str) -> Result<Duration, String> {
     parse_num::<u64>(v, "seconds")
         .and_then(|n| within(n, 1, 60))
+        .map(Duration::from_secs)
+}
+
+fn answer_timeout(v: &str) -> Result<Duration, String> {
+    parse_num::<u64>(v, "seconds")
+        .and_then(|n| within(n, 1, 3600))
         .map(Duration::from_secs)
 }
 
@@ -830,6 +847,13 @@ mod tests {
         assert!(!format!("{c:?}").contains("canary-pw"));
         assert_eq!(c.postgres.writers, 3);
         assert_eq!(c.postgres.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.postgres.answer_timeout, Duration::from_secs(10));
+        let c = config(&[("DATABASE_URL", url), ("DATABASE_TIMEOUT", "2")]).unwrap();
+        assert_eq!(c.postgres.answer_timeout, Duration::from_secs(2));
+        for bad in ["0", "3601", "soon"] {
+            let e = config(&[("DATABASE_URL", url), ("DATABASE_TIMEOUT", bad)]).unwrap_err();
+            assert_eq!(e.variable, "DATABASE_TIMEOUT");
+        }
         let c = config(&[("DATABASE_URL", "postgres://u@h/d")]).unwrap();
         assert!(matches!(c.database, Database::Postgres(_)));
         let bad = config(&[("DATABASE_URL", "postgresql://u:canary-pw@h:notaport/d")]).unwrap_err();

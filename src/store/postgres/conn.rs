@@ -1,15 +1,27 @@
 //! One PostgreSQL connection that reconnects after it was lost, with its prepared
 //! statements. A lost server answers `StoreError` (a 503 upstream) until it is back; no
-//! restart is needed.
+//! restart is needed. Every wait on the server is timed (watchdog.rs).
 
+use super::watchdog::{Watchdog, Watched};
 use crate::store::StoreError;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, SimpleQueryMessage, Statement};
+use postgres::{Client, Row, SimpleQueryMessage, Statement};
 use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A connected session.
+struct Session {
+    // Declared first, so dropped first: the watchdog forgets the socket before it closes.
+    watched: Watched,
+    client: Client,
+}
 
 pub struct Conn {
     config: postgres::Config,
-    client: Option<Client>,
+    dog: Arc<Watchdog>,
+    /// Whether the watchdog times its statements (all but maintenance sessions').
+    bounded: bool,
+    client: Option<Session>,
     statements: HashMap<String, Statement>,
     /// Counts connects: a session-level lock (the relay's) is gone with its session.
     generation: u64,
@@ -20,28 +32,39 @@ pub struct Conn {
     setup: Option<&'static str>,
     /// A statement failed on this session since the last `take_failure`.
     failure: bool,
+    /// The last statement's session was ended by the watchdog.
+    cut: bool,
 }
 
 impl Conn {
     /// A connection that is made on first use, with `setup` (session settings; may be
-    /// empty) run on every session it makes, the later ones too.
-    pub fn with_setup(config: postgres::Config, setup: &'static str) -> Conn {
+    /// empty) run on every session it makes, the later ones too; `bounded`: its waits on
+    /// the server are timed by `dog`.
+    pub fn with_setup(
+        config: postgres::Config,
+        dog: Arc<Watchdog>,
+        bounded: bool,
+        setup: &'static str,
+    ) -> Conn {
         Conn {
             config,
+            dog,
+            bounded,
             client: None,
             statements: HashMap::new(),
             generation: 0,
             in_transaction: false,
             setup: (!setup.is_empty()).then_some(setup),
             failure: false,
+            cut: false,
         }
     }
 
-    /// The same, connected now, so that a wrong URL or an absent server shows at start-up.
-    pub fn connected(config: postgres::Config, setup: &'static str) -> Result<Conn, StoreError> {
-        let mut conn = Conn::with_setup(config, setup);
-        conn.client()?;
-        Ok(conn)
+    /// This connection, connected now, so that a wrong URL or an absent server shows at
+    /// start-up.
+    pub fn connected(mut self) -> Result<Conn, StoreError> {
+        self.session()?;
+        Ok(self)
     }
 
     pub fn generation(&self) -> u64 {
@@ -50,11 +73,11 @@ impl Conn {
 
     /// Whether the session is up: not lost, nor closed by the server.
     pub fn is_open(&self) -> bool {
-        self.client.as_ref().is_some_and(|c| !c.is_closed())
+        self.client.as_ref().is_some_and(|s| !s.client.is_closed())
     }
 
-    fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
+    fn session(&mut self) -> Result<&mut Session, StoreError> {
+        if self.client.as_ref().is_some_and(|s| s.client.is_closed()) {
             self.client = None;
         }
         if self.client.is_none() {
@@ -63,15 +86,29 @@ impl Conn {
                     "the database connection was lost in a transaction".into(),
                 ));
             }
-            let mut client = self.config.connect(NoTls).map_err(StoreError::from)?;
+            let (mut client, watched) = self
+                .dog
+                .connect(&self.config, self.bounded)
+                .map_err(StoreError::from)?;
             if let Some(setup) = self.setup {
-                client.batch_execute(setup).map_err(StoreError::from)?;
+                let done = watched.waiting(|| client.batch_execute(setup));
+                done.map_err(StoreError::from)?;
             }
             self.statements.clear();
             self.generation += 1;
-            self.client = Some(client);
+            self.client = Some(Session { watched, client });
         }
         Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Runs `call` on the session, the wait for its answer timed.
+    fn on_server<T>(
+        &mut self,
+        call: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let session = self.session()?;
+        let result = session.watched.waiting(|| call(&mut session.client));
+        result.map_err(|e| self.failed(e))
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
@@ -80,18 +117,24 @@ impl Conn {
                 return Ok(st.clone());
             }
         }
-        let prepared = self.client()?.prepare(sql);
-        let st = prepared.map_err(|e| self.failed(e))?;
+        let st = self.on_server(|client| client.prepare(sql))?;
         self.statements.insert(sql.to_string(), st.clone());
         Ok(st)
     }
 
     /// Forgets a connection that is gone, so the next use makes a new one.
     fn failed(&mut self, e: postgres::Error) -> StoreError {
-        if !self.is_open() {
+        self.cut = self.client.as_ref().is_some_and(|s| s.watched.was_cut());
+        if self.cut || !self.is_open() {
             self.client = None;
         }
         self.failure = true;
+        if self.cut {
+            return StoreError::Unavailable(format!(
+                "no answer within {} s",
+                self.dog.answer_timeout().as_secs()
+            ));
+        }
         StoreError::from(e)
     }
 
@@ -105,14 +148,18 @@ impl Conn {
     /// dropped) is only noticed when next used: without a second try, each of the pool's
     /// connections would fail one request after the server is back. Only statements that
     /// may run twice come here: reads outside a transaction, and a transaction's start
-    /// (a transaction cut short commits nothing). A commit never does.
+    /// (a transaction cut short commits nothing). A commit never does. Nor does a
+    /// statement the server gave no answer to in time: it would wait as long again.
     fn again_if_lost<T>(
         &mut self,
         mut op: impl FnMut(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let was_connected = self.client.is_some();
+        self.cut = false;
         match op(self) {
-            Err(e) if was_connected && self.client.is_none() && !self.in_transaction => {
+            Err(e)
+                if was_connected && self.client.is_none() && !self.in_transaction && !self.cut =>
+            {
                 log::info!("database: the connection was lost ({e}); connecting again");
                 op(self)
             }
@@ -127,8 +174,7 @@ impl Conn {
     ) -> Result<Vec<Row>, StoreError> {
         self.again_if_lost(|conn| {
             let st = conn.statement(sql)?;
-            let result = conn.client()?.query(&st, params);
-            result.map_err(|e| conn.failed(e))
+            conn.on_server(|client| client.query(&st, params))
         })
     }
 
@@ -139,8 +185,7 @@ impl Conn {
     ) -> Result<Option<Row>, StoreError> {
         self.again_if_lost(|conn| {
             let st = conn.statement(sql)?;
-            let result = conn.client()?.query_opt(&st, params);
-            result.map_err(|e| conn.failed(e))
+            conn.on_server(|client| client.query_opt(&st, params))
         })
     }
 
@@ -151,8 +196,7 @@ impl Conn {
     ) -> Result<Row, StoreError> {
         self.again_if_lost(|conn| {
             let st = conn.statement(sql)?;
-            let result = conn.client()?.query_one(&st, params);
-            result.map_err(|e| conn.failed(e))
+            conn.on_server(|client| client.query_one(&st, params))
         })
     }
 
@@ -162,8 +206,7 @@ impl Conn {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StoreError> {
         let st = self.statement(sql)?;
-        let result = self.client()?.execute(&st, params);
-        result.map_err(|e| self.failed(e))
+        self.on_server(|client| client.execute(&st, params))
     }
 
     pub fn begin(&mut self) -> Result<(), StoreError> {
@@ -176,10 +219,8 @@ impl Conn {
     /// round trip; the first row's values, which must be integers.
     pub fn begin_with(&mut self, sql: &str) -> Result<Vec<i64>, StoreError> {
         let text = format!("BEGIN; {sql}");
-        let messages = self.again_if_lost(|conn| {
-            let result = conn.client()?.simple_query(&text);
-            result.map_err(|e| conn.failed(e))
-        })?;
+        let messages =
+            self.again_if_lost(|conn| conn.on_server(|client| client.simple_query(&text)))?;
         self.in_transaction = true;
         let row = messages
             .iter()
@@ -215,8 +256,7 @@ impl Conn {
 
     /// Statements without parameters (transaction control, DDL), in one round trip.
     pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        let result = self.client()?.batch_execute(sql);
-        result.map_err(|e| self.failed(e))
+        self.on_server(|client| client.batch_execute(sql))
     }
 
     /// Makes sure the session is alive (an empty statement), connecting again once if it
@@ -225,8 +265,8 @@ impl Conn {
         self.again_if_lost(|conn| conn.batch(""))
     }
 
-    /// The client, for refinery's migrations.
+    /// The client, for refinery's migrations and an import's copy: not timed.
     pub fn raw(&mut self) -> Result<&mut Client, StoreError> {
-        self.client()
+        Ok(&mut self.session()?.client)
     }
 }

@@ -150,7 +150,7 @@ pub fn import_sqlite(
         .map_err(|e| format!("{source}: {e}"))?;
     same_schema(&sqlite).map_err(|e| format!("{source}: {e}"))?;
 
-    let mut conn = connector.connected().map_err(|e| failed(target, e))?;
+    let mut conn = connector.maintenance().map_err(|e| failed(target, e))?;
     let client = conn.raw().map_err(|e| failed(target, e))?;
     let pg_failed = |e: postgres::Error| format!("{target}: {}", explain(&e));
     let mut tx = client.transaction().map_err(pg_failed)?;

@@ -16,6 +16,7 @@ mod import;
 mod reads;
 #[cfg(test)]
 pub(crate) mod test_db;
+mod watchdog;
 
 pub use engine::PgEngine;
 pub use import::{import_sqlite, ImportReport};
@@ -27,6 +28,7 @@ use conn::Conn;
 use gets::Combined;
 use std::sync::Arc;
 use std::time::Duration;
+use watchdog::Watchdog;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -65,11 +67,13 @@ macro_rules! server_keepalives {
 }
 
 /// How to connect: the URL's settings and the connect timeout. The reading sessions it
-/// makes combine their gets by id (gets.rs).
+/// makes combine their gets by id (gets.rs). Its sessions' waits on the server are timed
+/// by one watchdog (watchdog.rs).
 #[derive(Clone)]
 pub struct Connector {
     config: postgres::Config,
     gets: Arc<Combined>,
+    dog: Arc<Watchdog>,
 }
 
 impl Connector {
@@ -91,6 +95,7 @@ impl Connector {
         Ok(Connector {
             config,
             gets: Arc::default(),
+            dog: Watchdog::new(pool.answer_timeout, pool.connect_timeout),
         })
     }
 
@@ -127,18 +132,28 @@ impl Connector {
     /// which a connection pooler in between may refuse. A plan mode the URL's own
     /// `options` give is the operator's choice, and stays.
     fn generic_plans(&self) -> Conn {
-        Conn::with_setup(self.config.clone(), self.setup(true))
+        self.conn(true, self.setup(true))
     }
 
     fn connected(&self) -> Result<Conn, StoreError> {
-        Conn::connected(self.config.clone(), self.setup(false))
+        self.conn(true, self.setup(false)).connected()
+    }
+
+    /// A session for the migrations or an import, whose statements may rightly take long
+    /// (or wait on another instance's migrations): not timed.
+    fn maintenance(&self) -> Result<Conn, StoreError> {
+        self.conn(false, self.setup(false)).connected()
+    }
+
+    fn conn(&self, timed: bool, setup: &'static str) -> Conn {
+        Conn::with_setup(self.config.clone(), self.dog.clone(), timed, setup)
     }
 }
 
 /// Applies the migrations the database has not seen and makes the id sequences; returns
 /// the migrations applied. Instances starting together take turns.
 pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
-    let mut conn = connector.connected().map_err(|e| e.to_string())?;
+    let mut conn = connector.maintenance().map_err(|e| e.to_string())?;
     conn.batch(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .map_err(|e| e.to_string())?;
     let applied = (|| {

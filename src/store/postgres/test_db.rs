@@ -72,6 +72,7 @@ impl TestDb {
         PostgresPool {
             writers: 1,
             connect_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(30),
         }
     }
 }
