@@ -101,6 +101,10 @@ impl Refresher {
         let mut seen: HashSet<i64> = HashSet::new();
         let mut refused = Vec::new();
         let mut bytes = 0;
+        // A page shorter than this ends the list. A service may cap `per_page` below what
+        // was asked: a short first page is then its page size, not the list's end, and the
+        // rest of the catalog, taken as gone, would leave the snapshot.
+        let mut full_page = PER_PAGE;
         for page in 1..=MAX_PAGES {
             if self.stopping() {
                 return Ok(());
@@ -142,6 +146,10 @@ impl Refresher {
                 .filter(|p| seen.insert(p.id.get()))
                 .count();
             if fresh == 0 && !list.products.is_empty() {
+                if page == 2 && full_page < PER_PAGE {
+                    // A service that ignores `page` and answers its whole, short list.
+                    return self.finished_list(started, &seen, 1, bytes, clock, &refused);
+                }
                 log::warn!(
                     "catalog refresh: page {page} repeats earlier products (is `page` ignored?); \
                      the snapshot keeps what it has"
@@ -167,23 +175,38 @@ impl Refresher {
             }
             refused.extend(list.refused.iter().map(|r| format!("page {page} {r}")));
             self.write_page(&list.products, fetched_at)?;
-            if list.entries < PER_PAGE {
-                if let Some(first) = refused.first() {
-                    log::warn!(
-                        "catalog refresh: {} product(s) refused and left out of the snapshot; {first}",
-                        refused.len()
-                    );
-                }
-                self.finish(started, seen.len(), "list", true)?;
-                log::info!(
-                    "catalog snapshot refreshed: {} products, {page} page(s), {bytes} bytes in {} ms",
-                    seen.len(),
-                    clock.elapsed().as_millis()
-                );
-                return Ok(());
+            if page == 1 && list.entries < PER_PAGE {
+                full_page = list.entries;
+            } else if list.entries < full_page {
+                return self.finished_list(started, &seen, page, bytes, clock, &refused);
             }
         }
         log::warn!("catalog refresh: stopped after {MAX_PAGES} pages");
+        Ok(())
+    }
+
+    /// The whole list was read: products missing from it leave the snapshot.
+    fn finished_list(
+        &self,
+        started: i64,
+        seen: &HashSet<i64>,
+        pages: u32,
+        bytes: usize,
+        clock: std::time::Instant,
+        refused: &[String],
+    ) -> Result<(), StoreError> {
+        if let Some(first) = refused.first() {
+            log::warn!(
+                "catalog refresh: {} product(s) refused and left out of the snapshot; {first}",
+                refused.len()
+            );
+        }
+        self.finish(started, seen.len(), "list", true)?;
+        log::info!(
+            "catalog snapshot refreshed: {} products, {pages} page(s), {bytes} bytes in {} ms",
+            seen.len(),
+            clock.elapsed().as_millis()
+        );
         Ok(())
     }
 

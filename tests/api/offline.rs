@@ -118,6 +118,44 @@ fn the_snapshot_fills_from_the_list_on_start() {
 }
 
 #[test]
+fn a_list_whose_pages_are_capped_below_per_page_is_read_to_its_end() {
+    // 125 products, answered 50 a page where 100 were asked for: a short first page is
+    // the service's page size, not the list's end.
+    let products = ProductStandIn::with_default_catalog();
+    for id in 1001..=1120 {
+        products.set(id, product(&format!("Product {id}"), "1.00", 10));
+    }
+    products.cap_per_page(50);
+    products.serve_list(None);
+    let app = store_with(products, &[]);
+
+    app.wait_for_snapshot("list", 125);
+    assert_eq!(app.products.list_pages(), 3, "pages of 50, 50 and 25");
+
+    app.products.set_down(true);
+    let order = app.place_order(&ALICE, &[(1120, 1)]);
+    assert_eq!(
+        order["stock_verified"], false,
+        "sold from the snapshot: {order}"
+    );
+    assert_eq!(order["items"][0]["product_name"], "Product 1120");
+}
+
+#[test]
+fn a_list_without_paging_is_read_once_and_taken_whole() {
+    // Every page is the first: the second one repeats the first, short one.
+    let products = ProductStandIn::with_default_catalog();
+    products.ignore_page();
+    products.serve_list(None);
+    let app = store_with(products, &[]);
+
+    let catalog = app.wait_for_snapshot("list", 5);
+    assert!(catalog["refreshed_at"].is_string(), "{catalog}");
+    assert_eq!(app.products.list_pages(), 2);
+    assert!(!app.stderr().contains("repeats earlier products"));
+}
+
+#[test]
 fn with_the_service_down_a_product_never_looked_up_is_sold_from_the_snapshot() {
     let app = store(&[]);
     app.wait_for_snapshot("list", 5);

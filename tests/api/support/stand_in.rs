@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -67,6 +67,10 @@ struct Switches {
     /// catalog's `Product` entries by id, as an array or wrapped under this key ("").
     list: Mutex<Option<&'static str>>,
     list_pages: AtomicU64,
+    /// The list's pages hold at most this many entries, whatever `per_page` asks (0: no cap).
+    per_page_cap: AtomicUsize,
+    /// The list's `page` is ignored: every page is the first.
+    page_ignored: AtomicBool,
     /// Every connection is closed without an answer, as by a crashed service.
     down: AtomicBool,
 }
@@ -171,6 +175,16 @@ impl ProductStandIn {
         *self.switches.list.lock().unwrap() = Some(wrapped.unwrap_or(""));
     }
 
+    /// List pages hold at most `cap` entries, as some services cap `per_page`.
+    pub fn cap_per_page(&self, cap: usize) {
+        self.switches.per_page_cap.store(cap, Ordering::SeqCst);
+    }
+
+    /// Every list page answered is the first, as from a service without paging.
+    pub fn ignore_page(&self) {
+        self.switches.page_ignored.store(true, Ordering::SeqCst);
+    }
+
     /// List pages answered so far.
     pub fn list_pages(&self) -> u64 {
         self.switches.list_pages.load(Ordering::SeqCst)
@@ -238,7 +252,10 @@ fn answer(
         let (status, body) = match list {
             Some(wrapper) if *request.method() == tiny_http::Method::Get => {
                 switches.list_pages.fetch_add(1, Ordering::SeqCst);
-                (200, render_list(catalog, query, wrapper, stopping))
+                (
+                    200,
+                    render_list(catalog, query, wrapper, switches, stopping),
+                )
             }
             _ => (404, r#"{"error":"Not found"}"#.to_string()),
         };
@@ -286,7 +303,13 @@ fn answer(
 }
 
 /// One page of the catalog's `Product` entries, by id; the other behaviours are left out.
-fn render_list(catalog: &Catalog, query: &str, wrapper: &str, stopping: &AtomicBool) -> String {
+fn render_list(
+    catalog: &Catalog,
+    query: &str,
+    wrapper: &str,
+    switches: &Switches,
+    stopping: &AtomicBool,
+) -> String {
     let param = |name: &str, default: usize| {
         query
             .split('&')
@@ -295,7 +318,14 @@ fn render_list(catalog: &Catalog, query: &str, wrapper: &str, stopping: &AtomicB
             .and_then(|(_, v)| v.parse::<usize>().ok())
             .unwrap_or(default)
     };
-    let (page, per_page) = (param("page", 1).max(1), param("per_page", 100).max(1));
+    let (mut page, mut per_page) = (param("page", 1).max(1), param("per_page", 100).max(1));
+    if switches.page_ignored.load(Ordering::SeqCst) {
+        page = 1;
+    }
+    match switches.per_page_cap.load(Ordering::SeqCst) {
+        0 => {}
+        cap => per_page = per_page.min(cap),
+    }
     let catalog = catalog.lock().unwrap();
     let mut ids: Vec<i64> = catalog
         .iter()
