@@ -4,6 +4,10 @@
 //! transaction and answers every caller only after COMMIT: one fsync for many orders,
 //! and a job that fails rolls back alone. A job is a closure over `Tx`, so a new kind of
 //! write needs no change here. If the COMMIT fails, every caller of the batch is told so.
+//!
+//! An online create needs no savepoint where the engine counts its changes (SQLite): it
+//! can fail only before its first write, or with the engine itself. Its savepoint was a
+//! copy of every page it wrote. One that fails having written fails its whole batch.
 
 use super::{StoreError, Tx};
 use crate::clock::now_micros;
@@ -51,6 +55,11 @@ pub trait Engine: Send + 'static {
     fn tx(&mut self) -> &mut dyn Tx;
     /// Whether the transaction committed last wrote an event (the relay is then woken).
     fn wrote_events(&mut self) -> bool;
+    /// Rows changed on the session so far, where the engine counts them: a job that
+    /// runs without a savepoint is checked with it.
+    fn changes(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// A job's result held until COMMIT, and how to deliver it: `None` if the batch
@@ -67,9 +76,20 @@ struct Job {
     work: Work,
     /// Answers the caller when the job never ran (its batch failed first).
     refuse: Box<dyn FnOnce(StoreError) + Send>,
-    /// Housekeeping commits on its own: orders never wait on it in their transaction
-    /// (nor roll back with it).
-    alone: bool,
+    kind: Kind,
+}
+
+/// How a job shares a transaction.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// In a savepoint of its batch's transaction.
+    Batched,
+    /// In its batch's transaction without a savepoint where the engine counts changes:
+    /// it fails only before its first write, or with the engine (`WriterHandle::create`).
+    Bare,
+    /// Housekeeping, which commits on its own: orders never wait on it in their
+    /// transaction (nor roll back with it).
+    Alone,
 }
 
 /// A job sent to the writer, its answer still to come.
@@ -114,27 +134,32 @@ impl WriterHandle {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
     {
-        self.send(work, false)?.wait()
+        self.send(work, Kind::Batched)?.wait()
     }
 
     /// Runs `work`, an online create without an idempotency key, as `run` does; where the
     /// engine combines such creates (`Engine::combines`), it may be written in one
     /// statement with others that queued meanwhile. `work` must write only the order,
     /// its sales, its event and its fresh product rows: anything else fails it when it
-    /// is combined.
+    /// is combined. It may fail only before its first write, or with the engine: where
+    /// the engine counts changes, it runs without a savepoint, and a failure after a
+    /// write fails its whole batch.
     pub fn create<T, E, F>(&self, work: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
     {
-        self.send_to(&self.creates, work, false)?.wait()
+        self.send_to(&self.creates, work, Kind::Bare)?.wait()
     }
 
     /// Marks events published once the broker confirmed them, without waiting: the
     /// relay publishes the next rows meanwhile. `Pending::wait` says how many were.
     pub fn mark_published(&self, ids: Vec<i64>) -> Result<Pending<usize>, StoreError> {
-        self.send(move |tx| tx.mark_published(&ids, now_micros()), false)
+        self.send(
+            move |tx| tx.mark_published(&ids, now_micros()),
+            Kind::Batched,
+        )
     }
 
     /// Records that the broker keeps refusing event `id`, since `since`.
@@ -160,7 +185,7 @@ impl WriterHandle {
                         Ok(tx.prune_outbox(outbox_before, PRUNE_STEP_ROWS)?
                             + tx.prune_idempotency(idempotency_before, PRUNE_STEP_ROWS)?)
                     },
-                    true,
+                    Kind::Alone,
                 )?
                 .wait()?;
             total += deleted;
@@ -178,7 +203,7 @@ impl WriterHandle {
         let (mut after, mut total) = (0, 0);
         while !crate::threads::stop_asked(stop) {
             let step = self
-                .send(move |tx| tx.fill_lines(after, FILL_STEP_ROWS), true)?
+                .send(move |tx| tx.fill_lines(after, FILL_STEP_ROWS), Kind::Alone)?
                 .wait()?;
             let Some((last, filled)) = step else { break };
             (after, total) = (last, total + filled);
@@ -207,7 +232,7 @@ impl WriterHandle {
                     self.send_with(
                         &self.jobs,
                         |tx| tx.heartbeat(now_micros()),
-                        false,
+                        Kind::Batched,
                         move |result: Result<(), StoreError>| {
                             // Probes from now on need a heartbeat of their own.
                             locked(&slot_ref).take();
@@ -242,7 +267,7 @@ impl WriterHandle {
     /// Proves the database takes a write, within `timeout`. A ping is answered once
     /// everything queued before it is committed.
     pub fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
-        self.send(|tx| tx.heartbeat(now_micros()), false)?
+        self.send(|tx| tx.heartbeat(now_micros()), Kind::Batched)?
             .0
             .recv_timeout(timeout)
             .map_err(|_| StoreError::Unavailable("the writer did not answer in time".into()))?
@@ -251,20 +276,20 @@ impl WriterHandle {
     /// The answer comes back over std's channel, which parks its waiter at once: a
     /// caller waits a whole commit (an fsync), and crossbeam's receive would first spin
     /// and yield the core a few times, a context switch each on a busy machine.
-    fn send<T, E, F>(&self, work: F, alone: bool) -> Result<Pending<T, E>, StoreError>
+    fn send<T, E, F>(&self, work: F, kind: Kind) -> Result<Pending<T, E>, StoreError>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
     {
-        self.send_to(&self.jobs, work, alone)
+        self.send_to(&self.jobs, work, kind)
     }
 
     fn send_to<T, E, F>(
         &self,
         queue: &Sender<Job>,
         work: F,
-        alone: bool,
+        kind: Kind,
     ) -> Result<Pending<T, E>, StoreError>
     where
         T: Send + 'static,
@@ -272,7 +297,7 @@ impl WriterHandle {
         F: FnOnce(&mut dyn Tx) -> Result<T, E> + Send + 'static,
     {
         let (answer, answered) = mpsc::sync_channel(1);
-        self.send_with(queue, work, alone, move |result| {
+        self.send_with(queue, work, kind, move |result| {
             // A caller that went away no longer needs its answer.
             let _ = answer.send(result);
         })?;
@@ -286,7 +311,7 @@ impl WriterHandle {
         &self,
         queue: &Sender<Job>,
         work: F,
-        alone: bool,
+        kind: Kind,
         answer: A,
     ) -> Result<(), StoreError>
     where
@@ -311,11 +336,7 @@ impl WriterHandle {
             }
         });
         queue
-            .send(Job {
-                work,
-                refuse,
-                alone,
-            })
+            .send(Job { work, refuse, kind })
             .map_err(|_| stopped())
     }
 }
@@ -382,10 +403,10 @@ fn run(mut engine: Box<dyn Engine>, queue: Receiver<Job>, wake_relay: Sender<()>
             },
         };
         let mut batch = vec![first];
-        if !batch[0].alone {
+        if batch[0].kind != Kind::Alone {
             while batch.len() < engine.max_batch() {
                 match queue.try_recv() {
-                    Ok(job) if job.alone => {
+                    Ok(job) if job.kind == Kind::Alone => {
                         held = Some(job);
                         break;
                     }
@@ -457,17 +478,30 @@ fn run_batch(
             engine.begin()?;
         }
         for job in waiting.by_ref() {
-            if let Err(e) = engine.savepoint() {
-                (job.refuse)(not_committed());
-                return Err(e);
+            // Rows changed before a job that runs without a savepoint.
+            let bare = match job.kind {
+                Kind::Bare => engine.changes(),
+                _ => None,
+            };
+            if bare.is_none() {
+                if let Err(e) = engine.savepoint() {
+                    (job.refuse)(not_committed());
+                    return Err(e);
+                }
             }
             let done = (job.work)(engine.tx());
             let ok = done.ok;
             settled.push(done);
-            if ok {
-                engine.release()?;
-            } else {
-                engine.rollback_to_savepoint()?;
+            match bare {
+                None if ok => engine.release()?,
+                None => engine.rollback_to_savepoint()?,
+                Some(_) if ok => {}
+                Some(before) if engine.changes() == Some(before) => {}
+                Some(_) => {
+                    return Err(StoreError::Unavailable(
+                        "a job failed having written, without a savepoint to undo it alone".into(),
+                    ))
+                }
             }
         }
         engine.commit()
@@ -577,7 +611,7 @@ mod tests {
                     let _ = held.recv();
                     Ok(())
                 },
-                false,
+                Kind::Batched,
             )
             .unwrap();
         started.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -705,6 +739,90 @@ mod tests {
         thread.join().unwrap();
     }
 
+    /// A job that writes product `id`, then fails (before or after writing) or not.
+    fn product_job(
+        id: i64,
+        fails: Option<bool>,
+    ) -> impl FnOnce(&mut dyn Tx) -> Result<(), StoreError> + Send + 'static {
+        move |tx| {
+            if fails == Some(false) {
+                return Err(StoreError::Unavailable(format!("job {id} fails first")));
+            }
+            tx.upsert_product(&CachedProduct {
+                product_id: ProductId::new(id).unwrap(),
+                name: format!("p{id}"),
+                price: Money::from_cents(100),
+                stock: 1,
+                fetched_at: 1,
+            })?;
+            match fails {
+                Some(true) => Err(StoreError::Unavailable(format!("job {id} fails"))),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    fn products_kept(db: &TempDb) -> Vec<i64> {
+        let conn = crate::store::open_read(&db.0).unwrap();
+        let mut st = conn
+            .prepare("SELECT product_id FROM product_cache ORDER BY product_id")
+            .unwrap();
+        let kept = st.query_map([], |r| r.get(0)).unwrap();
+        kept.collect::<Result<_, _>>().unwrap()
+    }
+
+    #[test]
+    fn online_creates_go_without_savepoints_and_one_that_fails_having_written_fails_its_batch() {
+        let db = TempDb::new();
+        let mut conn = crate::store::open_write(&db.0).unwrap();
+        crate::store::migrate(&mut conn).unwrap();
+        let (handle, thread, _woken) = sqlite_writer(conn);
+        let bare = |id, fails| {
+            handle
+                .send_to(&handle.creates, product_job(id, fails), Kind::Bare)
+                .unwrap()
+        };
+
+        // One batch: a job failing before it writes is left out, the others are kept.
+        let (release, blocker) = hold(&handle);
+        let answers = [bare(1, None), bare(2, Some(false)), bare(3, None)];
+        drop(release);
+        blocker.wait().unwrap();
+        let answers: Vec<_> = answers.into_iter().map(Pending::wait).collect();
+        assert!(answers[0].is_ok() && answers[2].is_ok(), "{answers:?}");
+        assert!(
+            matches!(&answers[1], Err(StoreError::Unavailable(why)) if why == "job 2 fails first")
+        );
+        assert_eq!(products_kept(&db), [1, 3]);
+
+        // One batch: a job failing after it wrote cannot be undone alone. Nothing of the
+        // batch is kept, and every caller is told, those before it and a job with a
+        // savepoint too.
+        let (release, blocker) = hold(&handle);
+        let answers = [
+            bare(4, None),
+            handle.send(product_job(5, None), Kind::Batched).unwrap(),
+            bare(6, Some(true)),
+            bare(7, None),
+        ];
+        drop(release);
+        blocker.wait().unwrap();
+        for answer in answers {
+            let answer = answer.wait();
+            assert!(
+                matches!(&answer, Err(StoreError::Unavailable(why)) if why == "the change was not committed"),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(products_kept(&db), [1, 3], "nothing of that batch");
+
+        // The writer goes on.
+        bare(8, None).wait().unwrap();
+        assert_eq!(products_kept(&db), [1, 3, 8]);
+        drop(handle);
+        thread.join().unwrap();
+    }
+
     #[test]
     fn in_one_batch_each_failed_job_is_undone_alone_and_the_others_commit() {
         let db = TempDb::new();
@@ -718,30 +836,10 @@ mod tests {
         // in the transaction yet), then two pass around another failure, then the last
         // fails (after jobs were kept).
         let fails = [true, true, false, true, false, true];
-        let answers: Vec<_> = fails
-            .iter()
-            .enumerate()
+        let answers: Vec<_> = (fails.iter().enumerate())
             .map(|(i, fail)| {
-                let fail = *fail;
-                handle
-                    .send(
-                        move |tx| -> Result<(), StoreError> {
-                            tx.upsert_product(&CachedProduct {
-                                product_id: ProductId::new(i as i64 + 1).unwrap(),
-                                name: format!("p{i}"),
-                                price: Money::from_cents(100),
-                                stock: 1,
-                                fetched_at: 1,
-                            })?;
-                            if fail {
-                                Err(StoreError::Unavailable(format!("job {i} fails")))
-                            } else {
-                                Ok(())
-                            }
-                        },
-                        false,
-                    )
-                    .unwrap()
+                let job = product_job(i as i64 + 1, fail.then_some(true));
+                handle.send(job, Kind::Batched).unwrap()
             })
             .collect();
         drop(release);
@@ -750,7 +848,7 @@ mod tests {
             let answer = answer.wait();
             match (fail, answer) {
                 (true, Err(StoreError::Unavailable(why))) => {
-                    assert_eq!(why, format!("job {i} fails"))
+                    assert_eq!(why, format!("job {} fails", i + 1))
                 }
                 (false, Ok(())) => {}
                 (fail, answer) => panic!("job {i} (fails: {fail}) answered {answer:?}"),
@@ -758,14 +856,7 @@ mod tests {
         }
         drop(handle);
         thread.join().unwrap();
-        let conn = crate::store::open_read(&db.0).unwrap();
-        let kept: Vec<i64> = conn
-            .prepare("SELECT product_id FROM product_cache ORDER BY product_id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let kept = products_kept(&db);
         assert_eq!(kept, vec![3, 5], "only the jobs that passed");
     }
 

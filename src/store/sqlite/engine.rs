@@ -108,6 +108,10 @@ impl Engine for SqliteEngine {
     fn wrote_events(&mut self) -> bool {
         self.events_at_commit != self.events_at_begin
     }
+
+    fn changes(&mut self) -> Option<u64> {
+        Some(self.conn.total_changes())
+    }
 }
 
 impl Tx for SqliteEngine {
