@@ -29,7 +29,7 @@ pub struct Conn {
     /// statements would run outside the transaction).
     in_transaction: bool,
     /// Run on every new session before its first statement (session settings).
-    setup: Option<&'static str>,
+    setup: Option<String>,
     /// A statement failed on this session since the last `take_failure`.
     failure: bool,
     /// The last statement's session was ended by the watchdog.
@@ -44,7 +44,7 @@ impl Conn {
         config: postgres::Config,
         dog: Arc<Watchdog>,
         bounded: bool,
-        setup: &'static str,
+        setup: String,
     ) -> Conn {
         Conn {
             config,
@@ -90,7 +90,7 @@ impl Conn {
                 .dog
                 .connect(&self.config, self.bounded)
                 .map_err(StoreError::from)?;
-            if let Some(setup) = self.setup {
+            if let Some(setup) = &self.setup {
                 let done = watched.waiting(|| client.batch_execute(setup));
                 done.map_err(StoreError::from)?;
             }

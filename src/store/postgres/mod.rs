@@ -59,12 +59,8 @@ pub(crate) const SERVICE_LOCKS: std::ops::RangeInclusive<i64> =
     0x6f72_6465_7273_0000..=0x6f72_6465_7273_ffff;
 
 /// The server's side of the keepalives the client sets (`Connector::new`).
-macro_rules! server_keepalives {
-    () => {
-        "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 5; \
-         SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000"
-    };
-}
+const SERVER_KEEPALIVES: &str = "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 5; \
+     SET tcp_keepalives_count = 3; SET tcp_user_timeout = 10000";
 
 /// How to connect: the URL's settings and the connect timeout. The reading sessions it
 /// makes combine their gets by id (gets.rs). Its sessions' waits on the server are timed
@@ -102,25 +98,28 @@ impl Connector {
     /// What every session asks of the server first: to notice a client gone as soon as
     /// the client notices a server gone (above), rather than after the kernel's two hours.
     /// Until then a lost session's locks stay held: the relay's, which kept every instance
-    /// standing by, and a transaction's row locks. Settings the URL's own `options` give
-    /// are the operator's choice, and stay.
-    fn setup(&self, generic_plans: bool) -> &'static str {
+    /// standing by, and a transaction's row locks. A timed session (`timed`) also has its
+    /// lock waits end after `DATABASE_TIMEOUT`, cancelled by the server: the session
+    /// stays, where the watchdog, a second later, would end it and leave its server
+    /// process waiting on the lock with the locks it holds. Settings the URL's own
+    /// `options` give are the operator's choice, and stay.
+    fn setup(&self, generic_plans: bool, timed: bool) -> String {
         let chosen = self.config.get_options().unwrap_or("");
-        let keepalives = !["tcp_keepalives", "tcp_user_timeout"]
+        let mut sets = Vec::new();
+        if !["tcp_keepalives", "tcp_user_timeout"]
             .iter()
-            .any(|name| chosen.contains(name));
-        match (
-            keepalives,
-            generic_plans && !chosen.contains("plan_cache_mode"),
-        ) {
-            (true, true) => concat!(
-                server_keepalives!(),
-                "; SET plan_cache_mode = force_generic_plan"
-            ),
-            (true, false) => server_keepalives!(),
-            (false, true) => "SET plan_cache_mode = force_generic_plan",
-            (false, false) => "",
+            .any(|name| chosen.contains(name))
+        {
+            sets.push(SERVER_KEEPALIVES.to_string());
         }
+        if generic_plans && !chosen.contains("plan_cache_mode") {
+            sets.push("SET plan_cache_mode = force_generic_plan".into());
+        }
+        if timed && !chosen.contains("lock_timeout") {
+            let ms = self.dog.lock_timeout().as_millis();
+            sets.push(format!("SET lock_timeout = {ms}"));
+        }
+        sets.join("; ")
     }
 
     /// A session made on first use, whose statements each keep one generic plan. A list
@@ -132,20 +131,21 @@ impl Connector {
     /// which a connection pooler in between may refuse. A plan mode the URL's own
     /// `options` give is the operator's choice, and stays.
     fn generic_plans(&self) -> Conn {
-        self.conn(true, self.setup(true))
+        self.conn(true, true)
     }
 
     fn connected(&self) -> Result<Conn, StoreError> {
-        self.conn(true, self.setup(false)).connected()
+        self.conn(false, true).connected()
     }
 
     /// A session for the migrations or an import, whose statements may rightly take long
     /// (or wait on another instance's migrations): not timed.
     fn maintenance(&self) -> Result<Conn, StoreError> {
-        self.conn(false, self.setup(false)).connected()
+        self.conn(false, false).connected()
     }
 
-    fn conn(&self, timed: bool, setup: &'static str) -> Conn {
+    fn conn(&self, generic_plans: bool, timed: bool) -> Conn {
+        let setup = self.setup(generic_plans, timed);
         Conn::with_setup(self.config.clone(), self.dog.clone(), timed, setup)
     }
 }
@@ -258,6 +258,7 @@ pub fn reader(connector: &Connector) -> PgReader {
 mod tests {
     use super::test_db::TestDb;
     use super::*;
+    use crate::config::PostgresPool;
     use crate::domain::OrderId;
     use crate::store::Reads;
 
@@ -323,6 +324,45 @@ mod tests {
             shown(&mut reading, &["plan_cache_mode"]),
             ["force_generic_plan"]
         );
+    }
+
+    #[test]
+    fn a_lock_wait_past_its_time_is_ended_by_the_server_and_the_session_stays() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let pool = PostgresPool {
+            answer_timeout: Duration::from_secs(2),
+            ..TestDb::pool()
+        };
+        let connector = Connector::new(&db.url(), &pool).unwrap();
+        migrate(&connector).unwrap();
+        let mut holder = connector.connected().unwrap();
+        holder.begin().unwrap();
+        holder.batch("SELECT pg_advisory_xact_lock(42)").unwrap();
+
+        let mut waiter = connector.connected().unwrap();
+        assert_eq!(shown(&mut waiter, &["lock_timeout"]), ["1s"]);
+        let session = waiter.generation();
+        let started = std::time::Instant::now();
+        let waited = waiter.batch("SELECT pg_advisory_lock(42)");
+        let took = started.elapsed();
+        let e = waited.unwrap_err().to_string();
+        assert!(e.contains("55P03"), "the server's lock timeout: {e}");
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_millis(1900),
+            "after 1 s, before the watchdog's 2 s: {took:?}"
+        );
+        waiter.check().unwrap();
+        assert_eq!(
+            waiter.generation(),
+            session,
+            "the same session, still usable"
+        );
+        // A maintenance session (the migrations') has no lock timeout of its own.
+        let mut maintenance = connector.maintenance().unwrap();
+        assert_eq!(shown(&mut maintenance, &["lock_timeout"]), ["0"]);
+        holder.rollback();
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!
 //! So each session notes when it starts waiting on the server. Past `DATABASE_TIMEOUT`
 //! (a connect: past `DATABASE_CONNECT_TIMEOUT`) a watchdog thread shuts its socket down:
-//! the wait ends in an error, the request gets 503, and the next use connects again.
+//! the wait ends in an error, the request gets 503, and the next use connects again. A
+//! live server ends a lock wait itself a second sooner (`lock_timeout`, `Connector::setup`).
 //!
 //! The client does not show its socket. Connects are made one at a time, and a connect's
 //! socket is the one connected to the server that was not there before it.
@@ -24,6 +25,8 @@ use std::time::{Duration, Instant};
 
 /// How often the watchdog looks.
 const TICK: Duration = Duration::from_millis(100);
+/// How much sooner than the watchdog the server ends a lock wait.
+const LOCK_MARGIN: Duration = Duration::from_secs(1);
 
 pub struct Watchdog {
     /// How long a statement may wait for its answer.
@@ -101,8 +104,15 @@ impl Watchdog {
         })
     }
 
+    /// How long a statement may wait for its answer before its session is closed.
     pub fn answer_timeout(&self) -> Duration {
         self.answer
+    }
+
+    /// How long a timed session's lock waits may last before the server cancels them:
+    /// a second less than the answer's time, so that a live server ends them first.
+    pub fn lock_timeout(&self) -> Duration {
+        self.answer.saturating_sub(LOCK_MARGIN).max(LOCK_MARGIN / 2)
     }
 
     /// Connects, the watchdog timing the whole connect; `bounded`: the session's
