@@ -21,7 +21,7 @@ pub struct Conn {
     dog: Arc<Watchdog>,
     /// Whether the watchdog times its statements (all but maintenance sessions').
     bounded: bool,
-    client: Option<Session>,
+    session: Option<Session>,
     statements: HashMap<String, Statement>,
     /// Counts connects: a session-level lock (the relay's) is gone with its session.
     generation: u64,
@@ -50,7 +50,7 @@ impl Conn {
             config,
             dog,
             bounded,
-            client: None,
+            session: None,
             statements: HashMap::new(),
             generation: 0,
             in_transaction: false,
@@ -73,32 +73,29 @@ impl Conn {
 
     /// Whether the session is up: not lost, nor closed by the server.
     pub fn is_open(&self) -> bool {
-        self.client.as_ref().is_some_and(|s| !s.client.is_closed())
+        self.session.as_ref().is_some_and(|s| !s.client.is_closed())
     }
 
     fn session(&mut self) -> Result<&mut Session, StoreError> {
-        if self.client.as_ref().is_some_and(|s| s.client.is_closed()) {
-            self.client = None;
+        if self.session.as_ref().is_some_and(|s| s.client.is_closed()) {
+            self.session = None;
         }
-        if self.client.is_none() {
+        if self.session.is_none() {
             if self.in_transaction {
                 return Err(StoreError::Unavailable(
                     "the database connection was lost in a transaction".into(),
                 ));
             }
-            let (mut client, watched) = self
-                .dog
-                .connect(&self.config, self.bounded)
-                .map_err(StoreError::from)?;
+            let (mut client, watched) = self.dog.connect(&self.config, self.bounded)?;
             if let Some(setup) = &self.setup {
                 let done = watched.waiting(|| client.batch_execute(setup));
                 done.map_err(StoreError::from)?;
             }
             self.statements.clear();
             self.generation += 1;
-            self.client = Some(Session { watched, client });
+            self.session = Some(Session { watched, client });
         }
-        Ok(self.client.as_mut().expect("connected above"))
+        Ok(self.session.as_mut().expect("connected above"))
     }
 
     /// Runs `call` on the session, the wait for its answer timed.
@@ -124,9 +121,9 @@ impl Conn {
 
     /// Forgets a connection that is gone, so the next use makes a new one.
     fn failed(&mut self, e: postgres::Error) -> StoreError {
-        self.cut = self.client.as_ref().is_some_and(|s| s.watched.was_cut());
+        self.cut = self.session.as_ref().is_some_and(|s| s.watched.was_cut());
         if self.cut || !self.is_open() {
-            self.client = None;
+            self.session = None;
         }
         self.failure = true;
         if self.cut {
@@ -154,11 +151,11 @@ impl Conn {
         &mut self,
         mut op: impl FnMut(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let was_connected = self.client.is_some();
+        let was_connected = self.session.is_some();
         self.cut = false;
         match op(self) {
             Err(e)
-                if was_connected && self.client.is_none() && !self.in_transaction && !self.cut =>
+                if was_connected && self.session.is_none() && !self.in_transaction && !self.cut =>
             {
                 log::info!("database: the connection was lost ({e}); connecting again");
                 op(self)

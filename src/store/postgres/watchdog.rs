@@ -13,6 +13,7 @@
 //! The client does not show its socket. Connects are made one at a time, and a connect's
 //! socket is the one connected to the server that was not there before it.
 
+use crate::store::StoreError;
 use postgres::config::Host;
 use postgres::{Client, NoTls};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
@@ -20,7 +21,7 @@ use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// How often the watchdog looks.
@@ -35,8 +36,9 @@ pub struct Watchdog {
     connect: Duration,
     epoch: Instant,
     state: Mutex<State>,
-    /// Held for a whole connect: connects one at a time.
-    connecting: Mutex<()>,
+    /// Whether a connect is under way: connects go one at a time (`turn`).
+    connecting: Mutex<bool>,
+    turn_over: Condvar,
     thread: OnceLock<()>,
 }
 
@@ -48,7 +50,8 @@ struct State {
 }
 
 struct Connect {
-    began: Instant,
+    /// When the connect's time is up, its wait for its turn included.
+    deadline: Instant,
     peers: Vec<Peer>,
     /// The sockets to the server there were before it.
     before: Vec<RawFd>,
@@ -99,7 +102,8 @@ impl Watchdog {
             connect,
             epoch: Instant::now(),
             state: Mutex::default(),
-            connecting: Mutex::new(()),
+            connecting: Mutex::new(false),
+            turn_over: Condvar::new(),
             thread: OnceLock::new(),
         })
     }
@@ -121,13 +125,14 @@ impl Watchdog {
         self: &Arc<Self>,
         config: &postgres::Config,
         bounded: bool,
-    ) -> Result<(Client, Watched), postgres::Error> {
+    ) -> Result<(Client, Watched), StoreError> {
         self.start();
-        let _one_at_a_time = locked(&self.connecting);
+        let deadline = Instant::now() + self.connect;
+        let _turn = self.turn(deadline)?;
         let peers = peers(config);
         let before = sockets_to(&peers);
         locked(&self.state).connect = Some(Connect {
-            began: Instant::now(),
+            deadline,
             peers,
             before,
         });
@@ -164,6 +169,27 @@ impl Watchdog {
                 slot,
             },
         ))
+    }
+
+    /// Waits, until `deadline` at most, for the connect under way to end. Without the
+    /// bound, while the server does not answer, each connect would wait for all those
+    /// before it to time out.
+    fn turn(&self, deadline: Instant) -> Result<Turn<'_>, StoreError> {
+        let mut busy = locked(&self.connecting);
+        while *busy {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Unavailable(format!(
+                    "no connect within {} s",
+                    self.connect.as_secs()
+                )));
+            }
+            busy = (self.turn_over.wait_timeout(busy, left))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *busy = true;
+        Ok(Turn(self))
     }
 
     fn start(self: &Arc<Self>) {
@@ -209,7 +235,7 @@ impl Watchdog {
             }
         }
         if let Some(connect) = &state.connect {
-            if connect.began.elapsed() > self.connect {
+            if Instant::now() > connect.deadline {
                 for fd in connect.made() {
                     shut(fd);
                 }
@@ -220,6 +246,16 @@ impl Watchdog {
                 state.connect = None;
             }
         }
+    }
+}
+
+/// A connect's turn, over when dropped.
+struct Turn<'a>(&'a Watchdog);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *locked(&self.0.connecting) = false;
+        self.0.turn_over.notify_one();
     }
 }
 
@@ -394,6 +430,29 @@ mod tests {
         let db = TestDb::create()?;
         let config: postgres::Config = db.url().parse().unwrap();
         Some((db, config, Watchdog::new(answer, Duration::from_secs(5))))
+    }
+
+    #[test]
+    fn connects_at_the_same_time_each_end_within_the_connect_timeout() {
+        let (listener, port) = silent_server();
+        let dog = Watchdog::new(Duration::from_secs(30), Duration::from_secs(1));
+        let started = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..3 {
+            let (dog, tx) = (dog.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send((dog.connect(&config(port), true).is_err(), started.elapsed()));
+            });
+        }
+        for _ in 0..3 {
+            let (failed, took) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(failed, "a server that never answers: an error");
+            assert!(
+                took < Duration::from_millis(1800),
+                "each within the 1 s, not one after the other: {took:?}"
+            );
+        }
+        drop(listener);
     }
 
     #[test]
