@@ -330,8 +330,18 @@ fn peers(config: &postgres::Config) -> Vec<Peer> {
 
 /// This process's sockets connected to one of `peers`.
 fn sockets_to(peers: &[Peer]) -> Vec<RawFd> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
+    let dir = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir,
+        Err(e) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                log::warn!(
+                    "database: this process's sockets cannot be listed (/proc/self/fd: {e}): \
+                     waits on the server are not timed"
+                )
+            });
+            return Vec::new();
+        }
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
