@@ -72,9 +72,6 @@ struct Slot {
     fd: RawFd,
     /// Microseconds since the epoch, plus one, since the session waits; 0 when it does not.
     waiting_since: AtomicU64,
-    /// False for a maintenance session (migrations, an import), whose statements may
-    /// rightly take long.
-    bounded: bool,
     cut: AtomicBool,
 }
 
@@ -120,7 +117,8 @@ impl Watchdog {
     }
 
     /// Connects, the watchdog timing the whole connect; `bounded`: the session's
-    /// statements are timed too.
+    /// statements are timed too (not a maintenance session's, the migrations' or an
+    /// import's, whose statements may rightly take long).
     pub fn connect(
         self: &Arc<Self>,
         config: &postgres::Config,
@@ -140,18 +138,22 @@ impl Watchdog {
         let mut state = locked(&self.state);
         let connect = state.connect.take();
         let client = connected?;
-        let new = connect.map(|c| c.made()).unwrap_or_default();
+        // A session whose statements are not timed needs no slot.
+        let new = match connect.filter(|_| bounded) {
+            Some(connect) => connect.made(),
+            None => Vec::new(),
+        };
         let slot = match new[..] {
             [fd] => {
                 let slot = Arc::new(Slot {
                     fd,
                     waiting_since: AtomicU64::new(0),
-                    bounded,
                     cut: AtomicBool::new(false),
                 });
                 state.sessions.push(slot.clone());
                 Some(slot)
             }
+            _ if !bounded => None,
             _ => {
                 log::debug!(
                     "database: {} sockets made by a connect (another client's in this \
@@ -215,7 +217,7 @@ impl Watchdog {
         let now = self.now();
         let mut state = locked(&self.state);
         let limit = self.answer.as_micros() as u64;
-        for slot in state.sessions.iter().filter(|s| s.bounded) {
+        for slot in &state.sessions {
             let since = slot.waiting_since.load(Ordering::Acquire);
             let over = since != 0 && now.saturating_sub(since) > limit;
             // Unless the wait ended (or another began) meanwhile.
@@ -416,23 +418,37 @@ mod tests {
         config
     }
 
-    #[test]
-    fn a_connect_that_gets_no_answer_ends_after_the_connect_timeout() {
+    /// `n` connects at once to a server that never answers, with a connect timeout of
+    /// 1 s (the TCP connect's is 30 s): how long each took to fail.
+    fn connects_to_a_silent_server(n: usize) -> Vec<Duration> {
         let (listener, port) = silent_server();
         let dog = Watchdog::new(Duration::from_secs(30), Duration::from_secs(1));
         let started = Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(dog.connect(&config(port), true).is_err());
-        });
-        let failed = rx.recv_timeout(Duration::from_secs(10));
-        let took = started.elapsed();
-        assert_eq!(failed, Ok(true), "a server that never answers: an error");
+        for _ in 0..n {
+            let (dog, tx) = (dog.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send((dog.connect(&config(port), true).is_err(), started.elapsed()));
+            });
+        }
+        let took = (0..n)
+            .map(|_| {
+                let (failed, took) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+                assert!(failed, "a server that never answers: an error");
+                took
+            })
+            .collect();
+        drop(listener);
+        took
+    }
+
+    #[test]
+    fn a_connect_that_gets_no_answer_ends_after_the_connect_timeout() {
+        let took = connects_to_a_silent_server(1)[0];
         assert!(
             took >= Duration::from_secs(1) && took < Duration::from_secs(3),
             "ended after the connect timeout of 1 s, not the TCP connect's 30 s: {took:?}"
         );
-        drop(listener);
     }
 
     /// A watchdog with `answer` as its limit, on a fresh database (None without a server).
@@ -444,25 +460,12 @@ mod tests {
 
     #[test]
     fn connects_at_the_same_time_each_end_within_the_connect_timeout() {
-        let (listener, port) = silent_server();
-        let dog = Watchdog::new(Duration::from_secs(30), Duration::from_secs(1));
-        let started = Instant::now();
-        let (tx, rx) = std::sync::mpsc::channel();
-        for _ in 0..3 {
-            let (dog, tx) = (dog.clone(), tx.clone());
-            std::thread::spawn(move || {
-                let _ = tx.send((dog.connect(&config(port), true).is_err(), started.elapsed()));
-            });
-        }
-        for _ in 0..3 {
-            let (failed, took) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-            assert!(failed, "a server that never answers: an error");
+        for took in connects_to_a_silent_server(3) {
             assert!(
                 took < Duration::from_millis(1800),
                 "each within the 1 s, not one after the other: {took:?}"
             );
         }
-        drop(listener);
     }
 
     #[test]
