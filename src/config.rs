@@ -623,15 +623,11 @@ fn pool_size(v: &str) -> Result<usize, String> {
 }
 
 fn connect_timeout(v: &str) -> Result<Duration, String> {
-    parse_num::<u64>(v, "seconds")
-        .and_then(|n| within(n, 1, 60))
-        .map(Duration::from_secs)
+    seconds_within(v, 1, 60)
 }
 
 fn answer_timeout(v: &str) -> Result<Duration, String> {
-    parse_num::<u64>(v, "seconds")
-        .and_then(|n| within(n, 1, 3600))
-        .map(Duration::from_secs)
+    seconds_within(v, 1, 3600)
 }
 
 fn parse_product_source(v: &str) -> Result<ProductSource, String> {
@@ -696,8 +692,12 @@ fn timeout_ms(v: &str) -> Result<Duration, String> {
 }
 
 fn seconds(v: &str) -> Result<Duration, String> {
+    seconds_within(v, 0, MAX_SECONDS)
+}
+
+fn seconds_within(v: &str, min: u64, max: u64) -> Result<Duration, String> {
     parse_num::<u64>(v, "seconds")
-        .and_then(|n| within(n, 0, MAX_SECONDS))
+        .and_then(|n| within(n, min, max))
         .map(Duration::from_secs)
 }
 
