@@ -583,6 +583,14 @@ mod tests {
             ));
             TempDb(dir.join("orders.db"))
         }
+
+        /// A new database with the migrations applied, and its write connection.
+        fn migrated() -> (TempDb, rusqlite::Connection) {
+            let db = TempDb::new();
+            let mut conn = crate::store::open_write(&db.0).unwrap();
+            crate::store::migrate(&mut conn).unwrap();
+            (db, conn)
+        }
     }
 
     impl Drop for TempDb {
@@ -620,9 +628,7 @@ mod tests {
 
     #[test]
     fn pruning_goes_in_small_steps_that_writes_get_between() {
-        let db = TempDb::new();
-        let mut conn = crate::store::open_write(&db.0).unwrap();
-        crate::store::migrate(&mut conn).unwrap();
+        let (db, conn) = TempDb::migrated();
         let old_rows: i64 = 300_000;
         // All published long ago; the newest must stay all the same.
         conn.execute(
@@ -688,9 +694,7 @@ mod tests {
 
     #[test]
     fn probes_at_the_same_time_queue_one_heartbeat_and_all_get_its_answer() {
-        let db = TempDb::new();
-        let mut conn = crate::store::open_write(&db.0).unwrap();
-        crate::store::migrate(&mut conn).unwrap();
+        let (_db, conn) = TempDb::migrated();
         let (handle, thread, _woken) = sqlite_writer(conn);
 
         // Holds the writer, so that what the probes send stays queued.
@@ -773,9 +777,7 @@ mod tests {
 
     #[test]
     fn online_creates_go_without_savepoints_and_one_that_fails_having_written_fails_its_batch() {
-        let db = TempDb::new();
-        let mut conn = crate::store::open_write(&db.0).unwrap();
-        crate::store::migrate(&mut conn).unwrap();
+        let (db, conn) = TempDb::migrated();
         let (handle, thread, _woken) = sqlite_writer(conn);
         let bare = |id, fails| {
             handle
@@ -825,9 +827,7 @@ mod tests {
 
     #[test]
     fn in_one_batch_each_failed_job_is_undone_alone_and_the_others_commit() {
-        let db = TempDb::new();
-        let mut conn = crate::store::open_write(&db.0).unwrap();
-        crate::store::migrate(&mut conn).unwrap();
+        let (db, conn) = TempDb::migrated();
         let (handle, thread, _woken) = sqlite_writer(conn);
 
         // Holds the writer, so the jobs below queue up and go in one batch.
@@ -863,9 +863,7 @@ mod tests {
     #[test]
     fn the_lines_fill_fills_every_order_without_lines_keeps_the_rest_and_takes_no_step_once_stopped(
     ) {
-        let db = TempDb::new();
-        let mut conn = crate::store::open_write(&db.0).unwrap();
-        crate::store::migrate(&mut conn).unwrap();
+        let (db, conn) = TempDb::migrated();
         // 2,500 orders of two lines, every third already with (other) lines of its own.
         conn.execute_batch(
             "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2500)
