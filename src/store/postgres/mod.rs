@@ -135,7 +135,12 @@ impl Connector {
     }
 
     fn connected(&self) -> Result<Conn, StoreError> {
-        self.conn(false, true).connected()
+        self.on_first_use().connected()
+    }
+
+    /// A write session made on first use.
+    fn on_first_use(&self) -> Conn {
+        self.conn(false, true)
     }
 
     /// A session for the migrations or an import, whose statements may rightly take long
@@ -224,24 +229,16 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
     applied
 }
 
-/// `pool.writers` write sessions, each connected now (a wrong URL shows at start-up),
-/// side by side: a session takes the server a process start, and start-up waits for all.
-/// The first tries whether a create can be one statement here, for all of them.
+/// `pool.writers` write sessions. The first is connected now, so that a wrong URL or an
+/// absent server shows at start-up, and tries whether a create can be one statement here,
+/// for all of them. The others connect on their first transaction: connects take turns
+/// (the watchdog tells their sockets apart), each a new server process, and start-up
+/// waited for all eight, a quarter of its time on an empty database.
 pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngine>, StoreError> {
-    let mut engines: Vec<PgEngine> = std::thread::scope(|s| {
-        let connecting: Vec<_> = (0..pool.writers)
-            .map(|_| s.spawn(|| connector.connected().map(PgEngine::new)))
-            .collect();
-        connecting
-            .into_iter()
-            .map(|c| {
-                c.join().unwrap_or_else(|_| {
-                    Err(StoreError::Unavailable("a connecting thread failed".into()))
-                })
-            })
-            .collect::<Result<_, _>>()
-    })?;
-    let one_statement = engines.first_mut().is_some_and(PgEngine::main_query_first);
+    let mut first = PgEngine::new(connector.connected()?);
+    let one_statement = first.main_query_first();
+    let mut engines = vec![first];
+    engines.extend((1..pool.writers).map(|_| PgEngine::new(connector.on_first_use())));
     for engine in &mut engines {
         engine.set_one_statement(one_statement);
     }
@@ -282,6 +279,50 @@ mod tests {
         assert!(engines(&connector, &TestDb::pool()).is_ok());
         let order = reader(&connector).order(OrderId::parse("1").unwrap());
         assert!(order.unwrap().is_none());
+    }
+
+    #[test]
+    fn start_up_connects_one_write_session_and_the_others_on_their_first_transaction() {
+        use crate::store::Engine;
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
+        migrate(&connector).unwrap();
+        let mut watching = connector.maintenance().unwrap();
+        let mut sessions_become = |n: i64| {
+            // A closed session's server process leaves the list a moment later.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            loop {
+                let now: i64 = watching
+                    .query_one(
+                        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()
+                           AND application_name = 'order-service' AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .unwrap()
+                    .get(0);
+                if now == n {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < until,
+                    "{now} write sessions, not {n}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        let pool = PostgresPool {
+            writers: 3,
+            ..TestDb::pool()
+        };
+        let mut engines = engines(&connector, &pool).unwrap();
+        assert_eq!(engines.len(), 3);
+        sessions_become(1);
+        engines[2].begin().unwrap();
+        engines[2].tx().heartbeat(1).unwrap();
+        engines[2].commit().unwrap();
+        sessions_become(2);
     }
 
     /// The settings a session shows, by name.
