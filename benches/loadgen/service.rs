@@ -104,6 +104,14 @@ fn ready(addr: SocketAddr) -> bool {
         .is_ok_and(|r| r.status == 200)
 }
 
+/// A run cut short (a panic, such as a print to a closed stdout) leaves no service behind.
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Service {
     pub fn pid(&self) -> u32 {
         self.child.id()
