@@ -233,7 +233,7 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
 /// absent server shows at start-up, and tries whether a create can be one statement here,
 /// for all of them. The others connect on their first transaction: connects take turns
 /// (the watchdog tells their sockets apart), each a new server process, and start-up
-/// waited for all eight, a quarter of its time on an empty database.
+/// waited for all of them (eight by default): a quarter of its time on an empty database.
 pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngine>, StoreError> {
     let mut first = PgEngine::new(connector.connected()?);
     let one_statement = first.main_query_first();
