@@ -291,6 +291,7 @@ enum Pass {
 impl Relay {
     fn run(mut self, wake: Receiver<()>) {
         let mut pacer = Pacer::new(PACE);
+        let unwoken = never();
         loop {
             let paced = pacer.wait(Instant::now());
             if !paced.is_zero() {
@@ -311,9 +312,18 @@ impl Relay {
                 Pass::Idle => POLL,
                 Pass::Failed => self.next_backoff(),
             };
+            // A commit's wake ends only an idle wait. After a failure the relay waits for
+            // the broker (or the database), not for rows: woken by every commit, an
+            // offline store re-read and re-parsed a full batch and dialled the broker at
+            // each one, up to 40 times a second. Standing by, it waits for the lock.
+            let woken = if matches!(pass, Pass::Idle) {
+                &wake
+            } else {
+                &unwoken
+            };
             select! {
                 recv(self.stop) -> _ => break,
-                recv(wake) -> msg => if msg.is_err() { break },
+                recv(woken) -> msg => if msg.is_err() { break },
                 recv(after(wait)) -> _ => {},
             }
         }

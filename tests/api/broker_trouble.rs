@@ -1,10 +1,13 @@
 //! The broker on a bad day: it cannot be reached (and no password is printed while it is
-//! not), it refuses one event forever (the event is named and the ones after it wait), it
+//! not, and orders coming in do not make the relay retry sooner), it refuses one event forever (the event is named and the ones after it wait), it
 //! stops answering mid-conversation (shutdown stays bounded, a second signal ends it now).
 
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::broker::*;
 use crate::support::*;
@@ -132,6 +135,55 @@ fn no_log_line_or_command_output_shows_a_password() {
             assert_no_canary(&format!("{args:?}"), &run_cli(dir.path(), &env, args));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Retries keep their backoff
+// ---------------------------------------------------------------------------------------
+
+/// A broker's port that hangs up on every connection (a balancer in front of a broker that
+/// is down): the connections it was asked for, counted.
+fn hanging_up_port() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().unwrap().port();
+    let dialled = Arc::new(AtomicUsize::new(0));
+    let counted = dialled.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (port, dialled)
+}
+
+/// While the broker is away, the relay retries on its backoff (a quarter of a second,
+/// doubling, give or take a quarter), however many orders come in: an order a twentieth
+/// of a second for three seconds dials the broker at most five times by the backoff, not
+/// once an order. Each order still commits, and its event waits in the outbox.
+#[test]
+fn orders_taken_while_the_broker_is_away_do_not_hurry_its_retries() {
+    let (port, dialled) = hanging_up_port();
+    let app = TestApp::builder()
+        .env("RABBITMQ_PORT", &port.to_string())
+        .spawn();
+    let started = Instant::now();
+    let mut orders = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+            .assert_status(201);
+        orders += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dials = dialled.load(Ordering::SeqCst);
+    assert!(orders >= 30, "only {orders} orders in 3 s");
+    assert!(dials >= 1, "the relay never dialled the broker's port");
+    assert!(
+        dials <= 8,
+        "{orders} orders in 3 s made the relay dial the broker {dials} times; \
+         its backoff allows five"
+    );
+    assert_eq!(pending(&app), orders as i64, "every order's event waits");
 }
 
 // ---------------------------------------------------------------------------------------
