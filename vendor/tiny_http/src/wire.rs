@@ -101,6 +101,10 @@ pub enum Next {
 pub struct RequestReader {
     limits: Limits,
     buf: Vec<u8>,
+    /// Where each read lands before its bytes join `buf`: zeroed once for the connection.
+    /// Growing `buf` by a read's room instead zeroed 16 KiB for every read, a quarter of
+    /// the instructions a small request cost the server.
+    landing: Box<[u8]>,
 }
 
 const READ_SIZE: usize = 16 * 1024;
@@ -112,6 +116,7 @@ impl RequestReader {
         RequestReader {
             limits,
             buf: Vec::new(),
+            landing: vec![0; READ_SIZE].into_boxed_slice(),
         }
     }
 
@@ -254,16 +259,15 @@ impl RequestReader {
         if room == 0 {
             return Fill::Full;
         }
-        let start = self.buf.len();
-        self.buf.resize(start + room.min(READ_SIZE), 0);
+        let landing = &mut self.landing[..room.min(READ_SIZE)];
         let result = loop {
-            match wire.read_by(&mut self.buf[start..], deadline) {
+            match wire.read_by(landing, deadline) {
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 other => break other,
             }
         };
         let got = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(start + got);
+        self.buf.extend_from_slice(&landing[..got]);
         match result {
             Ok(0) => Fill::Closed,
             Ok(_) => Fill::Got,
