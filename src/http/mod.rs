@@ -111,6 +111,10 @@ pub struct HttpServer {
     workers: Vec<JoinHandle<()>>,
 }
 
+/// How long an idle worker sleeps before it looks at `stopping` again: a stop wakes it
+/// at once (`release_waiters`), so this is only a backstop. A quarter of a second woke
+/// an idle service's 16 workers 64 times a second.
+const IDLE_WAIT: Duration = Duration::from_secs(30);
 /// How long workers keep answering queued requests once asked to stop.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// A drain ends once no request has come for this long, and no connection is in the
@@ -201,7 +205,7 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
         }
     };
     while !stopping.load(Ordering::SeqCst) {
-        match server.recv_until_released(Duration::from_millis(250)) {
+        match server.recv_until_released(IDLE_WAIT) {
             Ok(Some(req)) => serve(shared, reader.as_ref(), req),
             Ok(None) => {}
             Err(e) => log::debug!("http: {e}"),

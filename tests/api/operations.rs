@@ -511,6 +511,40 @@ fn health_and_ready() {
     app.ready().assert_status(200);
 }
 
+/// Context switches of every thread of process `pid` so far.
+fn context_switches(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the service's threads")
+        .flatten()
+        .map(|task| {
+            std::fs::read_to_string(task.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// A store's service with nobody ordering lets the machine sleep: its threads wake a
+/// few times a second in all (the relay's poll; on PostgreSQL the database watchdog's
+/// tenth of a second), not each HTTP worker four times a second.
+#[test]
+fn an_idle_service_wakes_its_threads_rarely() {
+    let app = TestApp::builder().spawn();
+    app.ready().assert_status(200);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = app.pid().expect("the service runs");
+    let before = context_switches(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let woken = context_switches(pid) - before;
+    assert!(
+        woken < 60,
+        "idle for 3 s, the service's threads were switched in {woken} times"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 5: the OpenAPI description
 // ---------------------------------------------------------------------------------------
