@@ -56,8 +56,7 @@ pub fn open(database: &Database, pool: &PostgresPool) -> Result<Opened, String> 
         }
         Database::Postgres(url) => {
             let connector = postgres::Connector::new(url.expose(), pool).map_err(|e| named(&e))?;
-            let applied = postgres::migrate(&connector).map_err(|e| named(&e))?;
-            let engines = postgres::engines(&connector, pool).map_err(|e| named(&e))?;
+            let (applied, engines) = postgres::open(&connector, pool).map_err(|e| named(&e))?;
             Ok(Opened {
                 engines: engines
                     .into_iter()

@@ -159,6 +159,33 @@ impl Connector {
 /// the migrations applied. Instances starting together take turns.
 pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
     let mut conn = connector.maintenance().map_err(|e| e.to_string())?;
+    migrate_on(&mut conn)
+}
+
+/// The migrations (`migrate`) and the write sessions (`engines`). The first write
+/// session connects while the migrations run on theirs: a connect starts a server
+/// process (5 to 10 ms on two busy cores), and on an empty database start-up waited for
+/// it after the migrations' 60 ms. Connects still take turns: it starts once the
+/// migrations' session is made.
+pub fn open(
+    connector: &Connector,
+    pool: &PostgresPool,
+) -> Result<(Vec<String>, Vec<PgEngine>), String> {
+    let mut conn = connector.maintenance().map_err(|e| e.to_string())?;
+    let (applied, first) = std::thread::scope(|s| {
+        let first = s.spawn(|| connector.connected());
+        let applied = migrate_on(&mut conn);
+        let first = first
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the connect panicked".into())));
+        (applied, first)
+    });
+    let applied = applied?;
+    let engines = engines_from(first.map_err(|e| e.to_string())?, connector, pool);
+    Ok((applied, engines))
+}
+
+fn migrate_on(conn: &mut Conn) -> Result<Vec<String>, String> {
     conn.batch(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
         .map_err(|e| e.to_string())?;
     let applied = (|| {
@@ -234,15 +261,20 @@ pub fn migrate(connector: &Connector) -> Result<Vec<String>, String> {
 /// for all of them. The others connect on their first transaction: connects take turns
 /// (the watchdog tells their sockets apart), each a new server process, and start-up
 /// waited for all of them (eight by default): a quarter of its time on an empty database.
+#[cfg(test)]
 pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngine>, StoreError> {
-    let mut first = PgEngine::new(connector.connected()?);
+    Ok(engines_from(connector.connected()?, connector, pool))
+}
+
+fn engines_from(first: Conn, connector: &Connector, pool: &PostgresPool) -> Vec<PgEngine> {
+    let mut first = PgEngine::new(first);
     let one_statement = first.main_query_first();
     let mut engines = vec![first];
     engines.extend((1..pool.writers).map(|_| PgEngine::new(connector.on_first_use())));
     for engine in &mut engines {
         engine.set_one_statement(one_statement);
     }
-    Ok(engines)
+    engines
 }
 
 /// A reading session; it connects on first use and again after a loss. Every statement
@@ -258,6 +290,7 @@ mod tests {
     use crate::config::PostgresPool;
     use crate::domain::OrderId;
     use crate::store::Reads;
+    use postgres::{Client, NoTls};
 
     #[test]
     fn a_server_on_the_same_machine_is_reached_through_its_socket() {
@@ -323,6 +356,50 @@ mod tests {
         engines[2].tx().heartbeat(1).unwrap();
         engines[2].commit().unwrap();
         sessions_become(2);
+    }
+
+    #[test]
+    fn the_first_write_session_connects_while_the_migrations_wait_their_turn() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        // Another instance migrating: the migrations wait on its lock.
+        let mut other = Client::connect(&db.url(), NoTls).unwrap();
+        other
+            .batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+            .unwrap();
+        let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
+        let opening = std::thread::spawn(move || {
+            open(&connector, &TestDb::pool())
+                .map(|(applied, engines)| (applied.len(), engines.len()))
+        });
+        let sessions = |other: &mut Client, waiting: bool| -> i64 {
+            other
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()
+                       AND application_name = 'order-service'
+                       AND (wait_event_type = 'Lock') = $1",
+                    &[&waiting],
+                )
+                .unwrap()
+                .get(0)
+        };
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sessions(&mut other, true) == 0 || sessions(&mut other, false) == 0 {
+            assert!(
+                std::time::Instant::now() < until,
+                "no write session beside the migrations waiting on the lock: {} waiting, {} not",
+                sessions(&mut other, true),
+                sessions(&mut other, false)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        other
+            .batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+            .unwrap();
+        let (applied, engines) = opening.join().unwrap().unwrap();
+        assert_eq!(applied, migrations().len());
+        assert_eq!(engines, TestDb::pool().writers);
     }
 
     /// The settings a session shows, by name.
