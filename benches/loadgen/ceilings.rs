@@ -291,7 +291,7 @@ pub fn hello(
 /// (c) publishing `payload`-sized persistent messages in batches of `batch`, each batch
 /// waited on for its confirms, for `time`. Latencies are per batch.
 pub fn broker(payload_len: usize, batch: usize, time: Duration) -> Result<Outcome, String> {
-    let queue = format!("loadgen-ceiling-{}", std::process::id());
+    let queue = crate::service::queue_name("ceiling");
     let mut connection = crate::service::broker().map_err(|e| format!("connect: {e}"))?;
     let result = (|| {
         let channel = connection

@@ -252,6 +252,22 @@ struct Run {
     report: Report,
 }
 
+/// What a run leaves on the machine goes with it, also when it is cut short (a panic,
+/// such as a print to a closed stdout): its folder, unless asked to keep the logs, and
+/// its queues. Its services and databases go with their own values.
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.broker {
+            for part in service::QUEUE_PARTS {
+                service::delete_queue(&service::queue_name(part));
+            }
+        }
+        if !self.o.keep_logs {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 impl Run {
     fn setup(&self, db: &Db, queue: &str, label: &str) -> Setup {
         Setup {
@@ -382,16 +398,17 @@ fn main() {
         let text = serde_json::to_string_pretty(&run.report.json()).unwrap();
         if let Err(e) = std::fs::write(path, text + "\n") {
             eprintln!("loadgen: cannot write {}: {e}", path.display());
+            drop(run);
             std::process::exit(1);
         }
         println!("JSON report: {}", path.display());
     }
     if run.o.keep_logs {
         println!("the services' logs: {}", run.dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&run.dir);
     }
-    if run.o.smoke && failed {
+    let smoke_failed = run.o.smoke && failed;
+    drop(run);
+    if smoke_failed {
         eprintln!("loadgen: the smoke run saw failures (above)");
         std::process::exit(1);
     }
@@ -400,7 +417,6 @@ fn main() {
 /// Every phase in turn; true if something that should work did not (for --smoke).
 fn run_all(run: &mut Run) -> bool {
     let mut failed = false;
-    let pid = std::process::id();
 
     // 1. The fresh database: creates, then reads of what they made, then the mix.
     println!("fresh database:");
@@ -412,7 +428,7 @@ fn run_all(run: &mut Run) -> bool {
             failed = true;
         }
         Ok(db) => {
-            let queue = format!("loadgen-{pid}");
+            let queue = service::queue_name("fresh");
             let setup = run.setup(&db, &queue, "fresh");
             match setup.start() {
                 Err(e) => {
@@ -869,11 +885,7 @@ fn load(run: &mut Run, spec: preload::Spec, main: bool) -> Result<Loaded, String
     let o = &run.o;
     let label = if main { "scale" } else { "baseline" };
     let db = Db::new(o, &run.dir, label)?;
-    let setup = run.setup(
-        &db,
-        &format!("loadgen-{label}-{}", std::process::id()),
-        label,
-    );
+    let setup = run.setup(&db, &service::queue_name(label), label);
     setup
         .migrate()
         .map_err(|e| format!("order-service migrate refused {}: {e}", db.url()))?;
@@ -960,7 +972,7 @@ fn check_preloaded(svc: &Service, spec: &preload::Spec) -> Result<(), String> {
 fn drain(run: &mut Run) -> Result<(), String> {
     let o = &run.o;
     let db = Db::new(o, &run.dir, "drain")?;
-    let queue = format!("loadgen-drain-{}", std::process::id());
+    let queue = service::queue_name("drain");
     let setup = run.setup(&db, &queue, "drain");
     setup
         .migrate()

@@ -187,6 +187,16 @@ pub fn broker() -> amiquip::Result<amiquip::Connection> {
     amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672")
 }
 
+/// The queues a run declares, by part: each named for the part and this process, so that
+/// what a run cut short leaves behind is known by name (`Run`'s drop deletes them).
+pub const QUEUE_PARTS: [&str; 5] = ["fresh", "ceiling", "scale", "baseline", "drain"];
+
+/// The run's queue for `part` (one of `QUEUE_PARTS`).
+pub fn queue_name(part: &str) -> String {
+    debug_assert!(QUEUE_PARTS.contains(&part), "{part}");
+    format!("loadgen-{part}-{}", std::process::id())
+}
+
 pub fn delete_queue(queue: &str) {
     if let Ok(mut c) = broker() {
         if let Ok(ch) = c.open_channel(None) {
