@@ -256,16 +256,17 @@ fn migrate_on(conn: &mut Conn) -> Result<Vec<String>, String> {
     applied
 }
 
-/// `pool.writers` write sessions. The first is connected now, so that a wrong URL or an
-/// absent server shows at start-up, and tries whether a create can be one statement here,
-/// for all of them. The others connect on their first transaction: connects take turns
-/// (the watchdog tells their sockets apart), each a new server process, and start-up
-/// waited for all of them (eight by default): a quarter of its time on an empty database.
+/// The write sessions as `open` makes them, on a migrated database, for the tests.
 #[cfg(test)]
 pub fn engines(connector: &Connector, pool: &PostgresPool) -> Result<Vec<PgEngine>, StoreError> {
     Ok(engines_from(connector.connected()?, connector, pool))
 }
 
+/// `pool.writers` write sessions, `first` connected already, so that a wrong URL or an
+/// absent server shows at start-up; it tries whether a create can be one statement here,
+/// for all of them. The others connect on their first transaction: connects take turns
+/// (the watchdog tells their sockets apart), each a new server process, and start-up
+/// waited for all of them (eight by default): a quarter of its time on an empty database.
 fn engines_from(first: Conn, connector: &Connector, pool: &PostgresPool) -> Vec<PgEngine> {
     let mut first = PgEngine::new(first);
     let one_statement = first.main_query_first();
