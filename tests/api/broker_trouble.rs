@@ -176,7 +176,9 @@ fn orders_taken_while_the_broker_is_away_do_not_hurry_its_retries() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let dials = dialled.load(Ordering::SeqCst);
-    assert!(orders >= 30, "only {orders} orders in 3 s");
+    // Enough orders to tell a dial per order from the backoff's five, even on a busy
+    // machine where each takes longer.
+    assert!(orders >= 15, "only {orders} orders in 3 s");
     assert!(dials >= 1, "the relay never dialled the broker's port");
     assert!(
         dials <= 8,
