@@ -2,11 +2,8 @@
 //! not, and orders coming in do not make the relay retry sooner), it refuses one event forever (the event is named and the ones after it wait), it
 //! stops answering mid-conversation (shutdown stays bounded, a second signal ends it now).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::broker::*;
@@ -141,31 +138,18 @@ fn no_log_line_or_command_output_shows_a_password() {
 // Retries keep their backoff
 // ---------------------------------------------------------------------------------------
 
-/// A broker's port that hangs up on every connection (a balancer in front of a broker that
-/// is down): the connections it was asked for, counted.
-fn hanging_up_port() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let port = listener.local_addr().unwrap().port();
-    let dialled = Arc::new(AtomicUsize::new(0));
-    let counted = dialled.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            counted.fetch_add(1, Ordering::SeqCst);
-            drop(stream);
-        }
-    });
-    (port, dialled)
-}
-
 /// While the broker is away, the relay retries on its backoff (a quarter of a second,
 /// doubling, give or take a quarter), however many orders come in: an order a twentieth
 /// of a second for three seconds dials the broker at most five times by the backoff, not
 /// once an order. Each order still commits, and its event waits in the outbox.
 #[test]
 fn orders_taken_while_the_broker_is_away_do_not_hurry_its_retries() {
-    let (port, dialled) = hanging_up_port();
+    // The broker's port hangs up on every connection (a balancer in front of a broker
+    // that is down); the proxy counts the connections.
+    let proxy = broker_proxy();
+    proxy.cut();
     let app = TestApp::builder()
-        .env("RABBITMQ_PORT", &port.to_string())
+        .env("RABBITMQ_PORT", &proxy.port().to_string())
         .spawn();
     let started = Instant::now();
     let mut orders = 0;
@@ -175,7 +159,7 @@ fn orders_taken_while_the_broker_is_away_do_not_hurry_its_retries() {
         orders += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
-    let dials = dialled.load(Ordering::SeqCst);
+    let dials = proxy.refused();
     // Enough orders to tell a dial per order from the backoff's five, even on a busy
     // machine where each takes longer.
     assert!(orders >= 15, "only {orders} orders in 3 s");

@@ -17,6 +17,8 @@ struct Shared {
     live: Mutex<Vec<TcpStream>>,
     /// Connections piped so far.
     piped: AtomicU64,
+    /// Connections accepted and closed at once, while cut.
+    refused: AtomicU64,
     /// Cleared by `black_hole`: bytes are read and dropped, both ways.
     forwarding: AtomicBool,
 }
@@ -39,6 +41,7 @@ impl PortProxy {
             stopping: AtomicBool::new(false),
             live: Mutex::new(Vec::new()),
             piped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             forwarding: AtomicBool::new(true),
         });
         let thread = {
@@ -83,6 +86,12 @@ impl PortProxy {
     pub fn piped(&self) -> u64 {
         self.shared.piped.load(Ordering::SeqCst)
     }
+
+    /// Connections accepted and closed at once while cut: how often a client dialled a
+    /// server that was away.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for PortProxy {
@@ -104,6 +113,7 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
         }
         let Ok(client) = client else { continue };
         if !shared.open.load(Ordering::SeqCst) {
+            shared.refused.fetch_add(1, Ordering::SeqCst);
             let _ = client.shutdown(Shutdown::Both);
             continue;
         }
@@ -118,6 +128,7 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
             let mut live = shared.live.lock().unwrap();
             // Checked again under the lock, so a `cut` in between cannot miss this one.
             if !shared.open.load(Ordering::SeqCst) {
+                shared.refused.fetch_add(1, Ordering::SeqCst);
                 let _ = client.shutdown(Shutdown::Both);
                 let _ = upstream.shutdown(Shutdown::Both);
                 continue;
