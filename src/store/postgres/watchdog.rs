@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-/// How often the watchdog looks.
+/// How often the watchdog looks while a session waits or a connect is under way; with
+/// neither, it sleeps until one begins.
 const TICK: Duration = Duration::from_millis(100);
 /// How much sooner than the watchdog the server ends a lock wait.
 const LOCK_MARGIN: Duration = Duration::from_secs(1);
@@ -39,7 +40,11 @@ pub struct Watchdog {
     /// Whether a connect is under way: connects go one at a time (`turn`).
     connecting: Mutex<bool>,
     turn_over: Condvar,
-    thread: OnceLock<()>,
+    /// The watchdog's thread, once started (`None` if it could not be).
+    thread: OnceLock<Option<std::thread::Thread>>,
+    /// The thread sleeps until woken: when it last looked, nothing was timed. An idle
+    /// service's thread otherwise woke ten times a second, for nothing.
+    asleep: AtomicBool,
 }
 
 #[derive(Default)]
@@ -102,6 +107,7 @@ impl Watchdog {
             connecting: Mutex::new(false),
             turn_over: Condvar::new(),
             thread: OnceLock::new(),
+            asleep: AtomicBool::new(false),
         })
     }
 
@@ -134,6 +140,7 @@ impl Watchdog {
             peers,
             before,
         });
+        self.wake();
         let connected = config.connect(NoTls);
         let mut state = locked(&self.state);
         let connect = state.connect.take();
@@ -200,12 +207,36 @@ impl Watchdog {
             let spawned = std::thread::Builder::new()
                 .name("db-watchdog".into())
                 .spawn(move || watch(dog));
-            if let Err(e) = spawned {
-                log::error!(
-                    "database: no watchdog thread ({e}): waits on the server are not timed"
-                );
+            match spawned {
+                Ok(handle) => Some(handle.thread().clone()),
+                Err(e) => {
+                    log::error!(
+                        "database: no watchdog thread ({e}): waits on the server are not timed"
+                    );
+                    None
+                }
             }
         });
+    }
+
+    /// Wakes the thread if it sleeps: a wait or a connect began. Cheap when it does not
+    /// (a load), as it never does while sessions keep waiting.
+    fn wake(&self) {
+        if self.asleep.load(Ordering::SeqCst) && self.asleep.swap(false, Ordering::SeqCst) {
+            if let Some(Some(thread)) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+
+    /// Whether a session waits or a connect is under way.
+    fn timing(&self) -> bool {
+        let state = locked(&self.state);
+        state.connect.is_some()
+            || state
+                .sessions
+                .iter()
+                .any(|s| s.waiting_since.load(Ordering::SeqCst) != 0)
     }
 
     fn now(&self) -> u64 {
@@ -264,9 +295,25 @@ impl Drop for Turn<'_> {
 fn watch(dog: Weak<Watchdog>) {
     loop {
         std::thread::sleep(TICK);
-        match dog.upgrade() {
-            Some(dog) => dog.look(),
-            None => return,
+        let Some(dog) = dog.upgrade() else { return };
+        dog.look();
+        // Asleep first, then a last look: a wait beginning meanwhile sees the one (and
+        // wakes the thread) or is seen by the other (both sides SeqCst).
+        dog.asleep.store(true, Ordering::SeqCst);
+        if dog.timing() {
+            dog.asleep.store(false, Ordering::SeqCst);
+            continue;
+        }
+        drop(dog);
+        // Until a wait or a connect wakes it, or the watchdog is dropped.
+        std::thread::park();
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(Some(thread)) = self.thread.get() {
+            thread.unpark();
         }
     }
 }
@@ -283,7 +330,8 @@ impl Watched {
         let Some(slot) = &self.slot else {
             return call();
         };
-        slot.waiting_since.store(self.dog.now(), Ordering::Release);
+        slot.waiting_since.store(self.dog.now(), Ordering::SeqCst);
+        self.dog.wake();
         let result = call();
         slot.waiting_since.store(0, Ordering::Release);
         result
