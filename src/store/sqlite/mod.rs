@@ -31,7 +31,7 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// Under creates, SQLite's 1,000 (4 MB) came every ~150 ms, and each copied again the
 /// same hot pages (the tables' ends, the users' index and counts), fsync included, with
 /// every caller of the batch waiting. At 4,000 (16 MB) the writer wrote 7% fewer bytes
-/// per order and took 8% more creates a second.
+/// per order and took 3-8% more creates a second, its p99 a millisecond or so longer.
 const CHECKPOINT_PAGES: i64 = 4000;
 
 /// Opens (creating if needed) the one write connection: WAL, full fsync on commit.
