@@ -60,6 +60,8 @@ struct Connect {
     peers: Vec<Peer>,
     /// The sockets to the server there were before it.
     before: Vec<RawFd>,
+    /// Its time is up: told once, its sockets shut as they come.
+    overdue: bool,
 }
 
 impl Connect {
@@ -139,6 +141,7 @@ impl Watchdog {
             deadline,
             peers,
             before,
+            overdue: false,
         });
         self.wake();
         let connected = config.connect(NoTls);
@@ -267,16 +270,21 @@ impl Watchdog {
                 );
             }
         }
-        if let Some(connect) = &state.connect {
+        // Watched until it returns, not only until its deadline: its TCP connect has a
+        // timeout of its own, begun when its turn came, and a socket made after the
+        // deadline would have its start-up exchange wait on a hung server untimed.
+        if let Some(connect) = &mut state.connect {
             if Instant::now() > connect.deadline {
                 for fd in connect.made() {
                     shut(fd);
                 }
-                log::warn!(
-                    "database: a connect got no answer within {} s",
-                    self.connect.as_secs()
-                );
-                state.connect = None;
+                if !connect.overdue {
+                    connect.overdue = true;
+                    log::warn!(
+                        "database: a connect got no answer within {} s",
+                        self.connect.as_secs()
+                    );
+                }
             }
         }
     }
@@ -456,6 +464,32 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         (listener, port)
+    }
+
+    #[test]
+    fn a_connects_socket_made_after_its_deadline_is_shut_too() {
+        use std::io::Read;
+        let (_listener, port) = silent_server();
+        let dog = Watchdog::new(Duration::from_secs(30), Duration::from_secs(1));
+        let peers = vec![Peer::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))];
+        locked(&dog.state).connect = Some(Connect {
+            deadline: Instant::now() - Duration::from_millis(1),
+            before: sockets_to(&peers),
+            peers,
+            overdue: false,
+        });
+        // Past its deadline, with no socket yet: its TCP connect is still under way.
+        dog.look();
+        let mut late = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        dog.look();
+        late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        let read = late.read(&mut [0u8; 1]);
+        assert!(
+            matches!(read, Ok(0)) && started.elapsed() < Duration::from_secs(1),
+            "the late socket was left waiting on the server: {read:?} after {:?}",
+            started.elapsed()
+        );
     }
 
     fn config(port: u16) -> postgres::Config {
