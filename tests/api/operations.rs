@@ -528,7 +528,7 @@ fn context_switches(pid: u32) -> u64 {
 }
 
 /// A store's service with nobody ordering lets the machine sleep: its threads wake a
-/// few times a second in all, not each HTTP worker four times a second (192 switches in
+/// under once a second in all, not each HTTP worker four times a second (192 switches in
 /// 3 s) nor, on PostgreSQL (`TEST_BACKEND`), the database watchdog ten times a second (30).
 #[test]
 fn an_idle_service_wakes_its_threads_rarely() {
