@@ -527,7 +527,7 @@ fn context_switches(pid: u32) -> u64 {
         .sum()
 }
 
-/// A store's service with nobody ordering lets the machine sleep: its threads wake a
+/// A store's service with nobody ordering lets the machine sleep: its threads wake
 /// under once a second in all, not each HTTP worker four times a second (192 switches in
 /// 3 s) nor, on PostgreSQL (`TEST_BACKEND`), the database watchdog ten times a second (30).
 #[test]
