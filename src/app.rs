@@ -64,6 +64,7 @@ impl App {
             listener,
             shared,
             config.http_threads,
+            config.http_write_threads,
             config.max_connections,
         )
         .map_err(|e| format!("cannot start HTTP workers: {e}"))?;

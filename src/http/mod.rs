@@ -109,7 +109,12 @@ pub struct HttpServer {
     server: Arc<tiny_http::Server>,
     stopping: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    /// The write threads: they end once the workers, which hand them writes, are gone.
+    writers: Vec<JoinHandle<()>>,
 }
+
+/// A write handed from a worker to the write threads.
+type Handed = (tiny_http::Request, Route, routes::Write);
 
 /// How long an idle worker sleeps before it looks at `stopping` again: a stop wakes it
 /// at once (`release_waiters`), so this is only a backstop. A quarter of a second woke
@@ -128,12 +133,13 @@ const DRAIN_STEP: Duration = Duration::from_millis(5);
 const ANSWERS_WRITTEN: Duration = Duration::from_secs(1);
 
 impl HttpServer {
-    /// Starts `threads` workers on an already bound listener (port 0 allowed), serving at
-    /// most `max_connections` clients at once.
+    /// Starts `threads` workers and `write_threads` write threads on an already bound
+    /// listener (port 0 allowed), serving at most `max_connections` clients at once.
     pub fn start(
         listener: std::net::TcpListener,
         shared: Arc<Shared>,
         threads: usize,
+        write_threads: usize,
         max_connections: usize,
     ) -> std::io::Result<HttpServer> {
         let options = tiny_http::Options {
@@ -149,19 +155,39 @@ impl HttpServer {
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
         );
         let stopping = Arc::new(AtomicBool::new(false));
+        // Unbounded, yet never more than one write per connection: each sends one
+        // request at a time, and there are at most `max_connections`.
+        let (hand, handed) = crossbeam_channel::unbounded::<Handed>();
+        let mut writers = Vec::with_capacity(write_threads);
+        for n in 0..write_threads {
+            let (handed, shared) = (handed.clone(), shared.clone());
+            writers.push(
+                std::thread::Builder::new()
+                    .name(format!("http-write-{n}"))
+                    .spawn(move || {
+                        for (req, route, w) in handed {
+                            serve(&shared, req, Some(route), |req, _, _| {
+                                routes::write(&shared, req, w)
+                            });
+                        }
+                    })?,
+            );
+        }
         let mut workers = Vec::with_capacity(threads);
         for n in 0..threads {
             let (server, shared, stopping) = (server.clone(), shared.clone(), stopping.clone());
+            let hand = hand.clone();
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("http-{n}"))
-                    .spawn(move || work(&server, &shared, &stopping))?,
+                    .spawn(move || work(&server, &shared, &stopping, &hand))?,
             );
         }
         Ok(HttpServer {
             server,
             stopping,
             workers,
+            writers,
         })
     }
 
@@ -183,6 +209,11 @@ impl HttpServer {
         for w in self.workers {
             let _ = w.join();
         }
+        // The workers' hands are gone: the write threads answer what they were handed,
+        // then end.
+        for w in self.writers {
+            let _ = w.join();
+        }
         let until = Instant::now() + ANSWERS_WRITTEN;
         loop {
             while let Ok(Some(late)) = self.server.try_recv() {
@@ -196,7 +227,12 @@ impl HttpServer {
     }
 }
 
-fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
+fn work(
+    server: &tiny_http::Server,
+    shared: &Shared,
+    stopping: &AtomicBool,
+    hand: &crossbeam_channel::Sender<Handed>,
+) {
     let reader = match (shared.open_reads)() {
         Ok(r) => r,
         Err(e) => {
@@ -206,7 +242,7 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
     };
     while !stopping.load(Ordering::SeqCst) {
         match server.recv_until_released(IDLE_WAIT) {
-            Ok(Some(req)) => serve(shared, reader.as_ref(), req),
+            Ok(Some(req)) => dispatch(shared, reader.as_ref(), hand, req),
             Ok(None) => {}
             Err(e) => log::debug!("http: {e}"),
         }
@@ -228,7 +264,7 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
         };
         match server.recv_timeout(wait.min(left)) {
             Ok(Some(req)) => {
-                serve(shared, reader.as_ref(), req);
+                dispatch(shared, reader.as_ref(), hand, req);
                 quiet_since = Instant::now();
             }
             Ok(None) => {}
@@ -237,7 +273,37 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool) {
     }
 }
 
-fn serve(shared: &Shared, reader: &dyn Reads, mut req: tiny_http::Request) {
+/// Serves `req` on this worker, or hands it to the write threads if it is a write: a
+/// write holds its thread through its product lookups and its commit, and needs no
+/// reading session, so the workers stay free for reads. Served here if no write thread
+/// is left to take it.
+fn dispatch(
+    shared: &Shared,
+    reader: &dyn Reads,
+    hand: &crossbeam_channel::Sender<Handed>,
+    req: tiny_http::Request,
+) {
+    let route = Route::parse(request::split_url(req.url()).0);
+    let req = match route.and_then(|r| Some((r, r.write(req.method().as_str())?))) {
+        Some((route, w)) => match hand.send((req, route, w)) {
+            Ok(()) => return,
+            Err(crossbeam_channel::SendError((req, _, _))) => req,
+        },
+        None => req,
+    };
+    serve(shared, req, route, |req, route, query| {
+        routes::handle(shared, reader, req, route, query)
+    });
+}
+
+/// Serves one request with `handler`: its request id, the checks every request gets,
+/// the answer, its metrics and log line.
+fn serve(
+    shared: &Shared,
+    mut req: tiny_http::Request,
+    route: Option<Route>,
+    handler: impl FnOnce(&mut tiny_http::Request, Route, &[(&str, &str)]) -> Result<Response, ApiError>,
+) {
     let started = Instant::now();
     let request_id = request::header(&req, "X-Request-Id")
         .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
@@ -248,7 +314,6 @@ fn serve(shared: &Shared, reader: &dyn Reads, mut req: tiny_http::Request) {
     // What the client sent is escaped before it reaches a log line.
     let method = escaped(req.method().as_str()).into_owned();
     let shown_path = escaped(path);
-    let route = Route::parse(path);
     let label = route.as_ref().map_or("unmatched", Route::pattern);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         request::refuse_ambiguous_headers(&req)?;
@@ -259,7 +324,7 @@ fn serve(shared: &Shared, reader: &dyn Reads, mut req: tiny_http::Request) {
         }
         match &route {
             None => Err(ApiError::NotFound),
-            Some(route) => routes::handle(shared, reader, &mut req, *route, &query),
+            Some(route) => handler(&mut req, *route, &query),
         }
     }));
     let path = shown_path;

@@ -24,6 +24,14 @@ pub enum Route {
     Status(Option<OrderId>),
 }
 
+/// A request that changes orders: served without a reading session (`write`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Create,
+    Cancel(Option<OrderId>),
+    Status(Option<OrderId>),
+}
+
 /// Every route the server knows, as (pattern, methods): for the OpenAPI check.
 pub const ROUTES: &[(&str, &[&str])] = &[
     Route::Health.entry(),
@@ -75,6 +83,18 @@ impl Route {
         }
     }
 
+    /// The write this route is with `method` (in any case, as `handle` takes it), if
+    /// it is one.
+    pub fn write(&self, method: &str) -> Option<Write> {
+        let is = |m: &str| method.eq_ignore_ascii_case(m);
+        match self {
+            Route::Orders if is("POST") => Some(Write::Create),
+            Route::Cancel(id) if is("PATCH") => Some(Write::Cancel(*id)),
+            Route::Status(id) if is("PATCH") => Some(Write::Status(*id)),
+            _ => None,
+        }
+    }
+
     const fn entry(self) -> (&'static str, &'static [&'static str]) {
         (self.pattern(), self.allow())
     }
@@ -90,6 +110,9 @@ pub fn handle(
     let method = req.method().as_str().to_ascii_uppercase();
     if !route.allow().contains(&method.as_str()) {
         return Err(ApiError::MethodNotAllowed(route.allow()));
+    }
+    if let Some(w) = route.write(&method) {
+        return write(shared, req, w);
     }
     // The gateway's token was checked for every /api/ path before routing (mod.rs).
     let api = user_id;
@@ -108,10 +131,6 @@ pub fn handle(
         )),
         Route::OpenApi => Ok(Response::raw_json(200, super::OPENAPI.to_string())),
         Route::Orders if method == "GET" => list(reader, &api(req)?, query),
-        Route::Orders => {
-            let user = api(req)?;
-            create(shared, req, user)
-        }
         Route::Order(id) => {
             let user = api(req)?;
             let admin = is_admin(shared, req);
@@ -121,13 +140,27 @@ pub fn handle(
                 .ok_or(ApiError::NotFound)?;
             Ok(Response::json(200, &order))
         }
-        Route::Cancel(id) => {
-            let user = api(req)?;
+        Route::Orders | Route::Cancel(_) | Route::Status(_) => {
+            unreachable!("the method check leaves only writes")
+        }
+    }
+}
+
+/// A request that changes orders, its method checked. It needs no reading session.
+pub fn write(
+    shared: &Shared,
+    req: &mut tiny_http::Request,
+    write: Write,
+) -> Result<Response, ApiError> {
+    let user = user_id(req)?;
+    let found = |id: Option<OrderId>| id.ok_or(ApiError::NotFound);
+    match write {
+        Write::Create => create(shared, req, user),
+        Write::Cancel(id) => {
             let order = shared.orders.cancel(found(id)?, user)?;
             Ok(Response::json(200, &order))
         }
-        Route::Status(id) => {
-            api(req)?;
+        Write::Status(id) => {
             if !is_admin(shared, req) {
                 return Err(ApiError::Forbidden);
             }

@@ -533,3 +533,59 @@ fn stopping_closes_after_the_answer_in_progress_and_reads_no_pipelined_request()
     let exit = exit.unwrap_or_else(|| panic!("no exit within 15 s\n{}", app.stderr()));
     assert!(exit.success(), "exit status {exit}\n{}", app.stderr());
 }
+
+#[test]
+fn reads_are_answered_while_every_write_thread_waits_on_a_slow_product() {
+    // Two workers, two write threads, and four creates of products that answer after
+    // 4 s: two hold the write threads through their lookups, two wait their turn. The
+    // workers handed them over, so a get and a list page are answered at once; had the
+    // workers served the creates, both would wait out a lookup.
+    let app = TestApp::builder()
+        .env("HTTP_THREADS", "2")
+        .env("HTTP_WRITE_THREADS", "2")
+        .env("PRODUCT_READ_TIMEOUT_MS", "10000")
+        .env("PRODUCT_TIMEOUT_MS", "15000")
+        .spawn();
+    let id = app.place_order_id(&ALICE, LAPTOP, 1);
+    const SLOW: [i64; 4] = [41, 42, 43, 44];
+    for p in SLOW {
+        app.products.set(
+            p,
+            Behaviour::Slow(Duration::from_secs(4), Box::new(product("Slow", "2.00", 5))),
+        );
+    }
+
+    let app = &app;
+    let (created, reads_took, get, list) = std::thread::scope(|s| {
+        let creates: Vec<_> = SLOW
+            .iter()
+            .map(|&p| s.spawn(move || app.create_order(&ALICE, &items(&[(p, 1)]))))
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                SLOW.iter()
+                    .map(|&p| app.products.calls_for(p))
+                    .sum::<usize>()
+                    >= 2
+            }),
+            "the creates never reached the product service"
+        );
+        let started = Instant::now();
+        let get = app.get_order(&ALICE, id);
+        let list = app.list_orders(&ALICE, "");
+        let reads_took = started.elapsed();
+        let created: Vec<u16> = creates
+            .into_iter()
+            .map(|c| c.join().unwrap().status)
+            .collect();
+        (created, reads_took, get, list)
+    });
+
+    get.assert_status(200);
+    list.assert_status(200);
+    assert!(
+        reads_took < Duration::from_secs(2),
+        "a get and a list page took {reads_took:?} while the writes waited"
+    );
+    assert_eq!(created, vec![201; 4], "{}", app.stderr());
+}
