@@ -339,10 +339,10 @@ pub const OUTBOX_RETENTION: Setting<Duration> = Setting {
     secret: false,
     parse: seconds,
 };
-/// Reads only: writes go to the write threads. Eight workers answered gets 9–17% faster
-/// on SQLite than sixteen, and on PostgreSQL, where each holds a session of the server's
-/// (a process there, and one of its `max_connections` for every instance), 16 made gets
-/// 8–15% slower.
+/// Reads only: writes go to the write threads. On SQLite eight workers answered gets and
+/// creates faster than sixteen in two pairs of runs of three, and the mix in both pairs;
+/// on PostgreSQL, where each holds a session of the server's (a process there, and one of
+/// its `max_connections` for every instance), 16 made gets 8–15% slower.
 pub const HTTP_THREADS: Setting<usize> = Setting {
     name: "HTTP_THREADS",
     default: "8",
@@ -352,7 +352,7 @@ pub const HTTP_THREADS: Setting<usize> = Setting {
 };
 /// A write holds its thread through its product lookups and its commit, so these are
 /// how many writes wait on those at once: the writers commit what waits for them
-/// together, so more make bigger commits. With 16 clients, creates ran 25–35% faster on
+/// together, so more make bigger commits. With 16 clients, creates ran 29–37% faster on
 /// PostgreSQL, and 0–10% on SQLite, than when the workers served them.
 pub const HTTP_WRITE_THREADS: Setting<usize> = Setting {
     name: "HTTP_WRITE_THREADS",
@@ -734,7 +734,6 @@ fn host_name() -> String {
         .unwrap_or_else(|| "store".to_string())
 }
 
-/// Empty: the database's default, chosen once the database is known.
 fn threads(v: &str) -> Result<usize, String> {
     parse_num::<usize>(v, "a number of threads")
         .and_then(|n| within(n as u64, 1, 256).map(|n| n as usize))
