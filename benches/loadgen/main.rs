@@ -290,17 +290,22 @@ impl Run {
         let Some(first) = svc.pending_events().filter(|n| *n > 0) else {
             return;
         };
+        // The count left when the wait ended: None if /ready stopped answering.
         let left = loop {
             std::thread::sleep(Duration::from_millis(50));
             match svc.pending_events() {
-                Some(0) | None => break None,
-                Some(n) if started.elapsed() >= SETTLE_LIMIT => break Some(n),
+                Some(n) if n == 0 || started.elapsed() >= SETTLE_LIMIT => break Some(n),
                 Some(_) => {}
+                None => break None,
             }
         };
         let text = match left {
-            None => format!(
+            Some(0) => format!(
                 "{first} events pending before {before}, published in {:.1} s first",
+                started.elapsed().as_secs_f64()
+            ),
+            None => format!(
+                "{first} events pending before {before}; /ready stopped answering after {:.1} s",
                 started.elapsed().as_secs_f64()
             ),
             Some(n) => format!(

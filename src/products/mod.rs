@@ -73,9 +73,11 @@ pub struct Pricing {
 }
 
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
-/// Lookups of one order run on at most this many threads: its write thread's and helpers'.
+/// Lookups of one order run on at most this many threads: its write thread's and
+/// helpers'.
 const MAX_PARALLEL: usize = 8;
-/// Helper threads for the lookups of orders with several lines, shared by all workers.
+/// Helper threads for the lookups of orders with several lines, shared by all write
+/// threads.
 const LOOKUP_HELPERS: usize = 2 * MAX_PARALLEL;
 /// Each way, a kept connection's buffer.
 const CONNECTION_BUFFER: usize = 16 * 1024;
@@ -110,9 +112,9 @@ impl Catalog {
         let source = match &config.product_source {
             ProductSource::Http(base) => {
                 // A connection for each thread that may look up at once: the write
-                // threads, the helpers and the refresher. Both caps: ureq's overall one (10 by
-                // default) closed the connections handed back past the tenth, and the
-                // next lookups connected anew.
+                // threads, the helpers and the refresher. Both caps: ureq's overall one
+                // (10 by default) closed the connections handed back past the tenth, and
+                // the next lookups connected anew.
                 let connections = config.http_write_threads + LOOKUP_HELPERS + 1;
                 let agent_config = ureq::Agent::config_builder()
                     .http_status_as_error(false)
