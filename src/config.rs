@@ -339,26 +339,27 @@ pub const OUTBOX_RETENTION: Setting<Duration> = Setting {
     secret: false,
     parse: seconds,
 };
-/// Reads only: writes go to the write threads. On SQLite eight workers answered gets and
+/// Reads, cancels and status changes: creates go to the write threads. On SQLite eight workers answered gets and
 /// creates faster than sixteen in two pairs of runs of three, and the mix in both pairs;
 /// on PostgreSQL, where each holds a session of the server's (a process there, and one of
 /// its `max_connections` for every instance), 16 made gets 8–15% slower.
 pub const HTTP_THREADS: Setting<usize> = Setting {
     name: "HTTP_THREADS",
     default: "8",
-    help: "HTTP worker threads, each with a reading session of the database's (1..=256)",
+    help: "HTTP worker threads, each with a reading session of the database's: reads, \
+           cancels and status changes (1..=256)",
     secret: false,
     parse: threads,
 };
-/// A write holds its thread through its product lookups and its commit, so these are
-/// how many writes wait on those at once: the writers commit what waits for them
+/// A create holds its thread through its product lookups and its commit, so these are
+/// how many creates wait on those at once: the writers commit what waits for them
 /// together, so more make bigger commits. With 16 clients, creates ran 29–37% faster on
 /// PostgreSQL, and 0–10% on SQLite, than when the workers served them.
 pub const HTTP_WRITE_THREADS: Setting<usize> = Setting {
     name: "HTTP_WRITE_THREADS",
     default: "16",
-    help: "threads the HTTP workers hand creates, cancels and status changes to, each \
-           held through its product lookups and commit (1..=256)",
+    help: "threads the HTTP workers hand creates to, each held through its product \
+           lookups and commit (1..=256)",
     secret: false,
     parse: threads,
 };

@@ -109,12 +109,12 @@ pub struct HttpServer {
     server: Arc<tiny_http::Server>,
     stopping: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
-    /// The write threads: they end once the workers, which hand them writes, are gone.
+    /// The write threads: they end once the workers, which hand them creates, are gone.
     writers: Vec<JoinHandle<()>>,
 }
 
-/// A write handed from a worker to the write threads.
-type Handed = (tiny_http::Request, Route, routes::Write);
+/// A create handed from a worker to the write threads.
+type Handed = (tiny_http::Request, Route);
 
 /// How long an idle worker sleeps before it looks at `stopping` again: a stop wakes it
 /// at once (`release_waiters`), so this is only a backstop. A quarter of a second woke
@@ -165,9 +165,9 @@ impl HttpServer {
                 std::thread::Builder::new()
                     .name(format!("http-write-{n}"))
                     .spawn(move || {
-                        for (req, route, w) in handed {
+                        for (req, route) in handed {
                             serve(&shared, req, Some(route), |req, _, _| {
-                                routes::write(&shared, req, w)
+                                routes::write(&shared, req, routes::Write::Create)
                             });
                         }
                     })?,
@@ -273,10 +273,11 @@ fn work(
     }
 }
 
-/// Serves `req` on this worker, or hands it to the write threads if it is a write: a
-/// write holds its thread through its product lookups and its commit, and needs no
+/// Serves `req` on this worker, or hands it to the write threads if it is a create: a
+/// create holds its thread through its product lookups and its commit, and needs no
 /// reading session, so the workers stay free for reads. Served here if no write thread
-/// is left to take it.
+/// is left to take it. A cancel or a status change is served here too: it waits on no
+/// product, so it never queues behind creates whose product service is slow to answer.
 fn dispatch(
     shared: &Shared,
     reader: &dyn Reads,
@@ -284,10 +285,11 @@ fn dispatch(
     req: tiny_http::Request,
 ) {
     let route = Route::parse(request::split_url(req.url()).0);
-    let req = match route.and_then(|r| Some((r, r.write(req.method().as_str())?))) {
-        Some((route, w)) => match hand.send((req, route, w)) {
+    let create = route.filter(|r| r.write(req.method().as_str()) == Some(routes::Write::Create));
+    let req = match create {
+        Some(route) => match hand.send((req, route)) {
             Ok(()) => return,
-            Err(crossbeam_channel::SendError((req, _, _))) => req,
+            Err(crossbeam_channel::SendError((req, _))) => req,
         },
         None => req,
     };

@@ -534,19 +534,20 @@ fn stopping_closes_after_the_answer_in_progress_and_reads_no_pipelined_request()
     assert!(exit.success(), "exit status {exit}\n{}", app.stderr());
 }
 
-#[test]
-fn reads_are_answered_while_every_write_thread_waits_on_a_slow_product() {
-    // Two workers, two write threads, and four creates of products that answer after
-    // 4 s: two hold the write threads through their lookups, two wait their turn. The
-    // workers handed them over, so a get and a list page are answered at once; had the
-    // workers served the creates, both would wait out a lookup.
-    let app = TestApp::builder()
+/// Two workers and two write threads.
+fn two_write_threads() -> TestApp {
+    TestApp::builder()
         .env("HTTP_THREADS", "2")
         .env("HTTP_WRITE_THREADS", "2")
         .env("PRODUCT_READ_TIMEOUT_MS", "10000")
         .env("PRODUCT_TIMEOUT_MS", "15000")
-        .spawn();
-    let id = app.place_order_id(&ALICE, LAPTOP, 1);
+        .spawn()
+}
+
+/// Runs `during` while four creates of products that answer after 4 s are under way: two
+/// hold `app`'s two write threads through their lookups, two are queued for them. Each
+/// create must then succeed.
+fn while_slow_creates_hold_the_write_threads<T>(app: &TestApp, during: impl FnOnce() -> T) -> T {
     const SLOW: [i64; 4] = [41, 42, 43, 44];
     for p in SLOW {
         app.products.set(
@@ -554,9 +555,7 @@ fn reads_are_answered_while_every_write_thread_waits_on_a_slow_product() {
             Behaviour::Slow(Duration::from_secs(4), Box::new(product("Slow", "2.00", 5))),
         );
     }
-
-    let app = &app;
-    let (created, reads_took, get, list) = std::thread::scope(|s| {
+    let (created, out) = std::thread::scope(|s| {
         let creates: Vec<_> = SLOW
             .iter()
             .map(|&p| s.spawn(move || app.create_order(&ALICE, &items(&[(p, 1)]))))
@@ -570,15 +569,30 @@ fn reads_are_answered_while_every_write_thread_waits_on_a_slow_product() {
             }),
             "the creates never reached the product service"
         );
-        let started = Instant::now();
-        let get = app.get_order(&ALICE, id);
-        let list = app.list_orders(&ALICE, "");
-        let reads_took = started.elapsed();
+        // The two creates not looking up yet are queued for the write threads by now.
+        std::thread::sleep(Duration::from_millis(200));
+        let out = during();
         let created: Vec<u16> = creates
             .into_iter()
             .map(|c| c.join().unwrap().status)
             .collect();
-        (created, reads_took, get, list)
+        (created, out)
+    });
+    assert_eq!(created, vec![201; 4], "{}", app.stderr());
+    out
+}
+
+#[test]
+fn reads_are_answered_while_every_write_thread_waits_on_a_slow_product() {
+    // The workers handed the creates over, so a get and a list page are answered at once;
+    // had the workers served the creates, both would wait out a lookup.
+    let app = two_write_threads();
+    let id = app.place_order_id(&ALICE, LAPTOP, 1);
+    let (get, list, reads_took) = while_slow_creates_hold_the_write_threads(&app, || {
+        let started = Instant::now();
+        let get = app.get_order(&ALICE, id);
+        let list = app.list_orders(&ALICE, "");
+        (get, list, started.elapsed())
     });
 
     get.assert_status(200);
@@ -587,5 +601,29 @@ fn reads_are_answered_while_every_write_thread_waits_on_a_slow_product() {
         reads_took < Duration::from_secs(2),
         "a get and a list page took {reads_took:?} while the writes waited"
     );
-    assert_eq!(created, vec![201; 4], "{}", app.stderr());
+}
+
+#[test]
+fn cancels_and_status_changes_are_answered_while_every_write_thread_waits_on_a_slow_product() {
+    // A cancel and a status change wait on no product, so the workers serve them: had
+    // they queued behind the creates, each would wait out two lookups.
+    let app = two_write_threads();
+    let to_cancel = app.place_order_id(&ALICE, LAPTOP, 1);
+    let to_confirm = app.place_order_id(&ALICE, LAPTOP, 1);
+    let (cancelled, confirmed, writes_took) =
+        while_slow_creates_hold_the_write_threads(&app, || {
+            let started = Instant::now();
+            let cancelled = app.cancel(&ALICE, to_cancel);
+            let confirmed = app.set_status_as_admin(to_confirm, "confirmed");
+            (cancelled, confirmed, started.elapsed())
+        });
+
+    cancelled.assert_status(200);
+    assert_eq!(cancelled.json()["status"], "cancelled");
+    confirmed.assert_status(200);
+    assert_eq!(confirmed.json()["status"], "confirmed");
+    assert!(
+        writes_took < Duration::from_secs(2),
+        "a cancel and a status change took {writes_took:?} while the creates waited"
+    );
 }
