@@ -282,25 +282,7 @@ impl Run {
     /// Waits for the relay to publish what the scenarios before left pending, at most
     /// `SETTLE_LIMIT`, so that a scenario is not measured against their catch-up (the
     /// broker's CPU and the relay's): creates outrun the relay while they share the cores.
-    /// On PostgreSQL it then asks for a checkpoint, for the same reason: the server
-    /// starts one once the WAL since the last passes about half of `max_wal_size`, which
-    /// 20 s of creates do, and spreads its writes over the minutes after.
     fn settle(&mut self, before: &str, svc: &Service) {
-        self.publish_pending(before, svc);
-        if self.o.postgres {
-            let started = Instant::now();
-            let text = match preload::psql_run("postgres", "CHECKPOINT", |_| {}) {
-                Ok(()) => format!(
-                    "a checkpoint before {before}, in {:.1} s",
-                    started.elapsed().as_secs_f64()
-                ),
-                Err(e) => format!("no checkpoint before {before}: {e}"),
-            };
-            self.report.note(text);
-        }
-    }
-
-    fn publish_pending(&mut self, before: &str, svc: &Service) {
         if !self.broker {
             return;
         }
