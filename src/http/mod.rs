@@ -113,8 +113,8 @@ pub struct HttpServer {
     writers: Vec<JoinHandle<()>>,
 }
 
-/// A create handed from a worker to the write threads.
-type Handed = (tiny_http::Request, Route);
+/// A create (`POST /api/orders`) handed from a worker to the write threads.
+type Handed = tiny_http::Request;
 
 /// How long an idle worker sleeps before it looks at `stopping` again: a stop wakes it
 /// at once (`release_waiters`), so this is only a backstop. A quarter of a second woke
@@ -165,9 +165,9 @@ impl HttpServer {
                 std::thread::Builder::new()
                     .name(format!("http-write-{n}"))
                     .spawn(move || {
-                        for (req, route) in handed {
-                            serve(&shared, req, Some(route), |req, _, _| {
-                                routes::write(&shared, req, routes::Write::Create)
+                        for req in handed {
+                            serve(&shared, req, Some(Route::Orders), |req, _, _| {
+                                routes::create(&shared, req)
                             });
                         }
                     })?,
@@ -284,14 +284,14 @@ fn dispatch(
     hand: &crossbeam_channel::Sender<Handed>,
     req: tiny_http::Request,
 ) {
-    let route = Route::parse(request::split_url(req.url()).0);
-    let create = route.filter(|r| r.write(req.method().as_str()) == Some(routes::Write::Create));
-    let req = match create {
-        Some(route) => match hand.send((req, route)) {
+    let route = Route::parse(request::path_of(req.url()));
+    let req = if route.is_some_and(|r| r.is_create(req.method().as_str())) {
+        match hand.send(req) {
             Ok(()) => return,
-            Err(crossbeam_channel::SendError((req, _))) => req,
-        },
-        None => req,
+            Err(crossbeam_channel::SendError(req)) => req,
+        }
+    } else {
+        req
     };
     serve(shared, req, route, |req, route, query| {
         routes::handle(shared, reader, req, route, query)

@@ -44,6 +44,11 @@ pub fn refuse_ambiguous_headers(req: &tiny_http::Request) -> Result<(), ApiError
     Ok(())
 }
 
+/// The path of `/api/orders?page=2`, without parsing the query.
+pub fn path_of(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(path, _)| path)
+}
+
 /// Splits `/api/orders?page=2` into the path and its `key=value` pairs.
 pub fn split_url(url: &str) -> (&str, Vec<(&str, &str)>) {
     match url.split_once('?') {

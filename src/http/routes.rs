@@ -24,14 +24,6 @@ pub enum Route {
     Status(Option<OrderId>),
 }
 
-/// A request that changes orders: served without a reading session (`write`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    Create,
-    Cancel(Option<OrderId>),
-    Status(Option<OrderId>),
-}
-
 /// Every route the server knows, as (pattern, methods): for the OpenAPI check.
 pub const ROUTES: &[(&str, &[&str])] = &[
     Route::Health.entry(),
@@ -83,16 +75,10 @@ impl Route {
         }
     }
 
-    /// The write this route is with `method` (in any case, as `handle` takes it), if
-    /// it is one.
-    pub fn write(&self, method: &str) -> Option<Write> {
-        let is = |m: &str| method.eq_ignore_ascii_case(m);
-        match self {
-            Route::Orders if is("POST") => Some(Write::Create),
-            Route::Cancel(id) if is("PATCH") => Some(Write::Cancel(*id)),
-            Route::Status(id) if is("PATCH") => Some(Write::Status(*id)),
-            _ => None,
-        }
+    /// Whether this route with `method` (in any case, as `handle` takes it) creates an
+    /// order: the request `create` serves.
+    pub fn is_create(&self, method: &str) -> bool {
+        matches!(self, Route::Orders) && method.eq_ignore_ascii_case("POST")
     }
 
     const fn entry(self) -> (&'static str, &'static [&'static str]) {
@@ -111,9 +97,6 @@ pub fn handle(
     if !route.allow().contains(&method.as_str()) {
         return Err(ApiError::MethodNotAllowed(route.allow()));
     }
-    if let Some(w) = route.write(&method) {
-        return write(shared, req, w);
-    }
     // The gateway's token was checked for every /api/ path before routing (mod.rs).
     let api = user_id;
     let found = |id: Option<OrderId>| id.ok_or(ApiError::NotFound);
@@ -131,6 +114,7 @@ pub fn handle(
         )),
         Route::OpenApi => Ok(Response::raw_json(200, super::OPENAPI.to_string())),
         Route::Orders if method == "GET" => list(reader, &api(req)?, query),
+        Route::Orders => create(shared, req),
         Route::Order(id) => {
             let user = api(req)?;
             let admin = is_admin(shared, req);
@@ -140,27 +124,13 @@ pub fn handle(
                 .ok_or(ApiError::NotFound)?;
             Ok(Response::json(200, &order))
         }
-        Route::Orders | Route::Cancel(_) | Route::Status(_) => {
-            unreachable!("the method check leaves only writes")
-        }
-    }
-}
-
-/// A request that changes orders, its method checked. It needs no reading session.
-pub fn write(
-    shared: &Shared,
-    req: &mut tiny_http::Request,
-    write: Write,
-) -> Result<Response, ApiError> {
-    let user = user_id(req)?;
-    let found = |id: Option<OrderId>| id.ok_or(ApiError::NotFound);
-    match write {
-        Write::Create => create(shared, req, user),
-        Write::Cancel(id) => {
+        Route::Cancel(id) => {
+            let user = api(req)?;
             let order = shared.orders.cancel(found(id)?, user)?;
             Ok(Response::json(200, &order))
         }
-        Write::Status(id) => {
+        Route::Status(id) => {
+            api(req)?;
             if !is_admin(shared, req) {
                 return Err(ApiError::Forbidden);
             }
@@ -227,11 +197,10 @@ struct OrderPage {
     next: Option<String>,
 }
 
-fn create(
-    shared: &Shared,
-    req: &mut tiny_http::Request,
-    user: UserId,
-) -> Result<Response, ApiError> {
+/// `POST /api/orders`, its method checked: it needs no reading session, and the workers
+/// hand it to the write threads (mod.rs).
+pub fn create(shared: &Shared, req: &mut tiny_http::Request) -> Result<Response, ApiError> {
+    let user = user_id(req)?;
     // Product answers must come from requests sent after this (single-flight may share).
     let arrived = std::time::Instant::now();
     let email = match header(req, "X-User-Email") {
