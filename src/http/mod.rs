@@ -9,6 +9,7 @@ pub use error::ApiError;
 pub use routes::{Route, ROUTES};
 
 use crate::config::Secret;
+use crate::domain::OrderId;
 use crate::metrics::Metrics;
 use crate::orders::Orders;
 use crate::products::Catalog;
@@ -229,7 +230,7 @@ impl HttpServer {
 
 fn work(
     server: &tiny_http::Server,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     stopping: &AtomicBool,
     hand: &crossbeam_channel::Sender<Handed>,
 ) {
@@ -278,13 +279,17 @@ fn work(
 /// reading session, so the workers stay free for reads. Served here if no write thread
 /// is left to take it. A cancel or a status change is served here too: it waits on no
 /// product, so it never queues behind creates whose product service is slow to answer.
+/// A get by id is answered by whichever thread reads its order (`get`).
 fn dispatch(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     reader: &dyn Reads,
     hand: &crossbeam_channel::Sender<Handed>,
     req: tiny_http::Request,
 ) {
     let route = Route::parse(request::path_of(req.url()));
+    if let (Some(Route::Order(Some(id))), tiny_http::Method::Get) = (route, req.method()) {
+        return get(shared, reader, req, id);
+    }
     let req = if route.is_some_and(|r| r.is_create(req.method().as_str())) {
         match hand.send(req) {
             Ok(()) => return,
@@ -302,61 +307,128 @@ fn dispatch(
 /// the answer, its metrics and log line.
 fn serve(
     shared: &Shared,
-    mut req: tiny_http::Request,
+    req: tiny_http::Request,
     route: Option<Route>,
     handler: impl FnOnce(&mut tiny_http::Request, Route, &[(&str, &str)]) -> Result<Response, ApiError>,
 ) {
-    let started = Instant::now();
-    let request_id = request::header(&req, "X-Request-Id")
-        .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(new_request_id);
-    let url = req.url().to_string();
-    let (path, query) = request::split_url(&url);
-    // What the client sent is escaped before it reaches a log line.
-    let method = escaped(req.method().as_str()).into_owned();
-    let shown_path = escaped(path);
-    let label = route.as_ref().map_or("unmatched", Route::pattern);
+    let mut exchange = Exchange::begin(req, route);
+    let url = exchange.req.url().to_string();
+    let (_, query) = request::split_url(&url);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        request::refuse_ambiguous_headers(&req)?;
-        // Every /api/ request needs the gateway's token, an unknown path or a method a
-        // path does not take too: without it nothing is said of the routes.
-        if path == "/api" || path.starts_with("/api/") {
-            routes::check_gateway(shared, &req)?;
-        }
-        match &route {
+        exchange.check(shared)?;
+        match route {
             None => Err(ApiError::NotFound),
-            Some(route) => handler(&mut req, *route, &query),
+            Some(route) => handler(&mut exchange.req, route, &query),
         }
     }));
-    let path = shown_path;
-    let reply = match outcome {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => {
-            if let Some(cause) = e.cause() {
-                log::error!("{method} {path} [{request_id}]: {e}: {cause}");
-            }
-            Response::from_error(&e)
-        }
-        Err(_) => {
-            let e = ApiError::Internal("handler panicked".into());
-            log::error!("{method} {path} [{request_id}]: handler panicked");
-            Response::from_error(&e)
-        }
+    exchange.finish(shared, outcome);
+}
+
+/// A get by id, answered by whichever thread reads the order: on PostgreSQL that may be
+/// another worker's query, reading it with others (store/postgres/gets.rs), so this
+/// worker waits on nothing and takes its next request.
+fn get(shared: &Arc<Shared>, reader: &dyn Reads, req: tiny_http::Request, id: OrderId) {
+    let exchange = Exchange::begin(req, Some(Route::Order(Some(id))));
+    let asked = catch_unwind(AssertUnwindSafe(|| {
+        exchange.check(shared)?;
+        routes::reader_of(shared, &exchange.req)
+    }));
+    let (user, admin) = match asked {
+        Ok(Ok(asker)) => asker,
+        Ok(Err(e)) => return exchange.finish(shared, Ok(Err(e))),
+        Err(panic) => return exchange.finish(shared, Err(panic)),
     };
-    let status = reply.status;
-    let response = reply
-        .into_wire()
-        .with_header(response_header("X-Request-Id", &request_id));
-    if let Err(e) = req.respond(response) {
-        log::debug!("{method} {path} [{request_id}]: client went away: {e}");
-    }
-    let took = started.elapsed();
-    shared.metrics.observe_request(label, status, took);
-    log::info!(
-        "{method} {path} {status} {:.1}ms request_id={request_id}",
-        took.as_secs_f64() * 1000.0
+    let shared = shared.clone();
+    reader.order_then(
+        id,
+        Box::new(move |read| {
+            let outcome = catch_unwind(AssertUnwindSafe(|| routes::order(read, &user, admin)));
+            exchange.finish(&shared, outcome);
+        }),
     );
+}
+
+/// A request from its start to its answer: what the answer, metrics and log line need.
+struct Exchange {
+    req: tiny_http::Request,
+    started: Instant,
+    request_id: String,
+    /// Escaped, as the log shows them.
+    method: String,
+    path: String,
+    label: &'static str,
+}
+
+impl Exchange {
+    fn begin(req: tiny_http::Request, route: Option<Route>) -> Exchange {
+        let started = Instant::now();
+        let request_id = request::header(&req, "X-Request-Id")
+            .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
+            .map(str::to_string)
+            .unwrap_or_else(new_request_id);
+        // What the client sent is escaped before it reaches a log line.
+        let method = escaped(req.method().as_str()).into_owned();
+        let path = escaped(request::path_of(req.url())).into_owned();
+        Exchange {
+            req,
+            started,
+            request_id,
+            method,
+            path,
+            label: route.as_ref().map_or("unmatched", Route::pattern),
+        }
+    }
+
+    /// The checks every request gets before its route's.
+    fn check(&self, shared: &Shared) -> Result<(), ApiError> {
+        request::refuse_ambiguous_headers(&self.req)?;
+        // Every /api/ request needs the gateway's token, an unknown path or a method a
+        // path does not take too: without it nothing is said of the routes.
+        let path = request::path_of(self.req.url());
+        if path == "/api" || path.starts_with("/api/") {
+            routes::check_gateway(shared, &self.req)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the answer, and counts and logs it.
+    fn finish(self, shared: &Shared, outcome: std::thread::Result<Result<Response, ApiError>>) {
+        let Exchange {
+            req,
+            started,
+            request_id,
+            method,
+            path,
+            label,
+        } = self;
+        let reply = match outcome {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                if let Some(cause) = e.cause() {
+                    log::error!("{method} {path} [{request_id}]: {e}: {cause}");
+                }
+                Response::from_error(&e)
+            }
+            Err(_) => {
+                let e = ApiError::Internal("handler panicked".into());
+                log::error!("{method} {path} [{request_id}]: handler panicked");
+                Response::from_error(&e)
+            }
+        };
+        let status = reply.status;
+        let response = reply
+            .into_wire()
+            .with_header(response_header("X-Request-Id", &request_id));
+        if let Err(e) = req.respond(response) {
+            log::debug!("{method} {path} [{request_id}]: client went away: {e}");
+        }
+        let took = started.elapsed();
+        shared.metrics.observe_request(label, status, took);
+        log::info!(
+            "{method} {path} {status} {:.1}ms request_id={request_id}",
+            took.as_secs_f64() * 1000.0
+        );
+    }
 }
 
 fn response_header(name: &str, value: &str) -> tiny_http::Header {

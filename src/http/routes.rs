@@ -3,10 +3,12 @@
 use super::error::ApiError;
 use super::request::{header, json_body, query_number, query_value};
 use super::{Response, Shared};
-use crate::domain::{Cursor, Email, IdempotencyKey, NewOrder, OrderId, Page, Status, UserId};
+use crate::domain::{
+    Cursor, Email, IdempotencyKey, NewOrder, Order, OrderId, Page, Status, UserId,
+};
 use crate::orders::{Answer, Claimed, Priced, PricedOrder};
 use crate::products::PricingError;
-use crate::store::Reads;
+use crate::store::{Reads, StoreError};
 use serde_json::json;
 use std::time::Duration;
 
@@ -116,13 +118,8 @@ pub fn handle(
         Route::Orders if method == "GET" => list(reader, &api(req)?, query),
         Route::Orders => create(shared, req),
         Route::Order(id) => {
-            let user = api(req)?;
-            let admin = is_admin(shared, req);
-            let order = reader
-                .order(found(id)?)?
-                .filter(|o| admin || o.user_id == user)
-                .ok_or(ApiError::NotFound)?;
-            Ok(Response::json(200, &order))
+            let (user, admin) = reader_of(shared, req)?;
+            order(reader.order(found(id)?), &user, admin)
         }
         Route::Cancel(id) => {
             let user = api(req)?;
@@ -139,6 +136,26 @@ pub fn handle(
             Ok(Response::json(200, &order))
         }
     }
+}
+
+/// Who asks for an order, and whether as an admin.
+pub(super) fn reader_of(
+    shared: &Shared,
+    req: &tiny_http::Request,
+) -> Result<(UserId, bool), ApiError> {
+    Ok((user_id(req)?, is_admin(shared, req)))
+}
+
+/// The answer to a get by id: the order if it is the asker's, or the asker is an admin.
+pub(super) fn order(
+    read: Result<Option<Order>, StoreError>,
+    user: &UserId,
+    admin: bool,
+) -> Result<Response, ApiError> {
+    let order = read?
+        .filter(|o| admin || o.user_id == *user)
+        .ok_or(ApiError::NotFound)?;
+    Ok(Response::json(200, &order))
 }
 
 fn list(reader: &dyn Reads, user: &UserId, query: &[(&str, &str)]) -> Result<Response, ApiError> {

@@ -28,6 +28,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Opens a read session of a worker's own.
+/// What a get does with the order it read, on whichever thread read it.
+pub type Then = Box<dyn FnOnce(Result<Option<Order>, StoreError>) + Send>;
+
 pub type OpenReads = Arc<dyn Fn() -> Result<Box<dyn Reads>, StoreError> + Send + Sync>;
 
 /// A database opened and migrated, ready for the writer and the readers.
@@ -240,6 +243,10 @@ pub trait Tx {
 /// have one).
 pub trait Reads: Send {
     fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError>;
+    /// Order `id`, given to `then`: here and now, or later on another reader's thread.
+    fn order_then(&self, id: OrderId, then: Then) {
+        then(self.order(id))
+    }
     /// A page of a user's orders, newest first, and how many they have in all.
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError>;
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError>;

@@ -136,6 +136,11 @@ impl Reads for PgReader {
         self.gets.order(&mut self.conn.borrow_mut(), id.get())
     }
 
+    fn order_then(&self, id: OrderId, then: crate::store::Then) {
+        self.gets
+            .order_then(&mut self.conn.borrow_mut(), id.get(), then)
+    }
+
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
         // One round trip: the user's count and the page (one order more than asked, to
         // know whether older ones follow), each order with its lines. `total LEFT JOIN
