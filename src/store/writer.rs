@@ -649,18 +649,20 @@ mod tests {
         let (handle, thread, _woken) = sqlite_writer(conn);
 
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let (pruned, slowest) = std::thread::scope(|s| {
+        let (pruned, took, (pings, slowest)) = std::thread::scope(|s| {
             let pings = s.spawn(|| {
-                let mut slowest = Duration::ZERO;
+                let (mut pings, mut slowest) = (0, Duration::ZERO);
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let started = Instant::now();
                     handle.ping(Duration::from_secs(30)).unwrap();
                     slowest = slowest.max(started.elapsed());
+                    pings += 1;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                slowest
+                (pings, slowest)
             });
             std::thread::sleep(Duration::from_millis(50));
+            let started = Instant::now();
             let mut pruned = 0;
             // As the relay calls it, hourly: each call may leave some for the next.
             loop {
@@ -670,14 +672,19 @@ mod tests {
                 }
                 pruned += n;
             }
+            let took = started.elapsed();
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
-            (pruned, pings.join().unwrap())
+            (pruned, took, pings.join().unwrap())
         });
-        eprintln!("pruned {pruned} rows; the slowest write meanwhile took {slowest:?}");
+        eprintln!(
+            "pruned {pruned} rows in {took:?}; {pings} writes meanwhile, the slowest {slowest:?}"
+        );
         assert_eq!(pruned, old_rows as usize - 1 + 5000);
+        // Pruned in one transaction, a write would wait about as long as the whole; in
+        // steps, it waits for one step. Relative, since a step's time is the disk's.
         assert!(
-            slowest < Duration::from_millis(250),
-            "a write waited {slowest:?} while pruning"
+            slowest * 4 < took && pings >= 20,
+            "{pings} writes while pruning took {took:?}, the slowest {slowest:?}"
         );
         drop(handle);
         thread.join().unwrap();
