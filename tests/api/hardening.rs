@@ -1,7 +1,8 @@
 //! Hardening of the HTTP layer (the patched tiny_http, vendor/tiny_http/PATCHES.md): a
 //! huge Content-Length, stalled and idle clients, stopping on SIGTERM (pipelined requests
-//! too), header bytes that are not ASCII, oversized request heads, and an HTTP version
-//! the server does not speak.
+//! too), header bytes that are not ASCII, oversized request heads, an HTTP version the
+//! server does not speak, and requests that wait (on slow product lookups, on a locked
+//! table) without holding the workers.
 
 use crate::support::*;
 
@@ -625,5 +626,79 @@ fn cancels_and_status_changes_are_answered_while_every_write_thread_waits_on_a_s
     assert!(
         writes_took < Duration::from_secs(2),
         "a cancel and a status change took {writes_took:?} while the creates waited"
+    );
+}
+
+/// On PostgreSQL, gets by id that arrive while two queries by id run wait for them
+/// without holding a worker (src/store/postgres/gets.rs). With the orders table locked,
+/// two gets' queries wait on the lock and two more gets wait for those queries; the
+/// service's four workers still answer another request at once, and once the lock is
+/// gone every get is answered with its own order.
+#[test]
+fn gets_waiting_on_queries_that_wait_on_a_lock_hold_no_worker() {
+    const LOCKED_FOR: Duration = Duration::from_secs(4);
+    let app = TestApp::builder()
+        .postgres_only()
+        .env("HTTP_THREADS", "4")
+        .spawn();
+    let ids: Vec<i64> = (0..4)
+        .map(|_| app.place_order_id(&ALICE, MOUSE, 1))
+        .collect();
+
+    // Reads of `orders` wait behind an ACCESS EXCLUSIVE lock, held by a session of its own.
+    let script = format!(
+        "BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({}); COMMIT;",
+        LOCKED_FOR.as_secs()
+    );
+    let mut locker = std::process::Command::new("psql")
+        .args(["-X", "-q", "-w", "-d", &app.database_url(), "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let locked = |n: i64| {
+        app.database().query_one::<i64>(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'orders'::regclass
+               AND mode = 'AccessExclusiveLock' AND granted",
+            &[],
+        ) == n
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || locked(1)),
+        "the lock was taken"
+    );
+    let locked_at = Instant::now();
+
+    let app = &app;
+    std::thread::scope(|s| {
+        let gets: Vec<_> = ids
+            .iter()
+            .map(|&id| s.spawn(move || (id, app.get_order(&ALICE, id))))
+            .collect();
+        // Two queries by id run (and wait on the lock); the other two gets wait for them.
+        std::thread::sleep(Duration::from_millis(500));
+
+        let asked = Instant::now();
+        let health = app.health();
+        let took = asked.elapsed();
+        health.assert_status(200);
+        assert!(
+            locked_at.elapsed() < LOCKED_FOR,
+            "the lock still held when /health answered ({:?} after it was taken)",
+            locked_at.elapsed()
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "GET /health took {took:?} while four gets waited on the lock"
+        );
+
+        for get in gets {
+            let (id, answer) = get.join().unwrap();
+            answer.assert_status(200);
+            assert_eq!(answer.json()["id"], id, "order {id}'s own answer");
+        }
+    });
+    assert!(
+        locker.wait().unwrap().success(),
+        "the locking session ended well"
     );
 }
