@@ -13,7 +13,7 @@ use crate::domain::OrderId;
 use crate::metrics::Metrics;
 use crate::orders::Orders;
 use crate::products::Catalog;
-use crate::store::{OpenReads, Reads, WriterHandle};
+use crate::store::{OpenReads, Reads, Then, WriterHandle};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -230,7 +230,7 @@ impl HttpServer {
 
 fn work(
     server: &tiny_http::Server,
-    shared: &Arc<Shared>,
+    shared: &Shared,
     stopping: &AtomicBool,
     hand: &crossbeam_channel::Sender<Handed>,
 ) {
@@ -281,7 +281,7 @@ fn work(
 /// product, so it never queues behind creates whose product service is slow to answer.
 /// A get by id is answered by whichever thread reads its order (`get`).
 fn dispatch(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     reader: &dyn Reads,
     hand: &crossbeam_channel::Sender<Handed>,
     req: tiny_http::Request,
@@ -311,46 +311,48 @@ fn serve(
     route: Option<Route>,
     handler: impl FnOnce(&mut tiny_http::Request, Route, &[(&str, &str)]) -> Result<Response, ApiError>,
 ) {
-    let mut exchange = Exchange::begin(req, route);
-    let url = exchange.req.url().to_string();
+    let mut exchange = Exchange::begin(shared, req, route);
+    let url = exchange.req().url().to_string();
     let (_, query) = request::split_url(&url);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         exchange.check(shared)?;
         match route {
             None => Err(ApiError::NotFound),
-            Some(route) => handler(&mut exchange.req, route, &query),
+            Some(route) => handler(exchange.req(), route, &query),
         }
     }));
-    exchange.finish(shared, outcome);
+    exchange.finish(outcome);
 }
 
 /// A get by id, answered by whichever thread reads the order: on PostgreSQL that may be
 /// another worker's query, reading it with others (store/postgres/gets.rs), so this
 /// worker waits on nothing and takes its next request.
-fn get(shared: &Arc<Shared>, reader: &dyn Reads, req: tiny_http::Request, id: OrderId) {
-    let exchange = Exchange::begin(req, Some(Route::Order(Some(id))));
+fn get(shared: &Shared, reader: &dyn Reads, req: tiny_http::Request, id: OrderId) {
+    let mut exchange = Exchange::begin(shared, req, Some(Route::Order(Some(id))));
     let asked = catch_unwind(AssertUnwindSafe(|| {
         exchange.check(shared)?;
-        routes::reader_of(shared, &exchange.req)
+        routes::reader_of(shared, exchange.req())
     }));
     let (user, admin) = match asked {
         Ok(Ok(asker)) => asker,
-        Ok(Err(e)) => return exchange.finish(shared, Ok(Err(e))),
-        Err(panic) => return exchange.finish(shared, Err(panic)),
+        Ok(Err(e)) => return exchange.finish(Ok(Err(e))),
+        Err(panic) => return exchange.finish(Err(panic)),
     };
-    let shared = shared.clone();
-    reader.order_then(
-        id,
-        Box::new(move |read| {
-            let outcome = catch_unwind(AssertUnwindSafe(|| routes::order(read, &user, admin)));
-            exchange.finish(&shared, outcome);
-        }),
-    );
+    let then: Then = Box::new(move |read| {
+        let outcome = catch_unwind(AssertUnwindSafe(|| routes::order(read, &user, admin)));
+        exchange.finish(outcome);
+    });
+    // A read that panics drops the `Then`s it held, and with them their exchanges, which
+    // answer 500; the worker lives on.
+    let _ = catch_unwind(AssertUnwindSafe(|| reader.order_then(id, then)));
 }
 
 /// A request from its start to its answer: what the answer, metrics and log line need.
+/// One dropped unanswered (a read that panicked took its `Then` with it) is answered 500.
 struct Exchange {
-    req: tiny_http::Request,
+    /// Taken when answered.
+    req: Option<tiny_http::Request>,
+    metrics: Arc<Metrics>,
     started: Instant,
     request_id: String,
     /// Escaped, as the log shows them.
@@ -360,7 +362,7 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn begin(req: tiny_http::Request, route: Option<Route>) -> Exchange {
+    fn begin(shared: &Shared, req: tiny_http::Request, route: Option<Route>) -> Exchange {
         let started = Instant::now();
         let request_id = request::header(&req, "X-Request-Id")
             .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
@@ -370,7 +372,8 @@ impl Exchange {
         let method = escaped(req.method().as_str()).into_owned();
         let path = escaped(request::path_of(req.url())).into_owned();
         Exchange {
-            req,
+            req: Some(req),
+            metrics: shared.metrics.clone(),
             started,
             request_id,
             method,
@@ -379,55 +382,85 @@ impl Exchange {
         }
     }
 
+    fn req(&mut self) -> &mut tiny_http::Request {
+        self.req.as_mut().expect("only an answer takes the request")
+    }
+
     /// The checks every request gets before its route's.
-    fn check(&self, shared: &Shared) -> Result<(), ApiError> {
-        request::refuse_ambiguous_headers(&self.req)?;
+    fn check(&mut self, shared: &Shared) -> Result<(), ApiError> {
+        let req = self.req();
+        request::refuse_ambiguous_headers(req)?;
         // Every /api/ request needs the gateway's token, an unknown path or a method a
         // path does not take too: without it nothing is said of the routes.
-        let path = request::path_of(self.req.url());
+        let path = request::path_of(req.url());
         if path == "/api" || path.starts_with("/api/") {
-            routes::check_gateway(shared, &self.req)?;
+            routes::check_gateway(shared, req)?;
         }
         Ok(())
     }
 
     /// Writes the answer, and counts and logs it.
-    fn finish(self, shared: &Shared, outcome: std::thread::Result<Result<Response, ApiError>>) {
-        let Exchange {
-            req,
-            started,
-            request_id,
-            method,
-            path,
-            label,
-        } = self;
+    fn finish(mut self, outcome: std::thread::Result<Result<Response, ApiError>>) {
         let reply = match outcome {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
                 if let Some(cause) = e.cause() {
-                    log::error!("{method} {path} [{request_id}]: {e}: {cause}");
+                    self.log_error(&format!("{e}: {cause}"));
                 }
                 Response::from_error(&e)
             }
-            Err(_) => {
-                let e = ApiError::Internal("handler panicked".into());
-                log::error!("{method} {path} [{request_id}]: handler panicked");
-                Response::from_error(&e)
-            }
+            Err(_) => self.internal("handler panicked"),
         };
+        self.answer(reply);
+    }
+
+    fn internal(&self, why: &str) -> Response {
+        self.log_error(why);
+        Response::from_error(&ApiError::Internal(why.into()))
+    }
+
+    fn log_error(&self, what: &str) {
+        let Exchange {
+            method,
+            path,
+            request_id,
+            ..
+        } = self;
+        log::error!("{method} {path} [{request_id}]: {what}");
+    }
+
+    fn answer(&mut self, reply: Response) {
+        let Some(req) = self.req.take() else {
+            return;
+        };
+        let Exchange {
+            method,
+            path,
+            request_id,
+            ..
+        } = &*self;
         let status = reply.status;
         let response = reply
             .into_wire()
-            .with_header(response_header("X-Request-Id", &request_id));
+            .with_header(response_header("X-Request-Id", request_id));
         if let Err(e) = req.respond(response) {
             log::debug!("{method} {path} [{request_id}]: client went away: {e}");
         }
-        let took = started.elapsed();
-        shared.metrics.observe_request(label, status, took);
+        let took = self.started.elapsed();
+        self.metrics.observe_request(self.label, status, took);
         log::info!(
             "{method} {path} {status} {:.1}ms request_id={request_id}",
             took.as_secs_f64() * 1000.0
         );
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.req.is_some() {
+            let reply = self.internal("dropped unanswered");
+            self.answer(reply);
+        }
     }
 }
 

@@ -702,3 +702,41 @@ fn gets_waiting_on_queries_that_wait_on_a_lock_hold_no_worker() {
         "the locking session ended well"
     );
 }
+
+/// On PostgreSQL, a get whose read panics (an older instance's order, written without
+/// its lines, whose items' quantity column was then given a type the reader does not
+/// read) is answered 500 with the JSON error and its request id, and the service goes on:
+/// more such gets than it has workers and query places, then a good one, all answered.
+#[test]
+fn a_get_whose_read_panics_is_answered_500_and_the_service_goes_on() {
+    let app = TestApp::builder()
+        .postgres_only()
+        .env("HTTP_THREADS", "2")
+        .spawn();
+    let good = app.place_order_id(&ALICE, MOUSE, 1);
+    app.database().execute(
+        "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
+           updated_at)
+         VALUES (900, 'alice', 'alice@example.com', 'pending', 1999, 1, 1);
+         INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity,
+           price_cents, subtotal_cents)
+         VALUES (900, 1, 1, 'Mouse', 1, 1999, 1999);
+         ALTER TABLE order_items ALTER COLUMN quantity TYPE bigint",
+    );
+    for _ in 0..3 {
+        let answer = app.get_order(&ALICE, 900);
+        answer.assert_error(500, "internal_error");
+        assert!(
+            answer.header("X-Request-Id").is_some(),
+            "with its request id"
+        );
+    }
+    let answer = app.get_order(&ALICE, good);
+    answer.assert_status(200);
+    assert_eq!(answer.json()["id"], good);
+    assert!(
+        app.stderr().contains("dropped unanswered"),
+        "logged:\n{}",
+        app.stderr()
+    );
+}

@@ -74,6 +74,17 @@ impl State {
     }
 }
 
+/// A place, given back if its session's thread unwinds (a `Then` that panics does not
+/// unwind it: `read` catches that).
+struct Held<'a>(&'a Combined, u64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let ticket = self.1;
+        self.0.state().running.retain(|(t, _)| *t != ticket);
+    }
+}
+
 /// A get waiting for a query: the order's id, and what to do with it.
 struct Waiter {
     id: i64,
@@ -89,6 +100,7 @@ impl Combined {
             state.waiting.push_back(Waiter { id, then });
             return;
         };
+        let held = Held(self, ticket);
         let mut batch = vec![Waiter { id, then }];
         loop {
             let take = state.waiting.len().min(MAX_IDS - batch.len());
@@ -106,7 +118,10 @@ impl Combined {
             let place = state.running.iter().position(|(t, _)| *t == ticket);
             let place = place.expect("a place is freed by its own session only");
             if state.waiting.is_empty() {
+                // Under the same lock as the look: a get that finds this place counted
+                // has been taken.
                 state.running.swap_remove(place);
+                std::mem::forget(held);
                 return;
             }
             // Counted again, for the next query.
@@ -417,6 +432,39 @@ mod tests {
             (state.running.len(), state.waiting.len()),
             (IN_FLIGHT - 1, 0)
         );
+    }
+
+    #[test]
+    fn a_read_that_panics_gives_its_place_back_and_fails_the_gets_it_took() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = orders(&db);
+        // Order 6's items no longer read as the reader expects them: it panics.
+        Client::connect(&db.url(), NoTls)
+            .unwrap()
+            .batch_execute("ALTER TABLE order_items ALTER COLUMN quantity TYPE bigint")
+            .unwrap();
+        let places = hold_places(&connector, Duration::ZERO);
+        let waiting = queued(&connector, reader(&connector), 2);
+        free(&connector, places[0]);
+        let panicked = get(reader(&connector), 6).recv_timeout(Duration::from_secs(10));
+        assert_eq!(
+            panicked.map(|_| ()),
+            Err(mpsc::RecvTimeoutError::Disconnected),
+            "the thread getting 6 panicked"
+        );
+        assert!(answer(waiting).is_err(), "the get it took ends, unanswered");
+        {
+            let state = connector.gets.state();
+            assert_eq!(
+                (state.running.len(), state.waiting.len()),
+                (IN_FLIGHT - 1, 0),
+                "its place given back"
+            );
+        }
+        check(&reader(&connector).order(id(1)).unwrap().unwrap(), 1);
+        assert_eq!(connector.gets.counts(), (2, 3));
     }
 
     #[test]
