@@ -27,10 +27,10 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Opens a read session of a worker's own.
 /// What a get does with the order it read, on whichever thread read it.
 pub type Then = Box<dyn FnOnce(Result<Option<Order>, StoreError>) + Send>;
 
+/// Opens a read session of a worker's own.
 pub type OpenReads = Arc<dyn Fn() -> Result<Box<dyn Reads>, StoreError> + Send + Sync>;
 
 /// A database opened and migrated, ready for the writer and the readers.

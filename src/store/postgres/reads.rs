@@ -12,7 +12,7 @@ use super::RELAY_LOCK;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, Page, ProductId, Status, UserId};
 use crate::store::{
     BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, OrderList, OutboxRow,
-    OutboxStats, Reads, StoreError,
+    OutboxStats, Reads, StoreError, Then,
 };
 use postgres::Row;
 use std::cell::RefCell;
@@ -136,7 +136,7 @@ impl Reads for PgReader {
         self.gets.order(&mut self.conn.borrow_mut(), id.get())
     }
 
-    fn order_then(&self, id: OrderId, then: crate::store::Then) {
+    fn order_then(&self, id: OrderId, then: Then) {
         self.gets
             .order_then(&mut self.conn.borrow_mut(), id.get(), then)
     }
