@@ -16,9 +16,12 @@
 //!
 //! A query that fails leaves each get it took to be read alone, on the same session (a
 //! new one if it was lost): a row that does not read fails its own get only. A query
-//! running longer than `PATIENCE` no longer holds its place, so the gets that arrive
-//! after it take new places and the ones waiting with them: a hung session costs the
-//! gets it took its statement's timeout (the watchdog's), and the rest nothing.
+//! running longer than `PATIENCE` no longer holds its place, and the gets it took go
+//! back to the queue: the next query to start reads them again, and each get is answered
+//! once, by whichever query reads it first. So a hung session (a stopped server process,
+//! a proxy that keeps the connection open) holds up no get for much longer than
+//! `PATIENCE` while others arrive; it costs its own statement's timeout (the watchdog's)
+//! only when none does.
 
 use super::conn::Conn;
 use super::reads::{order_of, orders_from, orders_where};
@@ -26,7 +29,7 @@ use crate::domain::Order;
 use crate::store::{StoreError, Then};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Queries by id running at once in a process. Every get that arrives meanwhile waits,
@@ -34,8 +37,8 @@ use std::time::{Duration, Instant};
 const IN_FLIGHT: usize = 2;
 /// Ids one query reads at most.
 const MAX_IDS: usize = 64;
-/// How long a query keeps its place. A query by ids takes well under a millisecond; one
-/// that takes this long is stuck, or its session is.
+/// How long a query keeps its place and the gets it took. A query by ids takes well
+/// under a millisecond; one that takes this long is stuck, or its session is.
 const PATIENCE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -48,11 +51,20 @@ pub struct Combined {
 
 #[derive(Default)]
 struct State {
-    /// The running queries' places: ticket and start. A place is freed when its session
-    /// finds no get waiting, even one no longer counted.
-    running: Vec<(u64, Instant)>,
-    waiting: VecDeque<Waiter>,
+    /// The running queries' places. A place is freed when its session finds no get
+    /// waiting, even one no longer counted.
+    running: Vec<Place>,
+    waiting: VecDeque<Get>,
     tickets: u64,
+}
+
+/// A running query's place.
+struct Place {
+    ticket: u64,
+    /// When its query started.
+    at: Instant,
+    /// The gets its query took, until it has read them or they go back to the queue.
+    taken: Vec<Get>,
 }
 
 impl State {
@@ -60,7 +72,7 @@ impl State {
     fn counted(&self, now: Instant) -> usize {
         self.running
             .iter()
-            .filter(|(_, at)| now.duration_since(*at) < PATIENCE)
+            .filter(|p| now.duration_since(p.at) < PATIENCE)
             .count()
     }
 
@@ -68,27 +80,76 @@ impl State {
     fn take_place(&mut self, now: Instant) -> Option<u64> {
         (self.counted(now) < IN_FLIGHT).then(|| {
             self.tickets += 1;
-            self.running.push((self.tickets, now));
+            self.running.push(Place {
+                ticket: self.tickets,
+                at: now,
+                taken: Vec::new(),
+            });
             self.tickets
         })
+    }
+
+    /// Puts the unanswered gets of queries running past `PATIENCE` back at the head of
+    /// the queue, for the next query to read again.
+    fn take_back(&mut self, now: Instant) {
+        for place in &mut self.running {
+            if now.duration_since(place.at) >= PATIENCE && !place.taken.is_empty() {
+                for get in place.taken.drain(..).rev() {
+                    if !get.answered() {
+                        self.waiting.push_front(get);
+                    }
+                }
+            }
+        }
+    }
+
+    fn place(&mut self, ticket: u64) -> usize {
+        let place = self.running.iter().position(|p| p.ticket == ticket);
+        place.expect("a place is freed by its own session only")
     }
 }
 
 /// A place, given back if its session's thread unwinds (a `Then` that panics does not
-/// unwind it: `read` catches that).
+/// unwind it: `Waiter::give` catches that).
 struct Held<'a>(&'a Combined, u64);
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         let ticket = self.1;
-        self.0.state().running.retain(|(t, _)| *t != ticket);
+        self.0.state().running.retain(|p| p.ticket != ticket);
     }
 }
 
-/// A get waiting for a query: the order's id, and what to do with it.
+/// A get, shared by the queue and the queries that take it.
+type Get = Arc<Waiter>;
+
+/// A get waiting for a query: the order's id, and what to do with it, which the first
+/// query to read the order takes.
 struct Waiter {
     id: i64,
-    then: Then,
+    then: Mutex<Option<Then>>,
+}
+
+impl Waiter {
+    fn new(id: i64, then: Then) -> Get {
+        Arc::new(Waiter {
+            id,
+            then: Mutex::new(Some(then)),
+        })
+    }
+
+    fn answered(&self) -> bool {
+        self.then.lock().map_or(true, |t| t.is_none())
+    }
+
+    /// Gives the get its order, unless another query did; a `Then` that panics takes no
+    /// other get's answer with it.
+    fn give(&self, read: Result<Option<Order>, StoreError>) {
+        let then = self.then.lock().ok().and_then(|mut t| t.take());
+        if let Some(then) = then {
+            let _ = catch_unwind(AssertUnwindSafe(move || then(read)));
+        }
+    }
 }
 
 impl Combined {
@@ -96,15 +157,19 @@ impl Combined {
     /// waiting meanwhile too, or later by the session of a query running now.
     pub fn order_then(&self, conn: &mut Conn, id: i64, then: Then) {
         let mut state = self.state();
-        let Some(ticket) = state.take_place(Instant::now()) else {
-            state.waiting.push_back(Waiter { id, then });
+        let now = Instant::now();
+        state.take_back(now);
+        let Some(ticket) = state.take_place(now) else {
+            state.waiting.push_back(Waiter::new(id, then));
             return;
         };
         let held = Held(self, ticket);
-        let mut batch = vec![Waiter { id, then }];
+        let mut batch = vec![Waiter::new(id, then)];
         loop {
             let take = state.waiting.len().min(MAX_IDS - batch.len());
             batch.extend(state.waiting.drain(..take));
+            let place = state.place(ticket);
+            state.running[place].taken.clone_from(&batch);
             drop(state);
             #[cfg(test)]
             {
@@ -112,11 +177,13 @@ impl Combined {
                 counts.0 += 1;
                 counts.1 += batch.len() as u64;
             }
-            read(conn, std::mem::take(&mut batch));
+            read(conn, &batch);
+            batch.clear();
             state = self.state();
             let now = Instant::now();
-            let place = state.running.iter().position(|(t, _)| *t == ticket);
-            let place = place.expect("a place is freed by its own session only");
+            let place = state.place(ticket);
+            state.running[place].taken.clear();
+            state.take_back(now);
             if state.waiting.is_empty() {
                 // Under the same lock as the look: a get that finds this place counted
                 // has been taken.
@@ -125,7 +192,7 @@ impl Combined {
                 return;
             }
             // Counted again, for the next query.
-            state.running[place].1 = now;
+            state.running[place].at = now;
         }
     }
 
@@ -158,14 +225,16 @@ impl Combined {
     }
 }
 
-/// Reads `batch`'s orders in one query and gives each its own; if that fails, reads each
-/// alone. A `Then` that panics takes no other get's answer with it.
-fn read(conn: &mut Conn, batch: Vec<Waiter>) {
-    let give = |w: Waiter, read| {
-        let _ = catch_unwind(AssertUnwindSafe(move || (w.then)(read)));
-    };
-    let ids: Vec<i64> = batch.iter().map(|w| w.id).collect();
+/// Reads the orders of `batch`'s gets not yet answered in one query and gives each its
+/// own; if that fails, reads each alone.
+fn read(conn: &mut Conn, batch: &[Get]) {
+    let ids: Vec<i64> = batch
+        .iter()
+        .filter(|w| !w.answered())
+        .map(|w| w.id)
+        .collect();
     let orders = match ids.as_slice() {
+        [] => return,
         // One id: the statement of one row, as simple a plan as there is.
         [id] => alone(conn, *id).map(|o| o.into_iter().collect()),
         _ => read_many(conn, &ids),
@@ -174,14 +243,17 @@ fn read(conn: &mut Conn, batch: Vec<Waiter>) {
         Ok(orders) => {
             for w in batch {
                 let order = orders.iter().find(|o| o.id.get() == w.id).cloned();
-                give(w, Ok(order));
+                w.give(Ok(order));
             }
         }
-        Err(e) if batch.len() == 1 => give(batch.into_iter().next().expect("one"), Err(e)),
+        Err(e) if ids.len() == 1 => {
+            if let Some(w) = batch.iter().find(|w| !w.answered()) {
+                w.give(Err(e));
+            }
+        }
         Err(_) => {
-            for w in batch {
-                let order = alone(conn, w.id);
-                give(w, order);
+            for w in batch.iter().filter(|w| !w.answered()) {
+                w.give(alone(conn, w.id));
             }
         }
     }
@@ -199,6 +271,7 @@ fn read_many(conn: &mut Conn, ids: &[i64]) -> Result<Vec<Order>, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::conn::Conn;
     use super::super::reads::PgReader;
     use super::super::test_db::TestDb;
     use super::super::{migrate, reader, Connector};
@@ -279,7 +352,11 @@ mod tests {
                 let mut state = connector.gets.state();
                 state.tickets += 1;
                 let ticket = state.tickets;
-                state.running.push((ticket, at));
+                state.running.push(super::Place {
+                    ticket,
+                    at,
+                    taken: Vec::new(),
+                });
                 ticket
             })
             .collect()
@@ -287,7 +364,26 @@ mod tests {
 
     /// Frees a place taken by `hold_places`, as its query's end would, but reading nothing.
     fn free(connector: &Connector, ticket: u64) {
-        connector.gets.state().running.retain(|(t, _)| *t != ticket);
+        connector
+            .gets
+            .state()
+            .running
+            .retain(|p| p.ticket != ticket);
+    }
+
+    /// Gets of `ids` waiting behind both places, then one place freed: the next get
+    /// leads, and its query takes them. The other place stays held.
+    fn waiting_for_a_leader<const N: usize>(
+        connector: &Connector,
+        ids: [i64; N],
+    ) -> Vec<mpsc::Receiver<Got>> {
+        let places = hold_places(connector, Duration::ZERO);
+        let waiting = ids
+            .into_iter()
+            .map(|id| queued(connector, reader(connector), id))
+            .collect();
+        free(connector, places[0]);
+        waiting
     }
 
     fn check(order: &Order, id: i64) {
@@ -414,12 +510,7 @@ mod tests {
         };
         let connector = orders(&db);
         let gone = Connector::new(&format!("{}_gone", db.url()), &TestDb::pool()).unwrap();
-        let places = hold_places(&connector, Duration::ZERO);
-        let waiting: Vec<_> = [2, 6]
-            .into_iter()
-            .map(|id| queued(&connector, reader(&connector), id))
-            .collect();
-        free(&connector, places[0]);
+        let waiting = waiting_for_a_leader(&connector, [2, 6]);
         // The next get leads, on a session that cannot connect.
         let broken = PgReader::new(gone.generic_plans(), connector.gets.clone());
         assert!(answer(get(broken, 1)).is_err(), "its own get");
@@ -492,6 +583,96 @@ mod tests {
         for ticket in stuck {
             free(&connector, ticket);
         }
+    }
+
+    /// A session's server process, stopped (`SIGSTOP`) until this is dropped: the
+    /// session's next statement waits for good, as on a hung server.
+    struct Stopped(libc::pid_t);
+
+    impl Stopped {
+        fn new(conn: &mut Conn) -> Stopped {
+            let pid: i32 = conn
+                .query_one("SELECT pg_backend_pid()", &[])
+                .unwrap()
+                .get(0);
+            // SAFETY: kill(2) with a pid and a signal number; no memory is shared.
+            let stopped = unsafe { libc::kill(pid, libc::SIGSTOP) };
+            assert_eq!(stopped, 0, "stopping PostgreSQL's process {pid} (as root)");
+            Stopped(pid)
+        }
+    }
+
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+
+    #[test]
+    fn gets_taken_by_a_query_that_hangs_are_read_again_by_the_next_query_past_the_patience() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = orders(&db);
+        let mut conn = connector.generic_plans();
+        let stopped = Stopped::new(&mut conn);
+        let waiting = waiting_for_a_leader(&connector, [2, 6]);
+        // The next get leads, on the stopped session: its query takes the two waiting
+        // gets and hangs.
+        let (give, given) = mpsc::channel();
+        let gets = connector.gets.clone();
+        let hung = std::thread::spawn(move || {
+            gets.order_then(
+                &mut conn,
+                1,
+                Box::new(move |read| {
+                    let _ = give.send(read);
+                }),
+            );
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !connector
+            .gets
+            .state()
+            .running
+            .iter()
+            .any(|p| p.taken.len() == 3)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the hung query never took the gets"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(connector.gets.state().waiting.is_empty());
+
+        std::thread::sleep(PATIENCE);
+        // Past it: the next get's query reads the hung one's gets again with its own.
+        let started = Instant::now();
+        check(&answer(get(reader(&connector), 3)).unwrap().unwrap(), 3);
+        for (id, getting) in [2, 6].into_iter().zip(waiting) {
+            check(&answer(getting).unwrap().expect("found"), id);
+        }
+        let first = given.recv_timeout(Duration::from_secs(10));
+        check(&first.expect("answered").unwrap().expect("found"), 1);
+        assert!(started.elapsed() < PATIENCE, "read again at once");
+        assert_eq!(
+            connector.gets.counts(),
+            (2, 7),
+            "the hung query's three again"
+        );
+
+        // Its server process going on, the hung query ends, finds its gets answered and
+        // gives back its place.
+        drop(stopped);
+        hung.join().expect("the hung query ended");
+        let state = connector.gets.state();
+        assert_eq!(
+            (state.running.len(), state.waiting.len()),
+            (IN_FLIGHT - 1, 0),
+            "only the place still held by the test"
+        );
     }
 
     #[test]
