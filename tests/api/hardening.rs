@@ -629,9 +629,9 @@ fn cancels_and_status_changes_are_answered_while_every_write_thread_waits_on_a_s
     );
 }
 
-/// On PostgreSQL, gets by id that arrive while two queries by id run wait for them
-/// without holding a worker (src/store/postgres/gets.rs). With the orders table locked,
-/// two gets' queries wait on the lock and two more gets wait for those queries; the
+/// On PostgreSQL, gets by id that arrive while queries by id run wait for them without
+/// holding a worker (src/store/postgres/gets.rs). With the orders table locked, the
+/// first gets' queries wait on the lock and the other gets wait for those queries; the
 /// service's four workers still answer another request at once, and once the lock is
 /// gone every get is answered with its own order.
 #[test]
@@ -674,7 +674,7 @@ fn gets_waiting_on_queries_that_wait_on_a_lock_hold_no_worker() {
             .iter()
             .map(|&id| s.spawn(move || (id, app.get_order(&ALICE, id))))
             .collect();
-        // Two queries by id run (and wait on the lock); the other two gets wait for them.
+        // Queries by id run (and wait on the lock); the other gets wait for them.
         std::thread::sleep(Duration::from_millis(500));
 
         let asked = Instant::now();
