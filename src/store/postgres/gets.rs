@@ -288,10 +288,9 @@ mod tests {
     fn orders(db: &TestDb) -> Connector {
         let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
         migrate(&connector).unwrap();
-        let mut client = Client::connect(&db.url(), NoTls).unwrap();
-        client
-            .batch_execute(
-                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
+        run(
+            db,
+            "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
                    updated_at, lines)
                  SELECT i, 'user-' || i, 'user' || i || '@example.com', 'pending', 1000 * i,
                    i, i, '[[' || i || ',\"Product ' || i || '\",1,' || 1000 * i || ',' || 1000 * i || ']]'
@@ -302,9 +301,16 @@ mod tests {
                  INSERT INTO order_items (order_id, line_no, product_id, product_name, quantity,
                    price_cents, subtotal_cents)
                  VALUES (6, 1, 7, 'Product 7', 1, 1500, 1500), (6, 2, 8, 'Product 8', 2, 1000, 2000);",
-            )
-            .unwrap();
+        );
         connector
+    }
+
+    /// Runs `sql` on a session of the test's own.
+    fn run(db: &TestDb, sql: &str) {
+        Client::connect(&db.url(), NoTls)
+            .unwrap()
+            .batch_execute(sql)
+            .unwrap();
     }
 
     fn id(n: i64) -> OrderId {
@@ -482,18 +488,15 @@ mod tests {
             return;
         };
         let connector = orders(&db);
-        Client::connect(&db.url(), NoTls)
-            .unwrap()
-            .batch_execute(
-                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
-                   updated_at, lines)
-                 VALUES (7, 'user-7', 'user7@example.com', 'pending', 100, 7, 7, 'damaged')",
-            )
-            .unwrap();
-        let places = hold_places(&connector, Duration::ZERO);
-        let first = queued(&connector, reader(&connector), 1);
-        let damaged = queued(&connector, reader(&connector), 7);
-        free(&connector, places[0]);
+        run(
+            &db,
+            "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
+               updated_at, lines)
+             VALUES (7, 'user-7', 'user7@example.com', 'pending', 100, 7, 7, 'damaged')",
+        );
+        let [first, damaged]: [_; 2] = waiting_for_a_leader(&connector, [1, 7])
+            .try_into()
+            .expect("two gets");
 
         check(
             &answer(get(reader(&connector), 3)).unwrap().expect("found"),
@@ -533,13 +536,11 @@ mod tests {
         };
         let connector = orders(&db);
         // Order 6's items no longer read as the reader expects them: it panics.
-        Client::connect(&db.url(), NoTls)
-            .unwrap()
-            .batch_execute("ALTER TABLE order_items ALTER COLUMN quantity TYPE bigint")
-            .unwrap();
-        let places = hold_places(&connector, Duration::ZERO);
-        let waiting = queued(&connector, reader(&connector), 2);
-        free(&connector, places[0]);
+        run(
+            &db,
+            "ALTER TABLE order_items ALTER COLUMN quantity TYPE bigint",
+        );
+        let waiting = waiting_for_a_leader(&connector, [2]).remove(0);
         let panicked = get(reader(&connector), 6).recv_timeout(Duration::from_secs(10));
         assert_eq!(
             panicked.map(|_| ()),
