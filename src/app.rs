@@ -46,6 +46,7 @@ impl App {
         let (writer, writer_threads) =
             store::spawn_writer(opened.engines, wake_tx).map_err(|e| e.to_string())?;
         let open_reads = opened.open_reads;
+        let join_get = opened.join_get;
 
         let listener = TcpListener::bind((config.host, config.port))
             .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
@@ -57,6 +58,7 @@ impl App {
             catalog: catalog.clone(),
             metrics: metrics.clone(),
             open_reads: open_reads.clone(),
+            join_get,
             admin_token: config.admin_token.clone(),
             gateway_token: config.gateway_token.clone(),
         });

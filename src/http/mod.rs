@@ -9,11 +9,11 @@ pub use error::ApiError;
 pub use routes::{Route, ROUTES};
 
 use crate::config::Secret;
-use crate::domain::OrderId;
+use crate::domain::{OrderId, UserId};
 use crate::metrics::Metrics;
 use crate::orders::Orders;
 use crate::products::Catalog;
-use crate::store::{OpenReads, Reads, Then, WriterHandle};
+use crate::store::{JoinGet, OpenReads, Reads, Then, WriterHandle};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +31,8 @@ pub struct Shared {
     pub catalog: Catalog,
     pub metrics: Arc<Metrics>,
     pub open_reads: OpenReads,
+    /// Where a connection's thread may leave a get by id (PostgreSQL's gets combined).
+    pub join_get: Option<JoinGet>,
     pub admin_token: Option<Secret>,
     pub gateway_token: Option<Secret>,
 }
@@ -150,6 +152,15 @@ impl HttpServer {
             },
             max_connections,
             refusal: edge_refusal,
+            // Weak: the connections' threads may outlive the server, and what `Shared`
+            // holds (the writer's handle) must not.
+            direct: shared.join_get.clone().map(|join_get| {
+                let shared = Arc::downgrade(&shared);
+                Arc::new(move |req| match shared.upgrade() {
+                    Some(shared) => direct(&shared, &join_get, req),
+                    None => Some(req),
+                }) as tiny_http::Direct
+            }),
         };
         let server = Arc::new(
             tiny_http::Server::from_listener(listener, options)
@@ -328,23 +339,80 @@ fn serve(
 /// another worker's query, reading it with others (store/postgres/gets.rs), so this
 /// worker waits on nothing and takes its next request.
 fn get(shared: &Shared, reader: &dyn Reads, req: tiny_http::Request, id: OrderId) {
+    let Some(asked) = ask(shared, req, id) else {
+        return;
+    };
+    // A read that panics drops the `Then`s it held, and with them their exchanges, which
+    // answer 500; the worker lives on.
+    let _ = catch_unwind(AssertUnwindSafe(|| reader.order_then(id, asked.then())));
+}
+
+/// On a connection's thread, as soon as it is read: a get by id joins the query by id
+/// running now, if one does, so that no worker is woken for it; anything else is given
+/// back for the workers.
+fn direct(
+    shared: &Shared,
+    join_get: &JoinGet,
+    req: tiny_http::Request,
+) -> Option<tiny_http::Request> {
+    let route = Route::parse(request::path_of(req.url()));
+    let (Some(Route::Order(Some(id))), tiny_http::Method::Get) = (route, req.method()) else {
+        return Some(req);
+    };
+    let mut asked = Some(ask(shared, req, id)?);
+    let joined = catch_unwind(AssertUnwindSafe(|| {
+        join_get(id, &mut || asked.take().expect("a get joins once").then())
+    }));
+    match (joined, asked) {
+        (Ok(false), Some(asked)) => Some(asked.exchange.into_request()),
+        _ => None,
+    }
+}
+
+/// A get by id past the checks every request gets, and who asks.
+struct Asked {
+    exchange: Exchange,
+    user: UserId,
+    admin: bool,
+}
+
+/// A get's checks and its asker; none if it was answered already (refused).
+fn ask(shared: &Shared, req: tiny_http::Request, id: OrderId) -> Option<Asked> {
     let mut exchange = Exchange::begin(shared, req, Some(Route::Order(Some(id))));
     let asked = catch_unwind(AssertUnwindSafe(|| {
         exchange.check(shared)?;
         routes::reader_of(shared, exchange.req())
     }));
-    let (user, admin) = match asked {
-        Ok(Ok(asker)) => asker,
-        Ok(Err(e)) => return exchange.finish(Ok(Err(e))),
-        Err(panic) => return exchange.finish(Err(panic)),
-    };
-    let then: Then = Box::new(move |read| {
-        let outcome = catch_unwind(AssertUnwindSafe(|| routes::order(read, &user, admin)));
-        exchange.finish(outcome);
-    });
-    // A read that panics drops the `Then`s it held, and with them their exchanges, which
-    // answer 500; the worker lives on.
-    let _ = catch_unwind(AssertUnwindSafe(|| reader.order_then(id, then)));
+    match asked {
+        Ok(Ok((user, admin))) => Some(Asked {
+            exchange,
+            user,
+            admin,
+        }),
+        Ok(Err(e)) => {
+            exchange.finish(Ok(Err(e)));
+            None
+        }
+        Err(panic) => {
+            exchange.finish(Err(panic));
+            None
+        }
+    }
+}
+
+impl Asked {
+    /// What to do with the order once read: answer it.
+    fn then(self) -> Then {
+        let Asked {
+            exchange,
+            user,
+            admin,
+        } = self;
+        Box::new(move |read| {
+            let outcome = catch_unwind(AssertUnwindSafe(|| routes::order(read, &user, admin)));
+            exchange.finish(outcome);
+        })
+    }
 }
 
 /// A request from its start to its answer: what the answer, metrics and log line need.
@@ -380,6 +448,11 @@ impl Exchange {
             path,
             label: route.as_ref().map_or("unmatched", Route::pattern),
         }
+    }
+
+    /// The request back, unanswered, for another thread to begin anew.
+    fn into_request(mut self) -> tiny_http::Request {
+        self.req.take().expect("only an answer takes the request")
     }
 
     fn req(&mut self) -> &mut tiny_http::Request {

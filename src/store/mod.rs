@@ -33,11 +33,18 @@ pub type Then = Box<dyn FnOnce(Result<Option<Order>, StoreError>) + Send>;
 /// Opens a read session of a worker's own.
 pub type OpenReads = Arc<dyn Fn() -> Result<Box<dyn Reads>, StoreError> + Send + Sync>;
 
+/// Hands get `id` to a query by id that runs now and will read it next (PostgreSQL's
+/// gets combined), if one does; a thread without a session of its own asks this way.
+/// `then` is called, to make the get's `Then`, only if the get joins.
+pub type JoinGet = Arc<dyn Fn(OrderId, &mut dyn FnMut() -> Then) -> bool + Send + Sync>;
+
 /// A database opened and migrated, ready for the writer and the readers.
 pub struct Opened {
     /// One per writer thread.
     pub engines: Vec<Box<dyn Engine>>,
     pub open_reads: OpenReads,
+    /// Where gets combine (PostgreSQL); none where each is read on its worker's session.
+    pub join_get: Option<JoinGet>,
     /// The migrations this start applied.
     pub applied: Vec<String>,
 }
@@ -54,18 +61,21 @@ pub fn open(database: &Database, pool: &PostgresPool) -> Result<Opened, String> 
             Ok(Opened {
                 engines: vec![Box::new(engine)],
                 open_reads: Arc::new(move || Ok(Box::new(Reader::open(&path)?))),
+                join_get: None,
                 applied,
             })
         }
         Database::Postgres(url) => {
             let connector = postgres::Connector::new(url.expose(), pool).map_err(|e| named(&e))?;
             let (applied, engines) = postgres::open(&connector, pool).map_err(|e| named(&e))?;
+            let join_get = connector.join_get();
             Ok(Opened {
                 engines: engines
                     .into_iter()
                     .map(|e| Box::new(e) as Box<dyn Engine>)
                     .collect(),
                 open_reads: Arc::new(move || Ok(Box::new(postgres::reader(&connector)))),
+                join_get: Some(join_get),
                 applied,
             })
         }

@@ -73,6 +73,52 @@ fn two_hundred_concurrent_creates_from_16_clients_all_commit_with_their_events()
     assert_eq!(listed, ORDERS as i64);
 }
 
+/// On PostgreSQL, gets that arrive while another's query runs are left to it by the
+/// connections' threads (store/postgres/gets.rs, `join`): under load most of them are.
+#[test]
+fn gets_from_16_clients_at_once_each_answer_their_own_order_or_their_own_error() {
+    let app = spawn_app();
+    let users = [ALICE, BOB, CAROL, DAVE];
+    let created: Vec<(i64, serde_json::Value)> = users
+        .iter()
+        .map(|user| {
+            let response = app.create_order(user, &items(&[(MOUSE, 1)]));
+            response.assert_status(201);
+            (response.json()["id"].as_i64().unwrap(), response.json())
+        })
+        .collect();
+    const THREADS: usize = 16;
+    const GETS: usize = 150;
+
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (app, users, created) = (&app, &users, &created);
+            s.spawn(move || {
+                for n in 0..GETS {
+                    let u = (t + n) % users.len();
+                    let (own, body) = &created[u];
+                    let (foreign, _) = &created[(u + 1) % users.len()];
+                    match n % 4 {
+                        0 | 1 => {
+                            let response = app.get_order(&users[u], *own);
+                            response.assert_status(200);
+                            assert_eq!(&response.json(), body, "{}'s order", users[u].id);
+                        }
+                        2 => {
+                            app.get_order(&users[u], *foreign)
+                                .assert_error(404, "not_found");
+                        }
+                        _ => {
+                            app.request("GET", &format!("/api/orders/{own}"), &[], None)
+                                .assert_error(401, "unauthorized");
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn racing_cancels_of_one_order_all_succeed_and_write_one_event() {
     let app = spawn_app();

@@ -12,7 +12,9 @@
 //! HTTP side, write the answer) and its worker goes on to the next request. The query
 //! that holds a place answers its own get first, then reads every get waiting by then in
 //! one more query, and so on until none waits: each waiting get costs one thread woken
-//! less, and more of them share a query.
+//! less, and more of them share a query. A connection's thread, which has no session,
+//! leaves its get to a query running now (`join`, from http/mod.rs), so no worker is
+//! woken for it at all; when none runs, the get goes to a worker, whose session reads it.
 //!
 //! A query that fails leaves each get it took to be read alone, on the same session (a
 //! new one if it was lost): a row that does not read fails its own get only. A query
@@ -197,6 +199,21 @@ impl Combined {
         }
     }
 
+    /// Order `id`, for the query running now to read next, if one counts; else nothing,
+    /// and a session must read it (`order_then`). `then` makes the get's `Then`, called
+    /// only if the get joins. Under the lock a query frees its place under, so a get that
+    /// joins is read.
+    pub fn join(&self, id: i64, then: &mut dyn FnMut() -> Then) -> bool {
+        let mut state = self.state();
+        let now = Instant::now();
+        state.take_back(now);
+        if state.counted(now) < IN_FLIGHT {
+            return false;
+        }
+        state.waiting.push_back(Waiter::new(id, then()));
+        true
+    }
+
     /// Order `id`, read by this session's query or by another's: the calling thread waits.
     pub fn order(&self, conn: &mut Conn, id: i64) -> Result<Option<Order>, StoreError> {
         let (give, given) = mpsc::sync_channel(1);
@@ -278,7 +295,7 @@ mod tests {
     use super::super::{migrate, reader, Connector};
     use super::{IN_FLIGHT, PATIENCE};
     use crate::domain::{Order, OrderId};
-    use crate::store::{Reads, StoreError};
+    use crate::store::{Reads, StoreError, Then};
     use postgres::{Client, NoTls};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
@@ -480,6 +497,47 @@ mod tests {
             "given its order by the reading thread"
         );
         assert_eq!(connector.gets.counts(), (1, 2), "one query for both");
+    }
+
+    #[test]
+    fn a_get_joins_only_a_query_running_now_which_reads_it() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = orders(&db);
+        let join = connector.join_get();
+        let (give, given) = mpsc::channel();
+        let then = |give: mpsc::Sender<Got>| -> Then {
+            Box::new(move |read| {
+                let _ = give.send(read);
+            })
+        };
+
+        // No query runs: the get does not join, and its `Then` is never made.
+        let mut made = false;
+        assert!(!join(id(2), &mut || {
+            made = true;
+            then(give.clone())
+        }));
+        assert!(!made, "a get that does not join makes no `Then`");
+        assert!(connector.gets.state().waiting.is_empty());
+
+        // Every place held: the get joins, waits, and the next query reads it.
+        let places = hold_places(&connector, Duration::ZERO);
+        assert!(join(id(2), &mut || then(give.clone())));
+        assert_eq!(connector.gets.state().waiting.len(), 1);
+        assert!(given.try_recv().is_err(), "answered before any query");
+        free(&connector, places[0]);
+        check(&answer(get(reader(&connector), 3)).unwrap().unwrap(), 3);
+        check(&answer(given).unwrap().unwrap(), 2);
+        assert_eq!(connector.gets.counts(), (1, 2), "one query for both");
+
+        // A place held past the patience counts no more: nothing to join.
+        let stuck = hold_places(&connector, PATIENCE);
+        assert!(!join(id(4), &mut || unreachable!("not joined")));
+        for ticket in stuck {
+            free(&connector, ticket);
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub(crate) struct Shared {
     pub busy: Arc<AtomicUsize>,
     pub limits: Limits,
     pub refusal: fn(u16) -> ResponseBox,
+    pub direct: Option<crate::Direct>,
 }
 
 /// After a refusal, how long (and how much) the client's remaining bytes are read and
@@ -70,7 +71,13 @@ pub(crate) fn serve(conn: Connection, remote_addr: Option<SocketAddr>, shared: &
         let last = parsed.last || shared.stopping.load(Ordering::SeqCst);
         let (answer, answered) = mpsc::sync_channel(1);
         let request = Request::read(parsed, remote_addr, last, shared.stopping.clone(), answer);
-        shared.messages.push(Message::NewRequest(request));
+        let queued = match &shared.direct {
+            Some(direct) => direct(request),
+            None => Some(request),
+        };
+        if let Some(request) = queued {
+            shared.messages.push(Message::NewRequest(request));
+        }
         let Ok(Outgoing { bytes, close }) = answered.recv() else {
             return;
         };

@@ -195,8 +195,14 @@ pub struct ServerConfig {
     pub addr: ConfigListenAddr,
 }
 
-/// Local (PATCHES.md, 16, 17): how the server bounds its clients.
-#[derive(Debug, Clone)]
+/// Local (PATCHES.md, 20): a request the application may take on the connection's own
+/// thread, as soon as it is read, instead of through the queue. It gives the request
+/// back to have it queued for the workers as usual. It runs on every connection's
+/// thread, so it must not block.
+pub type Direct = std::sync::Arc<dyn Fn(Request) -> Option<Request> + Send + Sync>;
+
+/// Local (PATCHES.md, 16, 17, 20): how the server bounds its clients.
+#[derive(Clone)]
 pub struct Options {
     /// The bounds of one request, in bytes and time.
     pub limits: Limits,
@@ -205,6 +211,18 @@ pub struct Options {
     /// The answer to a request the server refuses on its own (400, 408, 413, 414, 417,
     /// 431, 505, and 503 when full), by status: an empty body unless set.
     pub refusal: fn(u16) -> ResponseBox,
+    /// Requests taken before the queue (PATCHES.md, 20); none if unset.
+    pub direct: Option<Direct>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("limits", &self.limits)
+            .field("max_connections", &self.max_connections)
+            .field("direct", &self.direct.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Options {
@@ -213,6 +231,7 @@ impl Default for Options {
             limits: Limits::default(),
             max_connections: 512,
             refusal: |status| Response::empty(status).boxed(),
+            direct: None,
         }
     }
 }
@@ -269,6 +288,7 @@ impl Server {
             busy: busy.clone(),
             limits: options.limits.clone(),
             refusal: options.refusal,
+            direct: options.direct.clone(),
         });
 
         let inside_close_trigger = close_trigger.clone();
@@ -531,6 +551,73 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         false
+    }
+
+    /// Sends `GET path` on `client` and reads the answer's body (`Content-Length` only).
+    fn exchange(client: &mut TcpStream, path: &str) -> String {
+        write!(client, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(client.read(&mut byte).unwrap(), 1, "closed in the head");
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8(got).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .expect("a Content-Length")
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        client.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    }
+
+    #[test]
+    fn a_request_taken_directly_is_answered_without_a_worker_and_one_given_back_is_queued() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let direct: super::Direct = std::sync::Arc::new(|req: super::Request| {
+            if req.url() == "/direct" {
+                let thread = std::thread::current().name().unwrap_or("").to_string();
+                req.respond(Response::from_string(format!("direct on {thread}")))
+                    .unwrap();
+                None
+            } else {
+                Some(req)
+            }
+        });
+        let options = Options {
+            direct: Some(direct),
+            ..Options::default()
+        };
+        let server = Server::from_listener(listener, options).unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+
+        // Nothing takes requests from the queue meanwhile.
+        assert_eq!(exchange(&mut client, "/direct"), "direct on http-conn");
+        assert!(server.try_recv().unwrap().is_none());
+
+        // On the same connection, a request given back waits for a worker.
+        let worker = std::thread::spawn({
+            let server = std::sync::Arc::new(server);
+            move || {
+                let request = server
+                    .recv_timeout(Duration::from_secs(10))
+                    .unwrap()
+                    .expect("the request given back is queued");
+                let url = request.url().to_string();
+                request
+                    .respond(Response::from_string(format!("queued {url}")))
+                    .unwrap();
+            }
+        });
+        assert_eq!(exchange(&mut client, "/queued"), "queued /queued");
+        worker.join().unwrap();
     }
 
     #[test]
