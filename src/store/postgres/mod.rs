@@ -134,6 +134,12 @@ impl Connector {
         self.conn(true, true)
     }
 
+    /// Joins a get to its reading sessions' query by id running now (gets.rs).
+    pub fn join_get(&self) -> crate::store::JoinGet {
+        let gets = self.gets.clone();
+        Arc::new(move |id, then| gets.join(id.get(), then))
+    }
+
     fn connected(&self) -> Result<Conn, StoreError> {
         self.on_first_use().connected()
     }
@@ -280,14 +286,6 @@ fn engines_from(first: Conn, connector: &Connector, pool: &PostgresPool) -> Vec<
 
 /// A reading session; it connects on first use and again after a loss. Every statement
 /// on it keeps a generic plan (reads.rs says what that asks of them).
-impl Connector {
-    /// Joins a get to its reading sessions' query by id running now (gets.rs).
-    pub fn join_get(&self) -> crate::store::JoinGet {
-        let gets = self.gets.clone();
-        Arc::new(move |id, then| gets.join(id.get(), then))
-    }
-}
-
 pub fn reader(connector: &Connector) -> PgReader {
     PgReader::new(connector.generic_plans(), connector.gets.clone())
 }
