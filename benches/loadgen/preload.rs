@@ -231,7 +231,7 @@ pub fn set_pg_host(host: &str) -> Result<(), String> {
 }
 
 /// How the local PostgreSQL is reached: as `--pg-host` said (127.0.0.1 by default, as
-/// the README's figures were measured).
+/// the figures in README and benches/MEASUREMENTS.md were measured).
 pub fn pg_host() -> &'static str {
     PG_HOST.get().map_or("127.0.0.1", String::as_str)
 }
