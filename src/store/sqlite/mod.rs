@@ -395,7 +395,16 @@ mod tests {
         ];
         let before = kept(&conn, &tables);
 
-        let applied = migrate(&mut conn).unwrap();
+        let report = embedded::migrations::runner()
+            .set_target(refinery::Target::Version(9))
+            .set_grouped(true)
+            .run(&mut conn)
+            .unwrap();
+        let applied: Vec<String> = report
+            .applied_migrations()
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
         assert_eq!(applied, ["V9__sqlite_row_keys"]);
 
         assert_eq!(before, kept(&conn, &tables));
