@@ -279,7 +279,15 @@ pub fn hello(
             })
         })
         .collect();
-    let out = scenarios::run(addr, Kind::Hello, &Known::default(), clients, warmup, time);
+    let out = scenarios::run(
+        addr,
+        Kind::Hello,
+        &Known::default(),
+        clients,
+        warmup,
+        time,
+        None,
+    );
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();

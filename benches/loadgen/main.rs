@@ -13,6 +13,7 @@
 mod catalog;
 mod ceilings;
 mod client;
+mod cpu;
 mod preload;
 mod report;
 mod scenarios;
@@ -326,6 +327,11 @@ impl Run {
         known: &Known,
     ) -> Outcome {
         let reset = svc.reset_peak_rss();
+        let mut meter = cpu::Meter::new(cpu::Watch {
+            service: svc.pid(),
+            postgres: self.o.postgres,
+            broker: self.broker,
+        });
         let out = scenarios::run(
             svc.addr,
             kind,
@@ -333,9 +339,11 @@ impl Run {
             self.o.clients,
             self.o.warmup,
             self.o.duration,
+            Some(&mut meter),
         );
         let mut line = Line::new(name, &out);
         line.peak_rss_kib = svc.peak_rss_kib();
+        line.cpu = meter.usage(out.ok);
         if !reset {
             self.report.note(format!(
                 "{name}: peak RSS is since start (clear_refs refused)"
@@ -345,6 +353,9 @@ impl Run {
             "  {name}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {:?}",
             line.rate, line.p50, line.p99, line.errors
         );
+        if let Some(cpu) = &line.cpu {
+            println!("    {}", cpu.text());
+        }
         self.report.section(section).push(line);
         out
     }

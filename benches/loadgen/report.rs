@@ -1,5 +1,6 @@
 //! One table on stdout, and the same as JSON.
 
+use crate::cpu::Usage;
 use crate::scenarios::Outcome;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -14,6 +15,8 @@ pub struct Line {
     pub errors: BTreeMap<String, u64>,
     pub requests: u64,
     pub peak_rss_kib: Option<u64>,
+    /// CPU per request over the measured seconds, by process (the service's scenarios).
+    pub cpu: Option<Usage>,
     /// The ceiling's name and rate.
     pub ceiling: Option<(String, f64)>,
 }
@@ -30,6 +33,7 @@ impl Line {
             errors: out.errors.clone(),
             requests: out.ok,
             peak_rss_kib: None,
+            cpu: None,
             ceiling: None,
         }
     }
@@ -195,6 +199,7 @@ impl Report {
                         "max_ms": num(l.max),
                         "errors": l.errors,
                         "peak_rss_kib": l.peak_rss_kib,
+                        "cpu_us_per_request": l.cpu.as_ref().map(Usage::json),
                         "ceiling": l.ceiling.as_ref().map(|(n, _)| n),
                         "ceiling_per_s": l.ceiling.as_ref().map(|(_, c)| num(*c)),
                         "ratio": l.ratio().map(num),

@@ -3,6 +3,7 @@
 
 use crate::catalog::PRODUCTS;
 use crate::client::{Conn, Request};
+use crate::cpu::Meter;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -144,6 +145,7 @@ pub fn run(
     clients: usize,
     warmup: Duration,
     duration: Duration,
+    meter: Option<&mut Meter>,
 ) -> Outcome {
     let start = Instant::now();
     let measure_from = start + warmup;
@@ -153,6 +155,14 @@ pub fn run(
         ..Outcome::default()
     };
     std::thread::scope(|s| {
+        if let Some(meter) = meter {
+            s.spawn(move || {
+                sleep_until(measure_from);
+                meter.start();
+                sleep_until(end);
+                meter.stop();
+            });
+        }
         let threads: Vec<_> = (0..clients)
             .map(|t| s.spawn(move || client(addr, kind, known, t as u64, measure_from, end)))
             .collect();
@@ -162,6 +172,13 @@ pub fn run(
     });
     total.latencies.sort_unstable();
     total
+}
+
+fn sleep_until(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        std::thread::sleep(at - now);
+    }
 }
 
 fn client(
