@@ -4,6 +4,7 @@
 //! by what every process spends on a request, not by the service's share alone.
 
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// The processes a scenario's CPU is counted for, by kind.
@@ -16,15 +17,21 @@ pub struct Watch {
     pub broker: bool,
 }
 
-/// CPU time taken so far, in seconds: each group's, and the machine's busy and total.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    Service,
+    Database,
+    Broker,
+    Client,
+}
+
+/// The CPU each watched process had taken, in ticks, by pid and start time (a pid the
+/// kernel gives again is another process); and the machine's busy and total ticks.
 struct Sample {
     at: Instant,
-    service: f64,
-    database: f64,
-    broker: f64,
-    client: f64,
-    busy: f64,
-    total: f64,
+    processes: HashMap<(u32, u64), (Group, u64)>,
+    busy: u64,
+    total: u64,
 }
 
 /// What a group used over the window, in µs of CPU per request.
@@ -82,65 +89,70 @@ fn ticks() -> f64 {
     }
 }
 
-/// utime + stime of a process (all its threads), in ticks, and its command name.
-fn process(pid: &str) -> Option<(String, u64)> {
+/// A process's command name, utime + stime (all its threads, in ticks) and start time.
+fn process(pid: u32) -> Option<(String, u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let name = stat[open + 1..close].to_string();
+    // The fields after the name, from the third (state): utime and stime are the 14th
+    // and 15th, starttime the 22nd.
     let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((name, utime + stime))
+    let start: u64 = fields.get(19)?.parse().ok()?;
+    Some((name, utime + stime, start))
 }
 
-fn sample(watch: Watch, hz: f64) -> Sample {
+fn sample(watch: Watch) -> Sample {
     let at = Instant::now();
-    let own = std::process::id().to_string();
-    let service = watch.service.to_string();
-    let (mut s, mut d, mut b, mut c) = (0u64, 0u64, 0u64, 0u64);
+    let own = std::process::id();
+    let mut processes = HashMap::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            if !pid.bytes().all(|ch| ch.is_ascii_digit()) {
-                continue;
-            }
-            let Some((name, t)) = process(&pid) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
                 continue;
             };
-            if pid == service {
-                s += t;
+            let Some((name, ticks, start)) = process(pid) else {
+                continue;
+            };
+            let group = if pid == watch.service {
+                Group::Service
             } else if pid == own {
-                c += t;
+                Group::Client
             } else if watch.postgres && name == "postgres" {
-                d += t;
+                Group::Database
             } else if watch.broker && name == "beam.smp" {
-                b += t;
-            }
+                Group::Broker
+            } else {
+                continue;
+            };
+            processes.insert((pid, start), (group, ticks));
         }
     }
-    // The first line of /proc/stat: user nice system idle iowait irq softirq steal ...
+    // The first line of /proc/stat: user nice system idle iowait irq softirq steal. Busy
+    // is what this machine's processes ran; steal is time the host gave to others.
     let (mut busy, mut total) = (0u64, 0u64);
     if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
         if let Some(line) = stat.lines().next() {
             for (i, v) in line.split_whitespace().skip(1).take(8).enumerate() {
                 let v: u64 = v.parse().unwrap_or(0);
                 total += v;
-                if i != 3 && i != 4 {
+                if !matches!(i, 3 | 4 | 7) {
                     busy += v;
                 }
             }
         }
     }
-    let secs = |t: u64| t as f64 / hz;
     Sample {
         at,
-        service: secs(s),
-        database: secs(d),
-        broker: secs(b),
-        client: secs(c),
-        busy: secs(busy),
-        total: secs(total),
+        processes,
+        busy,
+        total,
     }
 }
 
@@ -163,38 +175,43 @@ impl Meter {
     }
 
     pub fn start(&mut self) {
-        self.first = Some(sample(self.watch, self.hz));
+        self.first = Some(sample(self.watch));
     }
 
     pub fn stop(&mut self) {
-        self.last = Some(sample(self.watch, self.hz));
+        self.last = Some(sample(self.watch));
     }
 
-    /// `None` without both samples or without a request.
+    /// `None` without both samples or without a request. Each process counts what it
+    /// took between the samples, all it took if it started after the first; one that
+    /// ended before the second is not counted.
     pub fn usage(&self, requests: u64) -> Option<Usage> {
         let (a, b) = (self.first.as_ref()?, self.last.as_ref()?);
-        if requests == 0 || b.at <= a.at {
+        if requests == 0 || b.at <= a.at || b.total <= a.total {
             return None;
         }
-        let per = |x: f64, y: f64| (y - x).max(0.0) * 1e6 / requests as f64;
+        let per = |group: Group| {
+            let ticks: u64 = b
+                .processes
+                .iter()
+                .filter(|(_, (g, _))| *g == group)
+                .map(|(key, (_, now))| {
+                    let before = a.processes.get(key).map_or(0, |(_, t)| *t);
+                    now.saturating_sub(before)
+                })
+                .sum();
+            ticks as f64 / self.hz * 1e6 / requests as f64
+        };
         let wall = b.at.duration_since(a.at).as_secs_f64();
-        let cores = if b.total > a.total {
-            (b.total - a.total) / wall
-        } else {
-            0.0
-        };
-        let busy_pct = if b.total > a.total {
-            (b.busy - a.busy) / (b.total - a.total) * cores * 100.0
-        } else {
-            0.0
-        };
+        let total = (b.total - a.total) as f64 / self.hz;
+        let busy = b.busy.saturating_sub(a.busy) as f64 / self.hz;
         Some(Usage {
-            service: per(a.service, b.service),
-            database: self.watch.postgres.then(|| per(a.database, b.database)),
-            broker: self.watch.broker.then(|| per(a.broker, b.broker)),
-            client: per(a.client, b.client),
-            busy_pct,
-            cores: cores.round(),
+            service: per(Group::Service),
+            database: self.watch.postgres.then(|| per(Group::Database)),
+            broker: self.watch.broker.then(|| per(Group::Broker)),
+            client: per(Group::Client),
+            busy_pct: busy / wall * 100.0,
+            cores: (total / wall).round(),
         })
     }
 }
