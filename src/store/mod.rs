@@ -82,9 +82,10 @@ pub fn open(database: &Database, pool: &PostgresPool) -> Result<Opened, String> 
     }
 }
 
-/// Whether the migration named `name` (what follows `V<n>__`) is SQLite's own table
-/// layout, which has no spelling on PostgreSQL and changes no column: such migrations are
-/// named `sqlite_`, and PostgreSQL leaves them out.
+/// Whether the migration named `name` (what follows `V<n>__`) is SQLite's alone: a table
+/// layout with no spelling on PostgreSQL (V9), or an index PostgreSQL does without
+/// (V10). Such migrations change no column; they are named `sqlite_`, and PostgreSQL
+/// leaves them out.
 pub fn sqlite_only(name: &str) -> bool {
     name.starts_with("sqlite_")
 }

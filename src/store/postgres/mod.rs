@@ -34,8 +34,8 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// The migrations PostgreSQL runs: every file but SQLite's own table layouts
-/// (`sqlite_only`, `migrations/V9__sqlite_row_keys.sql`).
+/// The migrations PostgreSQL runs: every file but SQLite's own (`sqlite_only`:
+/// `migrations/V9__sqlite_row_keys.sql`, `migrations/V10__sqlite_list_pages.sql`).
 fn migrations() -> Vec<refinery::Migration> {
     embedded::migrations::runner()
         .get_migrations()

@@ -457,4 +457,48 @@ mod tests {
             assert!(refused(sql), "V9's tables took {sql}");
         }
     }
+
+    /// An order written before V8 has no lines on its row; V10 gives them before its
+    /// index holds them, as `lines::encode` writes them.
+    #[test]
+    fn the_list_pages_index_comes_after_every_order_has_its_lines() {
+        use crate::domain::{Money, OrderItem, ProductId};
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open_write(&dir.path().join("orders.db")).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(9))
+            .set_grouped(true)
+            .run(&mut conn)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO orders VALUES (57, 'u2', 'b@x', 'pending', 300, 12, 13, 1, NULL, NULL);
+             INSERT INTO order_items VALUES (57, 2, 9, 'Nib \"fine\"', 1, 100, 100);
+             INSERT INTO order_items VALUES (57, 1, 8, 'Ink', 2, 100, 200);",
+        )
+        .unwrap();
+
+        let applied = migrate(&mut conn).unwrap();
+        assert_eq!(applied, ["V10__sqlite_list_pages"]);
+
+        let line = |id, name: &str, quantity, cents| OrderItem {
+            product_id: ProductId::new(id).unwrap(),
+            product_name: name.into(),
+            quantity,
+            price: Money::from_cents(100),
+            subtotal: Money::from_cents(cents),
+        };
+        let lines: Option<String> = conn
+            .query_row("SELECT lines FROM orders WHERE id = 57", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            lines.as_deref(),
+            Some(
+                crate::store::lines::encode(&[
+                    line(8, "Ink", 2, 200),
+                    line(9, "Nib \"fine\"", 1, 100)
+                ])
+                .as_str()
+            )
+        );
+    }
 }
