@@ -115,7 +115,13 @@ pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
 
 /// Applies the embedded migrations that the database has not seen; returns their names.
 pub fn migrate(conn: &mut Connection) -> Result<Vec<String>, String> {
+    migrate_to(conn, refinery::Target::Latest)
+}
+
+/// Applies the embedded migrations up to `target` that the database has not seen.
+fn migrate_to(conn: &mut Connection, target: refinery::Target) -> Result<Vec<String>, String> {
     let report = embedded::migrations::runner()
+        .set_target(target)
         .set_grouped(true)
         .run(conn)
         .map_err(|e| format!("migrations: {e}"))?;
@@ -365,11 +371,7 @@ mod tests {
     fn sqlites_own_layout_keeps_every_row_key_and_constraint_of_a_v8_database() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_write(&dir.path().join("orders.db")).unwrap();
-        embedded::migrations::runner()
-            .set_target(refinery::Target::Version(8))
-            .set_grouped(true)
-            .run(&mut conn)
-            .unwrap();
+        migrate_to(&mut conn, refinery::Target::Version(8)).unwrap();
         // Ids out of step with the rowids SQLite gave the rows before V9.
         conn.execute_batch(
             "INSERT INTO orders VALUES (101, 'u1', 'a@x', 'pending', 1250, 10, 11, 1, NULL,
@@ -395,16 +397,7 @@ mod tests {
         ];
         let before = kept(&conn, &tables);
 
-        let report = embedded::migrations::runner()
-            .set_target(refinery::Target::Version(9))
-            .set_grouped(true)
-            .run(&mut conn)
-            .unwrap();
-        let applied: Vec<String> = report
-            .applied_migrations()
-            .iter()
-            .map(|m| m.to_string())
-            .collect();
+        let applied = migrate_to(&mut conn, refinery::Target::Version(9)).unwrap();
         assert_eq!(applied, ["V9__sqlite_row_keys"]);
 
         assert_eq!(before, kept(&conn, &tables));
@@ -465,11 +458,7 @@ mod tests {
         use crate::domain::{Money, OrderItem, ProductId};
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_write(&dir.path().join("orders.db")).unwrap();
-        embedded::migrations::runner()
-            .set_target(refinery::Target::Version(9))
-            .set_grouped(true)
-            .run(&mut conn)
-            .unwrap();
+        migrate_to(&mut conn, refinery::Target::Version(9)).unwrap();
         conn.execute_batch(
             "INSERT INTO orders VALUES (57, 'u2', 'b@x', 'pending', 300, 12, 13, 1, NULL, NULL);
              INSERT INTO order_items VALUES (57, 2, 9, 'Nib \"fine\"', 1, 100, 100);
