@@ -3,6 +3,12 @@
 //! SQLite engine. The order rules (`crate::orders`) and the relay write through `Tx`;
 //! only this module writes SQL.
 
+/// The migrations, embedded once for both engines: SQLite runs them all, PostgreSQL all
+/// but SQLite's own (`sqlite_only`).
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
 mod fill;
 mod lines;
 mod postgres;

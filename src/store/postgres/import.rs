@@ -357,15 +357,13 @@ fn explain(e: &postgres::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::postgres::embedded;
+    use crate::store::embedded;
+    use crate::store::sqlite::migrate_to;
 
     /// An SQLite file migrated up to `version`.
     fn migrated_to(version: i32) -> Connection {
         let mut conn = Connection::open_in_memory().unwrap();
-        embedded::migrations::runner()
-            .set_target(refinery::Target::Version(version))
-            .run(&mut conn)
-            .unwrap();
+        migrate_to(&mut conn, refinery::Target::Version(version)).unwrap();
         conn
     }
 

@@ -23,16 +23,12 @@ pub use import::{import_sqlite, ImportReport};
 pub use reads::PgReader;
 
 use crate::config::PostgresPool;
-use crate::store::{sqlite_only, StoreError};
+use crate::store::{embedded, sqlite_only, StoreError};
 use conn::Conn;
 use gets::Combined;
 use std::sync::Arc;
 use std::time::Duration;
 use watchdog::Watchdog;
-
-mod embedded {
-    refinery::embed_migrations!("migrations");
-}
 
 /// The migrations PostgreSQL runs: every file but SQLite's own (`sqlite_only`:
 /// `migrations/V9__sqlite_row_keys.sql`, `migrations/V10__sqlite_list_pages.sql`).

@@ -15,10 +15,6 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::time::Duration;
 
-mod embedded {
-    refinery::embed_migrations!("migrations");
-}
-
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A reader's page cache, as SQLite writes it: negative means KiB.
 const READER_CACHE_KIB: i64 = -256;
@@ -119,8 +115,11 @@ pub fn migrate(conn: &mut Connection) -> Result<Vec<String>, String> {
 }
 
 /// Applies the embedded migrations up to `target` that the database has not seen.
-fn migrate_to(conn: &mut Connection, target: refinery::Target) -> Result<Vec<String>, String> {
-    let report = embedded::migrations::runner()
+pub(super) fn migrate_to(
+    conn: &mut Connection,
+    target: refinery::Target,
+) -> Result<Vec<String>, String> {
+    let report = super::embedded::migrations::runner()
         .set_target(target)
         .set_grouped(true)
         .run(conn)
