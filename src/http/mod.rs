@@ -342,8 +342,9 @@ fn get(shared: &Shared, reader: &dyn Reads, req: tiny_http::Request, id: OrderId
     let Some(asked) = ask(shared, req, id) else {
         return;
     };
-    // A read that panics drops the `Then`s it held, and with them their exchanges, which
-    // answer 500; the worker lives on.
+    // A read that panics here drops the `Then`s it held, and with them their exchanges,
+    // which answer 500; the worker lives on. (PostgreSQL's query by id catches its own
+    // panic and fails the gets it took: gets.rs.)
     let _ = catch_unwind(AssertUnwindSafe(|| reader.order_then(id, asked.then())));
 }
 

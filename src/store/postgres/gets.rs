@@ -180,7 +180,17 @@ impl Combined {
                 counts.0 += 1;
                 counts.1 += batch.len() as u64;
             }
-            read(conn, &batch);
+            // A read that panics fails the gets it took (`give` does nothing for one
+            // answered already) and goes on as any other does: its place is freed under
+            // the lock, or kept for the gets that joined meanwhile, which else would wait
+            // for a place nobody holds.
+            if catch_unwind(AssertUnwindSafe(|| read(conn, &batch))).is_err() {
+                for w in &batch {
+                    w.give(Err(StoreError::Unavailable(
+                        "reading orders by id panicked".into(),
+                    )));
+                }
+            }
             batch.clear();
             state = self.state();
             let now = Instant::now();
@@ -322,6 +332,17 @@ mod tests {
         connector
     }
 
+    /// `orders`, but order 6's items no longer read as the reader expects them: a read
+    /// of it panics.
+    fn orders_with_one_that_panics(db: &TestDb) -> Connector {
+        let connector = orders(db);
+        run(
+            db,
+            "ALTER TABLE order_items ALTER COLUMN quantity TYPE bigint",
+        );
+        connector
+    }
+
     /// Runs `sql` on a session of the test's own.
     fn run(db: &TestDb, sql: &str) {
         Client::connect(&db.url(), NoTls)
@@ -363,6 +384,21 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         getting
+    }
+
+    /// Waits until a running query has taken `n` gets.
+    fn until_a_query_takes(connector: &Connector, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !connector
+            .gets
+            .state()
+            .running
+            .iter()
+            .any(|p| p.taken.len() == n)
+        {
+            assert!(Instant::now() < deadline, "no query took {n} gets");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Every place held by a query that started `ago`, as if running still; their
@@ -592,20 +628,13 @@ mod tests {
         let Some(db) = TestDb::create() else {
             return;
         };
-        let connector = orders(&db);
-        // Order 6's items no longer read as the reader expects them: it panics.
-        run(
-            &db,
-            "ALTER TABLE order_items ALTER COLUMN quantity TYPE bigint",
-        );
+        let connector = orders_with_one_that_panics(&db);
         let waiting = waiting_for_a_leader(&connector, [2]).remove(0);
-        let panicked = get(reader(&connector), 6).recv_timeout(Duration::from_secs(10));
-        assert_eq!(
-            panicked.map(|_| ()),
-            Err(mpsc::RecvTimeoutError::Disconnected),
-            "the thread getting 6 panicked"
+        assert!(
+            answer(get(reader(&connector), 6)).is_err(),
+            "the get of 6 fails"
         );
-        assert!(answer(waiting).is_err(), "the get it took ends, unanswered");
+        assert!(answer(waiting).is_err(), "the get it took fails too");
         {
             let state = connector.gets.state();
             assert_eq!(
@@ -616,6 +645,38 @@ mod tests {
         }
         check(&reader(&connector).order(id(1)).unwrap().unwrap(), 1);
         assert_eq!(connector.gets.counts(), (2, 3));
+    }
+
+    #[test]
+    fn a_get_that_joins_a_query_which_then_panics_is_read_by_the_next_query() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = orders_with_one_that_panics(&db);
+        // The orders locked by a session of the test's: the get of 6 takes the place and
+        // its query waits.
+        let mut locker = Client::connect(&db.url(), NoTls).unwrap();
+        let mut lock = locker.transaction().unwrap();
+        lock.batch_execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+            .unwrap();
+        let panicking = get(reader(&connector), 6);
+        until_a_query_takes(&connector, 1);
+        // A connection's thread joins it (http/mod.rs, `direct`).
+        let (give, given) = mpsc::channel::<Got>();
+        assert!(connector.join_get()(id(2), &mut || {
+            let give = give.clone();
+            Box::new(move |read| {
+                let _ = give.send(read);
+            })
+        }));
+        lock.rollback().unwrap();
+
+        // However the get of 6 ends (the test above says how), the get that joined is
+        // read without another get arriving to lead a query.
+        let _ = panicking.recv_timeout(Duration::from_secs(10));
+        check(&answer(given).unwrap().unwrap(), 2);
+        let state = connector.gets.state();
+        assert_eq!((state.running.len(), state.waiting.len()), (0, 0));
     }
 
     #[test]
@@ -691,20 +752,7 @@ mod tests {
                 }),
             );
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !connector
-            .gets
-            .state()
-            .running
-            .iter()
-            .any(|p| p.taken.len() == 3)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the hung query never took the gets"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        until_a_query_takes(&connector, 3);
         assert!(connector.gets.state().waiting.is_empty());
 
         std::thread::sleep(PATIENCE);
