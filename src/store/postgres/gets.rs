@@ -50,6 +50,9 @@ pub struct Combined {
     /// Queries sent and gets they read.
     #[cfg(test)]
     counts: Mutex<(u64, u64)>,
+    /// An order whose query panics, as a read might.
+    #[cfg(test)]
+    panics_on: Mutex<Option<i64>>,
 }
 
 #[derive(Default)]
@@ -184,7 +187,17 @@ impl Combined {
             // answered already) and goes on as any other does: its place is freed under
             // the lock, or kept for the gets that joined meanwhile, which else would wait
             // for a place nobody holds.
-            if catch_unwind(AssertUnwindSafe(|| read(conn, &batch))).is_err() {
+            let reading = || {
+                #[cfg(test)]
+                {
+                    let panics_on = *self.panics_on.lock().unwrap();
+                    if let Some(id) = panics_on {
+                        assert!(batch.iter().all(|w| w.id != id), "a read of {id} panics");
+                    }
+                }
+                read(conn, &batch)
+            };
+            if catch_unwind(AssertUnwindSafe(reading)).is_err() {
                 for w in &batch {
                     w.give(Err(StoreError::Unavailable(
                         "reading orders by id panicked".into(),
@@ -332,14 +345,10 @@ mod tests {
         connector
     }
 
-    /// `orders`, but order 6's items no longer read as the reader expects them: a read
-    /// of it panics.
+    /// `orders`, but a query that reads order 6 panics.
     fn orders_with_one_that_panics(db: &TestDb) -> Connector {
         let connector = orders(db);
-        run(
-            db,
-            "ALTER TABLE order_items ALTER COLUMN quantity TYPE bigint",
-        );
+        *connector.gets.panics_on.lock().unwrap() = Some(6);
         connector
     }
 
@@ -598,6 +607,30 @@ mod tests {
         );
         check(&answer(first).unwrap().expect("found"), 1);
         assert!(answer(damaged).is_err(), "order 7's lines do not read");
+        assert_eq!(connector.gets.counts(), (1, 3), "one query took all three");
+    }
+
+    #[test]
+    fn a_column_that_no_longer_reads_as_this_build_expects_fails_its_own_get_only() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = orders(&db);
+        // As a later migration might: order 6's items (in `order_items`) no longer read.
+        run(
+            &db,
+            "ALTER TABLE order_items ALTER COLUMN quantity TYPE bigint",
+        );
+        let [first, changed]: [_; 2] = waiting_for_a_leader(&connector, [1, 6])
+            .try_into()
+            .expect("two gets");
+
+        check(
+            &answer(get(reader(&connector), 3)).unwrap().expect("found"),
+            3,
+        );
+        check(&answer(first).unwrap().expect("found"), 1);
+        assert!(answer(changed).is_err(), "order 6's items do not read");
         assert_eq!(connector.gets.counts(), (1, 3), "one query took all three");
     }
 
