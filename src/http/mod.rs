@@ -298,7 +298,7 @@ fn dispatch(
     req: tiny_http::Request,
 ) {
     let route = Route::parse(request::path_of(req.url()));
-    if let (Some(Route::Order(Some(id))), tiny_http::Method::Get) = (route, req.method()) {
+    if let Some(id) = route.and_then(|r| r.get_by_id(req.method().as_str())) {
         return get(shared, reader, req, id);
     }
     let req = if route.is_some_and(|r| r.is_create(req.method().as_str())) {
@@ -357,7 +357,7 @@ fn direct(
     req: tiny_http::Request,
 ) -> Option<tiny_http::Request> {
     let route = Route::parse(request::path_of(req.url()));
-    let (Some(Route::Order(Some(id))), tiny_http::Method::Get) = (route, req.method()) else {
+    let Some(id) = route.and_then(|r| r.get_by_id(req.method().as_str())) else {
         return Some(req);
     };
     let mut asked = Some(ask(shared, req, id)?);

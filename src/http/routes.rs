@@ -83,6 +83,15 @@ impl Route {
         matches!(self, Route::Orders) && method.eq_ignore_ascii_case("POST")
     }
 
+    /// The order this route with `method` (in any case, as `handle` takes it) gets by
+    /// its id, if it is such a get: the request `get` serves (mod.rs).
+    pub fn get_by_id(&self, method: &str) -> Option<OrderId> {
+        match self {
+            Route::Order(Some(id)) if method.eq_ignore_ascii_case("GET") => Some(*id),
+            _ => None,
+        }
+    }
+
     const fn entry(self) -> (&'static str, &'static [&'static str]) {
         (self.pattern(), self.allow())
     }
@@ -442,6 +451,20 @@ mod tests {
         assert!(Route::parse("/api/orders/1/2/3").is_none());
         assert!(Route::parse("/nope").is_none());
         assert_eq!(ROUTES.len(), 8);
+    }
+
+    #[test]
+    fn a_get_by_id_is_one_in_any_case_as_the_handlers_take_it() {
+        let order = Route::parse("/api/orders/12").unwrap();
+        for method in ["GET", "get", "Get"] {
+            assert_eq!(order.get_by_id(method), OrderId::parse("12"), "{method}");
+        }
+        assert_eq!(order.get_by_id("HEAD"), None);
+        assert_eq!(
+            Route::parse("/api/orders/abc").unwrap().get_by_id("GET"),
+            None
+        );
+        assert_eq!(Route::Orders.get_by_id("GET"), None);
         assert_eq!(ROUTES[4], ("/api/orders", &["GET", "POST"][..]));
     }
 
