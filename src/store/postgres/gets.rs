@@ -50,10 +50,13 @@ pub struct Combined {
     /// Queries sent and gets they read.
     #[cfg(test)]
     counts: Mutex<(u64, u64)>,
-    /// An order whose query panics, as a read might.
+    /// Run by each query on its ids before it reads them: a test's panic, as a read's.
     #[cfg(test)]
-    panics_on: Mutex<Option<i64>>,
+    before_read: Mutex<Option<Arc<BeforeRead>>>,
 }
+
+#[cfg(test)]
+type BeforeRead = dyn Fn(&[i64]) + Send + Sync;
 
 #[derive(Default)]
 struct State {
@@ -190,9 +193,9 @@ impl Combined {
             let reading = || {
                 #[cfg(test)]
                 {
-                    let panics_on = *self.panics_on.lock().unwrap();
-                    if let Some(id) = panics_on {
-                        assert!(batch.iter().all(|w| w.id != id), "a read of {id} panics");
+                    let before = self.before_read.lock().unwrap().clone();
+                    if let Some(before) = before {
+                        before(&batch.iter().map(|w| w.id).collect::<Vec<_>>());
                     }
                 }
                 read(conn, &batch)
@@ -320,7 +323,7 @@ mod tests {
     use crate::domain::{Order, OrderId};
     use crate::store::{Reads, StoreError, Then};
     use postgres::{Client, NoTls};
-    use std::sync::mpsc;
+    use std::sync::{mpsc, Arc, Mutex};
     use std::time::{Duration, Instant};
 
     /// Orders 1 to 5 of users `user-1` to `user-5`, one line each; order 6 of `user-6`
@@ -348,7 +351,9 @@ mod tests {
     /// `orders`, but a query that reads order 6 panics.
     fn orders_with_one_that_panics(db: &TestDb) -> Connector {
         let connector = orders(db);
-        *connector.gets.panics_on.lock().unwrap() = Some(6);
+        *connector.gets.before_read.lock().unwrap() = Some(Arc::new(|ids| {
+            assert!(!ids.contains(&6), "a read of order 6 panics");
+        }));
         connector
     }
 
@@ -685,13 +690,16 @@ mod tests {
         let Some(db) = TestDb::create() else {
             return;
         };
-        let connector = orders_with_one_that_panics(&db);
-        // The orders locked by a session of the test's: the get of 6 takes the place and
-        // its query waits.
-        let mut locker = Client::connect(&db.url(), NoTls).unwrap();
-        let mut lock = locker.transaction().unwrap();
-        lock.batch_execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
-            .unwrap();
+        let connector = orders(&db);
+        // The query that reads order 6 waits for the test's word, then panics.
+        let (go, word) = mpsc::channel::<()>();
+        let word = Mutex::new(word);
+        *connector.gets.before_read.lock().unwrap() = Some(Arc::new(move |ids| {
+            if ids.contains(&6) {
+                let _ = word.lock().unwrap().recv_timeout(Duration::from_secs(10));
+                panic!("a read of order 6 panics");
+            }
+        }));
         let panicking = get(reader(&connector), 6);
         until_a_query_takes(&connector, 1);
         // A connection's thread joins it (http/mod.rs, `direct`).
@@ -702,7 +710,7 @@ mod tests {
                 let _ = give.send(read);
             })
         }));
-        lock.rollback().unwrap();
+        go.send(()).unwrap();
 
         // However the get of 6 ends (the test above says how), the get that joined is
         // read without another get arriving to lead a query.
