@@ -220,7 +220,7 @@ pub const DATABASE_CONNECT_TIMEOUT: Setting<Duration> = Setting {
 pub const DATABASE_TIMEOUT: Setting<Duration> = Setting {
     name: "DATABASE_TIMEOUT",
     default: "10",
-    help: "PostgreSQL only: seconds a statement may wait for the server's answer (1..=3600); past them its session is closed and the request gets 503; a lock wait ends a second sooner (lock_timeout), the session kept",
+    help: "PostgreSQL only: seconds a statement may wait for the server's answer (1..=3600); past them its session is closed and the request gets 503; a lock wait ends a second sooner (lock_timeout), a statement half a second sooner (statement_timeout, rolled back), the session kept",
     secret: false,
     parse: answer_timeout,
 };

@@ -657,6 +657,7 @@ mod tests {
     use crate::domain::{Money, Order, OrderId, ProductId, Status, UserId};
     use crate::store::{CachedProduct, Engine, EventPayload, NewEvent, StoreError, Tx};
     use postgres::{Client, NoTls};
+    use std::time::Duration;
 
     fn engine(db: &TestDb) -> PgEngine {
         let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
@@ -665,8 +666,8 @@ mod tests {
     }
 
     /// An online create's writes as the rules make them, after its order id: the order of
-    /// `user`, its sales, its event, and product 7's row as answered at `fetched_at`.
-    fn write_create(tx: &mut dyn Tx, id: OrderId, user: &str, fetched_at: i64) {
+    /// `user`, its sales, its event, and the rows of `products` as answered at `fetched_at`.
+    fn write_create(tx: &mut dyn Tx, id: OrderId, user: &str, fetched_at: i64, products: &[i64]) {
         let payload = EventPayload {
             head: r#"{"event_id":"s:"#.into(),
             middle: r#"","sequence":"#.into(),
@@ -682,14 +683,17 @@ mod tests {
             at: 10,
         })
         .unwrap();
-        tx.upsert_products(&[CachedProduct {
-            product_id: ProductId::new(7).unwrap(),
-            name: "Product 7".into(),
-            price: Money::from_cents(1999),
-            stock: 50,
-            fetched_at,
-        }])
-        .unwrap();
+        let rows: Vec<CachedProduct> = products
+            .iter()
+            .map(|&n| CachedProduct {
+                product_id: ProductId::new(n).unwrap(),
+                name: format!("Product {n}"),
+                price: Money::from_cents(1999),
+                stock: 50,
+                fetched_at,
+            })
+            .collect();
+        tx.upsert_products(&rows).unwrap();
     }
 
     /// A create as the rules write it (order, sales, event, the product's fresh row, its
@@ -708,7 +712,7 @@ mod tests {
             keyed.is_some() || !engine.one_statement,
             "a transaction begun with the event id, unless the create is one statement"
         );
-        write_create(engine.tx(), id, "user-1", 10);
+        write_create(engine.tx(), id, "user-1", 10, &[7]);
         if let Some(key) = keyed {
             let tx = engine.tx();
             assert!(tx.answer_idempotency(&user, key, 10, 201, "{}").unwrap());
@@ -752,6 +756,72 @@ mod tests {
         transactions
     }
 
+    /// Holds the row locks `sql` takes, in a transaction of its own, for `held`.
+    fn hold_rows(url: String, sql: &'static str, held: Duration) -> std::thread::JoinHandle<()> {
+        let (locked, taken) = std::sync::mpsc::sync_channel(0);
+        let holder = std::thread::spawn(move || {
+            let mut c = Client::connect(&url, NoTls).unwrap();
+            c.batch_execute("BEGIN").unwrap();
+            c.batch_execute(sql).unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(held);
+            c.batch_execute("COMMIT").unwrap();
+        });
+        taken.recv().unwrap();
+        holder
+    }
+
+    #[test]
+    fn a_create_whose_statement_outlasts_its_time_is_ended_by_the_server_and_not_kept() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let (connector, pool) = db.migrated_answering_within(Duration::from_secs(2));
+        let mut engine = engines(&connector, &pool).unwrap().remove(0);
+        assert!(engine.one_statement);
+        Client::connect(&db.url(), NoTls)
+            .unwrap()
+            .batch_execute(
+                "INSERT INTO product_cache VALUES (7, 'p', 1, 1, 1), (8, 'p', 1, 1, 1);
+                 INSERT INTO order_counts VALUES ('user-1', 0);",
+            )
+            .unwrap();
+        // Three lock waits in a row, each shorter than the lock timeout (1 s), 2.4 s in
+        // all: past the 2 s the watchdog gives a statement.
+        let ms = Duration::from_millis;
+        let holders = [
+            (
+                "SELECT 1 FROM product_cache WHERE product_id = 7 FOR UPDATE",
+                ms(800),
+            ),
+            (
+                "SELECT 1 FROM product_cache WHERE product_id = 8 FOR UPDATE",
+                ms(1600),
+            ),
+            (
+                "SELECT 1 FROM order_counts WHERE user_id = 'user-1' FOR UPDATE",
+                ms(2400),
+            ),
+        ]
+        .map(|(sql, held)| hold_rows(db.url(), sql, held));
+        engine.begin().unwrap();
+        let id = engine.tx().next_order_id(false).unwrap();
+        write_create(engine.tx(), id, "user-1", 10, &[7, 8]);
+
+        assert!(engine.commit().is_err(), "answered as not kept");
+        engine.abandon();
+        for holder in holders {
+            holder.join().unwrap();
+        }
+        let id = id.get();
+        let kept = count(&db, &format!("SELECT COUNT(*) FROM orders WHERE id = {id}"));
+        let events = count(
+            &db,
+            &format!("SELECT COUNT(*) FROM outbox WHERE order_id = {id}"),
+        );
+        assert_eq!((kept, events), (0, 0), "and not kept");
+    }
+
     /// One value of the database's.
     fn count(db: &TestDb, sql: &str) -> i64 {
         let mut client = Client::connect(&db.url(), NoTls).unwrap();
@@ -776,7 +846,7 @@ mod tests {
         ] {
             engine.savepoint().unwrap();
             let id = engine.tx().next_order_id(false).unwrap();
-            write_create(engine.tx(), id, user, fetched_at);
+            write_create(engine.tx(), id, user, fetched_at, &[7]);
             if fails {
                 engine.rollback_to_savepoint().unwrap();
             } else {
@@ -829,7 +899,7 @@ mod tests {
         engine.begin_combined(2).unwrap();
         engine.savepoint().unwrap();
         let id = engine.tx().next_order_id(false).unwrap();
-        write_create(engine.tx(), id, "user-3", 50);
+        write_create(engine.tx(), id, "user-3", 50, &[7]);
         engine.rollback_to_savepoint().unwrap();
         engine.savepoint().unwrap();
         let refused =
@@ -862,7 +932,7 @@ mod tests {
             let id = engine.tx().next_order_id(false).unwrap();
             // The second order under the first's id: the statement fails on its key.
             let id = *first.get_or_insert(id);
-            write_create(engine.tx(), id, "user-1", 10);
+            write_create(engine.tx(), id, "user-1", 10, &[7]);
             engine.release().unwrap();
         }
         assert!(engine.commit().is_err());
@@ -896,7 +966,7 @@ mod tests {
             .unwrap();
         engine.begin().unwrap();
         let id = engine.tx().next_order_id(false).unwrap();
-        write_create(engine.tx(), id, "user-1", 10);
+        write_create(engine.tx(), id, "user-1", 10, &[7]);
         let failed = engine.commit().unwrap_err();
         assert!(failed.to_string().contains("maximum value"), "{failed}");
         engine.abandon();
@@ -990,7 +1060,7 @@ mod tests {
             std::thread::spawn(move || {
                 let id = writer.create(|tx| -> Result<OrderId, StoreError> {
                     let id = tx.next_order_id(false)?;
-                    write_create(tx, id, "user-1", 10);
+                    write_create(tx, id, "user-1", 10, &[7]);
                     Ok(id)
                 });
                 let _ = done.send(id);
@@ -1025,7 +1095,7 @@ mod tests {
                         let user = format!("user-{}", n % 3);
                         let created = writer.create(move |tx| -> Result<i64, StoreError> {
                             let id = tx.next_order_id(false)?;
-                            write_create(tx, id, &user, 10 + n);
+                            write_create(tx, id, &user, 10 + n, &[7]);
                             if fails {
                                 return Err(StoreError::Unavailable("refused".into()));
                             }

@@ -95,10 +95,14 @@ impl Connector {
     /// the client notices a server gone (above), rather than after the kernel's two hours.
     /// Until then a lost session's locks stay held: the relay's, which kept every instance
     /// standing by, and a transaction's row locks. A timed session (`timed`) also has its
-    /// lock waits end after `DATABASE_TIMEOUT`, cancelled by the server: the session
-    /// stays, where the watchdog, a second later, would end it and leave its server
-    /// process waiting on the lock with the locks it holds. Settings the URL's own
-    /// `options` give are the operator's choice, and stay.
+    /// lock waits end a second before `DATABASE_TIMEOUT`, cancelled by the server: the
+    /// session stays, where the watchdog, a second later, would end it and leave its
+    /// server process waiting on the lock with the locks it holds. Its statements end
+    /// half a second before it: a create is one statement that commits by itself, and
+    /// one the watchdog cut (after several lock waits, each shorter than the lock
+    /// timeout) went on in its server process and committed, answered 503 all the same.
+    /// A statement the server ends is rolled back. Settings the URL's own `options` give
+    /// are the operator's choice, and stay.
     fn setup(&self, generic_plans: bool, timed: bool) -> String {
         let chosen = self.config.get_options().unwrap_or("");
         let mut sets = Vec::new();
@@ -111,9 +115,14 @@ impl Connector {
         if generic_plans && !chosen.contains("plan_cache_mode") {
             sets.push("SET plan_cache_mode = force_generic_plan".into());
         }
-        if timed && !chosen.contains("lock_timeout") {
-            let ms = self.dog.lock_timeout().as_millis();
-            sets.push(format!("SET lock_timeout = {ms}"));
+        let timeouts = [
+            ("lock_timeout", self.dog.lock_timeout()),
+            ("statement_timeout", self.dog.statement_timeout()),
+        ];
+        for (setting, after) in timeouts {
+            if timed && !chosen.contains(setting) {
+                sets.push(format!("SET {setting} = {}", after.as_millis()));
+            }
         }
         sets.join("; ")
     }
@@ -452,18 +461,16 @@ mod tests {
         let Some(db) = TestDb::create() else {
             return;
         };
-        let pool = PostgresPool {
-            answer_timeout: Duration::from_secs(2),
-            ..TestDb::pool()
-        };
-        let connector = Connector::new(&db.url(), &pool).unwrap();
-        migrate(&connector).unwrap();
+        let (connector, _) = db.migrated_answering_within(Duration::from_secs(2));
         let mut holder = connector.connected().unwrap();
         holder.begin().unwrap();
         holder.batch("SELECT pg_advisory_xact_lock(42)").unwrap();
 
         let mut waiter = connector.connected().unwrap();
-        assert_eq!(shown(&mut waiter, &["lock_timeout"]), ["1s"]);
+        assert_eq!(
+            shown(&mut waiter, &["lock_timeout", "statement_timeout"]),
+            ["1s", "1500ms"]
+        );
         let session = waiter.generation();
         let started = std::time::Instant::now();
         let waited = waiter.batch("SELECT pg_advisory_lock(42)");
@@ -482,7 +489,10 @@ mod tests {
         );
         // A maintenance session (the migrations') has no lock timeout of its own.
         let mut maintenance = connector.maintenance().unwrap();
-        assert_eq!(shown(&mut maintenance, &["lock_timeout"]), ["0"]);
+        assert_eq!(
+            shown(&mut maintenance, &["lock_timeout", "statement_timeout"]),
+            ["0", "0"]
+        );
         holder.rollback();
     }
 

@@ -75,6 +75,18 @@ impl TestDb {
             answer_timeout: Duration::from_secs(30),
         }
     }
+
+    /// A connector to this database, migrated, whose sessions wait `answer` at most for
+    /// the server (`DATABASE_TIMEOUT`); with its pool.
+    pub fn migrated_answering_within(&self, answer: Duration) -> (super::Connector, PostgresPool) {
+        let pool = PostgresPool {
+            answer_timeout: answer,
+            ..TestDb::pool()
+        };
+        let connector = super::Connector::new(&self.url(), &pool).unwrap();
+        super::migrate(&connector).unwrap();
+        (connector, pool)
+    }
 }
 
 impl Drop for TestDb {

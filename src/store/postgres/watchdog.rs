@@ -8,7 +8,9 @@
 //! So each session notes when it starts waiting on the server. Past `DATABASE_TIMEOUT`
 //! (a connect: past `DATABASE_CONNECT_TIMEOUT`) a watchdog thread shuts its socket down:
 //! the wait ends in an error, the request gets 503, and the next use connects again. A
-//! live server ends a lock wait itself a second sooner (`lock_timeout`, `Connector::setup`).
+//! live server ends a lock wait itself a second sooner (`lock_timeout`, `Connector::setup`),
+//! and a statement half a second sooner (`statement_timeout`), rolling it back: a create
+//! is one statement that commits by itself, and the watchdog's cut does not stop it.
 //!
 //! The client does not show its socket. Connects are made one at a time, and a connect's
 //! socket is the one connected to the server that was not there before it.
@@ -122,6 +124,15 @@ impl Watchdog {
     /// a second less than the answer's time, so that a live server ends them first.
     pub fn lock_timeout(&self) -> Duration {
         self.answer.saturating_sub(LOCK_MARGIN).max(LOCK_MARGIN / 2)
+    }
+
+    /// How long a timed session's statement may run before the server cancels it, and
+    /// rolls it back: half a second less than the answer's time, so that a live server
+    /// ends it before the watchdog cuts it, and after a lock wait's own end.
+    pub fn statement_timeout(&self) -> Duration {
+        self.answer
+            .saturating_sub(LOCK_MARGIN / 2)
+            .max(self.lock_timeout())
     }
 
     /// Connects, the watchdog timing the whole connect; `bounded`: the session's
