@@ -327,8 +327,17 @@ impl Tx for PgEngine {
             return Ok(None);
         }
         if !self.wrote {
-            self.conn()?
-                .query_one("SELECT pg_advisory_xact_lock($1)", &[&id.get()])?;
+            // The order is looked for with the lock, before any event id: one whose create
+            // has not committed is not found, and takes no event id, which could be lower
+            // than its create's and go out before `order_created`. One found was committed
+            // with its create's event id, lower than any taken from now on.
+            let found = self.conn()?.query_one(
+                "SELECT pg_advisory_xact_lock($1), EXISTS (SELECT 1 FROM orders WHERE id = $1)",
+                &[&id.get()],
+            )?;
+            if !found.try_get::<_, bool>(1)? {
+                return Ok(None);
+            }
         }
         if self.event.is_none() {
             // The row lock below assigns the transaction's id: the event id comes first.
@@ -1138,6 +1147,34 @@ mod tests {
         assert_eq!(
             count(&db, "SELECT COUNT(*) FROM stock_ledger"),
             kept.len() as i64
+        );
+    }
+
+    #[test]
+    fn a_change_of_an_order_whose_create_has_not_committed_finds_none_and_takes_no_event_id() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let (mut creating, mut changing) = (engine(&db), engine(&db));
+        creating.begin().unwrap();
+        let id = creating.tx().next_order_id(false).unwrap();
+        write_create(creating.tx(), id, "user-1", 10, &[7]);
+
+        // Its id taken, its statement not yet run: a cancel that guessed it.
+        changing.begin().unwrap();
+        assert!(changing.tx().order_for_update(id).unwrap().is_none());
+        assert_eq!(changing.event, None, "no event id taken");
+        changing.rollback();
+
+        creating.commit().unwrap();
+        changing.begin().unwrap();
+        assert!(changing.tx().order_for_update(id).unwrap().is_some());
+        let (change, _) = changing.event.expect("an event id, once found");
+        changing.rollback();
+        let created = count(&db, "SELECT MAX(id) FROM outbox");
+        assert!(
+            change > created,
+            "after order_created's: {change} > {created}"
         );
     }
 
