@@ -432,7 +432,9 @@ struct Exchange {
 
 impl Exchange {
     fn begin(shared: &Shared, req: tiny_http::Request, route: Option<Route>) -> Exchange {
-        let started = Instant::now();
+        // From the read, not from now: the wait for a worker is the client's too, and a
+        // get by id its connection's thread could not leave to a query begins twice.
+        let started = req.received_at();
         let request_id = request::header(&req, "X-Request-Id")
             .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string)

@@ -256,6 +256,56 @@ fn sigint_also_stops_cleanly() {
 // 3: metrics
 // ---------------------------------------------------------------------------------------
 
+/// The seconds the service's metrics give its answers to `/health`, all told.
+fn health_seconds(app: &TestApp) -> f64 {
+    metric(
+        &app.metrics().body,
+        "order_service_http_request_duration_seconds_sum{route=\"/health\"}",
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn a_request_that_waits_for_a_worker_is_timed_from_when_it_was_read() {
+    // One worker, held by a cancel whose write waits on a lock the test holds on the file.
+    let app = TestApp::builder()
+        .sqlite_only()
+        .env("HTTP_THREADS", "1")
+        .spawn();
+    let id = app.place_order_id(&ALICE, MOUSE, 1);
+    let before = health_seconds(&app);
+    let file = rusqlite::Connection::open(app.db_path()).unwrap();
+    file.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let waited = std::thread::scope(|s| {
+        let cancel = s.spawn(|| app.cancel(&ALICE, id));
+        std::thread::sleep(Duration::from_millis(300));
+        let health = s.spawn(|| {
+            let asked = Instant::now();
+            app.health().assert_status(200);
+            asked.elapsed()
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        file.execute_batch("ROLLBACK").unwrap();
+        cancel.join().unwrap().assert_status(200);
+        health.join().unwrap()
+    });
+    assert!(
+        waited >= Duration::from_millis(600),
+        "/health waited behind the cancel: {waited:?}"
+    );
+    // Counted just after its answer is written: give it a moment.
+    let mut timed = 0.0;
+    wait_until(Duration::from_secs(5), || {
+        timed = health_seconds(&app) - before;
+        timed > 0.0
+    });
+    assert!(
+        timed >= waited.as_secs_f64() * 0.8,
+        "timed {timed:.3} s of the {:.3} s its client waited",
+        waited.as_secs_f64()
+    );
+}
+
 #[test]
 fn metrics_are_prometheus_text() {
     let app = spawn_app();

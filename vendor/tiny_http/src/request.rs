@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::wire::Parsed;
 use crate::{HTTPVersion, Header, Method, Response};
@@ -48,6 +49,9 @@ pub struct Request {
     // does when the server is stopping by the time it is written
     last_on_connection: bool,
     server_stopping: Option<Arc<AtomicBool>>,
+
+    // when its connection had read all of it
+    received_at: Instant,
 }
 
 /// An answer as bytes, for the connection's thread to write; `close` when the connection
@@ -76,6 +80,7 @@ impl Request {
             body_length: parsed.content_length,
             last_on_connection,
             server_stopping: Some(server_stopping),
+            received_at: Instant::now(),
         }
     }
 
@@ -101,6 +106,7 @@ impl Request {
             body_length,
             last_on_connection: true,
             server_stopping: None,
+            received_at: Instant::now(),
         }
     }
 
@@ -108,6 +114,13 @@ impl Request {
     #[inline]
     pub fn secure(&self) -> bool {
         false
+    }
+
+    /// When the connection had read the whole request, before it waited for a thread to
+    /// take it: the start of its time, as its client sees it.
+    #[inline]
+    pub fn received_at(&self) -> Instant {
+        self.received_at
     }
 
     /// Returns the method requested by the client (eg. `GET`, `POST`, etc.).
