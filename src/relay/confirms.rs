@@ -7,16 +7,27 @@
 //! without a confirm, whatever the broker says about later tags.
 
 use crate::store::OutboxRow;
-use amiquip::{Confirm, ConfirmSmoother};
+use amiquip::Confirm;
+use std::collections::BTreeMap;
 
 /// The confirm state of one channel and of the batch in flight on it.
 ///
-/// It takes the confirms as the broker sends them (out of order, `multiple`) and runs them
-/// through amiquip's `ConfirmSmoother` itself: the smoother's state belongs to the channel
-/// and spans batches. A batch cut short by a nack leaves tags in flight; their late
-/// confirms come first and the next batch's queue behind them.
+/// It takes the confirms as the broker sends them (out of order, `multiple`) and puts
+/// them in tag order itself; that state belongs to the channel and spans batches. A batch
+/// cut short by a nack leaves tags in flight; their late confirms come first and the next
+/// batch's queue behind them.
+///
+/// A `multiple` confirm covers only the tags still open up to its own: one the broker
+/// confirmed on its own before keeps that answer. RabbitMQ nacks a message it refuses
+/// (a full queue's `reject-publish`) at once, and acks the ones before it later, after
+/// their write, in one `multiple` ack past it. amiquip's `ConfirmSmoother` turned that
+/// ack into an ack of the nacked tag too, and its row was marked published unsent.
 pub(super) struct Confirms {
-    smoother: ConfirmSmoother,
+    /// Every tag up to this one has its confirm.
+    settled_upto: u64,
+    /// Confirms of single tags past `settled_upto + 1`, until the gap before them fills:
+    /// whether each is an ack.
+    ahead: BTreeMap<u64, bool>,
     /// The tag of the next message published on the channel.
     next_tag: u64,
     batch: Batch,
@@ -51,7 +62,8 @@ impl Confirms {
     /// For a channel on which confirms were just enabled: its first tag is 1.
     pub fn new() -> Confirms {
         Confirms {
-            smoother: ConfirmSmoother::new(),
+            settled_upto: 0,
+            ahead: BTreeMap::new(),
             next_tag: 1,
             batch: Batch::starting_at(1),
         }
@@ -70,19 +82,26 @@ impl Confirms {
 
     /// A confirm as the channel delivered it.
     pub fn record(&mut self, raw: Confirm) {
-        let batch = &mut self.batch;
-        for confirm in self.smoother.process(raw) {
-            match confirm {
-                // Late confirms of an earlier batch, cut short by a refusal, are not ours.
-                Confirm::Ack(p) | Confirm::Nack(p) if p.delivery_tag < batch.first_tag => {}
-                Confirm::Ack(p) if batch.nacked.is_none() => {
-                    batch.acked_upto = batch.acked_upto.max(p.delivery_tag)
-                }
-                Confirm::Ack(_) => {}
-                Confirm::Nack(p) => {
-                    batch.nacked.get_or_insert(p.delivery_tag);
-                }
+        let (payload, ack) = match raw {
+            Confirm::Ack(p) => (p, true),
+            Confirm::Nack(p) => (p, false),
+        };
+        let tag = payload.delivery_tag;
+        if tag <= self.settled_upto {
+            return;
+        }
+        if payload.multiple {
+            for open in self.settled_upto + 1..=tag {
+                let ack = self.ahead.remove(&open).unwrap_or(ack);
+                self.batch.settle(open, ack);
             }
+            self.settled_upto = tag;
+        } else {
+            self.ahead.insert(tag, ack);
+        }
+        while let Some(ack) = self.ahead.remove(&(self.settled_upto + 1)) {
+            self.settled_upto += 1;
+            self.batch.settle(self.settled_upto, ack);
         }
     }
 
@@ -123,6 +142,19 @@ impl Batch {
             sent: 0,
             acked_upto: first_tag - 1,
             nacked: None,
+        }
+    }
+
+    /// The broker's answer for `tag`, the tags before it answered already.
+    fn settle(&mut self, tag: u64, ack: bool) {
+        // Late confirms of an earlier batch, cut short by a refusal, are not ours.
+        if tag < self.first_tag {
+            return;
+        }
+        if !ack {
+            self.nacked.get_or_insert(tag);
+        } else if self.nacked.is_none() {
+            self.acked_upto = self.acked_upto.max(tag);
         }
     }
 }
@@ -231,6 +263,22 @@ mod tests {
         assert!(!c.waiting());
         let s = settle(&rows(10..=12), c.batch(), &[]);
         assert_eq!(s, settled(&[10, 11, 12], None, false));
+    }
+
+    #[test]
+    fn a_nack_before_a_multiple_ack_past_it_stays_a_refusal() {
+        let mut c = Confirms::new();
+        batch_of(&mut c, 4);
+        // As RabbitMQ answers a full queue's reject-publish: the refusal at once, the
+        // acks of the messages before it after their write, in one.
+        c.record(nack(3));
+        assert!(c.waiting(), "tags 1 and 2 are still unconfirmed");
+        c.record(ack_upto(4));
+        assert!(!c.waiting());
+        assert_eq!(
+            settle(&rows(1..=4), c.batch(), &[]),
+            settled(&[1, 2], Some((2, "nack")), false)
+        );
     }
 
     #[test]
