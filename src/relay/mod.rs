@@ -365,6 +365,16 @@ impl Relay {
         if self.leading != Some(leading) {
             if leading {
                 log::info!("relay: this instance publishes the outbox");
+                // A block the instance relaying before recorded goes on here too: its
+                // event is sent alone until it passes, and none after it goes first.
+                if self.refusal.is_none() {
+                    self.refusal = self
+                        .reader
+                        .blocked_event()
+                        .ok()
+                        .flatten()
+                        .map(Refusal::recorded);
+                }
             } else {
                 log::info!("relay: another instance publishes the outbox; standing by");
                 // The broker link is the relaying instance's; this one holds none.

@@ -224,11 +224,8 @@ fn long_named_products(products: &ProductStandIn) -> Vec<(i64, i64)> {
 /// it do not reach the queue; the broker shows as connected all along. Once the queue is
 /// gone (the relay declares a plain one again), the event goes through, then the rest, in
 /// order, and the block is cleared everywhere.
-#[test]
-fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
-    if !require_broker() {
-        return;
-    }
+/// A queue that refuses what would take it past 4,000 bytes (`reject-publish`).
+fn small_queue() -> TestQueue {
     let mut arguments = amiquip::FieldTable::new();
     arguments.insert(
         "x-max-length-bytes".into(),
@@ -238,7 +235,15 @@ fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
         "x-overflow".into(),
         amiquip::AmqpValue::LongString("reject-publish".into()),
     );
-    let queue = TestQueue::declare_with(arguments);
+    TestQueue::declare_with(arguments)
+}
+
+#[test]
+fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
+    if !require_broker() {
+        return;
+    }
+    let queue = small_queue();
     let products = ProductStandIn::with_default_catalog();
     let big_order = long_named_products(&products);
     let app = TestApp::builder()
@@ -373,6 +378,70 @@ fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
         "{}",
         app.stderr()
     );
+}
+
+/// On PostgreSQL, an instance standing by that takes over the relay keeps the block the
+/// one before it recorded meanwhile: the refused event is sent alone, and the event behind
+/// it, which would fit, does not overtake it.
+#[test]
+fn a_block_recorded_by_the_relaying_instance_goes_on_after_another_takes_over() {
+    if !require_broker() || !require_postgres() {
+        return;
+    }
+    let queue = small_queue();
+    let products = ProductStandIn::with_default_catalog();
+    let big_order = long_named_products(&products);
+    let broker = |builder: AppBuilder| {
+        builder
+            .postgres_only()
+            .env("RABBITMQ_PORT", &BROKER_PORT.to_string())
+            .env("RABBITMQ_QUEUE", queue.name())
+            .env("RUST_LOG", "info")
+    };
+    let mut first = broker(TestApp::builder().products(products)).spawn();
+    // Another instance, standing by from before the block.
+    let other = broker(TestApp::builder().on_database_of(&first)).spawn();
+    first
+        .create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    assert!(
+        wait_until(Duration::from_secs(10), || pending(&first) == 0),
+        "the first event was not published:\n{}",
+        first.stderr()
+    );
+    let second = first.create_order(&ALICE, &items(&big_order));
+    second.assert_status(201);
+    let (event_2, _) = created_event(&first, &second);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            first.ready().json()["outbox"]["blocked_event_id"] == event_2.as_str()
+        }),
+        "the refused event was not named:\n{}",
+        first.stderr()
+    );
+    first
+        .create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+
+    // The other instance takes over from the first.
+    assert_eq!(other.ready().json()["relay"], "standby");
+    first.kill();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            other.ready().json()["relay"] == "active"
+        }),
+        "the other instance did not take over:\n{}",
+        other.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        queue.message_count(),
+        1,
+        "an event overtook the refused one after the other instance took over:\n{}",
+        other.stderr()
+    );
+    assert_eq!(pending(&other), 2);
+    queue.delete();
 }
 
 // ---------------------------------------------------------------------------------------
