@@ -7,7 +7,8 @@
 //!
 //! A broker can also be there and refuse one event (nack or return), for example a queue at
 //! its length limit with `reject-publish`. Then that event is sent again alone, so none
-//! after it reaches the queue first; after `STUCK_AFTER` refusals it is named once in the
+//! sent after that reaches the queue first (those already in flight behind it when it was
+//! refused are not called back: the queue may take them); after `STUCK_AFTER` refusals it is named once in the
 //! log and recorded in the outbox (`outbox status`, /ready and /metrics show it) until it
 //! goes through. A refusal is not a lost connection: the link stays up and says so.
 //!
