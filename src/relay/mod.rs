@@ -8,9 +8,10 @@
 //! A broker can also be there and refuse one event (nack or return), for example a queue at
 //! its length limit with `reject-publish`. Then that event is sent again alone, so none
 //! sent after that reaches the queue first (those already in flight behind it when it was
-//! refused are not called back: the queue may take them); after `STUCK_AFTER` refusals it is named once in the
-//! log and recorded in the outbox (`outbox status`, /ready and /metrics show it) until it
-//! goes through. A refusal is not a lost connection: the link stays up and says so.
+//! refused are not called back: the queue may take them); after `STUCK_AFTER` refusals
+//! it is named once in the log and recorded in the outbox (`outbox status`, /ready and
+//! /metrics show it) until it goes through. A refusal is not a lost connection: the link
+//! stays up and says so.
 //!
 //! Nor is a broker short of memory or disk, which blocks what connections publish until
 //! its alarm ends: the relay waits on its connection for as long (`await_confirms`).
