@@ -161,8 +161,6 @@ pub fn spawn(
     wake: Receiver<()>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<RelayHandle> {
-    // A block recorded by an earlier run goes on: the event is sent alone until it passes.
-    let refusal = reader.blocked_event().ok().flatten().map(Refusal::recorded);
     let thread = Stoppable::spawn("relay", true, move |stop| {
         Relay {
             settings,
@@ -174,7 +172,8 @@ pub fn spawn(
             backoff: BACKOFF_MIN,
             jitter: Jitter::seeded(),
             last_prune: None,
-            refusal,
+            // Read when this instance takes the lead (`lead`).
+            refusal: None,
             stop,
             drain_by: None,
             leading: None,
@@ -367,8 +366,9 @@ impl Relay {
         if self.leading != Some(leading) {
             if leading {
                 log::info!("relay: this instance publishes the outbox");
-                // A block the instance relaying before recorded goes on here too: its
-                // event is sent alone until it passes, and none after it goes first.
+                // A block recorded before, by an earlier run or by the instance that
+                // relayed until now, goes on: its event is sent alone until it passes,
+                // and none after it goes first.
                 if self.refusal.is_none() {
                     self.refusal = self
                         .reader
