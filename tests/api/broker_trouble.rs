@@ -238,6 +238,33 @@ fn small_queue() -> TestQueue {
     TestQueue::declare_with(arguments)
 }
 
+/// Event 1, which fits `small_queue`, published; then event 2, `big_order`'s, which
+/// never will, until /ready names it as blocked. Event 2's id and sequence (read back: on
+/// PostgreSQL ids may have gaps).
+fn one_event_published_and_one_blocked(app: &TestApp, big_order: &[(i64, i64)]) -> (String, i64) {
+    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    assert!(
+        wait_until(Duration::from_secs(10), || pending(app) == 0),
+        "the first event was not published into the queue that has its own arguments:\n{}",
+        app.stderr()
+    );
+    let second = app.create_order(&ALICE, &items(big_order));
+    second.assert_status(201);
+    let (event_2, sequence_2) = created_event(app, &second);
+    let mut ready = serde_json::Value::Null;
+    let named = wait_until(Duration::from_secs(20), || {
+        ready = app.ready().json();
+        ready["outbox"]["blocked_event_id"] == event_2.as_str()
+    });
+    assert!(
+        named,
+        "/ready does not name the refused event: {ready}\n{}",
+        app.stderr()
+    );
+    (event_2, sequence_2)
+}
+
 #[test]
 fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
     if !require_broker() {
@@ -253,28 +280,8 @@ fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
         .env("RUST_LOG", "info")
         .spawn();
 
-    // Event 1 fits.
-    app.create_order(&ALICE, &items(&[(MOUSE, 1)]))
-        .assert_status(201);
-    assert!(
-        wait_until(Duration::from_secs(10), || pending(&app) == 0),
-        "the first event was not published into the queue that has its own arguments:\n{}",
-        app.stderr()
-    );
-    // Event 2 never will. (Its id is read back: on PostgreSQL ids may have gaps.)
-    let second = app.create_order(&ALICE, &items(&big_order));
-    second.assert_status(201);
-    let (event_2, sequence_2) = created_event(&app, &second);
-    let mut ready = serde_json::Value::Null;
-    let named = wait_until(Duration::from_secs(20), || {
-        ready = app.ready().json();
-        ready["outbox"]["blocked_event_id"] == event_2.as_str()
-    });
-    assert!(
-        named,
-        "/ready does not name the refused event: {ready}\n{}",
-        app.stderr()
-    );
+    let (event_2, sequence_2) = one_event_published_and_one_blocked(&app, &big_order);
+    let ready = app.ready().json();
     assert_eq!(
         ready["outbox"]["blocked_event_type"], "order_created",
         "{ready}"
@@ -401,24 +408,7 @@ fn a_block_recorded_by_the_relaying_instance_goes_on_after_another_takes_over() 
     let mut first = broker(TestApp::builder().products(products)).spawn();
     // Another instance, standing by from before the block.
     let other = broker(TestApp::builder().on_database_of(&first)).spawn();
-    first
-        .create_order(&ALICE, &items(&[(MOUSE, 1)]))
-        .assert_status(201);
-    assert!(
-        wait_until(Duration::from_secs(10), || pending(&first) == 0),
-        "the first event was not published:\n{}",
-        first.stderr()
-    );
-    let second = first.create_order(&ALICE, &items(&big_order));
-    second.assert_status(201);
-    let (event_2, _) = created_event(&first, &second);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            first.ready().json()["outbox"]["blocked_event_id"] == event_2.as_str()
-        }),
-        "the refused event was not named:\n{}",
-        first.stderr()
-    );
+    one_event_published_and_one_blocked(&first, &big_order);
     first
         .create_order(&ALICE, &items(&[(MOUSE, 1)]))
         .assert_status(201);
