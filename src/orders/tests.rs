@@ -400,22 +400,7 @@ fn a_keyed_create_and_an_offline_one_of_the_same_product_and_user_both_commit() 
             rules::create(tx, SOURCE, order, keyed("k-1", 1_000), 1_000)
         })
     });
-    // The keyed create waits on the product row the offline one holds.
-    let mut watch = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while watch
-        .query_one(
-            "SELECT COUNT(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "no create waits");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    pg.until_a_session_waits_on_a_lock("the keyed create on the product row the offline one holds");
     first
         .commit()
         .expect("the offline create commits: the keyed one holds nothing it needs");

@@ -637,8 +637,13 @@ impl Tx for PgEngine {
         complete_list: bool,
     ) -> Result<(), StoreError> {
         if complete_list {
+            // Locked in product order, as creates lock the rows they upsert: in the
+            // table's order, a create holding one of two such rows and this waiting on it
+            // while holding the other would deadlock.
             self.conn()?.execute(
-                "DELETE FROM product_cache WHERE fetched_at < $1",
+                "DELETE FROM product_cache WHERE product_id IN (
+                   SELECT product_id FROM product_cache WHERE fetched_at < $1
+                   ORDER BY product_id FOR UPDATE)",
                 &[&started],
             )?;
         }
@@ -1176,6 +1181,60 @@ mod tests {
             change > created,
             "after order_created's: {change} > {created}"
         );
+    }
+
+    #[test]
+    fn a_refresh_that_forgets_rows_locks_them_in_product_order_as_creates_do() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let mut refresh = engine(&db);
+        let mut seller = Client::connect(&db.url(), NoTls).unwrap();
+        // Two rows the next complete list leaves out; product 1's row, changed since,
+        // lies after product 2's in the table.
+        seller
+            .batch_execute(
+                "INSERT INTO product_cache VALUES (1, 'p', 1, 1, 10), (2, 'p', 1, 1, 10);
+                 UPDATE product_cache SET name = 'q' WHERE product_id = 1;",
+            )
+            .unwrap();
+        let heap: Vec<i64> = seller
+            .query("SELECT product_id FROM product_cache ORDER BY ctid", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(heap, [2, 1], "product 2's row first in the table");
+
+        // A create's upsert of both, in product order: product 1's row first.
+        seller.batch_execute("BEGIN").unwrap();
+        seller
+            .batch_execute("UPDATE product_cache SET fetched_at = 30 WHERE product_id = 1")
+            .unwrap();
+        let refreshing = std::thread::spawn(move || {
+            refresh.begin().unwrap();
+            let forgot = refresh.tx().finish_refresh(20, 0, "test", true);
+            let done = forgot.and_then(|()| refresh.commit());
+            if done.is_err() {
+                refresh.abandon();
+            }
+            done
+        });
+        db.until_a_session_waits_on_a_lock("the refresh on product 1's row");
+        // The refresh waits on product 1's row: it must hold no other of the create's.
+        let sold =
+            seller.batch_execute("UPDATE product_cache SET fetched_at = 30 WHERE product_id = 2");
+        assert!(sold.is_ok(), "the create goes on: {sold:?}");
+        seller.batch_execute("COMMIT").unwrap();
+        assert!(
+            refreshing.join().unwrap().is_ok(),
+            "and so does the refresh"
+        );
+        let kept = count(
+            &db,
+            "SELECT COUNT(*) FROM product_cache WHERE fetched_at = 30",
+        );
+        assert_eq!(kept, 2, "the rows the create wrote are not forgotten");
     }
 
     #[test]
