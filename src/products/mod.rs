@@ -118,6 +118,10 @@ impl Catalog {
                 let connections = config.http_write_threads + LOOKUP_HELPERS + 1;
                 let agent_config = ureq::Agent::config_builder()
                     .http_status_as_error(false)
+                    // Only the product service answers for its products: a redirect is
+                    // an answer like any other status but 200 and its own 404 (an outage),
+                    // never a pointer to another host whose word would price the order.
+                    .max_redirects(0)
                     .timeout_connect(Some(config.product_connect_timeout))
                     .timeout_recv_response(Some(config.product_read_timeout))
                     .timeout_global(Some(config.product_total_timeout))

@@ -361,6 +361,45 @@ fn a_404_is_never_served_from_the_cache() {
 }
 
 #[test]
+fn a_redirect_is_not_followed_and_answers_503_like_an_outage() {
+    let elsewhere = ProductStandIn::start();
+    elsewhere.set(37, product("Not the real thing", "0.01", 1_000_000));
+    let app = TestApp::builder().spawn();
+    let there = format!("{}/api/products/37", elsewhere.url());
+    app.products.set(37, Behaviour::Redirect(there));
+
+    let response = app.create_order(&ALICE, &items(&[(37, 1)]));
+
+    response.assert_error(503, "product_service_unavailable");
+    assert_eq!(
+        (app.count_orders(), elsewhere.calls()),
+        (0, 0),
+        "nothing written, and the other host is never asked"
+    );
+}
+
+#[test]
+fn a_redirect_to_a_json_404_elsewhere_leaves_the_product_known_and_sold_offline() {
+    let app = TestApp::builder()
+        .env("PRODUCT_CACHE_MAX_AGE", "60")
+        .spawn();
+    app.place_order(&ALICE, &[(MONITOR, 1)]);
+    // An empty catalog elsewhere: its 404 is a JSON object, like the product service's.
+    let elsewhere = ProductStandIn::start();
+    let there = format!("{}/api/products/{MONITOR}", elsewhere.url());
+    app.products.set(MONITOR, Behaviour::Redirect(there));
+
+    let response = app.create_order(&ALICE, &items(&[(MONITOR, 1)]));
+
+    response.assert_status(201);
+    assert_eq!(
+        response.json()["stock_verified"],
+        false,
+        "sold from the snapshot row, which stays"
+    );
+}
+
+#[test]
 fn a_file_catalog_serves_products_without_a_product_service() {
     let dir = temp_dir();
     let catalog = write_file(

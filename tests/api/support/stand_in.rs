@@ -36,6 +36,8 @@ pub enum Behaviour {
     Padded(usize, Box<Behaviour>),
     /// 404, as for an id the catalog does not hold.
     NotFound,
+    /// 302 to this URL (an ingress sending callers elsewhere during a deploy, say).
+    Redirect(String),
     /// Exactly this status, Content-Type and body: a proxy's page, say.
     Answer {
         status: u16,
@@ -298,6 +300,12 @@ fn answer(
                 .expect("a padding header"),
         );
     }
+    if let Behaviour::Redirect(to) = &behaviour {
+        response.add_header(
+            tiny_http::Header::from_bytes(&b"Location"[..], to.as_bytes())
+                .expect("a Location header"),
+        );
+    }
     // The client may have given up (a test of the service's timeout): nothing to do then.
     let _ = request.respond(response);
 }
@@ -416,5 +424,6 @@ fn render(id: i64, behaviour: &Behaviour, stopping: &AtomicBool) -> (u16, String
         Behaviour::Padded(_, inner) => render(id, inner, stopping),
         Behaviour::NotFound => (404, r#"{"error":"Product not found"}"#.to_string()),
         Behaviour::Answer { status, body, .. } => (*status, body.clone()),
+        Behaviour::Redirect(_) => (302, String::new()),
     }
 }
