@@ -40,7 +40,10 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 
 impl Route {
     pub fn parse(path: &str) -> Option<Route> {
-        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        // The edge hands on only targets that start with `/` (tiny_http's wire.rs); what
+        // else reached here would not be what the gateway check read.
+        let path = path.strip_prefix('/')?;
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
         Some(match segments.as_slice() {
             ["health"] => Route::Health,
             ["ready"] => Route::Ready,
@@ -414,9 +417,13 @@ fn is_admin(shared: &Shared, req: &tiny_http::Request) -> bool {
         return true;
     }
     match (&shared.admin_token, header(req, "Authorization")) {
-        (Some(token), Some(auth)) => auth.strip_prefix("Bearer ").is_some_and(|given| {
-            constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes())
-        }),
+        // The scheme in any case (RFC 9110, 11.1).
+        (Some(token), Some(auth)) => auth
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+            .is_some_and(|(_, given)| {
+                constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes())
+            }),
         _ => false,
     }
 }
@@ -450,6 +457,10 @@ mod tests {
         );
         assert!(Route::parse("/api/orders/1/2/3").is_none());
         assert!(Route::parse("/nope").is_none());
+        assert!(
+            Route::parse("x/api/orders").is_none(),
+            "a path without its /"
+        );
         assert_eq!(ROUTES.len(), 8);
         assert_eq!(ROUTES[4], ("/api/orders", &["GET", "POST"][..]));
     }

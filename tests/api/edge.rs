@@ -128,9 +128,9 @@ fn a_bare_line_feed_or_control_character_is_refused_and_forges_no_log_line() {
     let app = spawn_app();
     let cases: [&[u8]; 4] = [
         b"GET /health HTTP/1.1\nHost: x\n\n",
-        b"GET /x\nFORGED-LINE HTTP/1.1\r\n\r\n",
-        b"GET /health HTTP/1.1\r\nX-A: 1\rFORGED-LINE\r\n\r\n",
-        b"GET /health HTTP/1.1\r\nX-A: \x1b[31mFORGED-LINE\r\n\r\n",
+        b"GET /x\nFORGED-LINE HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: 1\rFORGED-LINE\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: \x1b[31mFORGED-LINE\r\n\r\n",
     ];
     for bytes in cases {
         let (text, closed) = send_and_read_all(&app, bytes);
@@ -140,7 +140,7 @@ fn a_bare_line_feed_or_control_character_is_refused_and_forges_no_log_line() {
     // Non-ASCII in a path reaches the log escaped.
     let (text, _) = send_and_read_all(
         &app,
-        "GET /caf\u{e9}\u{85}x HTTP/1.1\r\nConnection: close\r\n\r\n".as_bytes(),
+        "GET /caf\u{e9}\u{85}x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".as_bytes(),
     );
     assert!(
         text.starts_with("HTTP/1.1 404 ") || text.starts_with("HTTP/1.1 400 "),
@@ -451,4 +451,98 @@ fn binding_beyond_loopback_without_the_gateway_token_is_refused() {
         "{stderr}"
     );
     assert!(lines[0].contains("ALLOW_UNTRUSTED_NETWORK"), "{stderr}");
+}
+
+#[test]
+fn a_request_target_without_its_leading_slash_is_refused_and_never_passes_the_gateway() {
+    let app = TestApp::builder()
+        .env("GATEWAY_TOKEN", "gw-token-1")
+        .spawn();
+    let id = app.place_order_id(&ALICE, MOUSE, 1);
+    let body = r#"{"items":[{"product_id":2,"quantity":1}]}"#;
+    let status = r#"{"status":"confirmed"}"#;
+    let mut served = Vec::new();
+    for request in [
+        "GET x/api/orders HTTP/1.1\r\nHost: x\r\nX-User-Id: alice\r\nConnection: close\r\n\r\n"
+            .to_string(),
+        format!(
+            "GET x/api/orders/{id} HTTP/1.1\r\nHost: x\r\nX-User-Id: mallory\r\n\
+             X-User-Role: admin\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "POST x/api/orders HTTP/1.1\r\nHost: x\r\nX-User-Id: mallory\r\n\
+             X-User-Email: m@example.com\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        format!(
+            "PATCH http:/api/orders/{id}/status HTTP/1.1\r\nHost: x\r\nX-User-Id: mallory\r\n\
+             X-User-Role: admin\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{status}",
+            status.len()
+        ),
+    ] {
+        let response = app.raw(request.as_bytes());
+        if response.status != 400 {
+            let line = request.lines().next().unwrap().to_string();
+            served.push(format!("{line}: {response:?}"));
+        }
+    }
+    assert!(served.is_empty(), "not refused:\n{}", served.join("\n"));
+    assert_eq!(app.count_orders(), 1);
+    assert_eq!(app.get_order(&ALICE, id).json()["status"], "pending");
+}
+
+#[test]
+fn an_absolute_form_request_target_is_served_like_its_path() {
+    let app = spawn_app();
+    let id = app.place_order_id(&ALICE, MOUSE, 1);
+    let request = format!(
+        "GET http://127.0.0.1:{}/api/orders/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         X-User-Id: alice\r\nConnection: close\r\n\r\n",
+        app.port()
+    );
+
+    let response = app.raw(request.as_bytes());
+
+    response.assert_status(200);
+    assert_eq!(response.json()["id"], id);
+}
+
+#[test]
+fn a_request_with_two_host_lines_or_none_on_http_1_1_is_refused() {
+    let app = spawn_app();
+    let mut served = Vec::new();
+    for request in [
+        &b"GET /health HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n"
+            [..],
+        &b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+    ] {
+        let (text, closed) = send_and_read_all(&app, request);
+        if !text.starts_with("HTTP/1.1 400 ") || !closed {
+            let request = String::from_utf8_lossy(request);
+            served.push(format!("{request:?}: closed {closed}\n{text}"));
+        }
+    }
+    assert!(served.is_empty(), "\n{}", served.join("\n---\n"));
+}
+
+#[test]
+fn a_bearer_admin_token_is_taken_whatever_the_case_of_its_scheme() {
+    let app = TestApp::builder()
+        .env("ADMIN_TOKEN", "admin-token-1")
+        .spawn();
+    let id = app.place_order_id(&ALICE, MOUSE, 1);
+    let status = r#"{"status":"confirmed"}"#;
+    let request = format!(
+        "PATCH /api/orders/{id}/status HTTP/1.1\r\nHost: x\r\nX-User-Id: ops\r\n\
+         Authorization: bearer admin-token-1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{status}",
+        status.len()
+    );
+
+    let response = app.raw(request.as_bytes());
+
+    response.assert_status(200);
+    assert_eq!(response.json()["status"], "confirmed");
 }

@@ -362,6 +362,7 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Head, Stop> {
     }
     let version = HTTPVersion(1, minor);
     let method = Method::from_str(method).map_err(|_| Stop::Refuse(400))?;
+    let path = origin_form(path).ok_or(Stop::Refuse(400))?;
 
     let mut headers = Vec::with_capacity(request.headers.len());
     for h in request.headers.iter() {
@@ -385,6 +386,14 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Head, Stop> {
             .collect::<Vec<_>>()
     };
 
+    // RFC 9112, 3.2: one Host, which HTTP/1.1 must send; the service reads none, but
+    // what stands in front of it may, and must not read another than it was sent.
+    match values("Host").count() {
+        1 => {}
+        0 if minor == 0 => {}
+        _ => return Err(Stop::Refuse(400)),
+    }
+
     let lengths: Vec<&str> = values("Content-Length").collect();
     let encodings = tokens("Transfer-Encoding");
     let has_encoding = values("Transfer-Encoding").next().is_some();
@@ -407,12 +416,34 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Head, Stop> {
 
     Ok(Head {
         method,
-        path: path.to_owned(),
+        path,
         version,
         headers,
         framing,
         expects_continue,
         last,
+    })
+}
+
+/// The request target as a path (origin-form, RFC 9112, 3.2.1). An absolute-form target
+/// (`http://host/path?query`, 3.2.2), which a server must take, gives its path and query.
+/// Any other (authority-form, asterisk-form, a path without its leading `/`) is none: the
+/// service routes and checks a request by the same path, and never by one it must guess.
+fn origin_form(target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return Some(target.to_owned());
+    }
+    let (scheme, rest) = target.split_once("://")?;
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return None;
+    }
+    let authority = rest.find(['/', '?']).unwrap_or(rest.len());
+    if authority == 0 {
+        return None;
+    }
+    Some(match &rest[authority..] {
+        path if path.starts_with('/') => path.to_owned(),
+        query => format!("/{query}"),
     })
 }
 
@@ -681,8 +712,8 @@ pub(crate) mod tests {
 
     #[test]
     fn reads_pipelined_requests_one_at_a_time() {
-        let one = b"GET /1 HTTP/1.1\r\n\r\n";
-        let two = b"GET /2 HTTP/1.1\r\nConnection: close\r\n\r\nGET /3 HTTP/1.1\r\n\r\n";
+        let one = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let two = b"GET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n";
         let mut wire = Pieces::whole(&[&one[..], &two[..]].concat());
         let (requests, _) = read_all(&mut wire);
         let paths: Vec<_> = requests.iter().map(|r| r.path.as_str()).collect();
@@ -692,8 +723,8 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_chunked_bodies_byte_by_byte() {
-        let raw = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
-            5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nTrailer: x\r\n\r\nGET /next HTTP/1.1\r\n\r\n";
+        let raw = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;ext=1\r\nhello\r\n1\r\n!\r\n0\r\nTrailer: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n";
         let mut wire = Pieces::new(raw.iter().map(|&b| vec![b]));
         let (requests, _) = read_all(&mut wire);
         assert_eq!(requests.len(), 2);
@@ -704,25 +735,25 @@ pub(crate) mod tests {
     #[test]
     fn refuses_ambiguous_framing() {
         let cases: &[&[u8]] = &[
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 0x3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x3\r\n\r\n",
             b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\nHost: x\n\n",
             b"GET / HTTP/1.1\r\nHost: x\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\x01b\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n",
-            b"GET /a b HTTP/1.1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
         ];
         for case in cases {
             assert_eq!(
@@ -735,6 +766,53 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_target_is_read_as_its_path_or_refused() {
+        for (target, path) in [
+            ("/a?b=1", Some("/a?b=1")),
+            ("http://example.com/a?b=1", Some("/a?b=1")),
+            ("HTTPS://example.com:8443", Some("/")),
+            ("http://example.com?b=1", Some("/?b=1")),
+            ("x/api/orders", None),
+            ("http:/api/orders", None),
+            ("http:///api/orders", None),
+            ("ftp://example.com/a", None),
+            ("example.com:443", None),
+            ("*", None),
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+            let mut reader = RequestReader::new(Limits::default());
+            match (
+                reader.next_request(&mut Pieces::whole(raw.as_bytes())),
+                path,
+            ) {
+                (Next::Request(p), Some(path)) => assert_eq!(p.path, path, "{target}"),
+                (Next::Refused(400), None) => {}
+                (_, path) => panic!("{}: not read as {:?}", target, path),
+            }
+        }
+    }
+
+    #[test]
+    fn http_1_1_needs_one_host_line_and_no_request_has_two() {
+        for (head, read) in [
+            ("GET / HTTP/1.1\r\nHost: x\r\n", true),
+            ("GET / HTTP/1.1\r\n", false),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n", false),
+            ("GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n", false),
+            ("GET / HTTP/1.0\r\n", true),
+            ("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n", false),
+        ] {
+            let raw = format!("{head}\r\n");
+            let mut reader = RequestReader::new(Limits::default());
+            match reader.next_request(&mut Pieces::whole(raw.as_bytes())) {
+                Next::Request(_) => assert!(read, "{:?} read", head),
+                Next::Refused(400) => assert!(!read, "{:?} refused", head),
+                _ => panic!("{:?}: neither read nor refused", head),
+            }
+        }
+    }
+
+    #[test]
     fn the_header_limit_holds_below_and_above_the_slots_kept_on_the_stack() {
         for max_headers in [100, STACK_HEADER_SLOTS, STACK_HEADER_SLOTS + 50] {
             let limits = Limits {
@@ -742,7 +820,11 @@ pub(crate) mod tests {
                 ..Limits::default()
             };
             for (count, accepted) in [(max_headers, true), (max_headers + 1, false)] {
-                let raw = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(count));
+                // The Host line one of them.
+                let raw = format!(
+                    "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                    "X: y\r\n".repeat(count - 1)
+                );
                 let mut reader = RequestReader::new(limits.clone());
                 match reader.next_request(&mut Pieces::whole(raw.as_bytes())) {
                     Next::Request(p) => {
@@ -763,40 +845,49 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_past_each_bound() {
-        let long_line = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+        let long_line = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
         assert_eq!(refused(long_line.as_bytes()), Some(414));
-        let long_head = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(70_000));
+        let long_head = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(70_000)
+        );
         assert_eq!(refused(long_head.as_bytes()), Some(431));
-        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(101));
+        let many = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            "X: y\r\n".repeat(101)
+        );
         assert_eq!(refused(many.as_bytes()), Some(431));
-        let big = b"POST / HTTP/1.1\r\nContent-Length: 65537\r\n\r\n";
+        let big = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n";
         assert_eq!(refused(big), Some(413));
-        let huge = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999\r\n\r\n";
+        let huge = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999\r\n\r\n";
         assert_eq!(refused(huge), Some(413));
         let endless_size = [
-            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             &vec![b'0'; 5000],
         ]
         .concat();
         assert_eq!(refused(&endless_size), Some(413));
-        let big_chunk = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\n";
+        let big_chunk =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\n";
         assert_eq!(refused(big_chunk), Some(413));
         assert_eq!(refused(b"GET / HTTP/2.0\r\n\r\n"), Some(505));
         assert_eq!(
-            refused(b"POST / HTTP/1.1\r\nExpect: magic\r\n\r\n"),
+            refused(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"),
             Some(417)
         );
     }
 
     #[test]
     fn answers_100_continue_only_before_a_body_it_will_read() {
-        let head = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
+        let head =
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n";
         let mut wire = Pieces::new([head.to_vec(), b"ok".to_vec()]);
         let (requests, _) = read_all(&mut wire);
         assert_eq!(requests[0].body, b"ok");
         assert_eq!(wire.written, CONTINUE);
 
-        let too_big = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 70000\r\n\r\n";
+        let too_big =
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 70000\r\n\r\n";
         let mut wire = Pieces::whole(too_big);
         assert!(matches!(read_all(&mut wire).1, Next::Refused(413)));
         assert!(wire.written.is_empty());
@@ -805,7 +896,7 @@ pub(crate) mod tests {
     #[test]
     fn a_refusal_ends_the_connection_whatever_follows() {
         let raw =
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
         let (requests, end) = read_all(&mut Pieces::whole(raw));
         assert!(requests.is_empty());
         assert!(matches!(end, Next::Refused(400)));
@@ -837,8 +928,8 @@ pub(crate) mod tests {
         /// Bytes that are mostly HTTP: fragments a fuzzer would splice.
         fn httpish() -> impl Strategy<Value = Vec<u8>> {
             let fragment = prop_oneof![
-                Just(b"GET / HTTP/1.1\r\n".to_vec()),
-                Just(b"POST /api/orders HTTP/1.1\r\n".to_vec()),
+                Just(b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec()),
+                Just(b"POST /api/orders HTTP/1.1\r\nHost: x\r\n".to_vec()),
                 Just(b"Transfer-Encoding: chunked\r\n".to_vec()),
                 Just(b"Content-Length: 5\r\n".to_vec()),
                 Just(b"Content-Length: 70000\r\n".to_vec()),
@@ -906,7 +997,7 @@ pub(crate) mod tests {
                     bytes.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
                     bytes.extend_from_slice(&body);
                 }
-                bytes.extend_from_slice(b"GET /second HTTP/1.1\r\nConnection: close\r\n\r\n");
+                bytes.extend_from_slice(b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
 
                 let (requests, end) = read_all(&mut cut(&bytes, &points));
 
@@ -923,9 +1014,9 @@ pub(crate) mod tests {
                 points in proptest::collection::vec(any::<usize>(), 0..12),
             ) {
                 // A refused request, then anything: no request comes out after it.
-                let mut bytes = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
+                let mut bytes = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
                 bytes.extend_from_slice(&garbage);
-                bytes.extend_from_slice(b"GET /smuggled HTTP/1.1\r\n\r\n");
+                bytes.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
                 let (requests, end) = read_all(&mut cut(&bytes, &points));
                 prop_assert!(requests.is_empty());
                 prop_assert!(matches!(end, Next::Refused(400)), "{:?}", end);
