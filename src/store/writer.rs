@@ -7,7 +7,9 @@
 //!
 //! An online create needs no savepoint where the engine counts its changes (SQLite): it
 //! can fail only before its first write, or with the engine itself. Its savepoint was a
-//! copy of every page it wrote. One that fails having written fails its whole batch.
+//! copy of every page it wrote. One that fails having written fails its whole batch,
+//! and so does any job after which the engine's transaction is gone (SQLite ends it
+//! itself on a full disk or an I/O error).
 
 use super::{StoreError, Tx};
 use crate::clock::now_micros;
@@ -59,6 +61,13 @@ pub trait Engine: Send + 'static {
     /// runs without a savepoint is checked with it.
     fn changes(&mut self) -> Option<u64> {
         None
+    }
+    /// Whether the transaction begun is still open. SQLite ends it by itself when a
+    /// statement fails on a full disk or an I/O error (without a statement journal, as
+    /// a one-row insert has none): nothing before is kept, and what ran after it would
+    /// commit statement by statement.
+    fn in_transaction(&mut self) -> bool {
+        true
     }
 }
 
@@ -492,6 +501,9 @@ fn run_batch(
             let done = (job.work)(engine.tx());
             let ok = done.ok;
             settled.push(done);
+            if !engine.in_transaction() {
+                return Err(transaction_lost());
+            }
             match bare {
                 None if ok => engine.release()?,
                 None => engine.rollback_to_savepoint()?,
@@ -557,6 +569,10 @@ fn run_one(engine: &mut dyn Engine, job: Job, wake_relay: &Sender<()>) {
 
 fn stopped() -> StoreError {
     StoreError::Unavailable("the writer stopped".into())
+}
+
+fn transaction_lost() -> StoreError {
+    StoreError::Unavailable("the database ended the transaction when a job failed".into())
 }
 
 fn not_committed() -> StoreError {
@@ -921,5 +937,99 @@ mod tests {
             })
             .unwrap();
         assert_eq!(missing, 0);
+    }
+
+    /// An order of `lines` lines with long names: many pages of the tables and indexes.
+    fn big_order(id: i64, lines: i64) -> crate::domain::Order {
+        let mut order = crate::domain::Order::example(id, "u-full", "x");
+        order.items = (1..=lines)
+            .map(|p| crate::domain::OrderItem {
+                product_id: ProductId::new(p).unwrap(),
+                product_name: format!("{p:03}{}", "n".repeat(490)),
+                quantity: 1,
+                price: Money::from_cents(100),
+                subtotal: Money::from_cents(100),
+            })
+            .collect();
+        order.total = Money::from_cents(100 * lines);
+        order
+    }
+
+    /// Three online creates (as `WriterHandle::create` sends them, without a savepoint)
+    /// of orders 1, 2 and 3 of `lines` lines each, in one batch, on a database that may
+    /// grow by `room` pages, as on a disk that fills up. Returns the ids answered as
+    /// committed, the orders on disk and the lines of order 3 on disk.
+    fn three_creates_on_a_full_disk(room: i64, lines: [i64; 3]) -> (Vec<i64>, Vec<i64>, i64) {
+        let (db, conn) = TempDb::migrated();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let cap: i64 = conn
+            .query_row(
+                &format!("PRAGMA max_page_count = {}", pages + room),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(cap, pages + room);
+        let (handle, thread, _woken) = sqlite_writer(conn);
+        let (release, blocker) = hold(&handle);
+        let answers: Vec<_> = (1..=3)
+            .map(|id| {
+                let order = big_order(id, lines[id as usize - 1]);
+                let job = move |tx: &mut dyn Tx| -> Result<i64, StoreError> {
+                    tx.insert_order(&order)?;
+                    Ok(order.id.get())
+                };
+                handle.send_to(&handle.creates, job, Kind::Bare).unwrap()
+            })
+            .collect();
+        drop(release);
+        blocker.wait().unwrap();
+        let committed = answers.into_iter().filter_map(|a| a.wait().ok()).collect();
+        drop(handle);
+        thread.join().unwrap();
+
+        let conn = crate::store::open_read(&db.0).unwrap();
+        let kept: Vec<i64> = conn
+            .prepare("SELECT id FROM orders ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let lines_of_3 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM order_items WHERE order_id = 3",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (committed, kept, lines_of_3)
+    }
+
+    #[test]
+    fn a_full_disk_that_ends_the_transaction_keeps_no_create_after_it_unanswered() {
+        // Create 1 fits; create 2 fails on its first statement, which ends SQLite's whole
+        // transaction; create 3 would then be written outside any transaction.
+        let (committed, kept, _) = three_creates_on_a_full_disk(40, [100, 100, 100]);
+        assert_eq!(
+            kept, committed,
+            "on disk exactly the creates answered as committed"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_that_ends_the_transaction_leaves_no_half_written_order() {
+        // The same, with create 3 running out of room half-way through its lines.
+        let (committed, kept, lines_of_3) = three_creates_on_a_full_disk(24, [40, 100, 100]);
+        assert_eq!(
+            kept, committed,
+            "on disk exactly the creates answered as committed"
+        );
+        assert!(
+            [0, 100].contains(&lines_of_3),
+            "order 3 has {lines_of_3} of its 100 lines"
+        );
     }
 }

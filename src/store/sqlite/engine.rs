@@ -112,6 +112,10 @@ impl Engine for SqliteEngine {
     fn changes(&mut self) -> Option<u64> {
         Some(self.conn.total_changes())
     }
+
+    fn in_transaction(&mut self) -> bool {
+        !self.conn.is_autocommit()
+    }
 }
 
 impl Tx for SqliteEngine {
