@@ -15,8 +15,8 @@ pub fn header<'a>(req: &'a tiny_http::Request, name: &str) -> Option<&'a str> {
         .map(|h| h.value.as_str())
 }
 
-/// Headers that say who the caller is or what the request means: one value each, never
-/// a guess between two.
+/// Headers that say who the caller is or what the request means or holds: one value
+/// each, never a guess between two.
 const SINGLE_HEADERS: &[&str] = &[
     "X-User-Id",
     "X-User-Email",
@@ -24,6 +24,7 @@ const SINGLE_HEADERS: &[&str] = &[
     "X-Gateway-Token",
     "Authorization",
     "Idempotency-Key",
+    "Content-Type",
 ];
 
 /// 400 when one of [`SINGLE_HEADERS`] comes more than once.

@@ -340,7 +340,7 @@ fn past_max_connections_a_new_client_gets_a_fast_503_and_later_a_place() {
 }
 
 #[test]
-fn a_duplicated_identity_or_auth_header_is_refused() {
+fn a_duplicated_identity_auth_or_content_type_header_is_refused() {
     let app = spawn_app();
     alice_has_order_1(&app);
     let mut failures = Vec::new();
@@ -351,11 +351,13 @@ fn a_duplicated_identity_or_auth_header_is_refused() {
         ("X-Gateway-Token", "t"),
         ("Authorization", "Bearer t"),
         ("Idempotency-Key", "k2"),
+        ("Content-Type", "text/plain"),
     ] {
         let request = format!(
             "GET /api/orders/1 HTTP/1.1\r\nHost: x\r\nX-User-Id: alice\r\n\
              X-User-Email: alice@example.com\r\nX-User-Role: user\r\nX-Gateway-Token: t\r\n\
-             Authorization: Bearer x\r\nIdempotency-Key: k1\r\n{name}: {value}\r\n\
+             Authorization: Bearer x\r\nIdempotency-Key: k1\r\n\
+             Content-Type: application/json\r\n{name}: {value}\r\n\
              Connection: close\r\n\r\n"
         );
         let response = app.raw(request.as_bytes());
