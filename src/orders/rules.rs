@@ -71,15 +71,16 @@ pub fn create(
         priced_at: Some(priced_at),
     };
     tx.insert_order(&created)?;
+    events::record(tx, source, &created, None, now)?;
+    // Before the answer, which sends the writes held back, and in this order: the sales'
+    // lock, then the product rows, are then taken before the user's count, as an offline
+    // create takes them (its snapshot first), so a keyed create and an offline one of
+    // the same user and product cannot deadlock (PostgreSQL runs a statement's held-back
+    // writes last to first).
+    tx.upsert_products(&fresh)?;
     // Every sale, online or not, counts against the snapshot until a fresher row of
     // the product: the snapshot's stock was read before it.
     tx.record_sales(&created, now)?;
-    events::record(tx, source, &created, None, now)?;
-    // Before the answer, which sends the writes held back: the product rows are then
-    // locked before the user's count, as an offline create locks them (its snapshot
-    // first), so a keyed create and an offline one of the same user and product cannot
-    // deadlock (PostgreSQL).
-    tx.upsert_products(&fresh)?;
     if let Some(i) = idempotent {
         idempotency::answer(tx, &created.user_id, i, &created)?;
     }

@@ -411,6 +411,57 @@ fn a_keyed_create_and_an_offline_one_of_the_same_product_and_user_both_commit() 
     );
 }
 
+/// An online create's sales count against the snapshot, as every sale does. An offline
+/// create of the same product in another session while one is being written waits for
+/// it and counts it: counting only the sales committed when it looked, the two could
+/// sell more than the snapshot's stock.
+#[test]
+fn an_offline_create_counts_the_sales_of_an_online_create_being_written_meanwhile() {
+    let Some(pg) = crate::store::TestDb::create() else {
+        return;
+    };
+    let (mut online, mut offline_session) = (pg_engine(&pg), pg_engine(&pg));
+    let hour = Duration::from_secs(3600);
+    snapshot_mouse(online.as_mut(), 4, 500);
+    // Three Mice sold online, the answer the row already there (nothing to rewrite, so
+    // no row lock): written, not yet committed.
+    let key = IdempotencyKey::parse("k-1").unwrap();
+    in_tx(online.as_mut(), |tx| {
+        idempotency::claim(tx, &alice(), &key, "{}", 1_000)
+    })
+    .unwrap();
+    online.begin().unwrap();
+    rules::create(
+        online.tx(),
+        SOURCE,
+        priced(alice()),
+        keyed("k-1", 1_000),
+        1_000,
+    )
+    .unwrap();
+
+    let two_offline = std::thread::spawn(move || {
+        in_tx(offline_session.as_mut(), |tx| {
+            rules::create(tx, SOURCE, offline(2, hour), None, 1_100)
+        })
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !two_offline.is_finished() && !pg.a_session_waits_on_a_lock() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither sold nor waits"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    online.commit().unwrap();
+
+    let sold = two_offline.join().unwrap();
+    assert!(
+        matches!(sold, Err(OrderError::Pricing(_))),
+        "1 of the 4 left after the online sale: {sold:?}"
+    );
+}
+
 /// A write session on `pg`'s database, migrated.
 fn pg_engine(pg: &crate::store::TestDb) -> Box<dyn Engine> {
     let config =

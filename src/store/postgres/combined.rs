@@ -137,18 +137,16 @@ impl Combined {
     }
 
     /// Holds the creates' writes in `deferred` as one statement, its parts in the order a
-    /// single create pushes them (engine.rs, with the same `push_orders`, `push_sales`
-    /// and `push_products`), so that every create locks rows of a table in the same turn.
+    /// single create pushes them (engine.rs, with the same `push_orders`, `push_products`
+    /// and `push_sales`), so that every create locks rows of a table in the same turn.
+    /// (The server runs the parts of a `WITH` it does not read last to first, after the
+    /// main query: the sales' lock, then the product rows, then the user's count.)
     /// Nothing held if no create wrote.
     pub fn hold(self, deferred: &mut Deferred) {
         let creates = self.creates;
         let orders: Vec<&Order> = creates.iter().flat_map(|c| &c.orders).collect();
         if !orders.is_empty() {
             push_orders(deferred, &orders);
-        }
-        let sales: Vec<_> = creates.iter().flat_map(|c| &c.sales).collect();
-        if !sales.is_empty() {
-            push_sales(deferred, &sales);
         }
         let events: Vec<_> = creates.iter().flat_map(|c| &c.events).collect();
         if !events.is_empty() {
@@ -165,6 +163,10 @@ impl Combined {
         if !products.is_empty() {
             let rows: Vec<&CachedProduct> = products.into_values().collect();
             push_products(deferred, &rows);
+        }
+        let sales: Vec<_> = creates.iter().flat_map(|c| &c.sales).collect();
+        if !sales.is_empty() {
+            push_sales(deferred, &sales);
         }
     }
 }
@@ -189,7 +191,9 @@ pub(super) fn push_products(deferred: &mut Deferred, rows: &[&CachedProduct]) {
     );
 }
 
-/// The sales of the orders' lines, to the ledger.
+/// The sales of the orders' lines, to the ledger, under `SALES_LOCK` shared until the
+/// transaction ends: an offline create, which takes it alone before it counts the sales
+/// against the snapshot, waits for these to commit and counts them.
 pub(super) fn push_sales(deferred: &mut Deferred, sales: &[&Sales]) {
     let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for s in sales {
@@ -203,12 +207,14 @@ pub(super) fn push_sales(deferred: &mut Deferred, sales: &[&Sales]) {
     deferred.push(
         "stock_ledger",
         "INSERT INTO stock_ledger (product_id, sold_at, order_id, quantity)
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::integer[])",
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::integer[])
+         WHERE (SELECT pg_advisory_xact_lock_shared($5)) IS NOT NULL",
         vec![
             Box::new(cols.0),
             Box::new(cols.1),
             Box::new(cols.2),
             Box::new(cols.3),
+            Box::new(super::SALES_LOCK),
         ],
     );
 }

@@ -589,6 +589,12 @@ impl Tx for PgEngine {
             self.take_event(true)?;
         }
         let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        // Alone, until the transaction ends: the creates whose sales are being written
+        // commit first, and are counted below; those that come later wait for this one.
+        // (An online create whose answers are the rows already there locks no row.) It
+        // comes before any other lock, as in the statement of a create that records sales.
+        self.conn()?
+            .execute("SELECT pg_advisory_xact_lock($1)", &[&super::SALES_LOCK])?;
         // The rows' locks, in one order (by id) for every order, hold until the
         // transaction ends: another instance's offline order of the same product waits,
         // then counts this one's ledger entries. An online order takes the same locks by

@@ -78,9 +78,20 @@ impl TestDb {
 
     /// Returns once a session on this database waits on a lock; fails after 10 s.
     pub fn until_a_session_waits_on_a_lock(&self, what: &str) {
-        let mut watch = Client::connect(&self.url(), NoTls).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while watch
+        while !self.a_session_waits_on_a_lock() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: no session waits"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether a session on this database waits on a lock now.
+    pub fn a_session_waits_on_a_lock(&self) -> bool {
+        Client::connect(&self.url(), NoTls)
+            .unwrap()
             .query_one(
                 "SELECT COUNT(*) FROM pg_stat_activity
                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -88,14 +99,7 @@ impl TestDb {
             )
             .unwrap()
             .get::<_, i64>(0)
-            == 0
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{what}: no session waits"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            > 0
     }
 
     /// A connector to this database, migrated, whose sessions wait `answer` at most for
