@@ -613,13 +613,16 @@ impl Tx for PgEngine {
         )?;
         rows.iter()
             .map(|r| {
-                let id: i64 = r.get(0);
+                let product = cached_product(r)?;
+                let mut sold_since = 0;
+                for s in &sold {
+                    if s.try_get::<_, i64>(0)? == product.product_id.get() {
+                        sold_since = s.try_get(1)?;
+                    }
+                }
                 Ok(SnapshotProduct {
-                    product: cached_product(r)?,
-                    sold_since: sold
-                        .iter()
-                        .find(|s| s.get::<_, i64>(0) == id)
-                        .map_or(0, |s| s.get(1)),
+                    product,
+                    sold_since,
                 })
             })
             .collect()

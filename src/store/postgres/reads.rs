@@ -173,7 +173,7 @@ impl Reads for PgReader {
                 &[&user.as_str(), &c.created_at, &c.id.get(), &limit],
             )?,
         };
-        let total: i64 = rows.first().map_or(0, |r| r.get(10));
+        let total: i64 = rows.first().map_or(Ok(0), |r| r.try_get(10))?;
         let (orders, more) = orders_from(&mut conn, &rows, per_page as usize)?;
         Ok(OrderList {
             orders,
@@ -200,19 +200,19 @@ impl Reads for PgReader {
             &[&fresh_after],
         )?;
         let mut stats = CatalogStats {
-            products: r.get(0),
-            fresh: r.get(1),
-            oldest_fetched_at: r.get(2),
-            newest_fetched_at: r.get(3),
+            products: r.try_get(0)?,
+            fresh: r.try_get(1)?,
+            oldest_fetched_at: r.try_get(2)?,
+            newest_fetched_at: r.try_get(3)?,
             ..CatalogStats::default()
         };
         if let Some(last) = conn.query_opt(
             "SELECT refreshed_at, products, source FROM catalog_refresh WHERE id = 1",
             &[],
         )? {
-            stats.refreshed_at = Some(last.get(0));
-            stats.refreshed_products = Some(last.get(1));
-            stats.source = Some(last.get(2));
+            stats.refreshed_at = Some(last.try_get(0)?);
+            stats.refreshed_products = Some(last.try_get(1)?);
+            stats.source = Some(last.try_get(2)?);
         }
         Ok(stats)
     }
@@ -224,13 +224,14 @@ impl Reads for PgReader {
                 "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
                 &[],
             )?
-            .get(0);
+            .try_get(0)?;
         let oldest_pending_at = conn
             .query_opt(
                 "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1",
                 &[],
             )?
-            .map(|r| r.get(0));
+            .map(|r| r.try_get(0))
+            .transpose()?;
         Ok(OutboxStats {
             pending,
             oldest_pending_at,
@@ -242,7 +243,7 @@ impl Reads for PgReader {
             "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL",
             &[],
         )?;
-        Ok(row.get(0))
+        Ok(row.try_get(0)?)
     }
 
     fn pending_events(&self, after: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
@@ -260,13 +261,13 @@ impl Reads for PgReader {
         )?;
         rows.iter()
             .map(|r| {
-                let payload: String = r.get(3);
+                let payload: String = r.try_get(3)?;
                 let head = event_head(&payload)?;
                 Ok(OutboxRow {
-                    id: r.get(0),
-                    order_id: r.get(1),
-                    event_type: r.get(2),
-                    created_at: r.get(4),
+                    id: r.try_get(0)?,
+                    order_id: r.try_get(1)?,
+                    event_type: r.try_get(2)?,
+                    created_at: r.try_get(4)?,
                     event_id: head.event_id,
                     source: head.source,
                     payload,
@@ -282,12 +283,12 @@ impl Reads for PgReader {
             &[],
         )?;
         row.map(|r| {
-            let payload: String = r.get(2);
+            let payload: String = r.try_get(2)?;
             Ok(BlockedEvent {
-                id: r.get(0),
+                id: r.try_get(0)?,
                 event_id: event_head(&payload)?.event_id,
-                event_type: r.get(1),
-                since: r.get(3),
+                event_type: r.try_get(1)?,
+                since: r.try_get(3)?,
             })
         })
         .transpose()
@@ -324,10 +325,10 @@ pub(super) fn load_idempotency(
     )?;
     row.map(|r| {
         Ok(IdempotencyRecord {
-            request: r.get(0),
-            status: u16::try_from(r.get::<_, i32>(1)).map_err(|_| bad("a response status"))?,
-            body: r.get(2),
-            created_at: r.get(3),
+            request: r.try_get(0)?,
+            status: u16::try_from(r.try_get::<_, i32>(1)?).map_err(|_| bad("a response status"))?,
+            body: r.try_get(2)?,
+            created_at: r.try_get(3)?,
         })
     })
     .transpose()
@@ -440,5 +441,38 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(mode, "force_custom_plan");
+    }
+
+    #[test]
+    fn rows_whose_columns_no_longer_read_as_this_build_expects_are_errors_not_panics() {
+        let Some(db) = TestDb::create() else {
+            return;
+        };
+        let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
+        migrate(&connector).unwrap();
+        let reader = reader(&connector);
+        // As a later migration might change them, with an older instance still reading.
+        reader
+            .conn
+            .borrow_mut()
+            .batch(
+                "INSERT INTO outbox (id, order_id, event_type, payload, created_at, blocked_since)
+                   VALUES (1, 1, 'order_created', '{\"event_id\":\"s:1\"}', 1, 1);
+                 INSERT INTO idempotency_keys
+                   (user_id, idem_key, request, response_status, response_body, created_at)
+                   VALUES ('user-1', 'k', '{}', 201, '{}', 1);
+                 INSERT INTO product_cache VALUES (7, 'p', 1, 1, 1);
+                 ALTER TABLE outbox ALTER COLUMN created_at TYPE numeric,
+                   ALTER COLUMN blocked_since TYPE numeric;
+                 ALTER TABLE idempotency_keys ALTER COLUMN response_status TYPE bigint;
+                 ALTER TABLE product_cache ALTER COLUMN fetched_at TYPE numeric;",
+            )
+            .unwrap();
+        let user = UserId::parse("user-1").unwrap();
+        assert!(reader.pending_events(0, 10).is_err());
+        assert!(reader.blocked_event().is_err());
+        assert!(reader.outbox_stats().is_err());
+        assert!(super::load_idempotency(&mut reader.conn.borrow_mut(), &user, "k").is_err());
+        assert!(reader.catalog_stats(0).is_err());
     }
 }
