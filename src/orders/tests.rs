@@ -246,14 +246,40 @@ fn a_status_change_records_the_previous_status_and_never_goes_back_in_time() {
 }
 
 fn offline(quantity: u32, max_age: Duration) -> PricedOrder {
-    let body = serde_json::json!({"items": [{"product_id": 2, "quantity": quantity}]});
+    offline_with_answers(&[(2, quantity)], Vec::new(), max_age)
+}
+
+/// An order of one of each of `products` (id, quantity) priced offline, with the rows
+/// of the answers its lookups had before the product service failed.
+fn offline_with_answers(
+    products: &[(i64, u32)],
+    answered: Vec<CachedProduct>,
+    max_age: Duration,
+) -> PricedOrder {
+    let items: Vec<_> = products
+        .iter()
+        .map(|(id, quantity)| serde_json::json!({"product_id": id, "quantity": quantity}))
+        .collect();
+    let body = serde_json::json!({ "items": items });
     PricedOrder {
         priced: Priced::Offline {
             order: NewOrder::parse(&body).unwrap(),
             max_age,
             outage: Outage("GET x: connection refused".into()),
         },
+        fresh_products: answered,
         ..priced(alice())
+    }
+}
+
+/// A snapshot row of product `id`, as answered at `at`.
+fn product_row(id: i64, at: i64) -> CachedProduct {
+    CachedProduct {
+        product_id: ProductId::new(id).unwrap(),
+        name: format!("Product {id}"),
+        price: Money::from_cents(999),
+        stock: 10,
+        fetched_at: at,
     }
 }
 
@@ -446,7 +472,7 @@ fn an_offline_create_counts_the_sales_of_an_online_create_being_written_meanwhil
         })
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !two_offline.is_finished() && !pg.a_session_waits_on_a_lock() {
+    while !two_offline.is_finished() && pg.sessions_waiting_on_locks() == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "neither sold nor waits"
@@ -459,6 +485,104 @@ fn an_offline_create_counts_the_sales_of_an_online_create_being_written_meanwhil
     assert!(
         matches!(sold, Err(OrderError::Pricing(_))),
         "1 of the 4 left after the online sale: {sold:?}"
+    );
+}
+
+/// An offline create whose order has a product the snapshot lacks, answered by the
+/// product service before it failed, inserts that product's row after it locked the
+/// rows the snapshot has. Products' answers kept for a request that failed
+/// (`Orders::remember_products`, a statement per product, in product order) insert the
+/// same new product first, then rewrite the product the offline create locked.
+#[test]
+fn an_offline_create_with_a_new_fresh_product_and_products_remembered_meanwhile_both_commit() {
+    let Some(pg) = crate::store::TestDb::create() else {
+        return;
+    };
+    let (mut offline_session, mut remembering) = (pg_engine(&pg), pg_engine(&pg));
+    let hour = Duration::from_secs(3600);
+    // The snapshot has the Mouse (2), not the Cable (1), new in the catalog.
+    snapshot_mouse(offline_session.as_mut(), 5, 500);
+    // Another request's answers, kept after it failed: the Cable's row written (the
+    // Mouse's held back to its next statement), not yet committed.
+    remembering.begin().unwrap();
+    remembering
+        .tx()
+        .upsert_product(&product_row(1, 1_000))
+        .unwrap();
+    remembering
+        .tx()
+        .upsert_product(&product_row(2, 1_000))
+        .unwrap();
+
+    // An order of both whose lookups answered the Cable, then failed on the Mouse.
+    let order = offline_with_answers(&[(1, 1), (2, 1)], vec![product_row(1, 1_050)], hour);
+    let selling = std::thread::spawn(move || {
+        in_tx(offline_session.as_mut(), |tx| {
+            rules::create(tx, SOURCE, order, None, 1_100)
+        })
+    });
+    pg.until_a_session_waits_on_a_lock("the offline create on the Cable's new row");
+    // The next step of the remembering job sends the Mouse's row, and it commits.
+    let remembered = remembering
+        .tx()
+        .forget_product(ProductId::new(3).unwrap(), 1_000)
+        .map_err(OrderError::from)
+        .and_then(|()| remembering.commit().map_err(OrderError::from));
+    if remembered.is_err() {
+        remembering.abandon();
+    }
+    let sold = selling.join().unwrap();
+    assert!(
+        sold.is_ok() && remembered.is_ok(),
+        "both commit: offline create {sold:?}, products remembered {remembered:?}"
+    );
+}
+
+/// The same with a catalog page (`refresher.rs`, `write_page`: one statement, its rows
+/// in product order): it inserts the new product's row, waits on a row another
+/// transaction holds, and then on the row the offline create locked.
+#[test]
+fn an_offline_create_with_a_new_fresh_product_and_a_catalog_page_meanwhile_both_commit() {
+    let Some(pg) = crate::store::TestDb::create() else {
+        return;
+    };
+    let (mut offline_session, mut refreshing) = (pg_engine(&pg), pg_engine(&pg));
+    let hour = Duration::from_secs(3600);
+    // The snapshot has products 2 and 3, not 1, new in the catalog.
+    in_tx(offline_session.as_mut(), |tx| {
+        Ok(tx.upsert_products(&[product_row(2, 500), product_row(3, 500)])?)
+    })
+    .unwrap();
+    // Product 2's row held a moment by another writer of the snapshot.
+    let mut holder = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM product_cache WHERE product_id = 2 FOR UPDATE")
+        .unwrap();
+    // A page of the catalog: 1 inserted, then it waits on 2.
+    let page = std::thread::spawn(move || {
+        in_tx(refreshing.as_mut(), |tx| {
+            Ok(tx.upsert_products(&[
+                product_row(1, 1_000),
+                product_row(2, 1_000),
+                product_row(3, 1_000),
+            ])?)
+        })
+    });
+    pg.until_sessions_wait_on_locks(1, "the page on product 2's row");
+    // An offline order of 1 and 3, whose lookups answered 1 and then failed: it locks
+    // 3, then waits on the page's new row 1.
+    let order = offline_with_answers(&[(1, 1), (3, 1)], vec![product_row(1, 1_050)], hour);
+    let selling = std::thread::spawn(move || {
+        in_tx(offline_session.as_mut(), |tx| {
+            rules::create(tx, SOURCE, order, None, 1_100)
+        })
+    });
+    pg.until_sessions_wait_on_locks(2, "the offline create too");
+    holder.batch_execute("COMMIT").unwrap();
+    let (sold, written) = (selling.join().unwrap(), page.join().unwrap());
+    assert!(
+        sold.is_ok() && written.is_ok(),
+        "both commit: offline create {sold:?}, catalog page {written:?}"
     );
 }
 

@@ -173,11 +173,15 @@ impl Combined {
 
 /// Upserts the snapshot rows of `rows`, in their order, unless a row holds a newer
 /// answer. A statement may not upsert a row twice: one row per product, callers see to it.
+/// Under `SALES_LOCK` shared, before the rows' locks, as every write of snapshot rows:
+/// an offline create, which takes it alone before it locks the rows it has and then
+/// inserts the ones it was answered, meets none of them half-way.
 pub(super) fn push_products(deferred: &mut Deferred, rows: &[&CachedProduct]) {
     deferred.push(
         "product_cache",
         "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
          SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+         WHERE (SELECT pg_advisory_xact_lock_shared($6)) IS NOT NULL
          ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
            price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
          WHERE excluded.fetched_at >= product_cache.fetched_at",
@@ -187,6 +191,7 @@ pub(super) fn push_products(deferred: &mut Deferred, rows: &[&CachedProduct]) {
             Box::new(rows.iter().map(|p| p.price.cents()).collect::<Vec<_>>()),
             Box::new(rows.iter().map(|p| p.stock).collect::<Vec<_>>()),
             Box::new(rows.iter().map(|p| p.fetched_at).collect::<Vec<_>>()),
+            Box::new(super::SALES_LOCK),
         ],
     );
 }

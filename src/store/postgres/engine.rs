@@ -495,9 +495,11 @@ impl Tx for PgEngine {
 
     fn forget_product(&mut self, id: ProductId, answered_at: i64) -> Result<(), StoreError> {
         self.wrote = true;
+        // Under `SALES_LOCK` shared, as every write of snapshot rows (`push_products`).
         self.conn()?.execute(
-            "DELETE FROM product_cache WHERE product_id = $1 AND fetched_at <= $2",
-            &[&id.get(), &answered_at],
+            "DELETE FROM product_cache WHERE product_id = $1 AND fetched_at <= $2
+               AND (SELECT pg_advisory_xact_lock_shared($3)) IS NOT NULL",
+            &[&id.get(), &answered_at, &super::SALES_LOCK],
         )?;
         Ok(())
     }
@@ -648,12 +650,14 @@ impl Tx for PgEngine {
         if complete_list {
             // Locked in product order, as creates lock the rows they upsert: in the
             // table's order, a create holding one of two such rows and this waiting on it
-            // while holding the other would deadlock.
+            // while holding the other would deadlock. Under `SALES_LOCK` shared, as every
+            // write of snapshot rows (`push_products`).
             self.conn()?.execute(
                 "DELETE FROM product_cache WHERE product_id IN (
                    SELECT product_id FROM product_cache WHERE fetched_at < $1
+                     AND (SELECT pg_advisory_xact_lock_shared($2)) IS NOT NULL
                    ORDER BY product_id FOR UPDATE)",
-                &[&started],
+                &[&started, &super::SALES_LOCK],
             )?;
         }
         self.conn()?.execute(

@@ -47,10 +47,11 @@ const MIGRATION_LOCK: i64 = 0x6f72_6465_7273_0001;
 const EVENT_ID_LOCK: i64 = 0x6f72_6465_7273_0003;
 /// Held by the relaying instance for as long as its session lives.
 pub(crate) const RELAY_LOCK: i64 = 0x6f72_6465_7273_0002;
-/// Shared by every transaction that records sales, until it ends; held alone by an
-/// offline create while it counts the sales against the snapshot, so that it counts
-/// those of the creates being written too (`combined::push_sales`,
-/// `PgEngine::snapshot_for_update`).
+/// Shared by every transaction that records sales or writes snapshot rows, until it
+/// ends, before any of those rows' locks; held alone by an offline create from before
+/// it locks its snapshot rows: it counts the sales of the creates being written too, and
+/// the rows it inserts (answers it had before the outage) are in no one's way
+/// (`combined::push_sales`, `combined::push_products`, `PgEngine::snapshot_for_update`).
 pub(crate) const SALES_LOCK: i64 = 0x6f72_6465_7273_0004;
 /// The keys of the locks above, and room for more. An order's changes lock its id in the
 /// same key space (`order_for_update`), so an id among these is no order's: locked, a

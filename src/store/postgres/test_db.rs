@@ -78,8 +78,13 @@ impl TestDb {
 
     /// Returns once a session on this database waits on a lock; fails after 10 s.
     pub fn until_a_session_waits_on_a_lock(&self, what: &str) {
+        self.until_sessions_wait_on_locks(1, what);
+    }
+
+    /// Returns once `n` sessions on this database wait on locks; fails after 10 s.
+    pub fn until_sessions_wait_on_locks(&self, n: i64, what: &str) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.a_session_waits_on_a_lock() {
+        while self.sessions_waiting_on_locks() < n {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{what}: no session waits"
@@ -88,8 +93,8 @@ impl TestDb {
         }
     }
 
-    /// Whether a session on this database waits on a lock now.
-    pub fn a_session_waits_on_a_lock(&self) -> bool {
+    /// How many sessions on this database wait on a lock now.
+    pub fn sessions_waiting_on_locks(&self) -> i64 {
         Client::connect(&self.url(), NoTls)
             .unwrap()
             .query_one(
@@ -99,7 +104,6 @@ impl TestDb {
             )
             .unwrap()
             .get::<_, i64>(0)
-            > 0
     }
 
     /// A connector to this database, migrated, whose sessions wait `answer` at most for
