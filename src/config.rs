@@ -518,8 +518,7 @@ impl Config {
     }
 }
 
-/// Reads a file in the format of systemd's `EnvironmentFile=`: `KEY=VALUE` lines,
-/// `#` or `;` comments, values optionally in single or double quotes.
+/// Reads a file in the format of systemd's `EnvironmentFile=` (`parse_env_text`).
 pub fn read_env_file(path: &std::path::Path) -> Result<HashMap<String, String>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         variable: "--config".into(),
@@ -531,27 +530,104 @@ pub fn read_env_file(path: &std::path::Path) -> Result<HashMap<String, String>, 
     })
 }
 
+/// Where a value's reading is, as in systemd's env-file.c.
+#[derive(PartialEq)]
+enum EnvValue {
+    /// Before the value, or just after a closing quote: blanks are skipped, a quote opens.
+    Before,
+    /// Unquoted: quotes are characters like any other.
+    Bare,
+    Single,
+    Double,
+}
+
+/// `KEY=VALUE` lines as systemd reads an `EnvironmentFile=`, so that the commands
+/// (`--config`) read the values the service gets: lines starting with `#` or `;` are
+/// comments (an `export ` before a key is allowed); at a value's start, or right after
+/// a closing quote, blanks are skipped and a quote opens; single quotes keep everything;
+/// in double quotes `\"`, `\\`, `` \` `` and `\$` lose their backslash; unquoted, a
+/// backslash takes the next character as it is; a backslash before a line's end joins
+/// the next line (in double quotes too); unquoted blanks at the end are dropped; quoted
+/// values may span lines. Errors name the line a setting starts on.
 fn parse_env_text(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
+    let text = text.replace("\r\n", "\n");
     let mut vars = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+    let mut lines = text.split('\n');
+    let mut number = 0;
+    while let Some(line) = lines.next() {
+        number += 1;
+        let first = number;
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
             continue;
         }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let (key, value) = line
+        let (key, rest) = line
             .split_once('=')
-            .ok_or((n + 1, "expected KEY=VALUE".to_string()))?;
+            .ok_or((first, "expected KEY=VALUE".to_string()))?;
         let key = key.trim();
+        let key = key.strip_prefix("export ").map_or(key, str::trim_start);
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err((n + 1, format!("bad variable name {key:?}")));
+            return Err((first, format!("bad variable name {key:?}")));
         }
-        let value = value.trim();
-        let value = ['"', '\'']
-            .iter()
-            .find_map(|&q| value.strip_prefix(q).and_then(|v| v.strip_suffix(q)))
-            .unwrap_or(value);
-        vars.insert(key.to_string(), value.to_string());
+        let (mut value, mut state) = (String::new(), EnvValue::Before);
+        // Where unquoted blanks at the end begin.
+        let mut blanks_from: Option<usize> = None;
+        let mut rest = rest.to_string();
+        loop {
+            let mut chars = rest.chars().peekable();
+            let mut joined = false;
+            while let Some(c) = chars.next() {
+                match (&state, c) {
+                    (EnvValue::Single, '\'') | (EnvValue::Double, '"') => state = EnvValue::Before,
+                    (EnvValue::Single, c) => value.push(c),
+                    (EnvValue::Double, '\\') => match chars.next() {
+                        Some(e @ ('"' | '\\' | '`' | '$')) => value.push(e),
+                        Some(e) => {
+                            value.push('\\');
+                            value.push(e);
+                        }
+                        None => joined = true,
+                    },
+                    (EnvValue::Double, c) => value.push(c),
+                    (EnvValue::Before, c) if c.is_whitespace() => {}
+                    (EnvValue::Before, '\'') => state = EnvValue::Single,
+                    (EnvValue::Before, '"') => state = EnvValue::Double,
+                    (_, '\\') => {
+                        state = EnvValue::Bare;
+                        blanks_from = None;
+                        match chars.next() {
+                            Some(e) => value.push(e),
+                            None => joined = true,
+                        }
+                    }
+                    (_, c) => {
+                        state = EnvValue::Bare;
+                        if !c.is_whitespace() {
+                            blanks_from = None;
+                        } else if blanks_from.is_none() {
+                            blanks_from = Some(value.len());
+                        }
+                        value.push(c);
+                    }
+                }
+            }
+            let quoted = matches!(state, EnvValue::Single | EnvValue::Double);
+            if !joined && !quoted {
+                break;
+            }
+            let Some(next) = lines.next() else {
+                return Err((first, "a quoted value is not closed".to_string()));
+            };
+            number += 1;
+            if quoted && !joined {
+                value.push('\n');
+            }
+            rest = next.to_string();
+        }
+        if let Some(end) = blanks_from {
+            value.truncate(end);
+        }
+        vars.insert(key.to_string(), value);
     }
     Ok(vars)
 }
@@ -990,6 +1066,40 @@ mod tests {
         assert_eq!(vars["A"], "x y");
         assert_eq!(vars["B"], "z");
         assert!(parse_env_text("nonsense").is_err());
+    }
+
+    /// Each line of the file, and the value systemd's env-file.c gives it.
+    #[test]
+    fn env_file_values_unescape_as_systemd_reads_them() {
+        for (line, value) in [
+            (r"A=pa\\ss", r"pa\ss"),
+            (r#"A="to\"ken""#, r#"to"ken"#),
+            (r"A=a\ b", "a b"),
+            (r#"A="a\\b\$c\`d\xe""#, r"a\b$c`d\xe"),
+            (r#"A='a\\b\"c'"#, r#"a\\b\"c"#),
+            ("A=it's", "it's"),
+            ("A=a \"b\" c", "a \"b\" c"),
+            ("A=  spaced out  ", "spaced out"),
+            ("A=trailing\\ ", "trailing "),
+            ("A='x' \"y\"z", "xyz"),
+            ("A=#not a comment", "#not a comment"),
+            ("A=", ""),
+            ("A=line\\\nB=joined", "lineB=joined"),
+            ("A=kept  \\\n", "kept  "),
+            ("A=\"two\nlines\"", "two\nlines"),
+            ("A='two\r\nlines'", "two\nlines"),
+        ] {
+            let vars = parse_env_text(line).unwrap_or_else(|e| panic!("{line:?}: {e:?}"));
+            assert_eq!(vars["A"], value, "{line:?}");
+        }
+        let vars = parse_env_text("A=\"x\ny\"\nB=1\n").unwrap();
+        assert_eq!((vars["A"].as_str(), vars["B"].as_str()), ("x\ny", "1"));
+        assert_eq!(
+            parse_env_text("A=1\nB=\"open\nC=2\n").unwrap_err().0,
+            2,
+            "the line the unclosed value starts on"
+        );
+        assert_eq!(parse_env_text("A=\"x\ny\"\nnonsense").unwrap_err().0, 3);
     }
 
     #[test]
