@@ -692,7 +692,7 @@ fn parse_database(v: &str) -> Result<Database, String> {
         .strip_prefix("sqlite://")
         .or_else(|| v.strip_prefix("sqlite:"))
         .unwrap_or(v);
-    if path.is_empty() || path.contains("://") {
+    if path.is_empty() || (path.contains("://") && !path.starts_with("file:")) {
         return Err("must be a file path or sqlite://PATH".into());
     }
     // SQLite reads these as a database that lives only in this process: every order
@@ -702,6 +702,35 @@ fn parse_database(v: &str) -> Result<Database, String> {
             && (path.contains(":memory:") || path.contains("mode=memory")))
     {
         return Err("must be a file: an in-memory database loses every order at exit".into());
+    }
+    // An SQLite `file:` URI is taken as the path it names, which the service then opens,
+    // creates (0600, its folder too) and backs up as it does any path. Parameters
+    // (`vfs=memdb`, `mode=…`) or %-escapes could make it another database than that
+    // file, or one that lives only in this process: refused.
+    let path = match path.strip_prefix("file:") {
+        None => path,
+        Some(uri) => {
+            if uri.contains(['?', '#', '%']) {
+                return Err(
+                    "a file: URI must name its file without parameters or %-escapes: \
+                            give the file's path instead"
+                        .into(),
+                );
+            }
+            let named = match uri.strip_prefix("//") {
+                Some(rest) => rest.strip_prefix("localhost").unwrap_or(rest),
+                None => uri,
+            };
+            if named.is_empty() || (uri.starts_with("//") && !named.starts_with('/')) {
+                return Err(
+                    "a file: URI names a file on this machine: file:PATH or file:///PATH".into(),
+                );
+            }
+            named
+        }
+    };
+    if path.starts_with("file:") {
+        return Err("must be a file path or sqlite://PATH".into());
     }
     Ok(Database::Sqlite(PathBuf::from(path)))
 }
@@ -1006,11 +1035,33 @@ mod tests {
             assert_eq!(e.variable, "DATABASE_URL", "{url}");
             assert!(e.to_string().contains("in-memory"), "{url}: {e}");
         }
-        let c = config(&[("DATABASE_URL", "file:/var/lib/o.db")]).unwrap();
-        assert_eq!(
-            c.database,
-            Database::Sqlite(PathBuf::from("file:/var/lib/o.db"))
-        );
+    }
+
+    #[test]
+    fn a_file_uri_names_its_path_and_nothing_else() {
+        for (url, path) in [
+            ("file:/var/lib/o.db", "/var/lib/o.db"),
+            ("file:///var/lib/o.db", "/var/lib/o.db"),
+            ("file://localhost/var/lib/o.db", "/var/lib/o.db"),
+            ("file:data/o.db", "data/o.db"),
+            ("sqlite:file:data/o.db", "data/o.db"),
+        ] {
+            let c = config(&[("DATABASE_URL", url)]).unwrap();
+            assert_eq!(c.database, Database::Sqlite(PathBuf::from(path)), "{url}");
+        }
+        for url in [
+            "file:/x/a.db?vfs=memdb",
+            "file:/x/b.db?mode=%6Demory",
+            "file:/x/b%20c.db",
+            "file:/x/o.db?mode=ro",
+            "file:/x/o.db#f",
+            "file://db.example/x/o.db",
+            "file:",
+            "file:file:/x/o.db",
+        ] {
+            let e = config(&[("DATABASE_URL", url)]).unwrap_err();
+            assert_eq!(e.variable, "DATABASE_URL", "{url}");
+        }
     }
 
     #[test]

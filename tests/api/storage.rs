@@ -48,6 +48,27 @@ fn an_in_memory_database_is_refused_at_start() {
     }
 }
 
+#[test]
+fn a_file_uri_with_parameters_that_could_keep_nothing_is_refused() {
+    for url in ["file:orders.db?vfs=memdb", "file:orders.db?mode=%6Demory"] {
+        let (code, stderr) = serve_exit(url);
+        assert_eq!(code, Some(2), "DATABASE_URL={url}: stderr {stderr:?}");
+        assert!(
+            stderr.contains("DATABASE_URL"),
+            "names the variable: {stderr:?}"
+        );
+    }
+}
+
+/// `migrate` with `DATABASE_URL=url`, run in `dir`.
+fn migrate(dir: &std::path::Path, url: &str) -> std::process::Output {
+    clean_command(dir)
+        .env("DATABASE_URL", url)
+        .arg("migrate")
+        .output()
+        .unwrap()
+}
+
 fn mode(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
@@ -76,14 +97,18 @@ fn the_database_it_creates_is_private() {
 
     // `migrate` creates it the same way.
     let other = dir.path().join("fresh").join("m.db");
-    let out = clean_command(dir.path())
-        .env("DATABASE_URL", other.to_str().unwrap())
-        .arg("migrate")
-        .output()
-        .unwrap();
+    let out = migrate(dir.path(), other.to_str().unwrap());
     assert!(out.status.success(), "migrate: {out:?}");
     assert_eq!(mode(other.parent().unwrap()), 0o700);
     assert_eq!(mode(&other), 0o600);
+
+    // And named by a `file:` URI, the file it names, with nothing beside it.
+    let named = dir.path().join("uri").join("u.db");
+    let out = migrate(dir.path(), &format!("file:{}", named.display()));
+    assert!(out.status.success(), "migrate: {out:?}");
+    assert_eq!(mode(named.parent().unwrap()), 0o700);
+    assert_eq!(mode(&named), 0o600);
+    assert!(!dir.path().join("file:").exists(), "no stray file: folder");
 }
 
 /// Median times of `count` calls each of `a` and `b`, made in turns so that both see
