@@ -829,7 +829,7 @@ fn store_id(v: &str) -> Result<String, String> {
     if v.len() <= 100 && !v.chars().any(char::is_control) {
         Ok(v.to_string())
     } else {
-        Err("must be at most 100 characters".into())
+        Err("must be at most 100 bytes, without control characters".into())
     }
 }
 
