@@ -466,11 +466,13 @@ impl Exchange {
     fn check(&mut self, shared: &Shared) -> Result<(), ApiError> {
         let req = self.req();
         request::refuse_ambiguous_headers(req)?;
-        // Every /api/ request needs the gateway's token, an unknown path or a method a
-        // path does not take too: without it nothing is said of the routes.
+        // Every /api/ request needs the gateway's token, and then a valid X-User-Id (401
+        // without, as the contract has it), an unknown path or a method a path does not
+        // take too: without them nothing is said of the routes.
         let path = request::path_of(req.url());
         if path == "/api" || path.starts_with("/api/") {
             routes::check_gateway(shared, req)?;
+            routes::user_id(req)?;
         }
         Ok(())
     }

@@ -111,7 +111,8 @@ pub fn handle(
     if !route.allow().contains(&method.as_str()) {
         return Err(ApiError::MethodNotAllowed(route.allow()));
     }
-    // The gateway's token was checked for every /api/ path before routing (mod.rs).
+    // The gateway's token and the user's id were checked for every /api/ path before
+    // routing (mod.rs).
     let api = user_id;
     let found = |id: Option<OrderId>| id.ok_or(ApiError::NotFound);
     match route {
@@ -406,7 +407,7 @@ pub(super) fn check_gateway(shared: &Shared, req: &tiny_http::Request) -> Result
     }
 }
 
-fn user_id(req: &tiny_http::Request) -> Result<UserId, ApiError> {
+pub(super) fn user_id(req: &tiny_http::Request) -> Result<UserId, ApiError> {
     header(req, "X-User-Id")
         .and_then(|raw| UserId::parse(raw.trim()))
         .ok_or(ApiError::Unauthorized("X-User-Id is missing or invalid."))

@@ -548,3 +548,20 @@ fn a_bearer_admin_token_is_taken_whatever_the_case_of_its_scheme() {
     response.assert_status(200);
     assert_eq!(response.json()["status"], "confirmed");
 }
+
+#[test]
+fn every_api_request_without_a_user_id_is_answered_401_before_its_route() {
+    let app = spawn_app();
+    for (method, path) in [
+        ("GET", "/api/nope"),
+        ("DELETE", "/api/orders/1"),
+        ("GET", "/api"),
+    ] {
+        app.request(method, path, &[], None)
+            .assert_error(401, "unauthorized");
+    }
+    // Outside /api/, none is asked for.
+    app.request("GET", "/nope", &[], None)
+        .assert_error(404, "not_found");
+    app.health().assert_status(200);
+}

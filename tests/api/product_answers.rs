@@ -32,12 +32,51 @@ fn a_404_that_is_not_the_product_service_s_json_is_an_outage() {
     }
     assert_eq!(app.count_orders(), 0);
 
-    // The product service's own JSON 404 still means an unknown product.
+    // A JSON 404, the product service's own, still means an unknown product.
     app.products.set(MOUSE, Behaviour::NotFound);
     let body = app
         .create_order(&ALICE, &items(&[(MOUSE, 1)]))
         .assert_error(422, "unknown_product");
     assert_eq!(body["details"]["product_ids"], json!([MOUSE]));
+}
+
+#[test]
+fn a_404_with_a_json_body_is_an_unknown_product_whatever_its_content_type() {
+    let app = spawn_app();
+    for (id, page) in [
+        (
+            30,
+            proxy_page("text/plain", r#"{"error":"Product not found"}"#),
+        ),
+        (31, proxy_page("application/json", r#""Product not found""#)),
+    ] {
+        app.products.set(id, page);
+        let body = app
+            .create_order(&ALICE, &items(&[(id, 1)]))
+            .assert_error(422, "unknown_product");
+        assert_eq!(body["details"]["product_ids"], json!([id]));
+    }
+    assert_eq!(app.count_orders(), 0);
+}
+
+#[test]
+fn a_product_answer_with_a_data_field_of_its_own_is_the_product() {
+    let app = spawn_app();
+    app.products.set(
+        33,
+        Behaviour::Answer {
+            status: 200,
+            content_type: "application/json",
+            body: r#"{"id":33,"name":"Mug","price":4.50,"stock":10,"data":{"color":"red"},"product":{"sku":"M-1"}}"#
+                .into(),
+        },
+    );
+
+    let response = app.create_order(&ALICE, &items(&[(33, 2)]));
+
+    response.assert_status(201);
+    assert_eq!(line_for(&response.json(), 33)["product_name"], "Mug");
+    assert_eq!(raw_numbers(&response.body, "total"), ["9.00"]);
 }
 
 #[test]
