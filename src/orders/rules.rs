@@ -72,11 +72,11 @@ pub fn create(
     };
     tx.insert_order(&created)?;
     events::record(tx, source, &created, None, now)?;
-    // Before the answer, which sends the writes held back, and in this order: the sales'
-    // lock, then the product rows, are then taken before the user's count, as an offline
-    // create takes them (its snapshot first), so a keyed create and an offline one of
-    // the same user and product cannot deadlock (PostgreSQL runs a statement's held-back
-    // writes last to first).
+    // Before the answer, which sends the writes held back. Pushed in this order, they
+    // take the sales' lock first, then the product rows, then the user's count
+    // (PostgreSQL runs a statement's held-back writes last to first), as an offline
+    // create takes them (the lock and its snapshot first): a keyed create and an offline
+    // one of the same user and product cannot deadlock.
     tx.upsert_products(&fresh)?;
     // Every sale, online or not, counts against the snapshot until a fresher row of
     // the product: the snapshot's stock was read before it.
