@@ -574,7 +574,7 @@ fn parse_env_text(text: &str) -> Result<HashMap<String, String>, (usize, String)
         let mut blanks_from: Option<usize> = None;
         let mut rest = rest.to_string();
         loop {
-            let mut chars = rest.chars().peekable();
+            let mut chars = rest.chars();
             let mut joined = false;
             while let Some(c) = chars.next() {
                 match (&state, c) {
