@@ -77,16 +77,14 @@ impl Flights {
                 let fetch = fetch
                     .take()
                     .expect("a lookup leads once at most: it returns");
+                let mut landing = Landing {
+                    flights: self,
+                    id,
+                    flight: &flight,
+                    answer: None,
+                };
                 let answer = fetch();
-                {
-                    let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-                    if in_flight.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
-                        in_flight.remove(&id);
-                    }
-                }
-                *flight.answer.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((answer.clone(), Instant::now()));
-                flight.landed.notify_all();
+                landing.answer = Some(answer.clone());
                 return answer;
             }
             match wait(&flight, deadline) {
@@ -101,6 +99,41 @@ impl Flights {
                 None => return Err(Outage("out of time for this order".into())),
             }
         }
+    }
+}
+
+/// Lands a leader's flight when it ends, with its answer, or with a failure if its
+/// request ended without one (its lookup panicked): the lookups that joined it are
+/// answered then, not at their deadlines, and the next ones send a request of their own.
+struct Landing<'a> {
+    flights: &'a Flights,
+    id: ProductId,
+    flight: &'a Arc<Flight>,
+    answer: Option<Answer>,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        let answer = self
+            .answer
+            .take()
+            .unwrap_or_else(|| Err(Outage("the lookup of this product failed".into())));
+        {
+            let mut in_flight = self
+                .flights
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if in_flight
+                .get(&self.id)
+                .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+            {
+                in_flight.remove(&self.id);
+            }
+        }
+        *self.flight.answer.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((answer, Instant::now()));
+        self.flight.landed.notify_all();
     }
 }
 
@@ -187,6 +220,37 @@ mod tests {
             assert!(joined.is_err());
             assert!(started.elapsed() < Duration::from_millis(400));
         });
+    }
+
+    #[test]
+    fn a_request_whose_lookup_panics_fails_the_lookups_that_joined_it_at_once() {
+        let flights = Flights::default();
+        let id = ProductId::new(7).unwrap();
+        let since = Instant::now();
+        let deadline = since + Duration::from_secs(5);
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| {
+                flights.fetch(id, since, deadline, || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    panic!("a lookup that fails in the service itself")
+                })
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            let started = Instant::now();
+            let joined = flights.fetch(id, since, deadline, || {
+                panic!("a second request while one is in flight")
+            });
+            assert!(joined.is_err());
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "answered when the request ended, not at its deadline: {:?}",
+                started.elapsed()
+            );
+            assert!(leader.join().is_err(), "the leader's own panic goes on");
+        });
+        // The next lookup sends a request of its own.
+        let next = flights.fetch(id, Instant::now(), deadline, || Ok(None));
+        assert_eq!(next, Ok(None));
     }
 
     #[test]
