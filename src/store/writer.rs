@@ -609,6 +609,16 @@ mod tests {
         }
     }
 
+    impl TempDb {
+        /// The ids `sql` selects, read on a connection of its own.
+        fn ids(&self, sql: &str) -> Vec<i64> {
+            let conn = crate::store::open_read(&self.0).unwrap();
+            let mut st = conn.prepare(sql).unwrap();
+            let ids = st.query_map([], |r| r.get(0)).unwrap();
+            ids.collect::<Result<_, _>>().unwrap()
+        }
+    }
+
     impl Drop for TempDb {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
@@ -704,14 +714,7 @@ mod tests {
         );
         drop(handle);
         thread.join().unwrap();
-        let conn = crate::store::open_read(&db.0).unwrap();
-        let left: Vec<i64> = conn
-            .prepare("SELECT id FROM outbox")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let left = db.ids("SELECT id FROM outbox");
         assert_eq!(left, vec![old_rows], "the newest row stays");
     }
 
@@ -790,12 +793,7 @@ mod tests {
     }
 
     fn products_kept(db: &TempDb) -> Vec<i64> {
-        let conn = crate::store::open_read(&db.0).unwrap();
-        let mut st = conn
-            .prepare("SELECT product_id FROM product_cache ORDER BY product_id")
-            .unwrap();
-        let kept = st.query_map([], |r| r.get(0)).unwrap();
-        kept.collect::<Result<_, _>>().unwrap()
+        db.ids("SELECT product_id FROM product_cache ORDER BY product_id")
     }
 
     #[test]
@@ -990,14 +988,8 @@ mod tests {
         drop(handle);
         thread.join().unwrap();
 
+        let kept = db.ids("SELECT id FROM orders ORDER BY id");
         let conn = crate::store::open_read(&db.0).unwrap();
-        let kept: Vec<i64> = conn
-            .prepare("SELECT id FROM orders ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
         let lines_of_3 = conn
             .query_row(
                 "SELECT COUNT(*) FROM order_items WHERE order_id = 3",
