@@ -18,6 +18,7 @@ mod support;
 use broker::*;
 use std::collections::HashSet;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -93,6 +94,12 @@ impl Drop for MemoryAlarm {
     }
 }
 
+/// The alarm is the whole broker's: the tests of this binary raise it one after another.
+fn one_alarm_at_a_time() -> MutexGuard<'static, ()> {
+    static ALARMS: Mutex<()> = Mutex::new(());
+    ALARMS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The process's established TCP connections to the broker's port, from /proc.
 fn broker_connections(pid: u32) -> usize {
     let sockets: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -135,6 +142,7 @@ fn while_the_broker_blocks_publishing_the_relay_waits_on_its_connection_then_del
     if !require_broker() || !require_rabbitmqctl() {
         return;
     }
+    let _alarms = one_alarm_at_a_time();
     let queue = TestQueue::declare();
     let consumer = QueueConsumer::start(&queue);
     let mut app = app_on_broker(&queue);
@@ -192,4 +200,43 @@ fn while_the_broker_blocks_publishing_the_relay_waits_on_its_connection_then_del
         &[],
     );
     assert_eq!(pending, 1, "the held up event, still to publish");
+}
+
+#[test]
+fn a_relay_that_connects_during_an_alarm_waits_on_that_one_connection() {
+    if !require_broker() || !require_rabbitmqctl() {
+        return;
+    }
+    let _alarms = one_alarm_at_a_time();
+    let queue = TestQueue::declare();
+    let consumer = QueueConsumer::start(&queue);
+    let alarm = MemoryAlarm::raise();
+    let app = app_on_broker(&queue);
+    let pid = app.pid().expect("running");
+    app.place_order(&ALICE, &[(MOUSE, 1)]);
+    app.place_order(&ALICE, &[(MOUSE, 2)]);
+
+    // The broker tells a connection it blocks only once it publishes; a relay that missed
+    // that would give up on each confirm it waits for and open another connection.
+    let started = Instant::now();
+    let mut most = 0;
+    while started.elapsed() < Duration::from_secs(25) {
+        most = most.max(broker_connections(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(most, 1, "one connection to the broker through the alarm");
+    assert_eq!(consumer.count(), 0, "nothing gets through the alarm");
+    assert!(
+        app.stderr().contains("the broker blocks publishing"),
+        "{}",
+        app.stderr()
+    );
+
+    drop(alarm);
+    assert!(
+        consumer.wait_for(Duration::from_secs(15), |r| r.len() >= 2),
+        "the events held up arrive once the alarm ends; got {}",
+        consumer.count()
+    );
+    assert_eq!(broker_connections(pid), 1);
 }
