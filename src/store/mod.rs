@@ -345,3 +345,52 @@ impl From<rusqlite::Error> for StoreError {
         StoreError::Db(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Each migration's checksum as released. refinery refuses to start on a database
+    /// whose applied migration's text differs from the binary's (its name, version and
+    /// whole SQL, comments included): an edit of a released migration stops every store
+    /// that applied it. A change of schema goes in a new migration, whose checksum is
+    /// added here once it is released.
+    const RELEASED: &[(i64, &str, u64)] = &[
+        (1, "initial", 7983703465362211119),
+        (2, "heartbeat", 9969261734700208379),
+        (3, "prune_indexes", 13331936227959050701),
+        (4, "blocked_event", 10719571066963221733),
+        (5, "outbox_tx", 17894757894125338782),
+        (6, "order_counts", 6675619735946476664),
+        (7, "catalog", 15454073805541161615),
+        (8, "order_lines", 3743126637668977483),
+        (9, "sqlite_row_keys", 15945681522886386728),
+        (10, "sqlite_list_pages", 17794689251288278281),
+    ];
+
+    #[test]
+    fn a_released_migration_never_changes() {
+        let runner = super::embedded::migrations::runner();
+        let now: Vec<(i64, String, u64)> = runner
+            .get_migrations()
+            .iter()
+            .map(|m| (i64::from(m.version()), m.name().to_string(), m.checksum()))
+            .collect();
+        for (version, name, checksum) in RELEASED {
+            let found = now.iter().find(|(v, _, _)| v == version);
+            assert_eq!(
+                found.map(|(_, n, c)| (n.as_str(), *c)),
+                Some((*name, *checksum)),
+                "V{version}__{name} was released with this text: a change of schema \
+                 goes in a new migration"
+            );
+        }
+        let unlisted: Vec<String> = now
+            .iter()
+            .filter(|(v, _, _)| !RELEASED.iter().any(|(r, _, _)| r == v))
+            .map(|(v, n, c)| format!("({v}, {n:?}, {c}),"))
+            .collect();
+        assert!(
+            unlisted.is_empty(),
+            "migrations without their released checksum here: {unlisted:?}"
+        );
+    }
+}
