@@ -21,7 +21,7 @@ mod pace;
 
 use crate::config::RabbitConfig;
 use crate::metrics::Metrics;
-use crate::store::{BlockedEvent, OutboxRow, Pending, Reads, WriterHandle};
+use crate::store::{BlockedEvent, Lead, OutboxRow, Pending, Reads, WriterHandle};
 use crate::threads::{stop_asked, Stoppable};
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection,
@@ -356,27 +356,34 @@ impl Relay {
 
     /// Whether this instance may publish now; says so when that changes.
     fn lead(&mut self) -> Option<bool> {
-        let leading = match self.reader.lead_relay() {
-            Ok(leading) => leading,
+        let lead = match self.reader.lead_relay() {
+            Ok(lead) => lead,
             Err(e) => {
                 log::error!("relay cannot tell whether it leads: {e}");
                 return None;
             }
         };
+        let leading = lead != Lead::Elsewhere;
+        if leading && (lead == Lead::Taken || self.leading != Some(true)) {
+            // A block recorded before, by an earlier run or by an instance that relayed
+            // since this one last did, goes on: its event is sent alone until it passes,
+            // and none after it goes first. The record is newer than a refusal this
+            // instance remembers from before: the event it names may have gone through
+            // meanwhile, and another been refused.
+            match self.reader.blocked_event() {
+                Ok(Some(blocked)) => self.refusal = Some(Refusal::recorded(blocked)),
+                Ok(None) => {}
+                Err(e) => {
+                    log::error!("relay cannot read the outbox: {e}");
+                    // Not known to lead yet: the next pass reads the record again.
+                    self.leading = None;
+                    return None;
+                }
+            }
+        }
         if self.leading != Some(leading) {
             if leading {
                 log::info!("relay: this instance publishes the outbox");
-                // A block recorded before, by an earlier run or by the instance that
-                // relayed until now, goes on: its event is sent alone until it passes,
-                // and none after it goes first.
-                if self.refusal.is_none() {
-                    self.refusal = self
-                        .reader
-                        .blocked_event()
-                        .ok()
-                        .flatten()
-                        .map(Refusal::recorded);
-                }
             } else {
                 log::info!("relay: another instance publishes the outbox; standing by");
                 // The broker link is the relaying instance's; this one holds none.

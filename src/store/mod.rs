@@ -278,9 +278,20 @@ pub trait Reads: Send {
     fn blocked_event(&self) -> Result<Option<BlockedEvent>, StoreError>;
     /// Whether this reader's instance is the one that relays (on PostgreSQL, several
     /// instances share the outbox and one publishes at a time); asked before each pass.
-    fn lead_relay(&self) -> Result<bool, StoreError> {
-        Ok(true)
+    fn lead_relay(&self) -> Result<Lead, StoreError> {
+        Ok(Lead::Held)
     }
+}
+
+/// Who relays, as `Reads::lead_relay` finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lead {
+    /// This instance, without a break since it was last asked.
+    Held,
+    /// This instance, from now: another may have relayed since it last did.
+    Taken,
+    /// Another instance.
+    Elsewhere,
 }
 
 /// An outbox row about to be written. Its id is the store's to take (on PostgreSQL, a

@@ -109,6 +109,19 @@ impl TestQueue {
         let _ = connection.close();
     }
 
+    /// Drops every message ready in the queue; how many there were.
+    pub fn purge(&self) -> u32 {
+        let mut connection = connect();
+        let purged = {
+            let channel = connection.open_channel(None).expect("open a channel");
+            channel
+                .queue_purge(self.name.as_str())
+                .unwrap_or_else(|e| panic!("purge queue {}: {e}", self.name))
+        };
+        let _ = connection.close();
+        purged
+    }
+
     /// Messages ready in the queue (not counting those delivered to a consumer).
     pub fn message_count(&self) -> u32 {
         let mut connection = connect();

@@ -387,6 +387,15 @@ fn an_event_the_broker_keeps_refusing_is_named_and_the_events_after_it_wait() {
     );
 }
 
+/// An instance of several on one PostgreSQL database, publishing to `queue`.
+fn instance_on(builder: AppBuilder, queue: &TestQueue) -> AppBuilder {
+    builder
+        .postgres_only()
+        .env("RABBITMQ_PORT", &BROKER_PORT.to_string())
+        .env("RABBITMQ_QUEUE", queue.name())
+        .env("RUST_LOG", "info")
+}
+
 /// On PostgreSQL, an instance standing by that takes over the relay keeps the block the
 /// one before it recorded meanwhile: the refused event is sent alone, and the event behind
 /// it, which would fit, does not overtake it.
@@ -398,13 +407,7 @@ fn a_block_recorded_by_the_relaying_instance_goes_on_after_another_takes_over() 
     let queue = small_queue();
     let products = ProductStandIn::with_default_catalog();
     let big_order = long_named_products(&products);
-    let broker = |builder: AppBuilder| {
-        builder
-            .postgres_only()
-            .env("RABBITMQ_PORT", &BROKER_PORT.to_string())
-            .env("RABBITMQ_QUEUE", queue.name())
-            .env("RUST_LOG", "info")
-    };
+    let broker = |builder: AppBuilder| instance_on(builder, &queue);
     let mut first = broker(TestApp::builder().products(products)).spawn();
     // Another instance, standing by from before the block.
     let other = broker(TestApp::builder().on_database_of(&first)).spawn();
@@ -416,21 +419,179 @@ fn a_block_recorded_by_the_relaying_instance_goes_on_after_another_takes_over() 
     // The other instance takes over from the first.
     assert_eq!(other.ready().json()["relay"], "standby");
     first.kill();
+    relays_and_keeps_the_block(&other, &queue);
+    queue.delete();
+}
+
+/// `app` takes the relay, and the queue, holding one event, gets none of the two pending:
+/// the first is refused, and the second, which would fit, waits behind it.
+fn relays_and_keeps_the_block(app: &TestApp, queue: &TestQueue) {
     assert!(
         wait_until(Duration::from_secs(20), || {
-            other.ready().json()["relay"] == "active"
+            app.ready().json()["relay"] == "active"
         }),
-        "the other instance did not take over:\n{}",
-        other.stderr()
+        "the instance did not take the relay:\n{}",
+        app.stderr()
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         queue.message_count(),
         1,
-        "an event overtook the refused one after the other instance took over:\n{}",
-        other.stderr()
+        "an event overtook the refused one once this instance took the relay:\n{}",
+        app.stderr()
     );
-    assert_eq!(pending(&other), 2);
+    assert_eq!(pending(app), 2);
+}
+
+/// Ends the session that holds the relay's lock on `app`'s database (the one exclusive
+/// advisory lock held between requests), as a restarted server or a cut connection
+/// would; the process that held it does not know yet.
+fn end_relay_session(app: &TestApp) {
+    let ended: Vec<bool> = app.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[],
+    );
+    assert_eq!(ended, [true], "one session holds the relay's lock");
+}
+
+/// The bytes of each pending event's payload, oldest first.
+fn pending_sizes(app: &TestApp) -> Vec<i64> {
+    app.query(
+        "SELECT octet_length(payload) FROM outbox WHERE published_at IS NULL ORDER BY id",
+        &[],
+    )
+}
+
+/// On PostgreSQL, an instance that takes the relay back goes by the block recorded while
+/// another relayed, not by a refusal it remembers from before: the event it remembers
+/// went through meanwhile, and the one refused since is sent alone, so that an event
+/// behind it that would fit does not overtake it.
+#[test]
+fn an_instance_taking_the_relay_back_goes_by_the_block_recorded_meanwhile() {
+    taking_the_relay_back(Meanwhile::StandsBy);
+}
+
+/// The same when the instance saw nothing of the other's turn (stopped all along): it
+/// finds its lock's session gone and takes the lock again.
+#[test]
+fn an_instance_that_lost_its_session_goes_by_the_block_recorded_meanwhile() {
+    taking_the_relay_back(Meanwhile::Stopped);
+}
+
+/// An order of `lines` placed on `app`, whose event the relaying instance (`app`) records
+/// as blocked.
+fn refused_and_recorded(app: &TestApp, lines: &[(i64, i64)]) {
+    let created = app.create_order(&ALICE, &items(lines));
+    created.assert_status(201);
+    let (event, _) = created_event(app, &created);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            app.ready().json()["outbox"]["blocked_event_id"] == event.as_str()
+        }),
+        "event {event} is not recorded as blocked:\n{}",
+        app.stderr()
+    );
+}
+
+/// What the first instance does while the second relays.
+#[derive(PartialEq)]
+enum Meanwhile {
+    StandsBy,
+    Stopped,
+}
+
+fn taking_the_relay_back(meanwhile: Meanwhile) {
+    if !require_broker() || !require_postgres() {
+        return;
+    }
+    let queue = small_queue();
+    let broker = |builder: AppBuilder| instance_on(builder, &queue);
+    // Events of about 3.3 KB: one fits the empty queue, two do not.
+    let (products, other_products) = (
+        ProductStandIn::with_default_catalog(),
+        ProductStandIn::with_default_catalog(),
+    );
+    let medium = long_named_products(&products)[..5].to_vec();
+    long_named_products(&other_products);
+    let first = broker(TestApp::builder().products(products)).spawn();
+    let mut second = broker(
+        TestApp::builder()
+            .products(other_products)
+            .on_database_of(&first),
+    )
+    .spawn();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            first.ready().json()["relay"] == "active" && second.ready().json()["relay"] == "standby"
+        }),
+        "the first instance relays, the second stands by"
+    );
+
+    // Two small events in the queue; the first instance's refused event 3 after them.
+    for _ in 0..2 {
+        first
+            .create_order(&ALICE, &items(&[(MOUSE, 1)]))
+            .assert_status(201);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || pending(&first) == 0),
+        "{}",
+        first.stderr()
+    );
+    refused_and_recorded(&first, &medium);
+
+    // The second instance takes over while the first is stopped.
+    first.signal("STOP");
+    end_relay_session(&first);
+    let took_over = wait_until(Duration::from_secs(20), || {
+        second.ready().json()["relay"] == "active"
+    });
+    if meanwhile == Meanwhile::StandsBy {
+        first.signal("CONT");
+    }
+    assert!(
+        took_over,
+        "the second instance did not take over:\n{}",
+        second.stderr()
+    );
+    if meanwhile == Meanwhile::StandsBy {
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                first.ready().json()["relay"] == "standby"
+            }),
+            "the first instance does not stand by:\n{}",
+            first.stderr()
+        );
+    }
+
+    // With the queue emptied, event 3 goes through; event 4, as large, is refused and
+    // recorded by the second instance; event 5, small, would fit beside event 3.
+    queue.purge();
+    assert!(
+        wait_until(Duration::from_secs(20), || pending(&second) == 0),
+        "event 3 did not go through into the emptied queue:\n{}",
+        second.stderr()
+    );
+    refused_and_recorded(&second, &medium);
+    second
+        .create_order(&ALICE, &items(&[(MOUSE, 1)]))
+        .assert_status(201);
+    let sizes = pending_sizes(&second);
+    assert!(
+        sizes.len() == 2 && sizes[0] * 2 > 4000 && sizes[0] + sizes[1] <= 4000,
+        "events 4 and 5 as this test needs them: {sizes:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(queue.message_count(), 1, "event 5 waits behind event 4");
+
+    // The first instance takes the relay back.
+    second.kill();
+    if meanwhile == Meanwhile::Stopped {
+        first.signal("CONT");
+    }
+    relays_and_keeps_the_block(&first, &queue);
     queue.delete();
 }
 

@@ -11,7 +11,7 @@ use super::gets::Combined;
 use super::RELAY_LOCK;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, Page, ProductId, Status, UserId};
 use crate::store::{
-    BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, OrderList, OutboxRow,
+    BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, Lead, OrderList, OutboxRow,
     OutboxStats, Reads, StoreError, Then,
 };
 use postgres::Row;
@@ -294,7 +294,7 @@ impl Reads for PgReader {
         .transpose()
     }
 
-    fn lead_relay(&self) -> Result<bool, StoreError> {
+    fn lead_relay(&self) -> Result<Lead, StoreError> {
         let mut conn = self.conn.borrow_mut();
         // A session-level lock lives as long as the session: held if this session (not
         // an earlier one, lost since) took it. Checking the session costs a round trip.
@@ -303,13 +303,13 @@ impl Reads for PgReader {
             conn.generation()
         };
         if *self.leading.borrow() == Some(session) {
-            return Ok(true);
+            return Ok(Lead::Held);
         }
         let took: bool = conn
             .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])?
             .get(0);
         *self.leading.borrow_mut() = took.then_some(session);
-        Ok(took)
+        Ok(if took { Lead::Taken } else { Lead::Elsewhere })
     }
 }
 
