@@ -610,6 +610,52 @@ fn an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept(db: &mut dyn En
     assert_eq!(rows(db), 0, "an answer newer than the row forgets it");
 }
 
+/// A product answered unknown, or left out of a complete refresh, stays gone for an
+/// answer fetched before then that commits after it (a slow lookup); a newer answer
+/// brings it back. Gone rows are pruned once old.
+fn a_product_gone_does_not_come_back_with_an_older_answer(db: &mut dyn Engine) {
+    let mouse = ProductId::new(2).unwrap();
+    let rows =
+        |db: &mut dyn Engine| in_tx(db, |tx| Ok(tx.snapshot_for_update(&[mouse])?.len())).unwrap();
+    let answer = |db: &mut dyn Engine, at| {
+        in_tx(db, |tx| Ok(tx.upsert_product(&product_row(2, at))?)).unwrap();
+    };
+    // Answered unknown at 2,000, with no row before it.
+    in_tx(db, |tx| Ok(tx.forget_product(mouse, 2_000)?)).unwrap();
+    answer(db, 1_000);
+    assert_eq!(
+        rows(db),
+        0,
+        "an answer from before the forget put the product back"
+    );
+    answer(db, 3_000);
+    assert_eq!(rows(db), 1, "a newer answer knows it again");
+    // A complete refresh started at 5,000 did not list it.
+    in_tx(db, |tx| Ok(tx.finish_refresh(5_000, 0, "list", true)?)).unwrap();
+    assert_eq!(rows(db), 0);
+    answer(db, 4_000);
+    assert_eq!(
+        rows(db),
+        0,
+        "an answer from before the refresh put the product back"
+    );
+    let pruned = in_tx(db, |tx| Ok(tx.prune_gone_products(5_001, 10)?)).unwrap();
+    assert_eq!(pruned, 1);
+}
+
+#[test]
+fn a_product_gone_does_not_come_back_with_an_older_answer_sqlite() {
+    a_product_gone_does_not_come_back_with_an_older_answer(&mut SqliteEngine::in_memory());
+}
+
+#[test]
+fn a_product_gone_does_not_come_back_with_an_older_answer_postgres() {
+    let Some(pg) = crate::store::TestDb::create() else {
+        return;
+    };
+    a_product_gone_does_not_come_back_with_an_older_answer(pg_engine(&pg).as_mut());
+}
+
 #[test]
 fn an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept_sqlite() {
     an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept(&mut SqliteEngine::in_memory());

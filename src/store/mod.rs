@@ -220,8 +220,9 @@ pub trait Tx {
     fn upsert_products(&mut self, products: &[CachedProduct]) -> Result<(), StoreError> {
         products.iter().try_for_each(|p| self.upsert_product(p))
     }
-    /// Forgets a product the service answered it does not know at `answered_at`, unless
-    /// the cache holds an answer newer than that one.
+    /// Marks a product gone (V11): the service answered at `answered_at` that it does not
+    /// know it. Unless the cache holds an answer newer than that one; a gone row is
+    /// written where there was none, so that an older answer committing later meets it.
     fn forget_product(&mut self, id: ProductId, answered_at: i64) -> Result<(), StoreError>;
     /// Marks pending events published; returns how many were.
     fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError>;
@@ -229,6 +230,8 @@ pub trait Tx {
     /// Deletes at most `limit` events published before `before`, never the newest row.
     fn prune_outbox(&mut self, before: i64, limit: usize) -> Result<usize, StoreError>;
     fn prune_idempotency(&mut self, before: i64, limit: usize) -> Result<usize, StoreError>;
+    /// Deletes at most `limit` snapshot rows of products gone before `before`.
+    fn prune_gone_products(&mut self, before: i64, limit: usize) -> Result<usize, StoreError>;
     /// Writes `lines` on at most `limit` of the orders without them (V8) whose id is above
     /// `after`, lowest ids first, from their `order_items`: the last id it took and how
     /// many it filled, or `None` when no such order is left.
@@ -375,6 +378,7 @@ mod tests {
         (8, "order_lines", 3743126637668977483),
         (9, "sqlite_row_keys", 15945681522886386728),
         (10, "sqlite_list_pages", 17794689251288278281),
+        (11, "product_gone", 14314268959007337005),
     ];
 
     #[test]

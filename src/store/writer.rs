@@ -27,6 +27,9 @@ const PRUNE_BUDGET: Duration = Duration::from_secs(2);
 const FILL_STEP_ROWS: usize = 1000;
 /// Idempotency records are kept a little over the 24 h the contract promises.
 const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(25 * 3600);
+/// How long a gone product's snapshot row stays (V11): longer than any answer about it
+/// (a lookup, a catalog page, each stamped when its request started) takes to commit.
+const GONE_RETENTION: Duration = Duration::from_secs(3600);
 
 /// A database engine as the writer drives it: transactions, savepoints, and the `Tx`
 /// inside them.
@@ -177,14 +180,17 @@ impl WriterHandle {
     }
 
     /// Deletes events published longer ago than `outbox_retention`, and idempotency
-    /// records past theirs, in steps of at most `PRUNE_STEP_ROWS` rows each in its own
+    /// records and gone products' snapshot rows past theirs, in steps of at most `PRUNE_STEP_ROWS` rows each in its own
     /// transaction, for up to `PRUNE_BUDGET`. Returns how many rows went.
     pub fn prune(&self, outbox_retention: Duration) -> Result<usize, StoreError> {
         let now = now_micros();
         let ago =
             |d: Duration| now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-        let (outbox_before, idempotency_before) =
-            (ago(outbox_retention), ago(IDEMPOTENCY_RETENTION));
+        let (outbox_before, idempotency_before, gone_before) = (
+            ago(outbox_retention),
+            ago(IDEMPOTENCY_RETENTION),
+            ago(GONE_RETENTION),
+        );
         let started = std::time::Instant::now();
         let mut total = 0;
         loop {
@@ -192,7 +198,8 @@ impl WriterHandle {
                 .send(
                     move |tx| -> Result<usize, StoreError> {
                         Ok(tx.prune_outbox(outbox_before, PRUNE_STEP_ROWS)?
-                            + tx.prune_idempotency(idempotency_before, PRUNE_STEP_ROWS)?)
+                            + tx.prune_idempotency(idempotency_before, PRUNE_STEP_ROWS)?
+                            + tx.prune_gone_products(gone_before, PRUNE_STEP_ROWS)?)
                     },
                     Kind::Alone,
                 )?

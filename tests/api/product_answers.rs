@@ -153,6 +153,39 @@ fn a_slow_lookup_does_not_put_back_an_older_price() {
     );
 }
 
+/// A lookup that started before the product service said it no longer knows a product,
+/// and commits after that answer, does not put the product back in the snapshot: once the
+/// service is away, the product is not sold from it.
+#[test]
+fn a_slow_lookup_does_not_bring_back_a_product_answered_unknown() {
+    const GONE: i64 = 77;
+    let app = spawn_app();
+    app.products.set(
+        GONE,
+        Behaviour::Slow(
+            Duration::from_millis(1200),
+            Box::new(product("Gone soon", "10.00", 5)),
+        ),
+    );
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| app.create_order(&ALICE, &items(&[(GONE, 1)])));
+        // The slow lookup has started; the product leaves the catalog, and a lookup sent
+        // now says so.
+        std::thread::sleep(Duration::from_millis(300));
+        app.products.set(GONE, Behaviour::NotFound);
+        app.create_order(&BOB, &items(&[(GONE, 1)]))
+            .assert_error(422, "unknown_product");
+        slow.join().unwrap().assert_status(201);
+    });
+    app.products.set_down(true);
+    let offline = app.create_order(&BOB, &items(&[(GONE, 1)]));
+    assert_eq!(
+        offline.status, 503,
+        "a product the service said it no longer knows was sold offline: {}",
+        offline.body
+    );
+}
+
 fn cached_fetched_at(app: &TestApp, id: i64) -> i64 {
     app.query_one(
         "SELECT fetched_at FROM product_cache WHERE product_id = ?1",

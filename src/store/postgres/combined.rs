@@ -172,7 +172,7 @@ impl Combined {
 }
 
 /// Upserts the snapshot rows of `rows`, in their order, unless a row holds a newer
-/// answer. A statement may not upsert a row twice: one row per product, callers see to it.
+/// answer (a product gone since, V11, too). A statement may not upsert a row twice: one row per product, callers see to it.
 /// Under `SALES_LOCK` shared, before the rows' locks, as every write of snapshot rows:
 /// an offline create, which takes it alone before it locks the rows it has and then
 /// inserts the ones it was answered, meets none of them half-way.
@@ -183,7 +183,8 @@ pub(super) fn push_products(deferred: &mut Deferred, rows: &[&CachedProduct]) {
          SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
          WHERE (SELECT pg_advisory_xact_lock_shared($6)) IS NOT NULL
          ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
-           price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
+           price_cents = excluded.price_cents, stock = excluded.stock,
+           fetched_at = excluded.fetched_at, gone = 0
          WHERE excluded.fetched_at >= product_cache.fetched_at",
         vec![
             Box::new(rows.iter().map(|p| p.product_id.get()).collect::<Vec<_>>()),

@@ -496,9 +496,13 @@ impl Tx for PgEngine {
     fn forget_product(&mut self, id: ProductId, answered_at: i64) -> Result<(), StoreError> {
         self.wrote = true;
         // Under `SALES_LOCK` shared, as every write of snapshot rows (`push_products`).
+        // A row even where there was none, for an older answer still on its way to meet.
         self.conn()?.execute(
-            "DELETE FROM product_cache WHERE product_id = $1 AND fetched_at <= $2
-               AND (SELECT pg_advisory_xact_lock_shared($3)) IS NOT NULL",
+            "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at, gone)
+             SELECT $1, '', 0, 0, $2, 1
+             WHERE (SELECT pg_advisory_xact_lock_shared($3)) IS NOT NULL
+             ON CONFLICT (product_id) DO UPDATE SET fetched_at = excluded.fetched_at, gone = 1
+             WHERE excluded.fetched_at >= product_cache.fetched_at",
             &[&id.get(), &answered_at, &super::SALES_LOCK],
         )?;
         Ok(())
@@ -572,6 +576,19 @@ impl Tx for PgEngine {
         Ok(n as usize)
     }
 
+    fn prune_gone_products(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        self.wrote = true;
+        // In product order, and under `SALES_LOCK` shared, as every write of snapshot rows.
+        let n = self.conn()?.execute(
+            "DELETE FROM product_cache WHERE product_id IN (
+               SELECT product_id FROM product_cache WHERE gone = 1 AND fetched_at < $1
+                 AND (SELECT pg_advisory_xact_lock_shared($3)) IS NOT NULL
+               ORDER BY product_id LIMIT $2 FOR UPDATE)",
+            &[&before, &(limit as i64), &super::SALES_LOCK],
+        )?;
+        Ok(n as usize)
+    }
+
     fn heartbeat(&mut self, at: i64) -> Result<(), StoreError> {
         self.wrote = true;
         self.conn()?.execute(
@@ -603,7 +620,7 @@ impl Tx for PgEngine {
         // refreshing the rows it looked up.
         let rows = self.conn()?.query(
             "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache
-             WHERE product_id = ANY($1) ORDER BY product_id FOR UPDATE",
+             WHERE product_id = ANY($1) AND gone = 0 ORDER BY product_id FOR UPDATE",
             &[&ids],
         )?;
         let sold = self.conn()?.query(
@@ -648,12 +665,13 @@ impl Tx for PgEngine {
         complete_list: bool,
     ) -> Result<(), StoreError> {
         if complete_list {
-            // Locked in product order, as creates lock the rows they upsert: in the
+            // Gone as of the refresh's start: a lookup older than it does not put them
+            // back. Locked in product order, as creates lock the rows they upsert: in the
             // table's order, a create holding one of two such rows and this waiting on it
             // while holding the other would deadlock. Under `SALES_LOCK` shared, as every
             // write of snapshot rows (`push_products`).
             self.conn()?.execute(
-                "DELETE FROM product_cache WHERE product_id IN (
+                "UPDATE product_cache SET fetched_at = $1, gone = 1 WHERE product_id IN (
                    SELECT product_id FROM product_cache WHERE fetched_at < $1
                      AND (SELECT pg_advisory_xact_lock_shared($2)) IS NOT NULL
                    ORDER BY product_id FOR UPDATE)",

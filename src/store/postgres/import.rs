@@ -105,6 +105,7 @@ const TABLES: [Table; 7] = [
             ("price_cents", Type::INT8),
             ("stock", Type::INT8),
             ("fetched_at", Type::INT8),
+            ("gone", Type::INT4),
         ],
         key: "product_id",
     },

@@ -186,7 +186,7 @@ impl Reads for PgReader {
         let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
         let rows = self.conn.borrow_mut().query(
             "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache
-             WHERE product_id = ANY($1)",
+             WHERE product_id = ANY($1) AND gone = 0",
             &[&ids],
         )?;
         rows.iter().map(cached_product).collect()
@@ -196,7 +196,7 @@ impl Reads for PgReader {
         let mut conn = self.conn.borrow_mut();
         let r = conn.query_one(
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN fetched_at >= $1 THEN 1 ELSE 0 END), 0)::BIGINT,
-               MIN(fetched_at), MAX(fetched_at) FROM product_cache",
+               MIN(fetched_at), MAX(fetched_at) FROM product_cache WHERE gone = 0",
             &[&fresh_after],
         )?;
         let mut stats = CatalogStats {

@@ -230,6 +230,10 @@ impl Tx for SqliteEngine {
         Ok(writes::prune_idempotency(&self.conn, before, limit)?)
     }
 
+    fn prune_gone_products(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        Ok(writes::prune_gone_products(&self.conn, before, limit)?)
+    }
+
     fn fill_lines(&mut self, after: i64, limit: usize) -> Result<Option<(i64, usize)>, StoreError> {
         Ok(writes::fill_lines(&self.conn, after, limit)?)
     }

@@ -465,7 +465,7 @@ mod tests {
         )
         .unwrap();
 
-        let applied = migrate(&mut conn).unwrap();
+        let applied = migrate_to(&mut conn, refinery::Target::Version(10)).unwrap();
         assert_eq!(applied, ["V10__sqlite_list_pages"]);
 
         let line = |id, name: &str, quantity, cents| OrderItem {

@@ -86,7 +86,8 @@ impl Reads for Reader {
 
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache WHERE product_id = ?1",
+            "SELECT product_id, name, price_cents, stock, fetched_at FROM product_cache
+             WHERE product_id = ?1 AND gone = 0",
         )?;
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {
@@ -111,7 +112,7 @@ impl Reads for Reader {
             .conn
             .prepare_cached(
                 "SELECT COUNT(*), COALESCE(SUM(CASE WHEN fetched_at >= ?1 THEN 1 ELSE 0 END), 0),
-                   MIN(fetched_at), MAX(fetched_at) FROM product_cache",
+                   MIN(fetched_at), MAX(fetched_at) FROM product_cache WHERE gone = 0",
             )?
             .query_row([fresh_after], |r| {
                 Ok(CatalogStats {
@@ -184,7 +185,7 @@ pub(crate) fn snapshot(
         "SELECT p.name, p.price_cents, p.stock, p.fetched_at,
            (SELECT COALESCE(SUM(l.quantity), 0) FROM stock_ledger l
              WHERE l.product_id = p.product_id AND l.sold_at >= p.fetched_at)
-         FROM product_cache p WHERE p.product_id = ?1",
+         FROM product_cache p WHERE p.product_id = ?1 AND p.gone = 0",
     )?;
     let mut found = Vec::with_capacity(ids.len());
     for id in ids {

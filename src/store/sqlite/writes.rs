@@ -162,27 +162,54 @@ pub(crate) fn fill_lines(
 }
 
 /// Keeps `p` unless the cache holds a newer answer: a slow lookup that commits last
-/// must not put back an older price.
+/// must not put back an older price, nor a product answered gone since (V11).
 pub(crate) fn upsert_product(conn: &Connection, p: &CachedProduct) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at)
          VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (product_id) DO UPDATE SET name = excluded.name,
-           price_cents = excluded.price_cents, stock = excluded.stock, fetched_at = excluded.fetched_at
+           price_cents = excluded.price_cents, stock = excluded.stock,
+           fetched_at = excluded.fetched_at, gone = 0
          WHERE excluded.fetched_at >= product_cache.fetched_at",
     )?
-    .execute(params![p.product_id.get(), p.name, p.price.cents(), p.stock, p.fetched_at])?;
+    .execute(params![
+        p.product_id.get(),
+        p.name,
+        p.price.cents(),
+        p.stock,
+        p.fetched_at
+    ])?;
     Ok(())
 }
 
+/// Marks the product gone as of `answered_at`, unless a newer answer knows it; a row
+/// even where there was none, for an older answer still on its way to meet.
 pub(crate) fn forget_product(
     conn: &Connection,
     id: ProductId,
     answered_at: i64,
 ) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM product_cache WHERE product_id = ?1 AND fetched_at <= ?2")?
-        .execute([id.get(), answered_at])?;
+    conn.prepare_cached(
+        "INSERT INTO product_cache (product_id, name, price_cents, stock, fetched_at, gone)
+         VALUES (?1, '', 0, 0, ?2, 1)
+         ON CONFLICT (product_id) DO UPDATE SET fetched_at = excluded.fetched_at, gone = 1
+         WHERE excluded.fetched_at >= product_cache.fetched_at",
+    )?
+    .execute([id.get(), answered_at])?;
     Ok(())
+}
+
+/// Deletes at most `limit` rows of products gone before `before`.
+pub(crate) fn prune_gone_products(
+    conn: &Connection,
+    before: i64,
+    limit: usize,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM product_cache WHERE product_id IN (
+           SELECT product_id FROM product_cache WHERE gone = 1 AND fetched_at < ?1 LIMIT ?2)",
+    )?
+    .execute(params![before, limit as i64])
 }
 
 pub(crate) fn record_sale(
@@ -209,8 +236,11 @@ pub(crate) fn finish_refresh(
     complete_list: bool,
 ) -> rusqlite::Result<()> {
     if complete_list {
-        conn.prepare_cached("DELETE FROM product_cache WHERE fetched_at < ?1")?
-            .execute([started])?;
+        // Gone as of the refresh's start: a lookup older than it does not put them back.
+        conn.prepare_cached(
+            "UPDATE product_cache SET fetched_at = ?1, gone = 1 WHERE fetched_at < ?1",
+        )?
+        .execute([started])?;
     }
     conn.prepare_cached(
         "DELETE FROM stock_ledger WHERE sold_at < COALESCE(
