@@ -251,9 +251,10 @@ impl Catalog {
         let (agent, base, helpers) = match &self.source {
             Source::File(path) => {
                 let catalog = read_catalog(path).map_err(none_answered)?;
+                // A product listed twice is its last entry, as the snapshot takes it.
                 return Ok(ids
                     .iter()
-                    .map(|id| catalog.iter().find(|p| p.id == *id).cloned())
+                    .map(|id| catalog.iter().rev().find(|p| p.id == *id).cloned())
                     .collect());
             }
             Source::Http {

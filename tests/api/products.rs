@@ -432,6 +432,31 @@ fn a_file_catalog_serves_products_without_a_product_service() {
     assert_eq!(app.products.calls(), 0, "the stand-in is not asked");
 }
 
+/// A product a `file:` catalog lists twice is its last entry, online as offline, where
+/// the snapshot takes the last one.
+#[test]
+fn a_product_a_file_catalog_lists_twice_is_its_last_entry() {
+    let dir = temp_dir();
+    let catalog = write_file(
+        &dir,
+        "catalog.json",
+        r#"[{"id":1,"name":"Old Laptop","price":"900.00","stock":5},{"id":1,"name":"Laptop","price":"999.99","stock":5}]"#,
+    );
+    let app = TestApp::builder()
+        .env(
+            "PRODUCT_SERVICE_URL",
+            &format!("file:{}", catalog.display()),
+        )
+        .spawn();
+    let online = app.place_order(&ALICE, &[(1, 1)]);
+    assert_eq!(line_for(&online, 1)["product_name"], "Laptop", "{online}");
+    let snapshot: String = app.query_one(
+        "SELECT name FROM product_cache WHERE product_id = ?1",
+        &[1.into()],
+    );
+    assert_eq!(snapshot, "Laptop");
+}
+
 #[test]
 fn a_refused_order_still_refreshes_the_cached_stock() {
     let app = TestApp::builder()
