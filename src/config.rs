@@ -688,6 +688,14 @@ fn parse_database(v: &str) -> Result<Database, String> {
             }
         };
     }
+    // Meant for PostgreSQL but not its URL (a `:` or `//` left out, libpq's `key=value`
+    // form): taken as a path, it was a new, empty SQLite file named after it, the
+    // password in its name and in every line that names the database.
+    if almost_postgres(v) {
+        return Err("looks like a PostgreSQL connection, but is not its URL: \
+             postgresql://user:pass@host:port/db"
+            .into());
+    }
     let path = v
         .strip_prefix("sqlite://")
         .or_else(|| v.strip_prefix("sqlite:"))
@@ -733,6 +741,29 @@ fn parse_database(v: &str) -> Result<Database, String> {
         return Err("must be a file path or sqlite://PATH".into());
     }
     Ok(Database::Sqlite(PathBuf::from(path)))
+}
+
+/// A PostgreSQL URL with its `://` mistyped (`postgresql//…`, `postgres:/…`), or a
+/// libpq connection string (`host=… dbname=…`).
+fn almost_postgres(v: &str) -> bool {
+    let lower = v.trim_start().to_ascii_lowercase();
+    let scheme = ["postgresql", "postgres"]
+        .iter()
+        .find_map(|s| lower.strip_prefix(s));
+    if scheme.is_some_and(|rest| rest.starts_with(':') || rest.starts_with("//")) {
+        return true;
+    }
+    const LIBPQ_KEYS: [&str; 7] = [
+        "host=",
+        "hostaddr=",
+        "port=",
+        "dbname=",
+        "user=",
+        "password=",
+        "sslmode=",
+    ];
+    v.split_ascii_whitespace()
+        .any(|word| LIBPQ_KEYS.iter().any(|k| word.starts_with(k)))
 }
 
 fn pool_size(v: &str) -> Result<usize, String> {
@@ -1018,6 +1049,27 @@ mod tests {
             assert_eq!(back.get_hosts(), [host], "{described}");
             assert_eq!(back.get_dbname(), Some("orders"), "{described}");
             assert_eq!(back.get_user(), None, "{described}");
+        }
+    }
+
+    #[test]
+    fn a_postgresql_connection_that_is_not_its_url_is_refused_not_taken_for_a_path() {
+        for url in [
+            "postgresql//orders:canary-pw@db.example:5432/orders",
+            "postgres:/orders:canary-pw@db.example/orders",
+            "PostgreSQL:orders",
+            "host=db.example user=orders password=canary-pw dbname=orders",
+            "dbname=orders",
+        ] {
+            let e = config(&[("DATABASE_URL", url)]).unwrap_err();
+            assert_eq!(e.variable, "DATABASE_URL", "{url}");
+            assert!(e.to_string().contains("PostgreSQL"), "{url}: {e}");
+            assert!(!e.to_string().contains("canary-pw"), "{url}: {e}");
+        }
+        // Paths that only look alike are paths.
+        for path in ["postgres/orders.db", "postgresql.db", "data/host=a.db"] {
+            let c = config(&[("DATABASE_URL", path)]).unwrap();
+            assert_eq!(c.database, Database::Sqlite(PathBuf::from(path)), "{path}");
         }
     }
 

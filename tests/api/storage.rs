@@ -48,6 +48,23 @@ fn an_in_memory_database_is_refused_at_start() {
     }
 }
 
+/// A PostgreSQL URL missing its `:`, or libpq's `key=value` form, is refused at start
+/// (exit 2), its password never printed: taken as a path, it was a new SQLite file.
+#[test]
+fn a_mistyped_postgresql_url_is_refused_and_its_password_never_printed() {
+    for url in [
+        "postgresql//orders:canary-pw@db.example:5432/orders",
+        "host=db.example user=orders password=canary-pw dbname=orders",
+    ] {
+        let (code, stderr) = serve_exit(url);
+        assert_eq!(code, Some(2), "DATABASE_URL={url}: stderr {stderr:?}");
+        assert!(
+            stderr.contains("DATABASE_URL") && !stderr.contains("canary-pw"),
+            "names the variable, not the password: {stderr:?}"
+        );
+    }
+}
+
 #[test]
 fn a_file_uri_with_parameters_that_could_keep_nothing_is_refused() {
     for url in ["file:orders.db?vfs=memdb", "file:orders.db?mode=%6Demory"] {
