@@ -565,3 +565,63 @@ fn every_api_request_without_a_user_id_is_answered_401_before_its_route() {
         .assert_error(404, "not_found");
     app.health().assert_status(200);
 }
+
+/// Method names are case-sensitive (RFC 9110, 9.1): `pOsT` is no method of the API, so a
+/// rule a gateway keys on `POST` or `PATCH` is not got round by writing it otherwise.
+#[test]
+fn a_method_in_another_case_is_not_taken_for_the_method() {
+    let app = spawn_app();
+    let id = app.place_order_id(&ALICE, MOUSE, 1);
+    let body = r#"{"items":[{"product_id":2,"quantity":1}]}"#;
+    let status = r#"{"status":"confirmed"}"#;
+    for request in [
+        format!(
+            "pOsT /api/orders HTTP/1.1\r\nHost: x\r\nX-User-Id: alice\r\n\
+             X-User-Email: alice@example.com\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        format!(
+            "patch /api/orders/{id}/status HTTP/1.1\r\nHost: x\r\nX-User-Id: admin\r\n\
+             X-User-Role: admin\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{status}",
+            status.len()
+        ),
+        format!("get /api/orders/{id} HTTP/1.1\r\nHost: x\r\nX-User-Id: alice\r\nConnection: close\r\n\r\n"),
+    ] {
+        let response = app.raw(request.as_bytes());
+        let line = request.lines().next().unwrap().to_string();
+        assert_eq!(response.status, 405, "{line}: {response:?}");
+    }
+    assert_eq!(app.count_orders(), 1);
+    assert_eq!(app.get_order(&ALICE, id).json()["status"], "pending");
+}
+
+/// HEAD is GET without the body (RFC 9110, 9.3.2), as a load balancer's check may send it.
+#[test]
+fn head_is_answered_as_get_without_its_body() {
+    let app = spawn_app();
+    let id = app.place_order_id(&ALICE, MOUSE, 1);
+    for target in [
+        "/health".to_string(),
+        format!("/api/orders/{id}"),
+        "/api/orders".into(),
+    ] {
+        let (answer, _) = send_and_read_all(
+            &app,
+            format!("HEAD {target} HTTP/1.1\r\nHost: x\r\nX-User-Id: alice\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert!(
+            answer.starts_with("HTTP/1.1 200 "),
+            "HEAD {target}: {answer}"
+        );
+        let (head, rest) = answer.split_once("\r\n\r\n").expect("a whole head");
+        assert!(rest.is_empty(), "HEAD {target} sent a body: {rest:?}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "HEAD {target}: {head}"
+        );
+    }
+}
