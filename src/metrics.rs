@@ -94,6 +94,15 @@ impl Metrics {
         h.sum += secs;
     }
 
+    /// A request the HTTP edge refused before any route saw it (400, 408, 413, 414, 417,
+    /// 431, 505, and 503 when full): counted under the route `edge`, with no duration.
+    pub fn edge_refused(&self, status: u16) {
+        let mut requests = self.requests[stripe()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *requests.by_status.entry(("edge", status)).or_default() += 1;
+    }
+
     pub fn order_created(&self) {
         self.orders_created.fetch_add(1, Relaxed);
     }

@@ -151,7 +151,13 @@ impl HttpServer {
                 ..tiny_http::Limits::default()
             },
             max_connections,
-            refusal: edge_refusal,
+            refusal: {
+                let metrics = shared.metrics.clone();
+                Arc::new(move |status| {
+                    metrics.edge_refused(status);
+                    edge_refusal(status)
+                })
+            },
             // Weak: the connections' threads may outlive the server, and what `Shared`
             // holds (the writer's handle) must not.
             direct: shared.join_get.clone().map(|join_get| {

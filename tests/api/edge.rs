@@ -337,6 +337,27 @@ fn past_max_connections_a_new_client_gets_a_fast_503_and_later_a_place() {
             == 200),
         "no place again once the held connections closed"
     );
+    let refused = metric(
+        &app.metrics().body,
+        r#"order_service_http_requests_total{route="edge",status="503"}"#,
+    );
+    assert!(refused >= Some(1.0), "the 503s are counted: {refused:?}");
+}
+
+/// What the edge refuses before any route sees it shows in /metrics, under the route
+/// `edge`: an operator sees a flood of malformed requests.
+#[test]
+fn a_request_the_edge_refuses_is_counted_in_metrics() {
+    let app = spawn_app();
+    let (answer, _) = send_and_read_all(&app, b"GET /health HTTP/1.1\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(
+        metric(
+            &app.metrics().body,
+            r#"order_service_http_requests_total{route="edge",status="400"}"#
+        ),
+        Some(1.0)
+    );
 }
 
 #[test]

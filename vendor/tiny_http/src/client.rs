@@ -26,7 +26,7 @@ pub(crate) struct Shared {
     /// (PATCHES.md, 18).
     pub busy: Arc<AtomicUsize>,
     pub limits: Limits,
-    pub refusal: fn(u16) -> ResponseBox,
+    pub refusal: crate::Refusal,
     pub direct: Option<crate::Direct>,
 }
 

@@ -201,6 +201,10 @@ pub struct ServerConfig {
 /// thread, so it must not block.
 pub type Direct = std::sync::Arc<dyn Fn(Request) -> Option<Request> + Send + Sync>;
 
+/// Local (PATCHES.md, 16, 17): the answer to a request the server refuses on its own, by
+/// status. It runs on the connection's (or the accepting) thread, so it must not block.
+pub type Refusal = std::sync::Arc<dyn Fn(u16) -> ResponseBox + Send + Sync>;
+
 /// Local (PATCHES.md, 16, 17, 20): how the server bounds its clients.
 #[derive(Clone)]
 pub struct Options {
@@ -210,7 +214,7 @@ pub struct Options {
     pub max_connections: usize,
     /// The answer to a request the server refuses on its own (400, 408, 413, 414, 417,
     /// 431, 505, and 503 when full), by status: an empty body unless set.
-    pub refusal: fn(u16) -> ResponseBox,
+    pub refusal: Refusal,
     /// Requests taken before the queue (PATCHES.md, 20); none if unset.
     pub direct: Option<Direct>,
 }
@@ -230,7 +234,7 @@ impl Default for Options {
         Options {
             limits: Limits::default(),
             max_connections: 512,
-            refusal: |status| Response::empty(status).boxed(),
+            refusal: std::sync::Arc::new(|status| Response::empty(status).boxed()),
             direct: None,
         }
     }
@@ -287,7 +291,7 @@ impl Server {
             stopping: stopping.clone(),
             busy: busy.clone(),
             limits: options.limits.clone(),
-            refusal: options.refusal,
+            refusal: options.refusal.clone(),
             direct: options.direct.clone(),
         });
 
