@@ -330,7 +330,8 @@ fn serve(
 ) {
     let mut exchange = Exchange::begin(shared, req, route);
     let url = exchange.req().url().to_string();
-    let (_, query) = request::split_url(&url);
+    let (_, pairs) = request::split_url(&url);
+    let query: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (&**k, &**v)).collect();
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         exchange.check(shared)?;
         match route {

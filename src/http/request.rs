@@ -3,6 +3,7 @@
 use super::error::ApiError;
 use crate::domain::FieldError;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::io::Read;
 
 /// The largest body accepted: 64 KiB.
@@ -50,8 +51,10 @@ pub fn path_of(url: &str) -> &str {
     url.split_once('?').map_or(url, |(path, _)| path)
 }
 
-/// Splits `/api/orders?page=2` into the path and its `key=value` pairs.
-pub fn split_url(url: &str) -> (&str, Vec<(&str, &str)>) {
+/// Splits `/api/orders?page=2` into the path and its `key=value` pairs, each decoded as
+/// a form's (`%XX`, `+` for a space): `per%5Fpage` is `per_page`, which a proxy that
+/// decodes would read too, so that giving it twice so spelt is refused like any other.
+pub fn split_url(url: &str) -> (&str, Vec<(Cow<'_, str>, Cow<'_, str>)>) {
     match url.split_once('?') {
         None => (url, Vec::new()),
         Some((path, query)) => (
@@ -60,9 +63,42 @@ pub fn split_url(url: &str) -> (&str, Vec<(&str, &str)>) {
                 .split('&')
                 .filter(|p| !p.is_empty())
                 .map(|p| p.split_once('=').unwrap_or((p, "")))
+                .map(|(k, v)| (form_decoded(k), form_decoded(v)))
                 .collect(),
         ),
     }
+}
+
+/// `text` with its `%XX` escapes and `+` decoded; as given when an escape is malformed
+/// or what it decodes to is not UTF-8 (it then names no parameter and parses as no
+/// value: a 400 where one is read).
+fn form_decoded(text: &str) -> Cow<'_, str> {
+    if !text.contains(['%', '+']) {
+        return Cow::Borrowed(text);
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) if hex.is_some_and(|h| h.bytes().all(|c| c.is_ascii_hexdigit())) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    _ => return Cow::Borrowed(text),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_or(Cow::Borrowed(text), Cow::Owned)
 }
 
 /// The query parameter `name`, if given; given more than once, it is ambiguous (400).
@@ -213,7 +249,25 @@ mod tests {
     fn splits_queries() {
         let (path, q) = split_url("/api/orders?page=2&per_page=&x");
         assert_eq!(path, "/api/orders");
+        let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
         assert_eq!(q, vec![("page", "2"), ("per_page", ""), ("x", "")]);
+    }
+
+    #[test]
+    fn decodes_queries_as_a_form_and_leaves_what_does_not_decode() {
+        let (_, q) = split_url("/x?per%5Fpage=%31%30&a+b=%e2%82%ac&c=%zz&d=%4&e=%ff&f=+%2B");
+        let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (k.as_ref(), v.as_ref())).collect();
+        assert_eq!(
+            q,
+            [
+                ("per_page", "10"),
+                ("a b", "\u{20ac}"),
+                ("c", "%zz"),
+                ("d", "%4"),
+                ("e", "%ff"),
+                ("f", " +")
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `GET /api/orders/:id` and `GET /api/orders`: ownership, admin reads, pagination.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -293,6 +293,9 @@ fn bad_paging_answers_400_naming_the_parameter() {
         // Ambiguous: refused, not guessed.
         ("page=1&page=2", "page"),
         ("per_page=5&per_page=50", "per_page"),
+        // Decoded as a form, as a proxy may read it.
+        ("per_page=5&per%5Fpage=50", "per_page"),
+        ("page=%zz", "page"),
         ("after=1.1&after=1.1", "after"),
         ("page=2&after=1.1", "page"),
     ];
@@ -309,6 +312,22 @@ fn bad_paging_answers_400_naming_the_parameter() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// A query is decoded as a form's: `%31` is `1`.
+#[test]
+fn escaped_query_values_are_read_decoded() {
+    let app = spawn_app();
+    app.place_order(&ALICE, &[(MOUSE, 1)]);
+    app.place_order(&ALICE, &[(MOUSE, 1)]);
+
+    let page = app.list_orders(&ALICE, "page=%32&per%5Fpage=%31").json();
+
+    assert_eq!(
+        (page["page"].clone(), page["per_page"].clone()),
+        (json!(2), json!(1))
+    );
+    assert_eq!(page["orders"].as_array().map(Vec::len), Some(1), "{page}");
 }
 
 #[test]
