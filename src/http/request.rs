@@ -51,10 +51,13 @@ pub fn path_of(url: &str) -> &str {
     url.split_once('?').map_or(url, |(path, _)| path)
 }
 
+/// A query's `key=value`, decoded.
+pub type QueryPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
 /// Splits `/api/orders?page=2` into the path and its `key=value` pairs, each decoded as
 /// a form's (`%XX`, `+` for a space): `per%5Fpage` is `per_page`, which a proxy that
 /// decodes would read too, so that giving it twice so spelt is refused like any other.
-pub fn split_url(url: &str) -> (&str, Vec<(Cow<'_, str>, Cow<'_, str>)>) {
+pub fn split_url(url: &str) -> (&str, Vec<QueryPair<'_>>) {
     match url.split_once('?') {
         None => (url, Vec::new()),
         Some((path, query)) => (
