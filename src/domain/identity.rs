@@ -53,7 +53,8 @@ impl Email {
     }
 }
 
-/// `Idempotency-Key`: 1..=200 visible ASCII characters, scoped to one user.
+/// `Idempotency-Key`: 1..=200 printable ASCII characters (spaces among them), scoped to
+/// one user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
 
@@ -65,7 +66,7 @@ impl IdempotencyKey {
         } else {
             Err(FieldError::new(
                 "Idempotency-Key",
-                "must be 1 to 200 visible ASCII characters",
+                "must be 1 to 200 printable ASCII characters",
             ))
         }
     }
