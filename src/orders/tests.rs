@@ -643,6 +643,39 @@ fn a_product_gone_does_not_come_back_with_an_older_answer(db: &mut dyn Engine) {
     assert_eq!(pruned, 1);
 }
 
+/// A gone row keeps its stamp through the complete refreshes that follow (every 300 s by
+/// default), so that the prune, an hour on, takes it: restamped, none ever went.
+fn a_gone_row_is_pruned_an_hour_on_whatever_refreshes_came(db: &mut dyn Engine) {
+    const SECOND: i64 = 1_000_000;
+    let ghost = ProductId::new(424_242).unwrap();
+    let t0 = 1_000 * SECOND;
+    in_tx(db, |tx| Ok(tx.forget_product(ghost, t0)?)).unwrap();
+    let mut at = t0;
+    while at < t0 + 7_200 * SECOND {
+        at += 300 * SECOND;
+        in_tx(db, |tx| Ok(tx.finish_refresh(at, 0, "list", true)?)).unwrap();
+    }
+    let pruned = in_tx(
+        db,
+        |tx| Ok(tx.prune_gone_products(at - 3_600 * SECOND, 10)?),
+    )
+    .unwrap();
+    assert_eq!(pruned, 1);
+}
+
+#[test]
+fn a_gone_row_is_pruned_an_hour_on_whatever_refreshes_came_sqlite() {
+    a_gone_row_is_pruned_an_hour_on_whatever_refreshes_came(&mut SqliteEngine::in_memory());
+}
+
+#[test]
+fn a_gone_row_is_pruned_an_hour_on_whatever_refreshes_came_postgres() {
+    let Some(pg) = crate::store::TestDb::create() else {
+        return;
+    };
+    a_gone_row_is_pruned_an_hour_on_whatever_refreshes_came(pg_engine(&pg).as_mut());
+}
+
 #[test]
 fn a_product_gone_does_not_come_back_with_an_older_answer_sqlite() {
     a_product_gone_does_not_come_back_with_an_older_answer(&mut SqliteEngine::in_memory());

@@ -666,13 +666,14 @@ impl Tx for PgEngine {
     ) -> Result<(), StoreError> {
         if complete_list {
             // Gone as of the refresh's start: a lookup older than it does not put them
-            // back. Locked in product order, as creates lock the rows they upsert: in the
+            // back; a row gone already keeps its stamp, so that the prune takes it in
+            // time. Locked in product order, as creates lock the rows they upsert: in the
             // table's order, a create holding one of two such rows and this waiting on it
             // while holding the other would deadlock. Under `SALES_LOCK` shared, as every
             // write of snapshot rows (`push_products`).
             self.conn()?.execute(
                 "UPDATE product_cache SET fetched_at = $1, gone = 1 WHERE product_id IN (
-                   SELECT product_id FROM product_cache WHERE fetched_at < $1
+                   SELECT product_id FROM product_cache WHERE fetched_at < $1 AND gone = 0
                      AND (SELECT pg_advisory_xact_lock_shared($2)) IS NOT NULL
                    ORDER BY product_id FOR UPDATE)",
                 &[&started, &super::SALES_LOCK],

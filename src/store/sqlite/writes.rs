@@ -237,8 +237,9 @@ pub(crate) fn finish_refresh(
 ) -> rusqlite::Result<()> {
     if complete_list {
         // Gone as of the refresh's start: a lookup older than it does not put them back.
+        // A row gone already keeps its stamp, so that the prune takes it in time.
         conn.prepare_cached(
-            "UPDATE product_cache SET fetched_at = ?1, gone = 1 WHERE fetched_at < ?1",
+            "UPDATE product_cache SET fetched_at = ?1, gone = 1 WHERE fetched_at < ?1 AND gone = 0",
         )?
         .execute([started])?;
     }
