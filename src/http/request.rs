@@ -72,36 +72,18 @@ pub fn split_url(url: &str) -> (&str, Vec<QueryPair<'_>>) {
     }
 }
 
-/// `text` with its `%XX` escapes and `+` decoded; as given when an escape is malformed
-/// or what it decodes to is not UTF-8 (it then names no parameter and parses as no
-/// value: a 400 where one is read).
+/// `text` with its `+` and `%XX` escapes decoded (a malformed escape stays as written);
+/// as given when what it decodes to is not UTF-8 (it then names no parameter and parses
+/// as no value: a 400 where one is read).
 fn form_decoded(text: &str) -> Cow<'_, str> {
     if !text.contains(['%', '+']) {
         return Cow::Borrowed(text);
     }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) if hex.is_some_and(|h| h.bytes().all(|c| c.is_ascii_hexdigit())) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    _ => return Cow::Borrowed(text),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
+    let spaced = text.replace('+', " ");
+    match percent_encoding::percent_decode_str(&spaced).decode_utf8() {
+        Ok(decoded) => Cow::Owned(decoded.into_owned()),
+        Err(_) => Cow::Borrowed(text),
     }
-    String::from_utf8(out).map_or(Cow::Borrowed(text), Cow::Owned)
 }
 
 /// The query parameter `name`, if given; given more than once, it is ambiguous (400).
