@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The catalog's size: products 1 to 10, whose orders the scenarios place.
@@ -27,6 +28,8 @@ pub fn price_cents(id: u64) -> u64 {
 /// Products 1 to `PRODUCTS` with endless stock.
 pub struct Catalog {
     port: u16,
+    /// Requests answered since the start.
+    answered: Arc<AtomicU64>,
 }
 
 impl Catalog {
@@ -44,18 +47,25 @@ impl Catalog {
             })
             .collect();
         let answers = Arc::new(answers);
+        let answered = Arc::new(AtomicU64::new(0));
+        let counter = answered.clone();
         let listener = TcpListener::bind("127.0.0.1:0").expect("start the product catalog");
         let port = listener.local_addr().expect("its port").port();
         let named = || std::thread::Builder::new().name("catalog".into());
         named()
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
-                    let answers = answers.clone();
-                    let _ = named().spawn(move || serve(stream, &answers));
+                    let (answers, counter) = (answers.clone(), counter.clone());
+                    let _ = named().spawn(move || serve(stream, &answers, &counter));
                 }
             })
             .expect("start the product catalog");
-        Catalog { port }
+        Catalog { port, answered }
+    }
+
+    /// Requests answered since the start: the service's lookups.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
     }
 
     pub fn url(&self) -> String {
@@ -74,7 +84,7 @@ fn answer(status: &str, body: &str) -> Vec<u8> {
 /// Answers each request head on `stream` until the client closes it. The service's
 /// lookups are GETs without a body; anything but a known product gets a JSON 404 (the
 /// catalog list too: "no list, lookups only").
-fn serve(mut stream: TcpStream, answers: &HashMap<u64, Vec<u8>>) {
+fn serve(mut stream: TcpStream, answers: &HashMap<u64, Vec<u8>>, answered: &AtomicU64) {
     let _ = stream.set_nodelay(true);
     let not_found = answer("404 Not Found", r#"{"error":"Product not found"}"#);
     let mut buf = Vec::with_capacity(4096);
@@ -96,6 +106,7 @@ fn serve(mut stream: TcpStream, answers: &HashMap<u64, Vec<u8>>) {
             if stream.write_all(reply).is_err() {
                 return;
             }
+            answered.fetch_add(1, Ordering::Relaxed);
             buf.drain(..end + 4);
         }
         if buf.len() > 64 * 1024 {

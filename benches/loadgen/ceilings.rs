@@ -49,19 +49,10 @@ pub fn migrations_sql(postgres: bool) -> Vec<String> {
 pub fn sqlite(dir: &Path, lines: usize, per_tx: usize, time: Duration) -> Result<Outcome, String> {
     let path = dir.join(format!("ceiling-a-{lines}-{per_tx}.db"));
     let e = |e: rusqlite::Error| e.to_string();
-    let mut conn = rusqlite::Connection::open(&path).map_err(e)?;
-    // As src/store/sqlite/mod.rs `open_write` and `for_the_writer` set them.
-    conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
-        .map_err(e)?;
-    conn.pragma_update(None, "temp_store", "MEMORY")
-        .map_err(e)?;
-    for sql in migrations_sql(false) {
-        conn.execute_batch(&sql).map_err(e)?;
-    }
+    // Opened, migrated and set as the service's writer is (src/store/sqlite/mod.rs).
+    let mut conn = order_service::store::open_write(&path).map_err(|e| e.to_string())?;
+    order_service::store::migrate(&mut conn)?;
+    order_service::store::for_the_writer(&conn).map_err(|e| e.to_string())?;
     let mut out = Outcome::default();
     let started = Instant::now();
     let mut id = 0u64;
@@ -296,8 +287,10 @@ pub fn hello(
     out
 }
 
-/// (c) publishing `payload`-sized persistent messages in batches of `batch`, each batch
-/// waited on for its confirms, for `time`. Latencies are per batch.
+/// (c) publishing `payload`-sized persistent messages in batches of `batch` for `time`,
+/// as the relay does: the next batch goes out before the last one's confirms are waited
+/// on, so that the broker always has one to work on. Latencies are per batch, from its
+/// first publish to its last confirm.
 pub fn broker(payload_len: usize, batch: usize, time: Duration) -> Result<Outcome, String> {
     let queue = crate::service::queue_name("ceiling");
     let mut connection = crate::service::broker().map_err(|e| format!("connect: {e}"))?;
@@ -321,11 +314,9 @@ pub fn broker(payload_len: usize, batch: usize, time: Duration) -> Result<Outcom
             .enable_publisher_confirms()
             .map_err(|e| format!("confirms: {e}"))?;
         let body = vec![b'x'; payload_len];
-        let mut smoother = ConfirmSmoother::new();
         let mut tag = 0u64;
-        let mut out = Outcome::default();
-        let started = Instant::now();
-        while started.elapsed() < time {
+        // Publishes one batch; its last delivery tag and when it began.
+        let mut publish = || -> Result<(u64, Instant), String> {
             let began = Instant::now();
             for _ in 0..batch {
                 tag += 1;
@@ -354,8 +345,21 @@ pub fn broker(payload_len: usize, batch: usize, time: Duration) -> Result<Outcom
                     )
                     .map_err(|e| format!("publish: {e}"))?;
             }
-            let mut acked = tag - batch as u64;
-            while acked < tag {
+            Ok((tag, began))
+        };
+        let mut smoother = ConfirmSmoother::new();
+        let mut acked = 0u64;
+        let mut out = Outcome::default();
+        let started = Instant::now();
+        let mut waiting = publish()?;
+        loop {
+            let next = if started.elapsed() < time {
+                Some(publish()?)
+            } else {
+                None
+            };
+            let (last, began) = waiting;
+            while acked < last {
                 let raw = confirms
                     .recv_timeout(Duration::from_secs(10))
                     .map_err(|_| "no confirm in 10 s".to_string())?;
@@ -368,6 +372,10 @@ pub fn broker(payload_len: usize, batch: usize, time: Duration) -> Result<Outcom
             }
             out.ok += batch as u64;
             out.latencies.push(began.elapsed().as_micros() as u32);
+            match next {
+                Some(next) => waiting = next,
+                None => break,
+            }
         }
         out.seconds = started.elapsed().as_secs_f64();
         out.latencies.sort_unstable();

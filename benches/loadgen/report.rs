@@ -19,6 +19,9 @@ pub struct Line {
     pub cpu: Option<Usage>,
     /// The ceiling's name and rate.
     pub ceiling: Option<(String, f64)>,
+    /// Requests to the product service per order created, warm-up included (scenarios
+    /// that create).
+    pub lookups_per_create: Option<f64>,
 }
 
 impl Line {
@@ -35,6 +38,7 @@ impl Line {
             peak_rss_kib: None,
             cpu: None,
             ceiling: None,
+            lookups_per_create: None,
         }
     }
 
@@ -59,6 +63,9 @@ pub struct Report {
     pub facts: Vec<(String, String, Value)>,
     pub notes: Vec<String>,
     pub targets: Vec<Target>,
+    /// Notes of what went wrong without failing a request (errors in a service's log,
+    /// events still pending after the wait for them): each fails a smoke run.
+    pub troubles: usize,
 }
 
 fn ms(v: f64) -> String {
@@ -203,6 +210,7 @@ impl Report {
                         "ceiling": l.ceiling.as_ref().map(|(n, _)| n),
                         "ceiling_per_s": l.ceiling.as_ref().map(|(_, c)| num(*c)),
                         "ratio": l.ratio().map(num),
+                        "product_lookups_per_create": l.lookups_per_create.map(num),
                     })).collect::<Vec<_>>(),
                 })
             })

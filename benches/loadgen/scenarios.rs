@@ -58,12 +58,14 @@ impl Outcome {
         self.ok as f64 / self.seconds
     }
 
-    /// Milliseconds at quantile `q` (1.0 = max).
+    /// Milliseconds at quantile `q` (1.0 = max), by nearest rank: the smallest latency
+    /// that at least `q` of them do not exceed.
     pub fn ms(&self, q: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
         }
-        let i = ((self.latencies.len() as f64 * q) as usize).min(self.latencies.len() - 1);
+        let n = self.latencies.len();
+        let i = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
         f64::from(self.latencies[i]) / 1000.0
     }
 
@@ -247,6 +249,12 @@ fn client(
                     }
                 }
                 if !measured {
+                    // Not timed, but counted: the warm-up's requests are as valid.
+                    if !(200..300).contains(&resp.status) {
+                        *out.errors
+                            .entry(format!("warm-up {}", resp.status))
+                            .or_default() += 1;
+                    }
                     continue;
                 }
                 if (200..300).contains(&resp.status) {
@@ -260,9 +268,8 @@ fn client(
                 }
             }
             Err(_) => {
-                if measured {
-                    *out.errors.entry("io".into()).or_default() += 1;
-                }
+                let key = if measured { "io" } else { "warm-up io" };
+                *out.errors.entry(key.into()).or_default() += 1;
                 std::thread::sleep(Duration::from_millis(10));
             }
         }

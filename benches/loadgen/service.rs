@@ -182,9 +182,36 @@ pub fn broker_reachable() -> bool {
     TcpStream::connect_timeout(&"127.0.0.1:5672".parse().unwrap(), Duration::from_secs(1)).is_ok()
 }
 
-/// A connection to the local RabbitMQ, as guest.
-pub fn broker() -> amiquip::Result<amiquip::Connection> {
-    amiquip::Connection::insecure_open("amqp://guest:guest@127.0.0.1:5672")
+/// The type of the filesystem `dir` is on (`ext4`, `tmpfs`…), as `stat -f` names it.
+pub fn filesystem(dir: &Path) -> Option<String> {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let name = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !name.is_empty()).then_some(name)
+}
+
+/// A connection to the local RabbitMQ, as guest, with Nagle off as the relay's (its small
+/// frames would else wait for the last one's acknowledgement).
+pub fn broker() -> Result<amiquip::Connection, String> {
+    let stream = TcpStream::connect_timeout(
+        &"127.0.0.1:5672".parse().expect("an address"),
+        Duration::from_secs(5),
+    )
+    .and_then(|s| {
+        s.set_nodelay(true)?;
+        mio::net::TcpStream::from_stream(s)
+    })
+    .map_err(|e| e.to_string())?;
+    let options = amiquip::ConnectionOptions::default().auth(amiquip::Auth::Plain {
+        username: "guest".into(),
+        password: "guest".into(),
+    });
+    amiquip::Connection::insecure_open_stream(stream, options, amiquip::ConnectionTuning::default())
+        .map_err(|e| e.to_string())
 }
 
 /// The queues a run declares, by part: each named for the part and this process, so that

@@ -24,7 +24,9 @@ pub use records::{
     BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, OrderList, OutboxRow,
     OutboxStats, SnapshotProduct,
 };
-pub use sqlite::{backup, migrate, open_read, open_write, BackupReport, Reader, SqliteEngine};
+pub use sqlite::{
+    backup, for_the_writer, migrate, open_read, open_write, BackupReport, Reader, SqliteEngine,
+};
 pub use writer::{spawn as spawn_writer, Engine, Pending, WriterHandle};
 
 use crate::config::{Database, PostgresPool};
