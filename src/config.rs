@@ -384,7 +384,7 @@ pub const RUST_LOG: Setting<String> = Setting {
     default: "info",
     help: "log filter",
     secret: false,
-    parse: text,
+    parse: log_filter,
 };
 /// Read by nothing: older deployments set it, and it must not stop them.
 pub const FLASK_ENV: Setting<String> = Setting {
@@ -508,6 +508,16 @@ impl Config {
             Some(path) => read_env_file(path)?,
             None => HashMap::new(),
         };
+        // A value that is not UTF-8 is refused, not taken as unset: the file's value or the
+        // default would apply unseen (another database, the gateway's check off).
+        for (name, _, _) in SETTINGS {
+            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(name) {
+                return Err(ConfigError {
+                    variable: name.into(),
+                    problem: "not valid UTF-8".into(),
+                });
+            }
+        }
         // An empty variable counts as unset, so the file's value (or the default) applies.
         Config::from_lookup(|k| {
             std::env::var(k)
@@ -818,6 +828,15 @@ fn text(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
 
+/// A filter env_logger parses whole: the parts it cannot, it would only warn about on
+/// stderr and drop, and a service started with such a filter may log nothing at all.
+fn log_filter(v: &str) -> Result<String, String> {
+    env_filter::Builder::new()
+        .try_parse(v)
+        .map(|_| v.to_string())
+        .map_err(|e| format!("not a log filter ({e})"))
+}
+
 fn secret(v: &str) -> Result<Secret, String> {
     Ok(Secret(v.to_string()))
 }
@@ -986,6 +1005,21 @@ mod tests {
                 .variable,
             "DATABASE_URL"
         );
+        for filter in ["info=debug=trace", "order_service=loud", "a=b=c,info"] {
+            assert_eq!(
+                config(&[("RUST_LOG", filter)]).unwrap_err().variable,
+                "RUST_LOG",
+                "{filter}"
+            );
+        }
+        for filter in [
+            "info",
+            "warn,order_service=debug",
+            "order_service::http=trace",
+            "off",
+        ] {
+            assert_eq!(config(&[("RUST_LOG", filter)]).unwrap().log_filter, filter);
+        }
     }
 
     #[test]

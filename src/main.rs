@@ -9,7 +9,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 enum Command {
     Serve,
@@ -201,7 +201,30 @@ fn serve(config: &Config) -> Result<(), Failure> {
     // tables (V9 on SQLite: about 17 s for a million orders here) can outlast systemd's
     // start timeout (90 s by default), which would kill it and roll it back at every try.
     systemd::notify(&format!("EXTEND_TIMEOUT_USEC={}", START_LIMIT.as_micros()));
-    let app = App::build(config).map_err(Failure::Other)?;
+    // Until it is built, a signal ends the process at once: nothing was acknowledged yet,
+    // and a migration cut short is rolled back with its transaction.
+    let (built, building) = crossbeam_channel::bounded::<()>(0);
+    let start_guard = {
+        let signal_rx = signal_rx.clone();
+        std::thread::Builder::new()
+            .name("start-guard".into())
+            .spawn(move || {
+                crossbeam_channel::select! {
+                    recv(signal_rx) -> signal => {
+                        if let Ok(signal) = signal {
+                            log::warn!("signal {signal} during start-up: exiting now");
+                            exit_of(signal);
+                        }
+                    },
+                    recv(building) -> _ => {},
+                }
+            })
+            .map_err(|e| Failure::Other(format!("signals: {e}")))?
+    };
+    let app = App::build(config);
+    drop(built);
+    let _ = start_guard.join();
+    let app = app.map_err(Failure::Other)?;
     log::info!(
         "order-service {} listening on http://{} (store {}, database {})",
         env!("CARGO_PKG_VERSION"),
@@ -210,39 +233,57 @@ fn serve(config: &Config) -> Result<(), Failure> {
         config.database.describe()
     );
     systemd::notify("READY=1");
-    if let Ok(signal) = signal_rx.recv() {
+    let first = signal_rx.recv().ok();
+    if let Some(signal) = first {
         log::info!("signal {signal}: shutting down");
     }
+    let since = Instant::now();
     systemd::notify("STOPPING=1");
     std::thread::Builder::new()
         .name("stop-guard".into())
-        .spawn(move || guard_shutdown(&signal_rx))
+        .spawn(move || guard_shutdown(&signal_rx, first, since))
         .map_err(|e| Failure::Other(format!("signals: {e}")))?;
     app.shutdown();
     log::info!("stopped");
     Ok(())
 }
 
+/// A signal that repeats the first within this long is taken as the same one, sent twice:
+/// a wrapper that signals its child and then its process group (`timeout`, some
+/// supervisors) does so within microseconds, where a person's second Ctrl-C comes later.
+const SAME_SIGNAL: Duration = Duration::from_millis(500);
+
 /// While the service shuts down: a second signal ends the process at once, as does
 /// `SHUTDOWN_LIMIT`. Either way nothing acknowledged is lost: a 2xx was committed (and
 /// synced) before it was sent, and the outbox keeps what the relay did not publish.
-fn guard_shutdown(signals: &crossbeam_channel::Receiver<i32>) {
-    crossbeam_channel::select! {
-        recv(signals) -> signal => {
-            let Ok(signal) = signal else { return };
-            log::warn!("signal {signal} again: exiting now");
-            // Dies of the signal, as without a handler (systemd counts that as a clean stop).
-            let _ = signal_hook::low_level::emulate_default_handler(signal);
-            std::process::exit(128 + signal);
-        },
-        recv(crossbeam_channel::after(SHUTDOWN_LIMIT)) -> _ => {
-            log::error!(
-                "shutdown did not finish within {} s; exiting now",
-                SHUTDOWN_LIMIT.as_secs()
-            );
-            std::process::exit(1);
-        },
+fn guard_shutdown(signals: &crossbeam_channel::Receiver<i32>, first: Option<i32>, since: Instant) {
+    let limit = crossbeam_channel::at(since + SHUTDOWN_LIMIT);
+    loop {
+        crossbeam_channel::select! {
+            recv(signals) -> signal => {
+                let Ok(signal) = signal else { return };
+                if first == Some(signal) && since.elapsed() < SAME_SIGNAL {
+                    log::info!("signal {signal} again at once: the same stop, sent twice");
+                    continue;
+                }
+                log::warn!("signal {signal} again: exiting now");
+                exit_of(signal);
+            },
+            recv(limit) -> _ => {
+                log::error!(
+                    "shutdown did not finish within {} s; exiting now",
+                    SHUTDOWN_LIMIT.as_secs()
+                );
+                std::process::exit(1);
+            },
+        }
     }
+}
+
+/// Dies of `signal`, as without a handler (systemd counts that as a clean stop).
+fn exit_of(signal: i32) -> ! {
+    let _ = signal_hook::low_level::emulate_default_handler(signal);
+    std::process::exit(128 + signal);
 }
 
 fn outbox_status(config: &Config) -> Result<(), Failure> {

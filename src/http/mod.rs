@@ -145,6 +145,14 @@ impl HttpServer {
         write_threads: usize,
         max_connections: usize,
     ) -> std::io::Result<HttpServer> {
+        // Each worker's session, opened here: one that cannot open fails the start, where a
+        // worker that gave up alone would leave the service up with fewer workers, or none.
+        let readers = (0..threads)
+            .map(|_| (shared.open_reads)())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                std::io::Error::other(format!("an HTTP worker cannot open the database: {e}"))
+            })?;
         let options = tiny_http::Options {
             limits: tiny_http::Limits {
                 max_body: request::MAX_BODY,
@@ -192,13 +200,13 @@ impl HttpServer {
             );
         }
         let mut workers = Vec::with_capacity(threads);
-        for n in 0..threads {
+        for (n, reader) in readers.into_iter().enumerate() {
             let (server, shared, stopping) = (server.clone(), shared.clone(), stopping.clone());
             let hand = hand.clone();
             workers.push(
                 std::thread::Builder::new()
                     .name(format!("http-{n}"))
-                    .spawn(move || work(&server, &shared, &stopping, &hand))?,
+                    .spawn(move || work(&server, &shared, &stopping, &hand, reader.as_ref()))?,
             );
         }
         Ok(HttpServer {
@@ -250,17 +258,11 @@ fn work(
     shared: &Shared,
     stopping: &AtomicBool,
     hand: &crossbeam_channel::Sender<Handed>,
+    reader: &dyn Reads,
 ) {
-    let reader = match (shared.open_reads)() {
-        Ok(r) => r,
-        Err(e) => {
-            log::error!("http worker cannot open the database: {e}");
-            return;
-        }
-    };
     while !stopping.load(Ordering::SeqCst) {
         match server.recv_until_released(IDLE_WAIT) {
-            Ok(Some(req)) => dispatch(shared, reader.as_ref(), hand, req),
+            Ok(Some(req)) => dispatch(shared, reader, hand, req),
             Ok(None) => {}
             Err(e) => log::debug!("http: {e}"),
         }
@@ -282,7 +284,7 @@ fn work(
         };
         match server.recv_timeout(wait.min(left)) {
             Ok(Some(req)) => {
-                dispatch(shared, reader.as_ref(), hand, req);
+                dispatch(shared, reader, hand, req);
                 quiet_since = Instant::now();
             }
             Ok(None) => {}
