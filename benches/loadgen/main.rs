@@ -54,8 +54,8 @@ const USAGE: &str = "cargo bench --bench loadgen -- [options]
   --keep-logs        keep the run's folder with the services' logs (printed at the end)
   --smoke            a few seconds in all, small preload: for CI; fails on errors";
 
-/// The relay's batch (src/relay/mod.rs BATCH): rows published before waiting for confirms.
-const RELAY_BATCH: usize = 500;
+/// The relay's batch: rows published before waiting for confirms.
+const RELAY_BATCH: usize = order_service::relay::BATCH;
 /// How long a scenario waits for the events the ones before left pending (`settle`).
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// Users of the fresh-database scenarios: ~30 orders each, so page 1 is full.
@@ -599,6 +599,7 @@ fn fresh(run: &mut Run, svc: &Service) -> Option<usize> {
     let mut known = Known {
         orders: Vec::new(),
         users: FRESH_USERS,
+        deep_after: None,
     };
     let o = &run.o;
     let reads = ["get", "list", "mix"].iter().any(|p| o.wants(p));
@@ -905,10 +906,11 @@ fn scale(run: &mut Run) -> Result<(), String> {
     // The million's section first in the report, whichever read runs first.
     run.report.section(&big.names.0);
     run.report.section(&small.names.0);
-    let reads: [(Kind, LineName); 3] = [
+    let reads: [(Kind, LineName); 4] = [
         (Kind::Get, |l| &l.names.1),
         (Kind::List { big: false }, |l| &l.names.2),
         (Kind::List { big: true }, |l| &l.names.3),
+        (Kind::Deep, |l| &l.names.4),
     ];
     for (turn, (kind, name)) in reads.into_iter().enumerate() {
         let order = if turn % 2 == 0 {
@@ -918,6 +920,9 @@ fn scale(run: &mut Run) -> Result<(), String> {
         };
         for loaded in order {
             if matches!(kind, Kind::List { big: true }) && loaded.spec.held(BIG) == 0 {
+                continue;
+            }
+            if matches!(kind, Kind::Deep) && loaded.known.deep_after.is_none() {
                 continue;
             }
             run.scenario(
@@ -951,7 +956,7 @@ struct Loaded {
     spec: preload::Spec,
     known: Known,
     /// As `scale_names` gives them.
-    names: (String, String, String, String),
+    names: (String, String, String, String, String),
     /// Removes the database when dropped, after the service has stopped.
     _db: Db,
 }
@@ -983,8 +988,9 @@ fn baseline(full: &preload::Spec) -> preload::Spec {
     }
 }
 
-/// What the scale runs call their lines: (section, get, list, the big user's list).
-fn scale_names(spec: &preload::Spec, main: bool) -> (String, String, String, String) {
+/// What the scale runs call their lines: (section, get, list, the big user's list, the
+/// big user's deep page).
+fn scale_names(spec: &preload::Spec, main: bool) -> (String, String, String, String, String) {
     let big = spec.held(BIG);
     let tag = if main {
         "preloaded".to_string()
@@ -996,6 +1002,7 @@ fn scale_names(spec: &preload::Spec, main: bool) -> (String, String, String, Str
         format!("get by id, {tag}"),
         format!("list page 1, {tag}"),
         format!("list page 1 of the user with {big} orders"),
+        format!("page 9/10 down the user with {big} orders, by ?after="),
     )
 }
 
@@ -1031,12 +1038,21 @@ fn load(run: &mut Run, spec: preload::Spec, main: bool) -> Result<Loaded, String
             json!(ms(svc.ready_after)),
         );
     }
+    let deep_after = match deep_cursor(&svc, spec.held(BIG)) {
+        Ok(cursor) => cursor,
+        Err(e) => {
+            let log = svc.stop();
+            look_at_log(&mut run.report, label, &log);
+            return Err(e);
+        }
+    };
     let loaded = Loaded {
         known: Known {
             orders: (1..=spec.orders)
                 .map(|id| (id as i64, spec.owner(id)))
                 .collect(),
             users: spec.users,
+            deep_after,
         },
         names: scale_names(&spec, main),
         queue: setup.queue.clone(),
@@ -1050,6 +1066,28 @@ fn load(run: &mut Run, spec: preload::Spec, main: bool) -> Result<Loaded, String
         return Err(e);
     }
     Ok(loaded)
+}
+
+/// The cursor (`next`) that follows the big user's order nine tenths of the way down its
+/// `held` orders, read by page number (100 a page); none if it holds too few for a page
+/// beyond the first.
+fn deep_cursor(svc: &Service, held: u64) -> Result<Option<String>, String> {
+    let page = held * 9 / 10 / 100;
+    if page < 1 {
+        return Ok(None);
+    }
+    let path = format!("/api/orders?page={page}&per_page=100");
+    let answer = client::Conn::new(svc.addr)
+        .send(&client::Request::get(path.clone()).header("X-User-Id", scenarios::user_name(BIG)))
+        .map_err(|e| format!("{path}: {e}"))?;
+    let body: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    match body["next"].as_str() {
+        Some(next) if answer.status == 200 => Ok(Some(next.to_string())),
+        _ => Err(format!(
+            "{path} of the big user: {} without a next cursor",
+            answer.status
+        )),
+    }
 }
 
 /// The reads of the scale runs must find what was preloaded (a list that comes back empty
@@ -1220,9 +1258,9 @@ fn targets(r: &mut Report, o: &Options) {
         list.map(|l| ok && l.0 >= 10_200.0),
     );
     let full = scale_spec(o);
-    let (_, big_get, big_list, big_user) = scale_names(&full, true);
+    let (_, big_get, big_list, big_user, _) = scale_names(&full, true);
     let small = baseline(&full);
-    let (_, small_get, small_list, _) = scale_names(&small, false);
+    let (_, small_get, small_list, _, _) = scale_names(&small, false);
     // The reads the targets are about: the fresh database's and the preloaded ones.
     let reads = [
         "get by id",

@@ -31,6 +31,9 @@ pub enum Kind {
     Mix,
     /// The same request shape as `Get`, to a server that answers a fixed body.
     Hello,
+    /// GET /api/orders?after=…&per_page=10 of the big user: the page nine tenths of the
+    /// way down its orders, by the cursor `Known::deep_after`.
+    Deep,
 }
 
 /// Orders that exist, with their owners; the users creates and lists pick from.
@@ -38,6 +41,8 @@ pub enum Kind {
 pub struct Known {
     pub orders: Vec<(i64, u32)>,
     pub users: u32,
+    /// A cursor (`next`) deep into the big user's orders, for `Kind::Deep`.
+    pub deep_after: Option<String>,
 }
 
 /// What one scenario measured.
@@ -134,6 +139,24 @@ fn list(rng: &mut Rng, known: &Known, big: bool) -> Request {
     Request::get("/api/orders?page=1&per_page=10".into()).header("X-User-Id", user_name(u))
 }
 
+fn deep(known: &Known) -> Request {
+    let cursor = known
+        .deep_after
+        .as_deref()
+        .expect("a deep cursor, read before");
+    let encoded: String = cursor
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Request::get(format!("/api/orders?after={encoded}&per_page=10"))
+        .header("X-User-Id", user_name(BIG))
+}
+
 enum Sent {
     Other,
     Create(u32),
@@ -208,6 +231,7 @@ fn client(
             }
             Kind::Get => (get(&mut rng, known), Sent::Other),
             Kind::List { big } => (list(&mut rng, known, big), Sent::Other),
+            Kind::Deep => (deep(known), Sent::Other),
             Kind::Hello => (
                 Request::get("/api/orders/1".into()).header("X-User-Id", "user-1"),
                 Sent::Other,

@@ -35,8 +35,9 @@ use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Rows published before waiting for their confirms.
-const BATCH: usize = 500;
+/// Rows published before waiting for their confirms (the benchmark's ceiling (c) sends
+/// batches of this size too).
+pub const BATCH: usize = 500;
 /// The outbox is read again this often even when nobody wakes the relay.
 const POLL: Duration = Duration::from_secs(5);
 /// How often an instance that does not relay asks whether it may (PostgreSQL, several
