@@ -111,7 +111,7 @@ pub fn payload(r: &Row) -> String {
         })
         .collect();
     format!(
-        r#"{{"event_id":"loadgen:{id}","event_type":"order_created","sequence":{id},"occurred_at":"2025-01-01T00:00:00Z","source":"loadgen","order_id":{id},"user_id":"{user}","user_email":"{email}","status":"pending","previous_status":null,"total":{total},"items":[{items}],"created_at":"2025-01-01T00:00:00Z","updated_at":"2025-01-01T00:00:00Z","stock_verified":true,"priced_at":null}}"#,
+        r#"{{"event_id":"loadgen:{id}","event_type":"order_created","sequence":{id},"occurred_at":"2025-01-01T00:00:00Z","source":"loadgen","order_id":{id},"user_id":"{user}","user_email":"{email}","status":"pending","previous_status":null,"total":{total},"items":[{items}],"created_at":"2025-01-01T00:00:00Z","updated_at":"2025-01-01T00:00:00Z","stock_verified":true,"priced_at":"2025-01-01T00:00:00Z"}}"#,
         id = r.id,
         user = r.user,
         email = r.email,
