@@ -242,12 +242,17 @@ fn sigint_also_stops_cleanly() {
     let mut app = spawn_app();
     app.place_order_id(&ALICE, MOUSE, 1);
     app.signal("INT");
+    exits_cleanly(&mut app, "SIGINT");
+}
+
+/// The service exits 0 within 15 s: a graceful stop after `what`.
+fn exits_cleanly(app: &mut TestApp, what: &str) {
     let exit = app
         .wait_exit(Duration::from_secs(15))
-        .unwrap_or_else(|| panic!("SIGINT: no exit within 15 s\n{}", app.stderr()));
+        .unwrap_or_else(|| panic!("{what}: no exit within 15 s\n{}", app.stderr()));
     assert!(
         exit.success(),
-        "SIGINT: exit status {exit} (expected 0)\n--- stderr ---\n{}",
+        "{what}: exit status {exit} (expected 0)\n--- stderr ---\n{}",
         app.stderr()
     );
 }
@@ -1301,39 +1306,26 @@ fn systemd_unit_verifies() {
     );
 }
 
-/// "A bad value stops start-up with a message naming the variable", RUST_LOG too: a
-/// filter env_logger cannot parse is only warned about, and dropped, by env_logger
-/// itself, and the service would serve on logging nothing at all.
-#[test]
-fn a_rust_log_that_does_not_parse_stops_start_up_naming_it() {
-    let dir = temp_dir();
-    let mut child = clean_command(dir.path())
-        .args(["serve"])
+/// `command` started as a service that talks to no product service or broker, on the
+/// database `db`, its standard error kept for `exit_and_stderr`.
+fn spawn_on(mut command: Command, db: &Path) -> std::process::Child {
+    command
         .env("PORT", "0")
-        .env("RUST_LOG", "info=debug=trace")
         .env("PRODUCT_SERVICE_URL", CLOSED_PORT_URL)
         .env("RABBITMQ_PORT", "1")
-        .env("DATABASE_URL", dir.path().join("o.db").to_str().unwrap())
+        .env("DATABASE_URL", db.to_str().unwrap())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    let status = exit_within(&mut child, Duration::from_secs(10));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    let status = status
-        .unwrap_or_else(|| panic!("it started serving with RUST_LOG=info=debug=trace: {stderr}"));
-    assert_eq!(status.code(), Some(2), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains("RUST_LOG"), "{stderr}");
+        .unwrap()
 }
 
-/// `child`'s exit within `within`, or `None` (it is then killed).
-fn exit_within(
+/// `child`'s exit within `within` (`None`: it was still running, and is killed), and
+/// what it wrote to its standard error.
+fn exit_and_stderr(
     child: &mut std::process::Child,
     within: Duration,
-) -> Option<std::process::ExitStatus> {
+) -> (Option<std::process::ExitStatus>, String) {
     let mut status = None;
     wait_until(within, || {
         status = child.try_wait().unwrap();
@@ -1343,7 +1335,27 @@ fn exit_within(
         let _ = child.kill();
         let _ = child.wait();
     }
-    status
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+/// "A bad value stops start-up with a message naming the variable", RUST_LOG too: a
+/// filter env_logger cannot parse is only warned about, and dropped, by env_logger
+/// itself, and the service would serve on logging nothing at all.
+#[test]
+fn a_rust_log_that_does_not_parse_stops_start_up_naming_it() {
+    let dir = temp_dir();
+    let mut command = clean_command(dir.path());
+    command.args(["serve"]).env("RUST_LOG", "info=debug=trace");
+    let mut child = spawn_on(command, &dir.path().join("o.db"));
+    let (status, stderr) = exit_and_stderr(&mut child, Duration::from_secs(10));
+    let status = status
+        .unwrap_or_else(|| panic!("it started serving with RUST_LOG=info=debug=trace: {stderr}"));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("RUST_LOG"), "{stderr}");
 }
 
 /// A signal while the service starts (here: its database held by another process, so
@@ -1358,16 +1370,9 @@ fn a_signal_during_start_up_ends_the_process_at_once() {
     holder
         .execute_batch("CREATE TABLE held (x); BEGIN EXCLUSIVE; INSERT INTO held VALUES (1);")
         .unwrap();
-    let mut child = clean_command(dir.path())
-        .args(["serve"])
-        .env("PORT", "0")
-        .env("PRODUCT_SERVICE_URL", CLOSED_PORT_URL)
-        .env("RABBITMQ_PORT", "1")
-        .env("DATABASE_URL", db.to_str().unwrap())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = clean_command(dir.path());
+    command.args(["serve"]);
+    let mut child = spawn_on(command, &db);
     std::thread::sleep(Duration::from_millis(1000));
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -1379,10 +1384,8 @@ fn a_signal_during_start_up_ends_the_process_at_once() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = exit_within(&mut child, Duration::from_secs(10));
+    let (status, stderr) = exit_and_stderr(&mut child, Duration::from_secs(10));
     let took = signalled.elapsed();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     drop(holder);
     let status = status.unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM: {stderr}"));
     assert!(
@@ -1409,14 +1412,7 @@ fn the_same_sigterm_sent_twice_at_once_is_one_graceful_stop() {
         .status()
         .unwrap();
     assert!(sent.success());
-    let exit = app
-        .wait_exit(Duration::from_secs(15))
-        .unwrap_or_else(|| panic!("no exit within 15 s\n{}", app.stderr()));
-    assert!(
-        exit.success(),
-        "two SIGTERMs at once: exit status {exit} (expected 0)\n--- stderr ---\n{}",
-        app.stderr()
-    );
+    exits_cleanly(&mut app, "two SIGTERMs at once");
 }
 
 /// Every HTTP worker opens its database session before the service says it is up: where
@@ -1426,28 +1422,13 @@ fn the_same_sigterm_sent_twice_at_once_is_one_graceful_stop() {
 fn a_worker_that_cannot_open_the_database_fails_the_start() {
     let dir = temp_dir();
     let db = dir.path().join("o.db");
-    let mut child = Command::new("sh")
+    let mut command = cleaned(Command::new("sh"), dir.path());
+    command
         .args(["-c", "ulimit -n 64 && exec \"$0\" serve", BIN])
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-        )
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .env("PORT", "0")
         .env("HTTP_THREADS", "256")
-        .env("PRODUCT_SERVICE_URL", CLOSED_PORT_URL)
-        .env("RABBITMQ_PORT", "1")
-        .env("CATALOG_REFRESH", "0")
-        .env("DATABASE_URL", db.to_str().unwrap())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = exit_within(&mut child, Duration::from_secs(20));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        .env("CATALOG_REFRESH", "0");
+    let mut child = spawn_on(command, &db);
+    let (status, stderr) = exit_and_stderr(&mut child, Duration::from_secs(20));
     let status = status.unwrap_or_else(|| panic!("it served on: {stderr}"));
     assert_eq!(status.code(), Some(1), "{status}: {stderr}");
     assert!(

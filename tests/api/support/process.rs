@@ -14,7 +14,12 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_order-service");
 /// The service binary with an empty environment but PATH, so the developer's settings
 /// never leak into a test, run in `dir` with no standard input.
 pub fn clean_command(dir: &Path) -> Command {
-    let mut command = Command::new(BIN);
+    cleaned(Command::new(BIN), dir)
+}
+
+/// `command` (any program: a shell that starts the service, say) with the environment
+/// and folder of [`clean_command`].
+pub fn cleaned(mut command: Command, dir: &Path) -> Command {
     command
         .env_clear()
         .env(
