@@ -9,7 +9,8 @@
 //! (b) The vendored tiny_http answering an order-sized body from the same number of
 //!     workers, driven by the same client.
 //! (c) amiquip publishing event-sized persistent messages with publisher confirms, in
-//!     the relay's batch size, to a throwaway durable queue.
+//!     the relay's batch size, to a throwaway durable queue: as many as the drain
+//!     publishes, since the broker takes them more slowly as its queue grows.
 
 use crate::preload::{payload, Row};
 use crate::scenarios::{self, Kind, Known, Outcome};
@@ -287,11 +288,20 @@ pub fn hello(
     out
 }
 
-/// (c) publishing `payload`-sized persistent messages in batches of `batch` for `time`,
-/// as the relay does: the next batch goes out before the last one's confirms are waited
-/// on, so that the broker always has one to work on. Latencies are per batch, from its
-/// first publish to its last confirm.
-pub fn broker(payload_len: usize, batch: usize, time: Duration) -> Result<Outcome, String> {
+/// How much ceiling (c) publishes.
+#[derive(Clone, Copy)]
+pub enum Amount {
+    /// Batches for this long.
+    For(Duration),
+    /// Batches until this many messages (rounded up to a whole batch) are confirmed.
+    Messages(u64),
+}
+
+/// (c) publishing `payload`-sized persistent messages in batches of `batch`, `amount` of
+/// them, as the relay does: the next batch goes out before the last one's confirms are
+/// waited on, so that the broker always has one to work on. Latencies are per batch,
+/// from its first publish to its last confirm.
+pub fn broker(payload_len: usize, batch: usize, amount: Amount) -> Result<Outcome, String> {
     let queue = crate::service::queue_name("ceiling");
     let mut connection = crate::service::broker().map_err(|e| format!("connect: {e}"))?;
     let result = (|| {
@@ -353,11 +363,11 @@ pub fn broker(payload_len: usize, batch: usize, time: Duration) -> Result<Outcom
         let started = Instant::now();
         let mut waiting = publish()?;
         loop {
-            let next = if started.elapsed() < time {
-                Some(publish()?)
-            } else {
-                None
+            let more = match amount {
+                Amount::For(time) => started.elapsed() < time,
+                Amount::Messages(n) => waiting.0 < n,
             };
+            let next = if more { Some(publish()?) } else { None };
             let (last, began) = waiting;
             while acked < last {
                 let raw = confirms
