@@ -16,7 +16,7 @@ use crate::products::Catalog;
 use crate::store::{JoinGet, OpenReads, Reads, Then, WriterHandle};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -112,11 +112,14 @@ pub struct HttpServer {
     server: Arc<tiny_http::Server>,
     stopping: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
-    /// The write threads: they end once the workers, which hand them creates, are gone.
+    /// What hands creates to the write threads. The connections' threads hold it weakly:
+    /// the write threads end once it and the workers' copies are gone.
+    hand: Arc<crossbeam_channel::Sender<Handed>>,
     writers: Vec<JoinHandle<()>>,
 }
 
-/// A create (`POST /api/orders`) handed from a worker to the write threads.
+/// A create (`POST /api/orders`) handed to the write threads, by its connection's
+/// thread as soon as it is read (or by a worker, if that thread had no hand to give it).
 type Handed = tiny_http::Request;
 
 /// How long an idle worker sleeps before it looks at `stopping` again: a stop wakes it
@@ -153,6 +156,10 @@ impl HttpServer {
             .map_err(|e| {
                 std::io::Error::other(format!("an HTTP worker cannot open the database: {e}"))
             })?;
+        // Unbounded, yet never more than one write per connection: each sends one
+        // request at a time, and there are at most `max_connections`.
+        let (hand, handed) = crossbeam_channel::unbounded::<Handed>();
+        let hand = Arc::new(hand);
         let options = tiny_http::Options {
             limits: tiny_http::Limits {
                 max_body: request::MAX_BODY,
@@ -166,12 +173,12 @@ impl HttpServer {
                     edge_refusal(status)
                 })
             },
-            // Weak: the connections' threads may outlive the server, and what `Shared`
-            // holds (the writer's handle) must not.
-            direct: shared.join_get.clone().map(|join_get| {
-                let shared = Arc::downgrade(&shared);
+            // Weak: the connections' threads may outlive the server, and neither what
+            // `Shared` holds (the writer's handle) nor the hand to the write threads may.
+            direct: Some({
+                let (shared, hand) = (Arc::downgrade(&shared), Arc::downgrade(&hand));
                 Arc::new(move |req| match shared.upgrade() {
-                    Some(shared) => direct(&shared, &join_get, req),
+                    Some(shared) => direct(&shared, &hand, req),
                     None => Some(req),
                 }) as tiny_http::Direct
             }),
@@ -181,9 +188,6 @@ impl HttpServer {
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
         );
         let stopping = Arc::new(AtomicBool::new(false));
-        // Unbounded, yet never more than one write per connection: each sends one
-        // request at a time, and there are at most `max_connections`.
-        let (hand, handed) = crossbeam_channel::unbounded::<Handed>();
         let mut writers = Vec::with_capacity(write_threads);
         for n in 0..write_threads {
             let (handed, shared) = (handed.clone(), shared.clone());
@@ -213,6 +217,7 @@ impl HttpServer {
             server,
             stopping,
             workers,
+            hand,
             writers,
         })
     }
@@ -235,8 +240,10 @@ impl HttpServer {
         for w in self.workers {
             let _ = w.join();
         }
-        // The workers' hands are gone: the write threads answer what they were handed,
-        // then end.
+        // With the workers' hands gone, the write threads answer what they were handed,
+        // then end. A connection's thread holds the hand only while it hands a create
+        // on; after this, one gives its request to the queue, to be refused below.
+        drop(self.hand);
         for w in self.writers {
             let _ = w.join();
         }
@@ -357,16 +364,26 @@ fn get(shared: &Shared, reader: &dyn Reads, req: tiny_http::Request, id: OrderId
     let _ = catch_unwind(AssertUnwindSafe(|| reader.order_then(id, asked.then())));
 }
 
-/// On a connection's thread, as soon as it is read: a get by id joins the query by id
-/// running now, if one does, so that no worker is woken for it; anything else is given
-/// back for the workers.
+/// On a connection's thread, as soon as it is read, so that no worker is woken only to
+/// pass a request on: a create goes to the write threads, and on PostgreSQL a get by id
+/// joins the query by id running now, if one does. Anything else is given back for the
+/// workers.
 fn direct(
     shared: &Shared,
-    join_get: &JoinGet,
+    hand: &Weak<crossbeam_channel::Sender<Handed>>,
     req: tiny_http::Request,
 ) -> Option<tiny_http::Request> {
-    let route = Route::parse(request::path_of(req.url()));
-    let Some(id) = route.and_then(|r| r.get_by_id(req.method().as_str())) else {
+    let Some(route) = Route::parse(request::path_of(req.url())) else {
+        return Some(req);
+    };
+    if route.is_create(req.method().as_str()) {
+        return match hand.upgrade() {
+            Some(hand) => hand.send(req).err().map(|e| e.into_inner()),
+            None => Some(req),
+        };
+    }
+    let (Some(join_get), Some(id)) = (&shared.join_get, route.get_by_id(req.method().as_str()))
+    else {
         return Some(req);
     };
     let mut asked = Some(ask(shared, req, id)?);
