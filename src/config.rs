@@ -359,8 +359,8 @@ pub const HTTP_THREADS: Setting<usize> = Setting {
 pub const HTTP_WRITE_THREADS: Setting<usize> = Setting {
     name: "HTTP_WRITE_THREADS",
     default: "16",
-    help: "threads the HTTP workers hand creates to, each held through its product \
-           lookups and commit (1..=256)",
+    help: "threads that serve creates, handed them as soon as they are read, each held \
+           through its product lookups and commit (1..=256)",
     secret: false,
     parse: threads,
 };
