@@ -118,8 +118,9 @@ pub struct HttpServer {
     writers: Vec<JoinHandle<()>>,
 }
 
-/// A create (`POST /api/orders`) handed to the write threads, by its connection's
-/// thread as soon as it is read (or by a worker, if that thread had no hand to give it).
+/// A create (`POST /api/orders`) handed to the write threads by its connection's thread
+/// as soon as it is read. (A worker that gets one anyway hands it on too, or serves it
+/// itself if the write threads are gone: `dispatch`.)
 type Handed = tiny_http::Request;
 
 /// How long an idle worker sleeps before it looks at `stopping` again: a stop wakes it
