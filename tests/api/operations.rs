@@ -1308,35 +1308,30 @@ fn systemd_unit_verifies() {
 
 /// `command` started as a service that talks to no product service or broker, on the
 /// database `db`, its standard error kept for `exit_and_stderr`.
-fn spawn_on(mut command: Command, db: &Path) -> std::process::Child {
-    command
-        .env("PORT", "0")
-        .env("PRODUCT_SERVICE_URL", CLOSED_PORT_URL)
-        .env("RABBITMQ_PORT", "1")
-        .env("DATABASE_URL", db.to_str().unwrap())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn spawn_on(mut command: Command, db: &Path) -> ChildGuard {
+    ChildGuard::spawn(
+        command
+            .env("PORT", "0")
+            .env("PRODUCT_SERVICE_URL", CLOSED_PORT_URL)
+            .env("RABBITMQ_PORT", "1")
+            .env("DATABASE_URL", db.to_str().unwrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
 }
 
-/// `child`'s exit within `within` (`None`: it was still running, and is killed), and
+/// The process's exit within `within` (`None`: it was still running, and is killed), and
 /// what it wrote to its standard error.
 fn exit_and_stderr(
-    child: &mut std::process::Child,
+    process: &mut ChildGuard,
     within: Duration,
 ) -> (Option<std::process::ExitStatus>, String) {
-    let mut status = None;
-    wait_until(within, || {
-        status = child.try_wait().unwrap();
-        status.is_some()
-    });
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    // Taken first: the guard forgets the process, and its pipe, once it has exited.
+    let mut pipe = process.child().stderr.take().expect("stderr piped");
+    let status = process.wait_exit(within);
+    process.kill();
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
     (status, stderr)
 }
 
@@ -1374,16 +1369,9 @@ fn a_signal_during_start_up_ends_the_process_at_once() {
     command.args(["serve"]);
     let mut child = spawn_on(command, &db);
     std::thread::sleep(Duration::from_millis(1000));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "it did not wait for the database"
-    );
+    assert!(child.exited().is_none(), "it did not wait for the database");
     let signalled = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    child.signal("TERM");
     let (status, stderr) = exit_and_stderr(&mut child, Duration::from_secs(10));
     let took = signalled.elapsed();
     drop(holder);
