@@ -1068,8 +1068,8 @@ fn load(run: &mut Run, spec: preload::Spec, main: bool) -> Result<Loaded, String
 }
 
 /// The cursor (`next`) that follows the big user's order nine tenths of the way down its
-/// `held` orders, read by page number (100 a page); none if it holds too few for a page
-/// beyond the first.
+/// `held` orders, read by page number (100 a page), percent-encoded for a query string;
+/// none if it holds too few for a page beyond the first.
 fn deep_cursor(svc: &Service, held: u64) -> Result<Option<String>, String> {
     let page = held * 9 / 10 / 100;
     if page < 1 {
@@ -1080,8 +1080,16 @@ fn deep_cursor(svc: &Service, held: u64) -> Result<Option<String>, String> {
         .send(&client::Request::get(path.clone()).header("X-User-Id", scenarios::user_name(BIG)))
         .map_err(|e| format!("{path}: {e}"))?;
     let body: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    // All but the unreserved characters (RFC 3986): the cursor is opaque.
+    const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
     match body["next"].as_str() {
-        Some(next) if answer.status == 200 => Ok(Some(next.to_string())),
+        Some(next) if answer.status == 200 => Ok(Some(
+            percent_encoding::utf8_percent_encode(next, QUERY_VALUE).to_string(),
+        )),
         _ => Err(format!(
             "{path} of the big user: {} without a next cursor",
             answer.status
