@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::domain::{IdempotencyKey, Money, PricedLine, ProductId, Quantity};
-use crate::store::{Engine, SqliteEngine};
+use crate::store::{Engine, Reads, SqliteEngine};
 
 const SOURCE: &str = "store-test";
 
@@ -700,4 +700,84 @@ fn an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept_postgres() {
         return;
     };
     an_unknown_product_is_forgotten_unless_a_newer_answer_is_kept(pg_engine(&pg).as_mut());
+}
+
+/// What the relay marked published is the run up to the watermark; pruning takes the
+/// events whose mark is older than the retention, never the newest event, and the marks
+/// no event is left under, never the watermark.
+fn events_are_pruned_by_the_time_of_their_mark(db: &mut dyn Engine, reads: &dyn Reads) {
+    let pending = |reads: &dyn Reads| -> Vec<i64> {
+        let rows = reads.pending_events(0, 100).unwrap();
+        rows.iter().map(|r| r.id).collect()
+    };
+    for _ in 0..4 {
+        in_tx(db, |tx| {
+            rules::create(tx, SOURCE, priced(alice()), None, 1_000)
+        })
+        .unwrap();
+    }
+    // On PostgreSQL an event waits for every older transaction of the server to end,
+    // other tests' included.
+    let waited = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut events = pending(reads);
+    while events.len() < 4 && std::time::Instant::now() < waited {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        events = pending(reads);
+    }
+    let [e1, e2, e3, e4] = events[..] else {
+        panic!("four events: {events:?}")
+    };
+    let mark = |db: &mut dyn Engine, ids: &[i64], at| {
+        in_tx(db, |tx| Ok(tx.mark_published(ids, at)?)).unwrap()
+    };
+    assert_eq!(mark(db, &[e1, e2], 100), 2);
+    assert_eq!(mark(db, &[e3], 300), 1);
+    assert_eq!(mark(db, &[e2], 400), 0, "a late mark moves nothing");
+    assert_eq!(pending(reads), [e4]);
+    assert_eq!(reads.published_events().unwrap(), 3);
+
+    let prune =
+        |db: &mut dyn Engine, before| in_tx(db, |tx| Ok(tx.prune_outbox(before, 10)?)).unwrap();
+    assert_eq!(prune(db, 200), 2, "the two marked at 100");
+    assert_eq!(pending(reads), [e4]);
+    assert_eq!(prune(db, 350), 1);
+    assert_eq!(
+        pending(reads),
+        [e4],
+        "the watermark stays with its events gone"
+    );
+    assert_eq!(reads.outbox_stats().unwrap().pending, 1);
+
+    assert_eq!(mark(db, &[e4], 500), 1);
+    assert_eq!(prune(db, 600), 0, "the newest event stays");
+    assert_eq!(pending(reads), Vec::<i64>::new());
+    assert_eq!(reads.published_events().unwrap(), 1);
+}
+
+fn opened(database: &crate::config::Database) -> (Box<dyn Engine>, Box<dyn Reads>) {
+    let pool = crate::store::TestDb::pool();
+    let engine = crate::store::open(database, &pool)
+        .unwrap()
+        .engines
+        .remove(0);
+    (engine, crate::store::reads(database, &pool).unwrap())
+}
+
+#[test]
+fn events_are_pruned_by_the_time_of_their_mark_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut db, reads) = opened(&crate::config::Database::Sqlite(dir.path().join("o.db")));
+    events_are_pruned_by_the_time_of_their_mark(db.as_mut(), reads.as_ref());
+}
+
+#[test]
+fn events_are_pruned_by_the_time_of_their_mark_postgres() {
+    let Some(pg) = crate::store::TestDb::create() else {
+        return;
+    };
+    let config =
+        crate::config::Config::from_lookup(|name| (name == "DATABASE_URL").then(|| pg.url()))
+            .unwrap();
+    let (mut db, reads) = opened(&config.database);
+    events_are_pruned_by_the_time_of_their_mark(db.as_mut(), reads.as_ref());
 }

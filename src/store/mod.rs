@@ -381,6 +381,7 @@ mod tests {
         (9, "sqlite_row_keys", 15945681522886386728),
         (10, "sqlite_list_pages", 17794689251288278281),
         (11, "product_gone", 14314268959007337005),
+        (12, "outbox_marks", 835714617829077574),
     ];
 
     #[test]

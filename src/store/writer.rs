@@ -666,8 +666,13 @@ mod tests {
         // All published long ago; the newest must stay all the same.
         conn.execute(
             "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?1)
-             INSERT INTO outbox (id, order_id, event_type, payload, created_at, published_at)
-             SELECT x, x, 'order_created', hex(randomblob(100)), 1, 1 FROM n",
+             INSERT INTO outbox (id, order_id, event_type, payload, created_at)
+             SELECT x, x, 'order_created', hex(randomblob(100)), 1 FROM n",
+            [old_rows],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO outbox_marks (upto, at) VALUES (?1, 1)",
             [old_rows],
         )
         .unwrap();

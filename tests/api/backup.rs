@@ -33,15 +33,22 @@ pub fn fill_outbox_with(db: &Path, rows: i64, published: bool, pad: i64) {
         .as_micros() as i64;
     conn.execute(
         "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < ?1)
-         INSERT INTO outbox (id, order_id, event_type, payload, created_at, published_at)
+         INSERT INTO outbox (id, order_id, event_type, payload, created_at)
          SELECT x, x, 'order_created',
                 '{\"event_id\":\"test-store:' || x || '\",\"source\":\"test-store\",\"pad\":\"'
-                  || hex(randomblob(?4)) || '\"}',
-                ?2, CASE WHEN ?3 THEN ?2 END
+                  || hex(randomblob(?3)) || '\"}',
+                ?2
          FROM n",
-        rusqlite::params![rows, now, published, pad],
+        rusqlite::params![rows, now, pad],
     )
     .unwrap();
+    if published {
+        conn.execute(
+            "INSERT INTO outbox_marks (upto, at) VALUES (?1, ?2)",
+            rusqlite::params![rows, now],
+        )
+        .unwrap();
+    }
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .unwrap();
 }

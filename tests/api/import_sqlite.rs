@@ -13,7 +13,7 @@ use crate::support::*;
 
 /// Every table the import copies, with its columns and key, as in `migrations/`: each row
 /// is compared by all of its columns.
-const TABLES: [(&str, &str, &str); 5] = [
+const TABLES: [(&str, &str, &str); 6] = [
     (
         "orders",
         "id, user_id, user_email, status, total_cents, created_at, updated_at, stock_verified,
@@ -27,9 +27,10 @@ const TABLES: [(&str, &str, &str); 5] = [
     ),
     (
         "outbox",
-        "id, order_id, event_type, payload, created_at, published_at, blocked_since",
+        "id, order_id, event_type, payload, created_at, blocked_since",
         "id",
     ),
+    ("outbox_marks", "upto, at", "upto"),
     (
         "idempotency_keys",
         "user_id, idem_key, request, response_status, response_body, created_at",
@@ -84,7 +85,7 @@ fn a_store_moves_onto_postgresql_with_its_ids_history_and_pending_events() {
     {
         let conn = rusqlite::Connection::open(app.db_path()).unwrap();
         conn.execute_batch(
-            "UPDATE outbox SET published_at = created_at + 1000 WHERE id <= 3;
+            "INSERT INTO outbox_marks (upto, at) SELECT id, created_at + 1000 FROM outbox WHERE id = 3;
              UPDATE outbox SET blocked_since = created_at + 2000 WHERE id = 4;",
         )
         .unwrap();
@@ -172,7 +173,7 @@ fn a_store_moves_onto_postgresql_with_its_ids_history_and_pending_events() {
     // What the relay publishes first, in its order (`pending_events`: oldest id first).
     let pending: Vec<i64> = pg
         .query(
-            "SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id",
+            "SELECT id FROM outbox WHERE id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks) ORDER BY id",
             &[],
         )
         .unwrap()
@@ -289,8 +290,8 @@ fn fill_like_order_1(file: &Path, n: i64) {
              quantity, price_cents, subtotal_cents) SELECT i, line_no, product_id, product_name,
              quantity, price_cents, subtotal_cents FROM n, order_items WHERE order_id = 1;
          {numbers} INSERT INTO outbox (id, order_id, event_type, payload, created_at,
-             published_at, blocked_since) SELECT i, i, event_type, payload, created_at,
-             published_at, blocked_since FROM n, outbox WHERE id = 1;
+             blocked_since) SELECT i, i, event_type, payload, created_at,
+             blocked_since FROM n, outbox WHERE id = 1;
          UPDATE order_counts SET orders = orders + {n}
              WHERE user_id = (SELECT user_id FROM orders WHERE id = 1);
          COMMIT;"
@@ -475,7 +476,7 @@ fn pending_ids_sqlite(file: &Path) -> Vec<i64> {
         rusqlite::Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
     let mut stmt = conn
-        .prepare("SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id")
+        .prepare("SELECT id FROM outbox WHERE id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks) ORDER BY id")
         .unwrap();
     stmt.query_map([], |r| r.get(0))
         .unwrap()

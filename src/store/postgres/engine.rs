@@ -508,19 +508,31 @@ impl Tx for PgEngine {
         Ok(())
     }
 
+    /// The watermark moves to the last of `ids` (V12): one small row, however many
+    /// events. An instance that lost the relay's lock and marks late, meanwhile, moves it
+    /// nowhere.
     fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError> {
+        let Some(&last) = ids.last() else {
+            return Ok(0);
+        };
         self.wrote = true;
-        let n = self.conn()?.execute(
-            "UPDATE outbox SET published_at = $1 WHERE id = ANY($2) AND published_at IS NULL",
-            &[&at, &ids],
+        let row = self.conn()?.query_one(
+            "WITH w AS (SELECT COALESCE(MAX(upto), 0) AS upto FROM outbox_marks),
+                  m AS (INSERT INTO outbox_marks (upto, at)
+                        SELECT $1, $2 FROM w WHERE $1 > w.upto
+                        ON CONFLICT (upto) DO NOTHING)
+             SELECT upto FROM w",
+            &[&last, &at],
         )?;
-        Ok(n as usize)
+        let upto: i64 = row.try_get(0)?;
+        Ok(ids.iter().filter(|&&id| id > upto).count())
     }
 
     fn mark_blocked(&mut self, id: i64, since: i64) -> Result<usize, StoreError> {
         self.wrote = true;
         let n = self.conn()?.execute(
-            "UPDATE outbox SET blocked_since = $1 WHERE id = $2 AND published_at IS NULL",
+            "UPDATE outbox SET blocked_since = $1
+             WHERE id = $2 AND id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)",
             &[&since, &id],
         )?;
         Ok(n as usize)
@@ -528,13 +540,22 @@ impl Tx for PgEngine {
 
     fn prune_outbox(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
         self.wrote = true;
-        let n = self.conn()?.execute(
+        // As on SQLite (sqlite/outbox.rs, `prune`): the events published before `before`,
+        // then the marks no event is left under, but the watermark.
+        let conn = self.conn()?;
+        let n = conn.execute(
             "DELETE FROM outbox WHERE id IN (
                SELECT id FROM outbox
-               WHERE published_at IS NOT NULL AND published_at < $1
+               WHERE id <= (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks WHERE at < $1)
                  AND id < (SELECT MAX(id) FROM outbox)
-               ORDER BY published_at LIMIT $2)",
+               ORDER BY id LIMIT $2)",
             &[&before, &(limit as i64)],
+        )?;
+        conn.execute(
+            "DELETE FROM outbox_marks
+             WHERE upto < (SELECT COALESCE(MIN(id), 0) FROM outbox)
+               AND upto < (SELECT MAX(upto) FROM outbox_marks)",
+            &[],
         )?;
         Ok(n as usize)
     }

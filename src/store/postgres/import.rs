@@ -39,7 +39,7 @@ struct Table {
 }
 
 /// In foreign-key order: an item's order is there before the item.
-const TABLES: [Table; 7] = [
+const TABLES: [Table; 8] = [
     Table {
         name: "orders",
         columns: &[
@@ -80,10 +80,15 @@ const TABLES: [Table; 7] = [
             ("event_type", Type::VARCHAR),
             ("payload", Type::TEXT),
             ("created_at", Type::INT8),
-            ("published_at", Type::INT8),
             ("blocked_since", Type::INT8),
         ],
         key: "id",
+    },
+    // What the relay published of them (V12).
+    Table {
+        name: "outbox_marks",
+        columns: &[("upto", Type::INT8), ("at", Type::INT8)],
+        key: "upto",
     },
     Table {
         name: "idempotency_keys",
@@ -158,8 +163,8 @@ pub fn import_sqlite(
     // A service started on the target meanwhile, or a second import, waits until this
     // one ends (and then finds the rows), rather than mixing its rows with these.
     tx.batch_execute(
-        "LOCK TABLE orders, order_items, outbox, idempotency_keys, product_cache, order_counts,
-           stock_ledger, catalog_refresh
+        "LOCK TABLE orders, order_items, outbox, outbox_marks, idempotency_keys, product_cache,
+           order_counts, stock_ledger, catalog_refresh
            IN EXCLUSIVE MODE",
     )
     .map_err(pg_failed)?;
@@ -180,7 +185,8 @@ pub fn import_sqlite(
     }
     let pending: i64 = tx
         .query_one(
-            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+            "SELECT COUNT(*) FROM outbox
+             WHERE id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)",
             &[],
         )
         .map_err(pg_failed)?
@@ -199,7 +205,7 @@ pub fn import_sqlite(
     )
     .map_err(pg_failed)?;
     tx.commit().map_err(pg_failed)?;
-    let [orders, items, events, idempotency_keys, products, _ledger, _refresh] = copied;
+    let [orders, items, events, _marks, idempotency_keys, products, _ledger, _refresh] = copied;
     Ok(ImportReport {
         orders,
         items,

@@ -231,7 +231,8 @@ fn migrate_on(conn: &mut Conn) -> Result<Vec<String>, String> {
         // higher id than this statement's began after its snapshot.
         conn.batch(
             "UPDATE outbox SET tx = NULL
-             WHERE published_at IS NULL AND tx >= pg_current_xact_id()::text::bigint",
+             WHERE id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)
+               AND tx >= pg_current_xact_id()::text::bigint",
         )
         .map_err(|e| format!("outbox: {e}"))?;
         // Event ids are taken in the order of their transactions' ids (a transaction

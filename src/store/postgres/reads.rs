@@ -221,13 +221,16 @@ impl Reads for PgReader {
         let mut conn = self.conn.borrow_mut();
         let pending: i64 = conn
             .query_one(
-                "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+                "SELECT COUNT(*) FROM outbox
+                 WHERE id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)",
                 &[],
             )?
             .try_get(0)?;
         let oldest_pending_at = conn
             .query_opt(
-                "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1",
+                "SELECT created_at FROM outbox
+                 WHERE id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)
+                 ORDER BY id LIMIT 1",
                 &[],
             )?
             .map(|r| r.try_get(0))
@@ -240,7 +243,8 @@ impl Reads for PgReader {
 
     fn published_events(&self) -> Result<i64, StoreError> {
         let row = self.conn.borrow_mut().query_one(
-            "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL",
+            "SELECT COUNT(*) FROM outbox
+             WHERE id <= (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)",
             &[],
         )?;
         Ok(row.try_get(0)?)
@@ -256,7 +260,7 @@ impl Reads for PgReader {
         // a snapshot taken for each row (0.47 against 0.12 ms for a batch of 500).
         let rows = self.conn.borrow_mut().query(
             "SELECT id, order_id, event_type, payload, created_at FROM outbox
-             WHERE published_at IS NULL AND id > $1
+             WHERE id > GREATEST($1, (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks))
                AND (tx IS NULL
                     OR tx < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint))
              ORDER BY id LIMIT $2",
@@ -282,7 +286,9 @@ impl Reads for PgReader {
     fn blocked_event(&self) -> Result<Option<BlockedEvent>, StoreError> {
         let row = self.conn.borrow_mut().query_opt(
             "SELECT id, event_type, payload, blocked_since FROM outbox
-             WHERE blocked_since IS NOT NULL AND published_at IS NULL ORDER BY id LIMIT 1",
+             WHERE blocked_since IS NOT NULL
+               AND id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)
+             ORDER BY id LIMIT 1",
             &[],
         )?;
         row.map(|r| {

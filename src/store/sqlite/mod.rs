@@ -366,11 +366,27 @@ mod tests {
         kept
     }
 
-    #[test]
-    fn sqlites_own_layout_keeps_every_row_key_and_constraint_of_a_v8_database() {
+    /// A database file migrated up to `version`, with the folder that holds it.
+    fn migrated_to(version: i32) -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open_write(&dir.path().join("orders.db")).unwrap();
-        migrate_to(&mut conn, refinery::Target::Version(8)).unwrap();
+        migrate_to(&mut conn, refinery::Target::Version(version)).unwrap();
+        (dir, conn)
+    }
+
+    /// The watermarks of what was published (V12), oldest first.
+    fn watermarks(conn: &Connection) -> Vec<(i64, i64)> {
+        conn.prepare("SELECT upto, at FROM outbox_marks ORDER BY upto")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn sqlites_own_layout_keeps_every_row_key_and_constraint_of_a_v8_database() {
+        let (_dir, mut conn) = migrated_to(8);
         // Ids out of step with the rowids SQLite gave the rows before V9.
         conn.execute_batch(
             "INSERT INTO orders VALUES (101, 'u1', 'a@x', 'pending', 1250, 10, 11, 1, NULL,
@@ -455,9 +471,7 @@ mod tests {
     #[test]
     fn the_list_pages_index_comes_after_every_order_has_its_lines() {
         use crate::domain::{Money, OrderItem, ProductId};
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = open_write(&dir.path().join("orders.db")).unwrap();
-        migrate_to(&mut conn, refinery::Target::Version(9)).unwrap();
+        let (_dir, mut conn) = migrated_to(9);
         conn.execute_batch(
             "INSERT INTO orders VALUES (57, 'u2', 'b@x', 'pending', 300, 12, 13, 1, NULL, NULL);
              INSERT INTO order_items VALUES (57, 2, 9, 'Nib \"fine\"', 1, 100, 100);
@@ -488,5 +502,51 @@ mod tests {
                 .as_str()
             )
         );
+    }
+
+    #[test]
+    fn v12_keeps_as_published_the_run_before_the_oldest_pending_event() {
+        let (_dir, mut conn) = migrated_to(11);
+        // 1-3 published, 4 pending, 5 published out of turn, 6 pending.
+        conn.execute_batch(
+            r#"WITH n(id, published_at) AS (VALUES (1, 100), (2, 200), (3, 300),
+                                                (4, NULL), (5, 500), (6, NULL))
+               INSERT INTO outbox (id, order_id, event_type, payload, created_at, published_at)
+               SELECT id, id, 'order_created', '{"event_id":"e","source":"s"}', id * 10,
+                      published_at FROM n;"#,
+        )
+        .unwrap();
+
+        let applied = migrate_to(&mut conn, refinery::Target::Version(12)).unwrap();
+        assert_eq!(applied, ["V12__outbox_marks"]);
+
+        let marks = watermarks(&conn);
+        assert_eq!(marks, [(3, 300)]);
+        // The one published out of turn goes out again with those around it: at least once.
+        let pending: Vec<i64> = outbox::pending(&conn, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(pending, [4, 5, 6]);
+        let stats = outbox::stats(&conn).unwrap();
+        assert_eq!((stats.pending, stats.oldest_pending_at), (3, Some(40)));
+        assert_eq!(outbox::published_count(&conn).unwrap(), 3);
+    }
+
+    #[test]
+    fn v12_on_an_outbox_all_pending_or_all_published() {
+        for (published_at, marks) in [("NULL", vec![]), ("7", vec![(2i64, 7i64)])] {
+            let (_dir, mut conn) = migrated_to(11);
+            conn.execute_batch(&format!(
+                "INSERT INTO outbox (id, order_id, event_type, payload, created_at, published_at)
+                 VALUES (1, 1, 'order_created', '{{}}', 1, {published_at}),
+                        (2, 2, 'order_created', '{{}}', 2, {published_at});"
+            ))
+            .unwrap();
+            migrate_to(&mut conn, refinery::Target::Version(12)).unwrap();
+            let found = watermarks(&conn);
+            assert_eq!(found, marks, "published_at {published_at}");
+        }
     }
 }

@@ -17,11 +17,12 @@ pub(crate) fn insert(conn: &Connection, id: i64, e: &NewEvent<'_>) -> rusqlite::
     Ok(())
 }
 
-/// Unpublished rows, oldest first.
+/// Unpublished rows, oldest first: those past the watermark (V12) and `after`.
 pub fn pending(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, order_id, event_type, payload, created_at FROM outbox
-         WHERE published_at IS NULL AND id > ?1 ORDER BY id LIMIT ?2",
+         WHERE id > MAX(?1, (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks))
+         ORDER BY id LIMIT ?2",
     )?;
     let rows = stmt.query_map([after, limit as i64], |r| {
         let id: i64 = r.get(0)?;
@@ -44,12 +45,16 @@ pub fn pending(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<
 
 pub fn stats(conn: &Connection) -> rusqlite::Result<OutboxStats> {
     let pending = conn
-        .prepare_cached("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")?
+        .prepare_cached(
+            "SELECT COUNT(*) FROM outbox
+             WHERE id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)",
+        )?
         .query_row([], |r| r.get(0))?;
     // Ids are handed out in commit order: the oldest pending event has the lowest id.
     let oldest_pending_at = conn
         .prepare_cached(
-            "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT 1",
+            "SELECT created_at FROM outbox
+             WHERE id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks) ORDER BY id LIMIT 1",
         )?
         .query_row([], |r| r.get(0))
         .optional()?;
@@ -62,34 +67,50 @@ pub fn stats(conn: &Connection) -> rusqlite::Result<OutboxStats> {
 /// Published rows still kept: a scan of them, for `outbox status`, never for a probe.
 pub fn published_count(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row(
-        "SELECT COUNT(*) FROM outbox WHERE published_at IS NOT NULL",
+        "SELECT COUNT(*) FROM outbox
+         WHERE id <= (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)",
         [],
         |r| r.get(0),
     )
 }
 
+/// Moves the watermark to the last of `ids`, the confirmed run from the oldest pending
+/// event (V12): one row, however many events. Returns how many of `ids` it published.
 pub(crate) fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlite::Result<usize> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE outbox SET published_at = ?1 WHERE id = ?2 AND published_at IS NULL",
-    )?;
-    let mut n = 0;
-    for id in ids {
-        n += stmt.execute(params![at, id])?;
+    let Some(&last) = ids.last() else {
+        return Ok(0);
+    };
+    let upto: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(upto), 0) FROM outbox_marks")?
+        .query_row([], |r| r.get(0))?;
+    if last <= upto {
+        return Ok(0);
     }
-    Ok(n)
+    conn.prepare_cached("INSERT INTO outbox_marks (upto, at) VALUES (?1, ?2)")?
+        .execute(params![last, at])?;
+    Ok(ids.iter().filter(|&&id| id > upto).count())
 }
 
-/// Deletes at most `limit` published rows older than `before`, oldest first, but never
-/// the newest row, so that ids (and event ids) are not handed out twice.
+/// Deletes at most `limit` events published before `before`, oldest first, but never
+/// the newest row, so that ids (and event ids) are not handed out twice; then the marks
+/// no event is left under, but the watermark.
 pub(crate) fn prune(conn: &Connection, before: i64, limit: usize) -> rusqlite::Result<usize> {
+    let n = conn
+        .prepare_cached(
+            "DELETE FROM outbox WHERE id IN (
+               SELECT id FROM outbox
+               WHERE id <= (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks WHERE at < ?1)
+                 AND id < (SELECT MAX(id) FROM outbox)
+               ORDER BY id LIMIT ?2)",
+        )?
+        .execute(params![before, limit as i64])?;
     conn.prepare_cached(
-        "DELETE FROM outbox WHERE id IN (
-           SELECT id FROM outbox
-           WHERE published_at IS NOT NULL AND published_at < ?1
-             AND id < (SELECT MAX(id) FROM outbox)
-           ORDER BY published_at LIMIT ?2)",
+        "DELETE FROM outbox_marks
+         WHERE upto < (SELECT COALESCE(MIN(id), 0) FROM outbox)
+           AND upto < (SELECT MAX(upto) FROM outbox_marks)",
     )?
-    .execute(params![before, limit as i64])
+    .execute([])?;
+    Ok(n)
 }
 
 pub(crate) fn max_id(conn: &Connection) -> rusqlite::Result<i64> {
@@ -104,7 +125,9 @@ pub(crate) fn max_id(conn: &Connection) -> rusqlite::Result<i64> {
 pub fn blocked(conn: &Connection) -> rusqlite::Result<Option<BlockedEvent>> {
     conn.prepare_cached(
         "SELECT id, event_type, payload, blocked_since FROM outbox
-         WHERE blocked_since IS NOT NULL AND published_at IS NULL ORDER BY id LIMIT 1",
+         WHERE blocked_since IS NOT NULL
+           AND id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)
+         ORDER BY id LIMIT 1",
     )?
     .query_row([], |r| {
         let payload: String = r.get(2)?;
@@ -123,7 +146,8 @@ pub fn blocked(conn: &Connection) -> rusqlite::Result<Option<BlockedEvent>> {
 
 pub(crate) fn mark_blocked(conn: &Connection, id: i64, since: i64) -> rusqlite::Result<usize> {
     conn.prepare_cached(
-        "UPDATE outbox SET blocked_since = ?1 WHERE id = ?2 AND published_at IS NULL",
+        "UPDATE outbox SET blocked_since = ?1
+         WHERE id = ?2 AND id > (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks)",
     )?
     .execute(params![since, id])
 }
