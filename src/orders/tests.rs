@@ -730,17 +730,24 @@ fn events_are_pruned_by_the_time_of_their_mark(db: &mut dyn Engine, reads: &dyn 
     let mark = |db: &mut dyn Engine, ids: &[i64], at| {
         in_tx(db, |tx| Ok(tx.mark_published(ids, at)?)).unwrap()
     };
-    assert_eq!(mark(db, &[e1, e2], 100), 2);
-    assert_eq!(mark(db, &[e3], 300), 1);
-    assert_eq!(mark(db, &[e2], 400), 0, "a late mark moves nothing");
+    const S: i64 = 1_000_000;
+    assert_eq!(mark(db, &[e1], 100 * S), 1);
+    // Within a second of the mark made at 100 s: that mark moves on.
+    assert_eq!(mark(db, &[e2], 100 * S + S / 2), 1);
+    assert_eq!(mark(db, &[e3], 300 * S), 1);
+    assert_eq!(mark(db, &[e2], 400 * S), 0, "a late mark moves nothing");
     assert_eq!(pending(reads), [e4]);
     assert_eq!(reads.published_events().unwrap(), 3);
 
     let prune =
         |db: &mut dyn Engine, before| in_tx(db, |tx| Ok(tx.prune_outbox(before, 10)?)).unwrap();
-    assert_eq!(prune(db, 200), 2, "the two marked at 100");
+    assert_eq!(
+        prune(db, 100 * S + 1),
+        2,
+        "the two under the mark made at 100 s"
+    );
     assert_eq!(pending(reads), [e4]);
-    assert_eq!(prune(db, 350), 1);
+    assert_eq!(prune(db, 350 * S), 1);
     assert_eq!(
         pending(reads),
         [e4],
@@ -748,8 +755,8 @@ fn events_are_pruned_by_the_time_of_their_mark(db: &mut dyn Engine, reads: &dyn 
     );
     assert_eq!(reads.outbox_stats().unwrap().pending, 1);
 
-    assert_eq!(mark(db, &[e4], 500), 1);
-    assert_eq!(prune(db, 600), 0, "the newest event stays");
+    assert_eq!(mark(db, &[e4], 500 * S), 1);
+    assert_eq!(prune(db, 600 * S), 0, "the newest event stays");
     assert_eq!(pending(reads), Vec::<i64>::new());
     assert_eq!(reads.published_events().unwrap(), 1);
 }

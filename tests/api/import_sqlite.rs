@@ -191,7 +191,9 @@ fn a_store_moves_onto_postgresql_with_its_ids_history_and_pending_events() {
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(
-        stderr.contains("is not empty (5 orders, 8 outbox rows, 1 idempotency keys"),
+        stderr.contains(
+            "is not empty (5 orders, 8 outbox rows, 1 publication marks, 1 idempotency keys"
+        ),
         "names what it found: {stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");

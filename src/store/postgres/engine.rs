@@ -12,7 +12,7 @@ use super::deferred::{Deferred, Param};
 use super::reads::{cached_product, load_idempotency, order_of, orders_where};
 use crate::domain::{Order, OrderId, ProductId, Status, UserId};
 use crate::store::{
-    CachedProduct, Engine, IdempotencyRecord, NewEvent, SnapshotProduct, StoreError, Tx,
+    CachedProduct, Engine, IdempotencyRecord, NewEvent, SnapshotProduct, StoreError, Tx, MARK_SPAN,
 };
 
 pub struct PgEngine {
@@ -508,21 +508,26 @@ impl Tx for PgEngine {
         Ok(())
     }
 
-    /// The watermark moves to the last of `ids` (V12): one small row, however many
-    /// events. An instance that lost the relay's lock and marks late, meanwhile, moves it
-    /// nowhere.
+    /// As on SQLite (sqlite/outbox.rs, `mark_published`), in one statement. An instance
+    /// that lost the relay's lock and marks late moves the watermark nowhere; two marking
+    /// at once (at a change of lead) may leave it behind one of them, whose events then
+    /// go out again (at least once).
     fn mark_published(&mut self, ids: &[i64], at: i64) -> Result<usize, StoreError> {
         let Some(&last) = ids.last() else {
             return Ok(0);
         };
         self.wrote = true;
         let row = self.conn()?.query_one(
-            "WITH w AS (SELECT COALESCE(MAX(upto), 0) AS upto FROM outbox_marks),
-                  m AS (INSERT INTO outbox_marks (upto, at)
-                        SELECT $1, $2 FROM w WHERE $1 > w.upto
-                        ON CONFLICT (upto) DO NOTHING)
-             SELECT upto FROM w",
-            &[&last, &at],
+            "WITH w AS (SELECT upto, at FROM outbox_marks ORDER BY upto DESC LIMIT 1),
+                  moved AS (UPDATE outbox_marks m SET upto = $1 FROM w
+                            WHERE m.upto = w.upto AND $1 > w.upto AND $2 - w.at < $3),
+                  added AS (INSERT INTO outbox_marks (upto, at)
+                            SELECT $1, $2
+                            WHERE $1 > COALESCE((SELECT upto FROM w), 0)
+                              AND NOT EXISTS (SELECT 1 FROM w WHERE $2 - w.at < $3)
+                            ON CONFLICT (upto) DO NOTHING)
+             SELECT COALESCE((SELECT upto FROM w), 0)",
+            &[&last, &at, &MARK_SPAN],
         )?;
         let upto: i64 = row.try_get(0)?;
         Ok(ids.iter().filter(|&&id| id > upto).count())
@@ -546,7 +551,8 @@ impl Tx for PgEngine {
         let n = conn.execute(
             "DELETE FROM outbox WHERE id IN (
                SELECT id FROM outbox
-               WHERE id <= (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks WHERE at < $1)
+               WHERE id <= COALESCE(
+                 (SELECT upto FROM outbox_marks WHERE at < $1 ORDER BY at DESC LIMIT 1), 0)
                  AND id < (SELECT MAX(id) FROM outbox)
                ORDER BY id LIMIT $2)",
             &[&before, &(limit as i64)],

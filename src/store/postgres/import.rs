@@ -320,12 +320,14 @@ fn same_schema(sqlite: &Connection) -> Result<(), String> {
 fn rows_present(tx: &mut Transaction<'_>) -> Result<Vec<String>, postgres::Error> {
     let row = tx.query_one(
         "SELECT (SELECT COUNT(*) FROM orders), (SELECT COUNT(*) FROM outbox),
+                (SELECT COUNT(*) FROM outbox_marks),
                 (SELECT COUNT(*) FROM idempotency_keys), (SELECT COUNT(*) FROM product_cache)",
         &[],
     )?;
     let named = [
         "orders",
         "outbox rows",
+        "publication marks",
         "idempotency keys",
         "cached products",
     ];

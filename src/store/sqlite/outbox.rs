@@ -1,12 +1,12 @@
 //! The outbox table's statements.
 
-use crate::store::{BlockedEvent, NewEvent, OutboxRow, OutboxStats};
+use crate::store::{BlockedEvent, NewEvent, OutboxRow, OutboxStats, MARK_SPAN};
 use rusqlite::{params, Connection, OptionalExtension};
 
+/// What the blocked event's record names of its payload.
 #[derive(serde::Deserialize)]
 struct EventHead {
     event_id: String,
-    source: String,
 }
 
 pub(crate) fn insert(conn: &Connection, id: i64, e: &NewEvent<'_>) -> rusqlite::Result<()> {
@@ -25,19 +25,8 @@ pub fn pending(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<
          ORDER BY id LIMIT ?2",
     )?;
     let rows = stmt.query_map([after, limit as i64], |r| {
-        let id: i64 = r.get(0)?;
-        let payload: String = r.get(3)?;
-        let head: EventHead = serde_json::from_str(&payload).map_err(|e| {
+        OutboxRow::read(r.get(0)?, r.get(1)?, r.get(2)?, r.get(4)?, r.get(3)?).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
-        })?;
-        Ok(OutboxRow {
-            id,
-            order_id: r.get(1)?,
-            event_type: r.get(2)?,
-            created_at: r.get(4)?,
-            event_id: head.event_id,
-            source: head.source,
-            payload,
         })
     })?;
     rows.collect()
@@ -75,19 +64,28 @@ pub fn published_count(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Moves the watermark to the last of `ids`, the confirmed run from the oldest pending
-/// event (V12): one row, however many events. Returns how many of `ids` it published.
+/// event (V12): one small row, however many events, or the newest row moved on if it was
+/// made within `MARK_SPAN`. Returns how many of `ids` it published.
 pub(crate) fn mark_published(conn: &Connection, ids: &[i64], at: i64) -> rusqlite::Result<usize> {
     let Some(&last) = ids.last() else {
         return Ok(0);
     };
-    let upto: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(upto), 0) FROM outbox_marks")?
-        .query_row([], |r| r.get(0))?;
+    let newest: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT upto, at FROM outbox_marks ORDER BY upto DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let upto = newest.map_or(0, |(upto, _)| upto);
     if last <= upto {
         return Ok(0);
     }
-    conn.prepare_cached("INSERT INTO outbox_marks (upto, at) VALUES (?1, ?2)")?
-        .execute(params![last, at])?;
+    match newest {
+        Some((upto, made)) if at - made < MARK_SPAN => conn
+            .prepare_cached("UPDATE outbox_marks SET upto = ?1 WHERE upto = ?2")?
+            .execute(params![last, upto])?,
+        _ => conn
+            .prepare_cached("INSERT INTO outbox_marks (upto, at) VALUES (?1, ?2)")?
+            .execute(params![last, at])?,
+    };
     Ok(ids.iter().filter(|&&id| id > upto).count())
 }
 
@@ -99,7 +97,8 @@ pub(crate) fn prune(conn: &Connection, before: i64, limit: usize) -> rusqlite::R
         .prepare_cached(
             "DELETE FROM outbox WHERE id IN (
                SELECT id FROM outbox
-               WHERE id <= (SELECT COALESCE(MAX(upto), 0) FROM outbox_marks WHERE at < ?1)
+               WHERE id <= COALESCE(
+                 (SELECT upto FROM outbox_marks WHERE at < ?1 ORDER BY at DESC LIMIT 1), 0)
                  AND id < (SELECT MAX(id) FROM outbox)
                ORDER BY id LIMIT ?2)",
         )?
