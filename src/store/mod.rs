@@ -20,6 +20,7 @@ pub use fill::{spawn as spawn_lines_fill, FillHandle};
 #[cfg(test)]
 pub(crate) use postgres::test_db::TestDb;
 pub use postgres::ImportReport;
+pub(crate) use records::EventHead;
 pub use records::{
     BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, OrderList, OutboxRow,
     OutboxStats, SnapshotProduct,

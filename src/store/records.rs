@@ -16,6 +16,19 @@ pub struct OutboxRow {
     pub source: String,
 }
 
+/// What an event's payload says of where it comes from, as the engines read it back.
+#[derive(serde::Deserialize)]
+pub(crate) struct EventHead {
+    pub event_id: String,
+    pub source: String,
+}
+
+impl EventHead {
+    pub(crate) fn of(payload: &str) -> Result<EventHead, serde_json::Error> {
+        serde_json::from_str(payload)
+    }
+}
+
 impl OutboxRow {
     /// A row as an engine read it; its event id and source are the payload's own.
     pub(crate) fn read(
@@ -25,12 +38,7 @@ impl OutboxRow {
         created_at: i64,
         payload: String,
     ) -> Result<OutboxRow, serde_json::Error> {
-        #[derive(serde::Deserialize)]
-        struct Head {
-            event_id: String,
-            source: String,
-        }
-        let head: Head = serde_json::from_str(&payload)?;
+        let head = EventHead::of(&payload)?;
         Ok(OutboxRow {
             id,
             order_id,

@@ -11,8 +11,8 @@ use super::gets::Combined;
 use super::RELAY_LOCK;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, Page, ProductId, Status, UserId};
 use crate::store::{
-    BlockedEvent, CachedProduct, CatalogStats, IdempotencyRecord, Lead, OrderList, OutboxRow,
-    OutboxStats, Reads, StoreError, Then,
+    BlockedEvent, CachedProduct, CatalogStats, EventHead, IdempotencyRecord, Lead, OrderList,
+    OutboxRow, OutboxStats, Reads, StoreError, Then,
 };
 use postgres::Row;
 use std::cell::RefCell;
@@ -34,16 +34,6 @@ impl PgReader {
             leading: RefCell::new(None),
         }
     }
-}
-
-/// What the blocked event's record names of its payload.
-#[derive(serde::Deserialize)]
-struct EventHead {
-    event_id: String,
-}
-
-fn event_head(payload: &str) -> Result<EventHead, StoreError> {
-    serde_json::from_str(payload).map_err(unparsed)
 }
 
 fn unparsed(e: serde_json::Error) -> StoreError {
@@ -302,7 +292,7 @@ impl Reads for PgReader {
             let payload: String = r.try_get(2)?;
             Ok(BlockedEvent {
                 id: r.try_get(0)?,
-                event_id: event_head(&payload)?.event_id,
+                event_id: EventHead::of(&payload).map_err(unparsed)?.event_id,
                 event_type: r.try_get(1)?,
                 since: r.try_get(3)?,
             })

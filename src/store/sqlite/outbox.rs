@@ -1,13 +1,7 @@
 //! The outbox table's statements.
 
-use crate::store::{BlockedEvent, NewEvent, OutboxRow, OutboxStats, MARK_SPAN};
+use crate::store::{BlockedEvent, EventHead, NewEvent, OutboxRow, OutboxStats, MARK_SPAN};
 use rusqlite::{params, Connection, OptionalExtension};
-
-/// What the blocked event's record names of its payload.
-#[derive(serde::Deserialize)]
-struct EventHead {
-    event_id: String,
-}
 
 pub(crate) fn insert(conn: &Connection, id: i64, e: &NewEvent<'_>) -> rusqlite::Result<()> {
     conn.prepare_cached(
@@ -130,7 +124,7 @@ pub fn blocked(conn: &Connection) -> rusqlite::Result<Option<BlockedEvent>> {
     )?
     .query_row([], |r| {
         let payload: String = r.get(2)?;
-        let head: EventHead = serde_json::from_str(&payload).map_err(|e| {
+        let head = EventHead::of(&payload).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
         })?;
         Ok(BlockedEvent {
