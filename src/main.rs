@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+#[global_allocator]
+static GLOBAL: order_service::memory::Allocator = order_service::memory::Allocator;
+
 enum Command {
     Serve,
     Migrate,
