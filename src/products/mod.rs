@@ -9,7 +9,6 @@ mod refresher;
 mod resolver;
 mod single_flight;
 mod snapshot;
-mod transport;
 
 pub use refresher::{import_snapshot, spawn_refresher, RefresherHandle, PER_PAGE};
 pub use snapshot::{price_from_snapshot, read_catalog_file, ListPage};
@@ -24,7 +23,6 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use ureq::unversioned::transport::{ConnectProxyConnector, Connector};
 
 /// What the product service says of one product.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,8 +137,7 @@ impl Catalog {
                     .build();
                 let agent = ureq::Agent::with_parts(
                     agent_config,
-                    ().chain(ConnectProxyConnector::default())
-                        .chain(transport::PeekingConnector),
+                    ureq::unversioned::transport::DefaultConnector::default(),
                     resolver::LookupResolver::default(),
                 );
                 Source::Http {
