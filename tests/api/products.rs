@@ -622,8 +622,7 @@ fn a_kept_connection_the_product_service_closed_is_not_used_again() {
     // without saying so (no `Connection: close`), as one whose idle timeout is short.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let connections = answered.clone();
+    let (closed, closes) = std::sync::mpsc::channel::<bool>();
     std::thread::spawn(move || {
         use std::io::{Read, Write};
         for mut stream in listener.incoming().flatten() {
@@ -632,36 +631,38 @@ fn a_kept_connection_the_product_service_closed_is_not_used_again() {
             while !head.ends_with(b"\r\n\r\n") && matches!(stream.read(&mut byte), Ok(1)) {
                 head.push(byte[0]);
             }
-            let body = if head.starts_with(b"GET /api/products/1 ") {
-                connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                r#"{"id":1,"name":"Laptop","price":1299.99,"stock":50}"#
+            let lookup = head.starts_with(b"GET /api/products/1 ");
+            let (status, body) = if lookup {
+                (
+                    "200 OK",
+                    r#"{"id":1,"name":"Laptop","price":1299.99,"stock":50}"#,
+                )
             } else {
-                r#"{"error":"not found"}"#
-            };
-            let status = if body.starts_with(r#"{"id""#) {
-                "200 OK"
-            } else {
-                "404 Not Found"
+                ("404 Not Found", r#"{"error":"not found"}"#)
             };
             let _ = write!(
                 stream,
                 "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                 body.len()
             );
+            drop(stream);
+            let _ = closed.send(lookup);
         }
     });
     let app = TestApp::builder().env("PRODUCT_SERVICE_URL", &url).spawn();
+    let lookup_closed = || loop {
+        match closes.recv_timeout(Duration::from_secs(10)) {
+            Ok(true) => return,
+            Ok(false) => continue,
+            Err(e) => panic!("no lookup came: {e}"),
+        }
+    };
 
     for _ in 0..3 {
         app.create_order(&ALICE, &items(&[(LAPTOP, 1)]))
             .assert_status(201);
-        // The close has come by the time the next lookup takes a connection.
-        std::thread::sleep(Duration::from_millis(100));
+        // Its lookup reached the product service, which has closed that connection
+        // before the next order comes.
+        lookup_closed();
     }
-
-    assert_eq!(
-        answered.load(std::sync::atomic::Ordering::SeqCst),
-        3,
-        "each order's lookup reached the product service, on a connection of its own"
-    );
 }
