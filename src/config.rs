@@ -339,7 +339,8 @@ pub const OUTBOX_RETENTION: Setting<Duration> = Setting {
     secret: false,
     parse: seconds,
 };
-/// Reads, cancels and status changes: creates go to the write threads. On SQLite eight
+/// Reads, cancels and status changes: creates are served on their connections' threads
+/// (`HTTP_WRITE_THREADS`). On SQLite eight
 /// workers answered gets and creates faster than sixteen in two pairs of runs of three,
 /// and the mix in both pairs; on PostgreSQL, where each holds a session of the server's
 /// (a process there, and one of its `max_connections` for every instance), 16 made gets
@@ -352,15 +353,16 @@ pub const HTTP_THREADS: Setting<usize> = Setting {
     secret: false,
     parse: threads,
 };
-/// A create holds its thread through its product lookups and its commit, so these are
-/// how many creates wait on those at once: the writers commit what waits for them
-/// together, so more make bigger commits. With 16 clients, creates ran 29–37% faster on
-/// PostgreSQL, and 0–10% on SQLite, than when the workers served them.
+/// A create holds its connection's thread through its product lookups and its commit,
+/// so this is how many creates wait on those at once: the writers commit what waits for
+/// them together, so more make bigger commits. With 16 clients, creates ran 29–37%
+/// faster on PostgreSQL, and 0–10% on SQLite, than when the workers served them. The
+/// name is from when they were served by a pool of threads of their own.
 pub const HTTP_WRITE_THREADS: Setting<usize> = Setting {
     name: "HTTP_WRITE_THREADS",
     default: "16",
-    help: "threads that serve creates, handed them as soon as they are read, each held \
-           through its product lookups and commit (1..=256)",
+    help: "creates served at once, each on its connection's thread as soon as it is read, \
+           held there through its product lookups and commit (1..=256)",
     secret: false,
     parse: threads,
 };

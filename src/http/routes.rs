@@ -237,8 +237,8 @@ struct OrderPage {
     next: Option<String>,
 }
 
-/// `POST /api/orders`, its method checked: it needs no reading session, and the workers
-/// hand it to the write threads (mod.rs).
+/// `POST /api/orders`, its method checked: it needs no reading session, and is served
+/// on its connection's thread (mod.rs).
 pub fn create(shared: &Shared, req: &mut tiny_http::Request) -> Result<Response, ApiError> {
     let user = user_id(req)?;
     // Product answers must come from requests sent after this (single-flight may share).

@@ -1,5 +1,5 @@
 //! The lookups of one order, shared out over a few long-lived helper threads. The
-//! order's own write thread takes its products one at a time; helpers idle at that
+//! order's own thread takes its products one at a time; helpers idle at that
 //! moment join in and take the next ones. A busy pool means fewer hands, never a wait in
 //! a queue; and no thread is started per order, whose start and teardown (a stack
 //! mapped, unmapped, and every core's TLB flushed) cost more than a lookup on loopback.

@@ -73,11 +73,10 @@ pub struct Pricing {
 }
 
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
-/// Lookups of one order run on at most this many threads: its write thread's and
-/// helpers'.
+/// Lookups of one order run on at most this many threads: its own (its connection's)
+/// and helpers'.
 const MAX_PARALLEL: usize = 8;
-/// Helper threads for the lookups of orders with several lines, shared by all write
-/// threads.
+/// Helper threads for the lookups of orders with several lines, shared by all creates.
 const LOOKUP_HELPERS: usize = 2 * MAX_PARALLEL;
 /// Each way, a kept connection's buffer.
 const CONNECTION_BUFFER: usize = 16 * 1024;
@@ -111,8 +110,8 @@ impl Catalog {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Catalog {
         let source = match &config.product_source {
             ProductSource::Http(base) => {
-                // A connection for each thread that may look up at once: the write
-                // threads, the helpers and the refresher. Both caps: ureq's overall one
+                // A connection for each thread that may look up at once: the creates
+                // served at once, the helpers and the refresher. Both caps: ureq's overall one
                 // (10 by default) closed the connections handed back past the tenth, and
                 // the next lookups connected anew.
                 let connections = config.http_write_threads + LOOKUP_HELPERS + 1;

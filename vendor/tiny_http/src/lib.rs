@@ -180,8 +180,8 @@ impl MustBeShareDummy for Server {}
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// PATCHES.md, 17: the stack of a connection's thread. It parses and copies; nothing on
-/// it is large (buffers are on the heap).
+/// PATCHES.md, 17: the stack of a connection's thread unless `Options::connection_stack`
+/// says otherwise. It parses and copies; nothing on it is large (buffers are on the heap).
 const CONNECTION_STACK: usize = 128 * 1024;
 
 pub struct IncomingRequests<'a> {
@@ -217,6 +217,10 @@ pub struct Options {
     pub refusal: Refusal,
     /// Requests taken before the queue (PATCHES.md, 20); none if unset.
     pub direct: Option<Direct>,
+    /// The stack of each connection's thread, in bytes (virtual: only the pages touched
+    /// take memory). The default suits the server's own parsing; a `direct` hook that
+    /// does more work on that thread needs more.
+    pub connection_stack: usize,
 }
 
 impl std::fmt::Debug for Options {
@@ -225,6 +229,7 @@ impl std::fmt::Debug for Options {
             .field("limits", &self.limits)
             .field("max_connections", &self.max_connections)
             .field("direct", &self.direct.is_some())
+            .field("connection_stack", &self.connection_stack)
             .finish_non_exhaustive()
     }
 }
@@ -236,6 +241,7 @@ impl Default for Options {
             max_connections: 512,
             refusal: std::sync::Arc::new(|status| Response::empty(status).boxed()),
             direct: None,
+            connection_stack: CONNECTION_STACK,
         }
     }
 }
@@ -498,7 +504,7 @@ fn accept_loop(
         let shared = shared.clone();
         let started = thread::Builder::new()
             .name("http-conn".into())
-            .stack_size(CONNECTION_STACK)
+            .stack_size(options.connection_stack)
             .spawn(move || {
                 let _slot = slot;
                 client::serve(conn, remote_addr, &shared);
