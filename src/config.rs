@@ -340,11 +340,10 @@ pub const OUTBOX_RETENTION: Setting<Duration> = Setting {
     parse: seconds,
 };
 /// Reads, cancels and status changes: creates are served on their connections' threads
-/// (`HTTP_WRITE_THREADS`). On SQLite eight
-/// workers answered gets and creates faster than sixteen in two pairs of runs of three,
-/// and the mix in both pairs; on PostgreSQL, where each holds a session of the server's
-/// (a process there, and one of its `max_connections` for every instance), 16 made gets
-/// 8–15% slower.
+/// (`HTTP_WRITE_THREADS`). On SQLite eight workers answered gets and creates faster
+/// than sixteen in two pairs of runs of three, and the mix in both pairs; on PostgreSQL,
+/// where each holds a session of the server's (a process there, and one of its
+/// `max_connections` for every instance), 16 made gets 8–15% slower.
 pub const HTTP_THREADS: Setting<usize> = Setting {
     name: "HTTP_THREADS",
     default: "8",

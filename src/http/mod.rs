@@ -125,9 +125,9 @@ const CREATE_STACK: usize = 2 * 1024 * 1024;
 /// connection's thread as soon as it is read, held there through its product lookups and
 /// its commit: that thread waits for the answer anyway, one request at a time. Handing
 /// it to a pool of threads, and its answer back, woke two threads more a create; served
-/// where it was read, the service spent 12-14% less CPU a create on either backend. Past the
-/// limit a create waits for a place, as it waited in the pool's queue. Once the gate is
-/// closed (at shutdown) a create is given back, to be refused.
+/// where it was read, the service spent 12-14% less CPU a create on either backend.
+/// Past the limit a create waits for a place, as it waited in the pool's queue. Once the
+/// gate is closed (at shutdown) a create is given back, to be refused.
 struct CreateGate {
     limit: usize,
     state: Mutex<GateState>,

@@ -111,9 +111,9 @@ impl Catalog {
         let source = match &config.product_source {
             ProductSource::Http(base) => {
                 // A connection for each thread that may look up at once: the creates
-                // served at once, the helpers and the refresher. Both caps: ureq's overall one
-                // (10 by default) closed the connections handed back past the tenth, and
-                // the next lookups connected anew.
+                // served at once, the helpers and the refresher. Both caps: ureq's
+                // overall one (10 by default) closed the connections handed back past
+                // the tenth, and the next lookups connected anew.
                 let connections = config.http_write_threads + LOOKUP_HELPERS + 1;
                 let agent_config = ureq::Agent::config_builder()
                     .http_status_as_error(false)

@@ -118,7 +118,9 @@ impl PgEngine {
     }
 
     /// `n` order ids for online creates, from the block this session took ahead, the
-    /// next block taken (one round trip, outside a transaction) when it runs short.
+    /// next block taken (one round trip) when it runs short: before a single create's
+    /// transaction, and at the start of one for creates written together (`nextval` is
+    /// not undone by a rollback either way).
     /// Taking an id on its own was a round trip per statement, a tenth of PostgreSQL's
     /// time a create. Ids then follow creation time within a session only: nothing
     /// orders by them (lists go by `created_at`, then id), and a block unused when the
