@@ -120,6 +120,76 @@ fn gets_from_16_clients_at_once_each_answer_their_own_order_or_their_own_error()
 }
 
 #[test]
+fn lists_and_gets_from_16_clients_at_once_each_answer_the_askers_own_page() {
+    let app = spawn_app();
+    let users = [ALICE, BOB, CAROL, DAVE];
+    // Each user a different number of orders: 1, 2, 3 and 4.
+    let mut ids = Vec::new();
+    for (u, user) in users.iter().enumerate() {
+        for _ in 0..=u {
+            let response = app.create_order(user, &items(&[(MOUSE, 1 + u as i64)]));
+            response.assert_status(201);
+            ids.push((u, response.json()["id"].as_i64().unwrap()));
+        }
+    }
+    // Each page as one client alone is answered it: the first, the second, the one after
+    // the first page's `next` (the second again), and one past the last.
+    let queries = |u: usize| -> Vec<String> {
+        let first = app.list_orders(&users[u], "per_page=2").json();
+        let mut qs = vec!["per_page=2".to_string(), "per_page=2&page=2".to_string()];
+        if let Some(next) = first["next"].as_str() {
+            qs.push(format!("per_page=2&after={next}"));
+        }
+        qs.push("per_page=2&page=9".to_string());
+        qs
+    };
+    let expected: Vec<Vec<(String, serde_json::Value)>> = (0..users.len())
+        .map(|u| {
+            queries(u)
+                .into_iter()
+                .map(|q| {
+                    let response = app.list_orders(&users[u], &q);
+                    response.assert_status(200);
+                    (q, response.json())
+                })
+                .collect()
+        })
+        .collect();
+    for (u, pages) in expected.iter().enumerate() {
+        assert_eq!(
+            pages[0].1["total"],
+            (u + 1) as i64,
+            "{}'s count",
+            users[u].id
+        );
+    }
+    const THREADS: usize = 16;
+    const READS: usize = 120;
+
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let (app, users, expected, ids) = (&app, &users, &expected, &ids);
+            s.spawn(move || {
+                for n in 0..READS {
+                    let u = (t + n) % users.len();
+                    if n % 5 == 4 {
+                        // A get between the pages: the asker's own order.
+                        let (_, id) = ids.iter().find(|(o, _)| *o == u).unwrap();
+                        app.get_order(&users[u], *id).assert_status(200);
+                        continue;
+                    }
+                    let pages = &expected[u];
+                    let (query, body) = &pages[n % pages.len()];
+                    let response = app.list_orders(&users[u], query);
+                    response.assert_status(200);
+                    assert_eq!(&response.json(), body, "{}'s page {query}", users[u].id);
+                }
+            });
+        }
+    });
+}
+
+#[test]
 fn racing_cancels_of_one_order_all_succeed_and_write_one_event() {
     let app = spawn_app();
     let id = app.place_order_id(&ALICE, LAPTOP, 1);
