@@ -47,7 +47,6 @@ impl App {
             store::spawn_writer(opened.engines, wake_tx).map_err(|e| e.to_string())?;
         let open_reads = opened.open_reads;
         let join_get = opened.join_get;
-        let join_page = opened.join_page;
 
         let listener = TcpListener::bind((config.host, config.port))
             .map_err(|e| format!("cannot listen on {}:{}: {e}", config.host, config.port))?;
@@ -60,7 +59,6 @@ impl App {
             metrics: metrics.clone(),
             open_reads: open_reads.clone(),
             join_get,
-            join_page,
             admin_token: config.admin_token.clone(),
             gateway_token: config.gateway_token.clone(),
         });

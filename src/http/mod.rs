@@ -13,7 +13,7 @@ use crate::domain::{OrderId, UserId};
 use crate::metrics::Metrics;
 use crate::orders::Orders;
 use crate::products::Catalog;
-use crate::store::{JoinGet, JoinPage, OpenReads, PageAsk, PageThen, Reads, Then, WriterHandle};
+use crate::store::{JoinGet, OpenReads, Reads, Then, WriterHandle};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -33,8 +33,6 @@ pub struct Shared {
     pub open_reads: OpenReads,
     /// Where a connection's thread may leave a get by id (PostgreSQL's gets combined).
     pub join_get: Option<JoinGet>,
-    /// Where it may leave a list's page, read by the same queries.
-    pub join_page: Option<JoinPage>,
     pub admin_token: Option<Secret>,
     pub gateway_token: Option<Secret>,
 }
@@ -348,15 +346,11 @@ fn work(server: &tiny_http::Server, shared: &Shared, stopping: &AtomicBool, read
 /// (`direct`); one reaches a worker only when the connection's thread could not take it,
 /// and is then served here. A cancel or a status change is served here too: it waits on
 /// no product, so it never queues behind creates whose product service is slow to
-/// answer. A get by id is answered by whichever thread reads its order (`get`), and a
-/// list by whichever reads its page (`list`).
+/// answer. A get by id is answered by whichever thread reads its order (`get`).
 fn dispatch(shared: &Shared, reader: &dyn Reads, req: tiny_http::Request) {
     let route = Route::parse(request::path_of(req.url()));
     if let Some(id) = route.and_then(|r| r.get_by_id(req.method().as_str())) {
         return get(shared, reader, req, id);
-    }
-    if route.is_some_and(|r| r.is_list(req.method().as_str())) {
-        return list(shared, reader, req);
     }
     serve(shared, req, route, |req, route, query| {
         routes::handle(shared, reader, req, route, query)
@@ -398,17 +392,6 @@ fn get(shared: &Shared, reader: &dyn Reads, req: tiny_http::Request, id: OrderId
     let _ = catch_unwind(AssertUnwindSafe(|| reader.order_then(id, asked.then())));
 }
 
-/// A list, answered by whichever thread reads its page, as a get by id is (`get`).
-fn list(shared: &Shared, reader: &dyn Reads, req: tiny_http::Request) {
-    let Some(asked) = ask_page(shared, req) else {
-        return;
-    };
-    let ask = asked.ask.clone();
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        reader.orders_of_then(&ask, asked.then())
-    }));
-}
-
 /// On a connection's thread, as soon as it is read, so that no worker is woken only to
 /// pass a request on: a create is served right here once the gate lets it in (a create
 /// needs no reading session), and on PostgreSQL a get by id joins the query by id
@@ -430,22 +413,6 @@ fn direct(
             routes::create(shared, req)
         });
         return None;
-    }
-    if route.is_list(req.method().as_str()) {
-        let Some(join_page) = &shared.join_page else {
-            return Some(req);
-        };
-        let mut asked = Some(ask_page(shared, req)?);
-        let ask = asked.as_ref().expect("asked above").ask.clone();
-        let joined = catch_unwind(AssertUnwindSafe(|| {
-            join_page(&ask, &mut || {
-                asked.take().expect("a list joins once").then()
-            })
-        }));
-        return match (joined, asked) {
-            (Ok(false), Some(asked)) => Some(asked.exchange.into_request()),
-            _ => None,
-        };
     }
     let (Some(join_get), Some(id)) = (&shared.join_get, route.get_by_id(req.method().as_str()))
     else {
@@ -470,29 +437,17 @@ struct Asked {
 
 /// A get's checks and its asker; none if it was answered already (refused).
 fn ask(shared: &Shared, req: tiny_http::Request, id: OrderId) -> Option<Asked> {
-    let exchange = Exchange::begin(shared, req, Some(Route::Order(Some(id))));
-    let (exchange, (user, admin)) =
-        checked(shared, exchange, |req| routes::reader_of(shared, req))?;
-    Some(Asked {
-        exchange,
-        user,
-        admin,
-    })
-}
-
-/// The checks every request gets, then `asked`'s of this one: what it asks, or none if it
-/// was answered already (refused, or a check panicked).
-fn checked<T>(
-    shared: &Shared,
-    mut exchange: Exchange,
-    asked: impl FnOnce(&tiny_http::Request) -> Result<T, ApiError>,
-) -> Option<(Exchange, T)> {
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let mut exchange = Exchange::begin(shared, req, Some(Route::Order(Some(id))));
+    let asked = catch_unwind(AssertUnwindSafe(|| {
         exchange.check(shared)?;
-        asked(exchange.req())
+        routes::reader_of(shared, exchange.req())
     }));
-    match outcome {
-        Ok(Ok(asked)) => Some((exchange, asked)),
+    match asked {
+        Ok(Ok((user, admin))) => Some(Asked {
+            exchange,
+            user,
+            admin,
+        }),
         Ok(Err(e)) => {
             exchange.finish(Ok(Err(e)));
             None
@@ -514,45 +469,6 @@ impl Asked {
         } = self;
         Box::new(move |read| {
             let outcome = catch_unwind(AssertUnwindSafe(|| routes::order(read, &user, admin)));
-            exchange.finish(outcome);
-        })
-    }
-}
-
-/// A list past the checks every request gets, and the page it asks for.
-struct AskedPage {
-    exchange: Exchange,
-    ask: PageAsk,
-    /// The page's number; none for one asked for with `after`.
-    number: Option<u32>,
-}
-
-/// A list's checks and its page; none if it was answered already (refused).
-fn ask_page(shared: &Shared, req: tiny_http::Request) -> Option<AskedPage> {
-    let exchange = Exchange::begin(shared, req, Some(Route::Orders));
-    let (exchange, (ask, number)) = checked(shared, exchange, |req| {
-        let user = routes::user_id(req)?;
-        let (_, pairs) = request::split_url(req.url());
-        let query: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (&**k, &**v)).collect();
-        routes::page_asked(user, &query)
-    })?;
-    Some(AskedPage {
-        exchange,
-        ask,
-        number,
-    })
-}
-
-impl AskedPage {
-    /// What to do with the page once read: answer it.
-    fn then(self) -> PageThen {
-        let AskedPage {
-            exchange,
-            ask,
-            number,
-        } = self;
-        Box::new(move |read| {
-            let outcome = catch_unwind(AssertUnwindSafe(|| routes::page(read, &ask, number)));
             exchange.finish(outcome);
         })
     }

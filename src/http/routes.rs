@@ -8,7 +8,7 @@ use crate::domain::{
 };
 use crate::orders::{Answer, Claimed, Priced, PricedOrder};
 use crate::products::PricingError;
-use crate::store::{OrderList, PageAsk, Reads, StoreError};
+use crate::store::{Reads, StoreError};
 use serde_json::json;
 use std::time::Duration;
 
@@ -78,12 +78,6 @@ impl Route {
             Route::Cancel(_) | Route::Status(_) => &["PATCH"],
             _ => &["GET"],
         }
-    }
-
-    /// Whether this route with `method` lists the asker's orders: the request `list`
-    /// serves (mod.rs).
-    pub fn is_list(&self, method: &str) -> bool {
-        matches!(self, Route::Orders) && served_as(method) == "GET"
     }
 
     /// Whether this route with `method` creates an order: the request `create` serves.
@@ -188,20 +182,6 @@ pub(super) fn order(
 }
 
 fn list(reader: &dyn Reads, user: &UserId, query: &[(&str, &str)]) -> Result<Response, ApiError> {
-    let (ask, number) = page_asked(user.clone(), query)?;
-    page(
-        reader.orders_of(&ask.user, ask.page, ask.per_page),
-        &ask,
-        number,
-    )
-}
-
-/// The page a list asks for, from its query, and its number (none for a page asked for
-/// with `after`).
-pub(super) fn page_asked(
-    user: UserId,
-    query: &[(&str, &str)],
-) -> Result<(PageAsk, Option<u32>), ApiError> {
     let per_page = query_number(query, "per_page", 10, 1..=100)?;
     let after = query_value(query, "after")?;
     let (page, number) = match after {
@@ -226,22 +206,7 @@ pub(super) fn page_asked(
             (Page::After(cursor), None)
         }
     };
-    let ask = PageAsk {
-        user,
-        page,
-        per_page,
-    };
-    Ok((ask, number))
-}
-
-/// The answer to a list: the page read, in the contract's envelope.
-pub(super) fn page(
-    read: Result<OrderList, StoreError>,
-    ask: &PageAsk,
-    number: Option<u32>,
-) -> Result<Response, ApiError> {
-    let list = read?;
-    let per_page = ask.per_page;
+    let list = reader.orders_of(user, page, per_page)?;
     let pages = (list.total + i64::from(per_page) - 1) / i64::from(per_page);
     let next = list
         .more

@@ -39,17 +39,6 @@ use std::sync::Arc;
 /// What a get does with the order it read, on whichever thread read it.
 pub type Then = Box<dyn FnOnce(Result<Option<Order>, StoreError>) + Send>;
 
-/// What a list does with the page it read, on whichever thread read it.
-pub type PageThen = Box<dyn FnOnce(Result<OrderList, StoreError>) + Send>;
-
-/// A page of a user's orders, as a list asks for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageAsk {
-    pub user: UserId,
-    pub page: Page,
-    pub per_page: u32,
-}
-
 /// Opens a read session of a worker's own.
 pub type OpenReads = Arc<dyn Fn() -> Result<Box<dyn Reads>, StoreError> + Send + Sync>;
 
@@ -58,9 +47,6 @@ pub type OpenReads = Arc<dyn Fn() -> Result<Box<dyn Reads>, StoreError> + Send +
 /// `then` is called, to make the get's `Then`, only if the get joins.
 pub type JoinGet = Arc<dyn Fn(OrderId, &mut dyn FnMut() -> Then) -> bool + Send + Sync>;
 
-/// Hands a list's page to the query running now, as `JoinGet` does a get.
-pub type JoinPage = Arc<dyn Fn(&PageAsk, &mut dyn FnMut() -> PageThen) -> bool + Send + Sync>;
-
 /// A database opened and migrated, ready for the writer and the readers.
 pub struct Opened {
     /// One per writer thread.
@@ -68,8 +54,6 @@ pub struct Opened {
     pub open_reads: OpenReads,
     /// Where gets combine (PostgreSQL); none where each is read on its worker's session.
     pub join_get: Option<JoinGet>,
-    /// Where list pages combine, with the gets (PostgreSQL).
-    pub join_page: Option<JoinPage>,
     /// The migrations this start applied.
     pub applied: Vec<String>,
 }
@@ -87,7 +71,6 @@ pub fn open(database: &Database, pool: &PostgresPool) -> Result<Opened, String> 
                 engines: vec![Box::new(engine)],
                 open_reads: Arc::new(move || Ok(Box::new(Reader::open(&path)?))),
                 join_get: None,
-                join_page: None,
                 applied,
             })
         }
@@ -95,7 +78,6 @@ pub fn open(database: &Database, pool: &PostgresPool) -> Result<Opened, String> 
             let connector = postgres::Connector::new(url.expose(), pool).map_err(|e| named(&e))?;
             let (applied, engines) = postgres::open(&connector, pool).map_err(|e| named(&e))?;
             let join_get = connector.join_get();
-            let join_page = connector.join_page();
             Ok(Opened {
                 engines: engines
                     .into_iter()
@@ -103,7 +85,6 @@ pub fn open(database: &Database, pool: &PostgresPool) -> Result<Opened, String> 
                     .collect(),
                 open_reads: Arc::new(move || Ok(Box::new(postgres::reader(&connector)))),
                 join_get: Some(join_get),
-                join_page: Some(join_page),
                 applied,
             })
         }
@@ -297,10 +278,6 @@ pub trait Reads: Send {
     }
     /// A page of a user's orders, newest first, and how many they have in all.
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError>;
-    /// The page `ask`, given to `then`: here and now, or later on another reader's thread.
-    fn orders_of_then(&self, ask: &PageAsk, then: PageThen) {
-        then(self.orders_of(&ask.user, ask.page, ask.per_page))
-    }
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError>;
     /// The snapshot's size and age; `fresh` counts rows fetched at or after `fresh_after`.
     fn catalog_stats(&self, fresh_after: i64) -> Result<CatalogStats, StoreError>;

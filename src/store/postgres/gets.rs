@@ -1,60 +1,53 @@
-//! Gets by id and list pages from all the reading sessions of a process, combined:
-//! while `IN_FLIGHT` rounds of queries run (started within `PATIENCE`), the gets and pages
-//! that arrive wait, and the next round reads them all at once: the orders by id in one
-//! query, the pages in one more.
+//! Gets by id from all the reading sessions of a process, combined: while `IN_FLIGHT`
+//! queries for orders by id run (started within `PATIENCE`), the gets that arrive wait,
+//! and the next query reads them all at once.
 //!
 //! A get reads one row by its key, and most of what it costs PostgreSQL is the query
 //! itself: its backend woken, the protocol, the executor started and ended. On the two
 //! cores `pgbench` ran 38,000 queries/s of one id, and 32,000/s of four ids: three times
-//! the rows. A page is a few rows of one user's index and the user's count, and costs
-//! the same way: read one by one, a page cost PostgreSQL 145 µs and the service 166 µs;
-//! read together, 80-95 µs and 90-110 µs (benches/MEASUREMENTS.md, *Pages read
-//! together*). No read waits on a timer: one that finds a place free sends its own query
-//! at once.
+//! the rows. No get waits on a timer: one that finds a place free sends its own query at
+//! once.
 //!
-//! A read that waits holds no thread: it leaves what to do with what it asked for
-//! (`Then`, `PageThen`: on the HTTP side, write the answer) and its worker goes on to the
-//! next request. The session that holds a place answers its own read first, then reads
-//! every one waiting by then in one more round, and so on until none waits: each waiting
-//! read costs one thread woken less, and more of them share a query. A connection's
-//! thread, which has no session, leaves its get or page to a round running now (`join`,
-//! `join_page`, from http/mod.rs), so no worker is woken for it at all; when none runs,
-//! it goes to a worker, whose session reads it.
+//! A get that waits holds no thread: it leaves what to do with its order (`Then`: on the
+//! HTTP side, write the answer) and its worker goes on to the next request. The query
+//! that holds a place answers its own get first, then reads every get waiting by then in
+//! one more query, and so on until none waits: each waiting get costs one thread woken
+//! less, and more of them share a query. A connection's thread, which has no session,
+//! leaves its get to a query running now (`join`, from http/mod.rs), so no worker is
+//! woken for it at all; when none runs, the get goes to a worker, whose session reads it.
 //!
-//! A query that fails leaves each read it took to be read alone, on the same session (a
-//! new one if it was lost): a row that does not read fails its own read only. A round
-//! running longer than `PATIENCE` no longer holds its place, and the reads it took go
-//! back to the queue: the next round to start reads them again, and each is answered
-//! once, by whichever round reads it first. So a hung session (a stopped server process,
-//! a proxy that keeps the connection open) holds up no read for much longer than
+//! A query that fails leaves each get it took to be read alone, on the same session (a
+//! new one if it was lost): a row that does not read fails its own get only. A query
+//! running longer than `PATIENCE` no longer holds its place, and the gets it took go
+//! back to the queue: the next query to start reads them again, and each get is answered
+//! once, by whichever query reads it first. So a hung session (a stopped server process,
+//! a proxy that keeps the connection open) holds up no get for much longer than
 //! `PATIENCE` while others arrive; it costs its own statement's timeout (the watchdog's)
 //! only when none does.
 
 use super::conn::Conn;
-use super::reads::{order_of, orders_from, orders_where, page_alone, pages_together};
+use super::reads::{order_of, orders_from, orders_where};
 use crate::domain::Order;
-use crate::store::{OrderList, PageAsk, PageThen, StoreError, Then};
+use crate::store::{StoreError, Then};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Rounds of queries running at once in a process. Every read that arrives meanwhile
-/// waits, so fewer means more ids or pages per query: one at a time gave more gets a
-/// second than two, with a shorter p99, and four fewer (benches/MEASUREMENTS.md, *Gets
-/// that wait hold no thread*); pages, as many a second as two, for less CPU each (*Pages
-/// read together*).
+/// Queries by id running at once in a process. Every get that arrives meanwhile waits,
+/// so fewer means more ids per query: one at a time gave more gets a second than two,
+/// with a shorter p99, and four fewer (README, *Gets that wait hold no thread*).
 const IN_FLIGHT: usize = 1;
-/// Reads (gets and pages) one round of queries takes at most.
-const MAX_ASKS: usize = 64;
-/// How long a round keeps its place and the reads it took. A round takes a millisecond
-/// or two; one that takes this long is stuck, or its session is.
+/// Ids one query reads at most.
+const MAX_IDS: usize = 64;
+/// How long a query keeps its place and the gets it took. A query by ids takes well
+/// under a millisecond; one that takes this long is stuck, or its session is.
 const PATIENCE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Combined {
     state: Mutex<State>,
-    /// Rounds of queries sent and the reads they took.
+    /// Queries sent and gets they read.
     #[cfg(test)]
     counts: Mutex<(u64, u64)>,
     /// Run by each query on its ids before it reads them: a test's panic, as a read's.
@@ -67,19 +60,19 @@ type BeforeRead = dyn Fn(&[i64]) + Send + Sync;
 
 #[derive(Default)]
 struct State {
-    /// The running rounds' places. A place is freed when its session finds no read
+    /// The running queries' places. A place is freed when its session finds no get
     /// waiting, even one no longer counted.
     running: Vec<Place>,
     waiting: VecDeque<Get>,
     tickets: u64,
 }
 
-/// A running round's place.
+/// A running query's place.
 struct Place {
     ticket: u64,
-    /// When its round started.
+    /// When its query started.
     at: Instant,
-    /// The reads its round took, until it has read them or they go back to the queue.
+    /// The gets its query took, until it has read them or they go back to the queue.
     taken: Vec<Get>,
 }
 
@@ -136,120 +129,53 @@ impl Drop for Held<'_> {
     }
 }
 
-/// A get or a page, shared by the queue and the queries that take it.
+/// A get, shared by the queue and the queries that take it.
 type Get = Arc<Waiter>;
 
-/// What a read waiting for a query asks for.
-enum Ask {
-    Order(i64),
-    Page(PageAsk),
-}
-
-/// What it does with what it read.
-enum Reply {
-    Order(Then),
-    Page(PageThen),
-}
-
-/// A read waiting for a query: what it asks for, and what to do with it, which the first
-/// query to read it takes.
+/// A get waiting for a query: the order's id, and what to do with it, which the first
+/// query to read the order takes.
 struct Waiter {
-    ask: Ask,
-    then: Mutex<Option<Reply>>,
+    id: i64,
+    then: Mutex<Option<Then>>,
 }
 
 impl Waiter {
-    fn order(id: i64, then: Then) -> Get {
+    fn new(id: i64, then: Then) -> Get {
         Arc::new(Waiter {
-            ask: Ask::Order(id),
-            then: Mutex::new(Some(Reply::Order(then))),
+            id,
+            then: Mutex::new(Some(then)),
         })
-    }
-
-    fn page(ask: PageAsk, then: PageThen) -> Get {
-        Arc::new(Waiter {
-            ask: Ask::Page(ask),
-            then: Mutex::new(Some(Reply::Page(then))),
-        })
-    }
-
-    /// The order it asks for, if it is a get.
-    fn id(&self) -> Option<i64> {
-        match self.ask {
-            Ask::Order(id) => Some(id),
-            Ask::Page(_) => None,
-        }
     }
 
     fn answered(&self) -> bool {
         self.then.lock().map_or(true, |t| t.is_none())
     }
 
-    fn take(&self) -> Option<Reply> {
-        self.then.lock().ok().and_then(|mut t| t.take())
-    }
-
-    /// What a read that failed with `e` answers it.
-    fn failed(&self, e: StoreError) -> Read {
-        match self.ask {
-            Ask::Order(_) => Read::Order(Err(e)),
-            Ask::Page(_) => Read::Page(Err(e)),
+    /// Gives the get its order, unless another query did; a `Then` that panics takes no
+    /// other get's answer with it.
+    fn give(&self, read: Result<Option<Order>, StoreError>) {
+        let then = self.then.lock().ok().and_then(|mut t| t.take());
+        if let Some(then) = then {
+            let _ = catch_unwind(AssertUnwindSafe(move || then(read)));
         }
     }
-
-    /// Gives it what was read, unless another query did; a reply that panics takes no
-    /// other's answer with it.
-    fn answer(&self, read: Read) {
-        match (self.take(), read) {
-            (None, _) => {}
-            (Some(Reply::Order(then)), Read::Order(read)) => calm(move || then(read)),
-            (Some(Reply::Page(then)), Read::Page(read)) => calm(move || then(read)),
-            (Some(Reply::Order(then)), Read::Page(_)) => calm(move || then(Err(mismatched()))),
-            (Some(Reply::Page(then)), Read::Order(_)) => calm(move || then(Err(mismatched()))),
-        }
-    }
-}
-
-/// What a query read for one ask.
-enum Read {
-    Order(Result<Option<Order>, StoreError>),
-    Page(Result<OrderList, StoreError>),
-}
-
-/// Runs a reply, whose panic stays its own.
-fn calm(reply: impl FnOnce()) {
-    let _ = catch_unwind(AssertUnwindSafe(reply));
-}
-
-/// What a reply of the other kind gets: a read given to the wrong kind (a bug).
-fn mismatched() -> StoreError {
-    StoreError::Unavailable("a read was given an answer of another kind".into())
 }
 
 impl Combined {
     /// Order `id`, given to `then`: read now by this session, which then reads the gets
     /// waiting meanwhile too, or later by the session of a query running now.
     pub fn order_then(&self, conn: &mut Conn, id: i64, then: Then) {
-        self.read_then(conn, Waiter::order(id, then));
-    }
-
-    /// The page `ask`, given to `then`, as `order_then` reads an order.
-    pub fn page_then(&self, conn: &mut Conn, ask: &PageAsk, then: PageThen) {
-        self.read_then(conn, Waiter::page(ask.clone(), then));
-    }
-
-    fn read_then(&self, conn: &mut Conn, first: Get) {
         let mut state = self.state();
         let now = Instant::now();
         state.take_back(now);
         let Some(ticket) = state.take_place(now) else {
-            state.waiting.push_back(first);
+            state.waiting.push_back(Waiter::new(id, then));
             return;
         };
         let held = Held(self, ticket);
-        let mut batch = vec![first];
+        let mut batch = vec![Waiter::new(id, then)];
         loop {
-            let take = state.waiting.len().min(MAX_ASKS - batch.len());
+            let take = state.waiting.len().min(MAX_IDS - batch.len());
             batch.extend(state.waiting.drain(..take));
             let place = state.place(ticket);
             state.running[place].taken.clone_from(&batch);
@@ -260,31 +186,26 @@ impl Combined {
                 counts.0 += 1;
                 counts.1 += batch.len() as u64;
             }
-            // A read that panics fails the reads it took (`answer` does nothing for one
+            // A read that panics fails the gets it took (`give` does nothing for one
             // answered already) and goes on as any other does: its place is freed under
-            // the lock, or kept for the reads that joined meanwhile, which else would
-            // wait for a place nobody holds.
+            // the lock, or kept for the gets that joined meanwhile, which else would wait
+            // for a place nobody holds.
             let reading = || {
                 #[cfg(test)]
                 {
                     let before = self.before_read.lock().unwrap().clone();
                     if let Some(before) = before {
-                        before(&batch.iter().filter_map(|w| w.id()).collect::<Vec<_>>());
+                        before(&batch.iter().map(|w| w.id).collect::<Vec<_>>());
                     }
                 }
                 read(conn, &batch)
             };
-            let read = catch_unwind(AssertUnwindSafe(reading)).unwrap_or_else(|_| {
-                let panicked = || StoreError::Unavailable("reading orders panicked".into());
-                (batch.iter())
-                    .map(|w| (w.clone(), w.failed(panicked())))
-                    .collect()
-            });
-            // Answered with the place held: freed first, the next query would start with
-            // fewer reads waiting, for more of the database's work and no more answers a
-            // second (benches/MEASUREMENTS.md, *Pages read together*).
-            for (w, read) in read {
-                w.answer(read);
+            if catch_unwind(AssertUnwindSafe(reading)).is_err() {
+                for w in &batch {
+                    w.give(Err(StoreError::Unavailable(
+                        "reading orders by id panicked".into(),
+                    )));
+                }
             }
             batch.clear();
             state = self.state();
@@ -293,7 +214,7 @@ impl Combined {
             state.running[place].taken.clear();
             state.take_back(now);
             if state.waiting.is_empty() {
-                // Under the same lock as the look: a read that finds this place counted
+                // Under the same lock as the look: a get that finds this place counted
                 // has been taken.
                 state.running.swap_remove(place);
                 std::mem::forget(held);
@@ -309,22 +230,13 @@ impl Combined {
     /// only if the get joins. Under the lock a query frees its place under, so a get that
     /// joins is read.
     pub fn join(&self, id: i64, then: &mut dyn FnMut() -> Then) -> bool {
-        self.join_with(&mut || Waiter::order(id, then()))
-    }
-
-    /// The page `ask`, for the query running now, as `join` a get.
-    pub fn join_page(&self, ask: &PageAsk, then: &mut dyn FnMut() -> PageThen) -> bool {
-        self.join_with(&mut || Waiter::page(ask.clone(), then()))
-    }
-
-    fn join_with(&self, waiter: &mut dyn FnMut() -> Get) -> bool {
         let mut state = self.state();
         let now = Instant::now();
         state.take_back(now);
         if state.counted(now) < IN_FLIGHT {
             return false;
         }
-        state.waiting.push_back(waiter());
+        state.waiting.push_back(Waiter::new(id, then()));
         true
     }
 
@@ -345,24 +257,6 @@ impl Combined {
         })
     }
 
-    /// The page `ask`, read by this session's query or by another's: the calling thread
-    /// waits.
-    pub fn page(&self, conn: &mut Conn, ask: &PageAsk) -> Result<OrderList, StoreError> {
-        let (give, given) = mpsc::sync_channel(1);
-        self.page_then(
-            conn,
-            ask,
-            Box::new(move |read| {
-                let _ = give.send(read);
-            }),
-        );
-        given.recv().unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the query that took a page ended without it".into(),
-            ))
-        })
-    }
-
     /// Queries by id sent (not counting the reads alone after one failed) and the gets
     /// they took, since the start.
     #[cfg(test)]
@@ -375,20 +269,14 @@ impl Combined {
     }
 }
 
-/// Reads what `batch` asks for, not yet answered: its orders in one query, its pages in
-/// one more. A query that fails is read again ask by ask, so one that does not read
-/// fails alone. What was read is answered by the caller.
-fn read(conn: &mut Conn, batch: &[Get]) -> Vec<(Get, Read)> {
-    let open: Vec<&Get> = batch.iter().filter(|w| !w.answered()).collect();
-    let (gets, pages): (Vec<&Get>, Vec<&Get>) = open.into_iter().partition(|w| w.id().is_some());
-    let mut read = Vec::with_capacity(batch.len());
-    read_orders(conn, &gets, &mut read);
-    read_pages(conn, &pages, &mut read);
-    read
-}
-
-fn read_orders(conn: &mut Conn, gets: &[&Get], read: &mut Vec<(Get, Read)>) {
-    let ids: Vec<i64> = gets.iter().filter_map(|w| w.id()).collect();
+/// Reads the orders of `batch`'s gets not yet answered in one query and gives each its
+/// own; if that fails, reads each alone.
+fn read(conn: &mut Conn, batch: &[Get]) {
+    let ids: Vec<i64> = batch
+        .iter()
+        .filter(|w| !w.answered())
+        .map(|w| w.id)
+        .collect();
     let orders = match ids.as_slice() {
         [] => return,
         // One id: the statement of one row, as simple a plan as there is.
@@ -397,43 +285,21 @@ fn read_orders(conn: &mut Conn, gets: &[&Get], read: &mut Vec<(Get, Read)>) {
     };
     match orders {
         Ok(orders) => {
-            for w in gets {
-                let order = orders.iter().find(|o| Some(o.id.get()) == w.id()).cloned();
-                read.push(((*w).clone(), Read::Order(Ok(order))));
+            for w in batch {
+                let order = orders.iter().find(|o| o.id.get() == w.id).cloned();
+                w.give(Ok(order));
             }
         }
-        Err(e) if ids.len() == 1 => read.push((gets[0].clone(), Read::Order(Err(e)))),
+        Err(e) if ids.len() == 1 => {
+            if let Some(w) = batch.iter().find(|w| !w.answered()) {
+                w.give(Err(e));
+            }
+        }
         Err(_) => {
-            for (w, id) in gets.iter().zip(ids) {
-                read.push(((*w).clone(), Read::Order(alone(conn, id))));
+            for w in batch.iter().filter(|w| !w.answered()) {
+                w.give(alone(conn, w.id));
             }
         }
-    }
-}
-
-fn read_pages(conn: &mut Conn, pages: &[&Get], read: &mut Vec<(Get, Read)>) {
-    let asks: Vec<&PageAsk> = pages
-        .iter()
-        .filter_map(|w| match &w.ask {
-            Ask::Page(ask) => Some(ask),
-            Ask::Order(_) => None,
-        })
-        .collect();
-    match asks.as_slice() {
-        [] => {}
-        [ask] => read.push((pages[0].clone(), Read::Page(page_alone(conn, ask)))),
-        _ => match pages_together(conn, &asks) {
-            Ok(lists) => {
-                for (w, list) in pages.iter().zip(lists) {
-                    read.push(((*w).clone(), Read::Page(Ok(list))));
-                }
-            }
-            Err(_) => {
-                for (w, ask) in pages.iter().zip(&asks) {
-                    read.push(((*w).clone(), Read::Page(page_alone(conn, ask))));
-                }
-            }
-        },
     }
 }
 
@@ -551,7 +417,7 @@ mod tests {
 
     /// Every place held by a query that started `ago`, as if running still; their
     /// tickets, to free them with `free`.
-    pub(super) fn hold_places(connector: &Connector, ago: Duration) -> Vec<u64> {
+    fn hold_places(connector: &Connector, ago: Duration) -> Vec<u64> {
         let at = Instant::now()
             .checked_sub(ago)
             .expect("the clock is past `ago`");
@@ -571,7 +437,7 @@ mod tests {
     }
 
     /// Frees a place taken by `hold_places`, as its query's end would, but reading nothing.
-    pub(super) fn free(connector: &Connector, ticket: u64) {
+    fn free(connector: &Connector, ticket: u64) {
         connector
             .gets
             .state()
@@ -988,229 +854,5 @@ mod tests {
             (0, 0),
             "all idle"
         );
-    }
-}
-
-/// List pages, read together and with the gets.
-#[cfg(test)]
-mod pages {
-    use super::super::reads::{page_alone, pages_together};
-    use super::super::test_db::TestDb;
-    use super::super::{migrate, reader, Connector};
-    use super::tests::{free, hold_places};
-    use super::IN_FLIGHT;
-    use crate::domain::{Cursor, OrderId, Page, UserId};
-    use crate::store::{OrderList, PageAsk, Reads, StoreError};
-    use postgres::{Client, NoTls};
-    use std::sync::mpsc;
-    use std::time::{Duration, Instant};
-
-    /// `user-a` with 25 orders (ids 101 to 125, newer as the id grows), `user-b` with 3,
-    /// the oldest written without `lines` (an older instance's), and their counts.
-    fn users(db: &TestDb) -> Connector {
-        let connector = Connector::new(&db.url(), &TestDb::pool()).unwrap();
-        migrate(&connector).unwrap();
-        Client::connect(&db.url(), NoTls)
-            .unwrap()
-            .batch_execute(
-                "INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
-                   updated_at, lines)
-                 SELECT i, 'user-a', 'a@example.com', 'pending', 1000, 1000 + i, 1000 + i,
-                   '[[1,\"Product 1\",1,1000,1000]]'
-                 FROM generate_series(101, 125) i;
-                 INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
-                   updated_at, lines)
-                 SELECT i, 'user-b', 'b@example.com', 'shipped', 2000, 1000 + i, 1000 + i,
-                   '[[2,\"Product 2\",2,1000,2000]]'
-                 FROM generate_series(202, 203) i;
-                 INSERT INTO orders (id, user_id, user_email, status, total_cents, created_at,
-                   updated_at)
-                 VALUES (201, 'user-b', 'b@example.com', 'pending', 3500, 1201, 1201);
-                 INSERT INTO order_items (order_id, line_no, product_id, product_name,
-                   quantity, price_cents, subtotal_cents)
-                 VALUES (201, 1, 7, 'Product 7', 1, 1500, 1500),
-                        (201, 2, 8, 'Product 8', 2, 1000, 2000);
-                 INSERT INTO order_counts (user_id, orders) VALUES ('user-a', 25), ('user-b', 3);",
-            )
-            .unwrap();
-        connector
-    }
-
-    fn ask(user: &str, page: Page, per_page: u32) -> PageAsk {
-        PageAsk {
-            user: UserId::parse(user).unwrap(),
-            page,
-            per_page,
-        }
-    }
-
-    fn after(id: i64) -> Page {
-        Page::After(Cursor {
-            created_at: 1000 + id,
-            id: OrderId::parse(&id.to_string()).unwrap(),
-        })
-    }
-
-    /// Pages of every shape: first, middle, last, past the last, after a cursor, of a
-    /// user without orders, one with an order read from `order_items`.
-    fn asks() -> Vec<PageAsk> {
-        vec![
-            ask("user-a", Page::Number(1), 10),
-            ask("user-b", Page::Number(1), 2),
-            ask("user-a", Page::Number(3), 10),
-            ask("user-a", Page::Number(4), 10),
-            ask("user-c", Page::Number(1), 10),
-            ask("user-a", after(110), 5),
-            ask("user-b", after(202), 10),
-            ask("user-a", Page::Number(1), 100),
-            ask("user-a", after(101), 10),
-        ]
-    }
-
-    fn ids(list: &OrderList) -> Vec<i64> {
-        list.orders.iter().map(|o| o.id.get()).collect()
-    }
-
-    #[test]
-    fn pages_read_together_are_each_the_page_read_alone() {
-        let Some(db) = TestDb::create() else {
-            return;
-        };
-        let connector = users(&db);
-        let mut conn = connector.generic_plans();
-        let asks = asks();
-        let alone: Vec<OrderList> = asks
-            .iter()
-            .map(|a| page_alone(&mut conn, a).unwrap())
-            .collect();
-        // What the pages hold, read alone: the contract's pages.
-        let shapes: Vec<(Vec<i64>, i64, bool)> =
-            alone.iter().map(|l| (ids(l), l.total, l.more)).collect();
-        assert_eq!(shapes[0], ((116..=125).rev().collect(), 25, true));
-        assert_eq!(shapes[1], (vec![203, 202], 3, true));
-        assert_eq!(shapes[2], ((101..=105).rev().collect(), 25, false));
-        assert_eq!(shapes[3], (vec![], 25, false));
-        assert_eq!(shapes[4], (vec![], 0, false));
-        assert_eq!(shapes[5], ((105..=109).rev().collect(), 25, true));
-        assert_eq!(shapes[6], (vec![201], 3, false));
-        assert_eq!(shapes[7], ((101..=125).rev().collect(), 25, false));
-        assert_eq!(shapes[8], (vec![], 25, false));
-        let items: Vec<_> = alone[6].orders[0]
-            .items
-            .iter()
-            .map(|i| (i.product_id.get(), i.quantity))
-            .collect();
-        assert_eq!(
-            items,
-            vec![(7, 1), (8, 2)],
-            "order 201's items, from order_items"
-        );
-
-        let together = pages_together(&mut conn, &asks.iter().collect::<Vec<_>>()).unwrap();
-        assert_eq!(together, alone);
-        // In another turn, each still its own.
-        let reversed: Vec<&PageAsk> = asks.iter().rev().collect();
-        let mut back = pages_together(&mut conn, &reversed).unwrap();
-        back.reverse();
-        assert_eq!(back, alone);
-    }
-
-    type Listed = Result<OrderList, StoreError>;
-
-    /// The page `a`, listed on a thread of its own once it waits in the queue.
-    fn queued(connector: &Connector, a: PageAsk) -> mpsc::Receiver<Listed> {
-        let behind = connector.gets.state().waiting.len();
-        let reader = reader(connector);
-        let (listed, answer) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = listed.send(reader.orders_of(&a.user, a.page, a.per_page));
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while connector.gets.state().waiting.len() <= behind {
-            assert!(Instant::now() < deadline, "the page never waited");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        answer
-    }
-
-    #[test]
-    fn pages_and_gets_that_wait_are_read_by_the_next_round_each_its_own() {
-        let Some(db) = TestDb::create() else {
-            return;
-        };
-        let connector = users(&db);
-        let mut conn = connector.generic_plans();
-        // Every place taken: pages and gets now wait.
-        let places = hold_places(&connector, Duration::ZERO);
-        let asks = asks();
-        let listing: Vec<_> = asks.iter().map(|a| queued(&connector, a.clone())).collect();
-        let get = {
-            let behind = connector.gets.state().waiting.len();
-            let reader = reader(&connector);
-            let getting = std::thread::spawn(move || reader.order(OrderId::parse("202").unwrap()));
-            while connector.gets.state().waiting.len() <= behind {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            getting
-        };
-        // A place comes free: the next page takes it and reads all that wait with its own.
-        free(&connector, places[0]);
-        let first = ask("user-b", Page::Number(2), 2);
-        let own = reader(&connector)
-            .orders_of(&first.user, first.page, first.per_page)
-            .unwrap();
-        assert_eq!(ids(&own), vec![201]);
-        for (a, listed) in asks.iter().zip(listing) {
-            let listed = listed
-                .recv_timeout(Duration::from_secs(10))
-                .expect("a page answered within 10 s")
-                .unwrap();
-            assert_eq!(listed, page_alone(&mut conn, a).unwrap(), "{a:?}");
-        }
-        let order = get.join().unwrap().unwrap().expect("order 202 is found");
-        assert_eq!(order.id.get(), 202);
-        assert_eq!(
-            connector.gets.counts(),
-            (1, asks.len() as u64 + 2),
-            "one round took every read"
-        );
-        let state = connector.gets.state();
-        assert_eq!(
-            (state.running.len(), state.waiting.len()),
-            (IN_FLIGHT - 1, 0)
-        );
-    }
-
-    #[test]
-    fn a_page_whose_rows_do_not_read_fails_alone_and_the_others_are_read() {
-        let Some(db) = TestDb::create() else {
-            return;
-        };
-        let connector = users(&db);
-        Client::connect(&db.url(), NoTls)
-            .unwrap()
-            .batch_execute("UPDATE orders SET lines = 'not lines' WHERE id = 203")
-            .unwrap();
-        let mut conn = connector.generic_plans();
-        let (a, b) = (
-            ask("user-a", Page::Number(1), 10),
-            ask("user-b", Page::Number(1), 10),
-        );
-        assert!(
-            pages_together(&mut conn, &[&a, &b]).is_err(),
-            "read together, they fail"
-        );
-        let places = hold_places(&connector, Duration::ZERO);
-        let (of_a, of_b) = (queued(&connector, a.clone()), queued(&connector, b.clone()));
-        free(&connector, places[0]);
-        let c = ask("user-a", Page::Number(2), 10);
-        let own = reader(&connector)
-            .orders_of(&c.user, c.page, c.per_page)
-            .unwrap();
-        assert_eq!(ids(&own), (106..=115).rev().collect::<Vec<_>>());
-        let of_a = of_a.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(of_a.unwrap(), page_alone(&mut conn, &a).unwrap());
-        let of_b = of_b.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert!(of_b.is_err(), "user-b's page fails: {of_b:?}");
     }
 }

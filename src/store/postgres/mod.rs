@@ -151,12 +151,6 @@ impl Connector {
         Arc::new(move |id, then| gets.join(id.get(), then))
     }
 
-    /// Joins a list's page to the same query, which reads pages too (gets.rs).
-    pub fn join_page(&self) -> crate::store::JoinPage {
-        let gets = self.gets.clone();
-        Arc::new(move |ask, then| gets.join_page(ask, then))
-    }
-
     fn connected(&self) -> Result<Conn, StoreError> {
         self.on_first_use().connected()
     }

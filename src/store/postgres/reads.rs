@@ -1,5 +1,5 @@
-//! Reads on a PostgreSQL session of the reader's own (a get by id or a list page may be
-//! read by another reader's query: gets.rs), and the relay's leadership.
+//! Reads on a PostgreSQL session of the reader's own (a get by id may be read by another
+//! reader's query: gets.rs), and the relay's leadership.
 //!
 //! Every statement here is planned once, for any values (`plan_cache_mode =
 //! force_generic_plan`, mod.rs): each reads by a key, a user's index or a partial index,
@@ -12,7 +12,7 @@ use super::RELAY_LOCK;
 use crate::domain::{Email, Money, Order, OrderId, OrderItem, Page, ProductId, Status, UserId};
 use crate::store::{
     BlockedEvent, CachedProduct, CatalogStats, EventHead, IdempotencyRecord, Lead, OrderList,
-    OutboxRow, OutboxStats, PageAsk, PageThen, Reads, StoreError, Then,
+    OutboxRow, OutboxStats, Reads, StoreError, Then,
 };
 use postgres::Row;
 use std::cell::RefCell;
@@ -127,116 +127,6 @@ pub(super) fn orders_from(
     Ok((orders, more))
 }
 
-/// The page `ask` in one round trip: the user's count and the page (one order more
-/// than asked, to know whether older ones follow), each order with its lines. `total
-/// LEFT JOIN page` keeps one row (carrying the count) when the page is empty.
-pub(super) fn page_alone(conn: &mut Conn, ask: &PageAsk) -> Result<OrderList, StoreError> {
-    let limit = i64::from(ask.per_page) + 1;
-    let user = ask.user.as_str();
-    let rows = match ask.page {
-        Page::Number(n) => {
-            let offset = i64::from(n - 1) * i64::from(ask.per_page);
-            conn.query(
-                page_of_orders!(
-                    "FROM orders WHERE user_id = $1
-                     ORDER BY created_at DESC, id DESC
-                     -- Past the last order, LIMIT 0 ends it before the offset is scanned.
-                     LIMIT CASE WHEN $3::bigint >= (SELECT n FROM total) THEN 0::bigint
-                                ELSE $2::bigint END
-                     OFFSET $3::bigint"
-                ),
-                &[&user, &limit, &offset],
-            )?
-        }
-        Page::After(c) => conn.query(
-            page_of_orders!(
-                "FROM orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
-                 ORDER BY created_at DESC, id DESC LIMIT $4"
-            ),
-            &[&user, &c.created_at, &c.id.get(), &limit],
-        )?,
-    };
-    listed(conn, &rows, ask.per_page)
-}
-
-/// The pages `asks` in one query, in their turn: each as `page_alone` reads it, from one
-/// snapshot. A page by number is one before the newest possible order, at its offset;
-/// one after a cursor is at offset 0.
-pub(super) fn pages_together(
-    conn: &mut Conn,
-    asks: &[&PageAsk],
-) -> Result<Vec<OrderList>, StoreError> {
-    let n = asks.len();
-    let (mut users, mut limits, mut offsets, mut at, mut ids) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for ask in asks {
-        users.push(ask.user.as_str());
-        limits.push(i64::from(ask.per_page) + 1);
-        let (offset, before) = match ask.page {
-            Page::Number(p) => (
-                i64::from(p - 1) * i64::from(ask.per_page),
-                (i64::MAX, i64::MAX),
-            ),
-            Page::After(c) => (0, (c.created_at, c.id.get())),
-        };
-        offsets.push(offset);
-        at.push(before.0);
-        ids.push(before.1);
-    }
-    let rows = conn.query(
-        "SELECT p.id, p.user_id, p.user_email, p.status, p.total_cents, p.created_at,
-           p.updated_at, p.stock_verified, p.priced_at, p.lines, COALESCE(c.orders, 0), u.k
-         FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[])
-           WITH ORDINALITY AS u(user_id, lim, off, before_at, before_id, k)
-         LEFT JOIN order_counts c ON c.user_id = u.user_id
-         LEFT JOIN LATERAL (
-           SELECT id, user_id, user_email, status, total_cents, created_at, updated_at,
-             stock_verified, priced_at, lines
-           FROM orders o
-           WHERE o.user_id = u.user_id AND (o.created_at, o.id) < (u.before_at, u.before_id)
-           ORDER BY o.created_at DESC, o.id DESC
-           LIMIT CASE WHEN u.off >= COALESCE(c.orders, 0) THEN 0 ELSE u.lim END
-           OFFSET u.off
-         ) p ON true
-         ORDER BY u.k, p.created_at DESC, p.id DESC",
-        &[&users, &limits, &offsets, &at, &ids],
-    )?;
-    let mut pages = Vec::with_capacity(n);
-    let mut rest = rows.as_slice();
-    for (k, ask) in (1..).zip(asks) {
-        let mut len = 0;
-        for row in rest {
-            if row.try_get::<_, i64>(11)? != k {
-                break;
-            }
-            len += 1;
-        }
-        let (mine, after) = rest.split_at(len);
-        if mine.is_empty() {
-            return Err(bad("a page of the query by users has no row"));
-        }
-        pages.push(listed(conn, mine, ask.per_page)?);
-        rest = after;
-    }
-    Ok(pages)
-}
-
-/// A page from its rows: the count in each (column 10), and its orders.
-fn listed(conn: &mut Conn, rows: &[Row], per_page: u32) -> Result<OrderList, StoreError> {
-    let total: i64 = rows.first().map_or(Ok(0), |r| r.try_get(10))?;
-    let (orders, more) = orders_from(conn, rows, per_page as usize)?;
-    Ok(OrderList {
-        orders,
-        total,
-        more,
-    })
-}
-
 impl Reads for PgReader {
     fn order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
         self.gets.order(&mut self.conn.borrow_mut(), id.get())
@@ -248,16 +138,41 @@ impl Reads for PgReader {
     }
 
     fn orders_of(&self, user: &UserId, page: Page, per_page: u32) -> Result<OrderList, StoreError> {
-        let ask = PageAsk {
-            user: user.clone(),
-            page,
-            per_page,
+        // One round trip: the user's count and the page (one order more than asked, to
+        // know whether older ones follow), each order with its lines. `total LEFT JOIN
+        // page` keeps one row (carrying the count) when the page is empty.
+        let limit = i64::from(per_page) + 1;
+        let mut conn = self.conn.borrow_mut();
+        let rows = match page {
+            Page::Number(n) => {
+                let offset = i64::from(n - 1) * i64::from(per_page);
+                conn.query(
+                    page_of_orders!(
+                        "FROM orders WHERE user_id = $1
+                         ORDER BY created_at DESC, id DESC
+                         -- Past the last order, LIMIT 0 ends it before the offset is scanned.
+                         LIMIT CASE WHEN $3::bigint >= (SELECT n FROM total) THEN 0::bigint
+                                    ELSE $2::bigint END
+                         OFFSET $3::bigint"
+                    ),
+                    &[&user.as_str(), &limit, &offset],
+                )?
+            }
+            Page::After(c) => conn.query(
+                page_of_orders!(
+                    "FROM orders WHERE user_id = $1 AND (created_at, id) < ($2, $3)
+                     ORDER BY created_at DESC, id DESC LIMIT $4"
+                ),
+                &[&user.as_str(), &c.created_at, &c.id.get(), &limit],
+            )?,
         };
-        self.gets.page(&mut self.conn.borrow_mut(), &ask)
-    }
-
-    fn orders_of_then(&self, ask: &PageAsk, then: PageThen) {
-        self.gets.page_then(&mut self.conn.borrow_mut(), ask, then)
+        let total: i64 = rows.first().map_or(Ok(0), |r| r.try_get(10))?;
+        let (orders, more) = orders_from(&mut conn, &rows, per_page as usize)?;
+        Ok(OrderList {
+            orders,
+            total,
+            more,
+        })
     }
 
     fn cached_products(&self, ids: &[ProductId]) -> Result<Vec<CachedProduct>, StoreError> {
