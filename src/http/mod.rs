@@ -131,7 +131,10 @@ const CREATE_STACK: usize = 2 * 1024 * 1024;
 struct CreateGate {
     limit: usize,
     state: Mutex<GateState>,
-    changed: Condvar,
+    /// A place came free (one create is woken for it), or the gate closed (all are).
+    room: Condvar,
+    /// The last create inside left a closed gate.
+    empty: Condvar,
 }
 
 #[derive(Default)]
@@ -148,7 +151,8 @@ impl CreateGate {
         CreateGate {
             limit: limit.max(1),
             state: Mutex::default(),
-            changed: Condvar::new(),
+            room: Condvar::new(),
+            empty: Condvar::new(),
         }
     }
 
@@ -160,7 +164,7 @@ impl CreateGate {
     fn enter(&self) -> Option<Place<'_>> {
         let mut state = self.state();
         while state.serving >= self.limit && !state.closed {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = self.room.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         if state.closed {
             return None;
@@ -173,9 +177,9 @@ impl CreateGate {
     fn close_and_wait(&self) {
         let mut state = self.state();
         state.closed = true;
-        self.changed.notify_all();
+        self.room.notify_all();
         while state.serving > 0 {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = self.empty.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -184,8 +188,13 @@ impl Drop for Place<'_> {
     fn drop(&mut self) {
         let mut state = self.0.state();
         state.serving -= 1;
-        // A create waiting for a place, or the shutdown waiting for the last.
-        self.0.changed.notify_all();
+        // One place: one waiting create woken for it, not all of them. A closed gate has
+        // none waiting, only the shutdown, for the last.
+        if !state.closed {
+            self.0.room.notify_one();
+        } else if state.serving == 0 {
+            self.0.empty.notify_all();
+        }
     }
 }
 
@@ -621,7 +630,7 @@ fn new_request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::CreateGate;
-    use std::sync::mpsc;
+    use std::sync::{mpsc, Arc};
     use std::time::Duration;
 
     const A_WHILE: Duration = Duration::from_millis(100);
@@ -642,6 +651,37 @@ mod tests {
             drop(first);
             assert_eq!(came_in.recv_timeout(Duration::from_secs(5)), Ok(true));
         });
+    }
+
+    #[test]
+    fn creates_waiting_for_a_place_each_get_one_as_the_one_before_leaves() {
+        // Threads of their own, not scoped: one left waiting fails the test, not hangs it.
+        let gate = Arc::new(CreateGate::new(1));
+        let inside = gate.enter();
+        let (entered, came_in) = mpsc::channel();
+        for n in 0..3 {
+            let (gate, entered) = (gate.clone(), entered.clone());
+            std::thread::spawn(move || {
+                let place = gate.enter();
+                entered.send(n).unwrap();
+                drop(place);
+            });
+        }
+        assert!(
+            came_in.recv_timeout(A_WHILE).is_err(),
+            "one got in past the limit"
+        );
+        // Each leaving wakes one of those waiting, which leaves in turn.
+        drop(inside);
+        let mut all: Vec<i32> = (0..3)
+            .map(|_| {
+                came_in
+                    .recv_timeout(Duration::from_secs(5))
+                    .expect("every create got in")
+            })
+            .collect();
+        all.sort();
+        assert_eq!(all, vec![0, 1, 2]);
     }
 
     #[test]
