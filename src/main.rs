@@ -5,7 +5,7 @@
 use order_service::app::App;
 use order_service::config::{self, Config, Database};
 use order_service::{store, systemd};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,13 +182,15 @@ fn run(cmd: Command, config_file: Option<PathBuf>) -> Result<(), Failure> {
 /// its start timeout: enough to migrate tens of millions of orders.
 const START_LIMIT: Duration = Duration::from_secs(15 * 60);
 
-/// From the first SIGTERM/SIGINT, the shutdown gets this long (systemd's stop timeout is
+/// From the first SIGTERM/SIGINT/SIGHUP, the shutdown gets this long (systemd's stop timeout is
 /// 30 s); past it the process exits with status 1.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(25);
 
 fn serve(config: &Config) -> Result<(), Failure> {
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT]).map_err(|e| Failure::Other(format!("signals: {e}")))?;
+    // SIGHUP too: a terminal that closes under the service hangs it up, and there is no
+    // setting to reload (they are read once), so it stops as gracefully as on SIGTERM.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| Failure::Other(format!("signals: {e}")))?;
     let (signal_tx, signal_rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())

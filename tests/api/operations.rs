@@ -1,4 +1,4 @@
-//! Operations: graceful shutdown on SIGTERM/SIGINT, metrics, health and readiness, the
+//! Operations: graceful shutdown on SIGTERM/SIGINT/SIGHUP, metrics, health and readiness, the
 //! OpenAPI description, the command line, backups, request logs, systemd readiness
 //! notification and the systemd unit.
 
@@ -243,6 +243,18 @@ fn sigint_also_stops_cleanly() {
     app.place_order_id(&ALICE, MOUSE, 1);
     app.signal("INT");
     exits_cleanly(&mut app, "SIGINT");
+}
+
+/// A hang-up (the terminal the service ran in closed) is a graceful stop, not the
+/// default handler's death: the order placed before it is answered and kept.
+#[test]
+fn sighup_stops_cleanly_too() {
+    let mut app = spawn_app();
+    let id = app.place_order_id(&ALICE, MOUSE, 1);
+    app.signal("HUP");
+    exits_cleanly(&mut app, "SIGHUP");
+    app.restart();
+    app.get_order(&ALICE, id).assert_status(200);
 }
 
 /// The service exits 0 within 15 s: a graceful stop after `what`.
