@@ -63,6 +63,33 @@ pub enum Database {
 }
 
 impl Database {
+    /// `DATABASE_URL`'s value as the service reads it.
+    pub fn parse(url: &str) -> Result<Database, String> {
+        parse_database(url)
+    }
+
+    /// Whether the database's server runs on this machine: SQLite, or PostgreSQL
+    /// reached only through a socket file or a loopback address (`localhost` included).
+    pub fn shares_this_machine(&self) -> bool {
+        let Database::Postgres(url) = self else {
+            return true;
+        };
+        let Ok(c) = url.expose().parse::<postgres::Config>() else {
+            return false;
+        };
+        let addrs = c.get_hostaddrs();
+        if !addrs.is_empty() {
+            return addrs.iter().all(IpAddr::is_loopback);
+        }
+        c.get_hosts().iter().all(|h| match h {
+            postgres::config::Host::Unix(_) => true,
+            postgres::config::Host::Tcp(name) => {
+                name.eq_ignore_ascii_case("localhost")
+                    || name.parse::<IpAddr>().is_ok_and(|a| a.is_loopback())
+            }
+        })
+    }
+
     /// How to name it in a message: the file, or the server and database without the
     /// user and password.
     pub fn describe(&self) -> String {
@@ -343,15 +370,36 @@ pub const OUTBOX_RETENTION: Setting<Duration> = Setting {
 /// (`HTTP_WRITE_THREADS`). On SQLite eight workers answered gets and creates faster
 /// than sixteen in two pairs of runs of three, and the mix in both pairs; on PostgreSQL,
 /// where each holds a session of the server's (a process there, and one of its
-/// `max_connections` for every instance), 16 made gets 8–15% slower.
-pub const HTTP_THREADS: Setting<usize> = Setting {
+/// `max_connections` for every instance), 16 made gets 8–15% slower. Unset, it is
+/// `default_http_threads`.
+pub const HTTP_THREADS: Setting<Option<usize>> = Setting {
     name: "HTTP_THREADS",
-    default: "8",
+    default: "",
     help: "HTTP worker threads, each with a reading session of the database's: reads, \
-           cancels and status changes (1..=256)",
+           cancels and status changes (1..=256; unset: 8, or two per core up to 8 when \
+           the database is PostgreSQL on this machine)",
     secret: false,
-    parse: threads,
+    parse: optional_threads,
 };
+
+/// The workers when `HTTP_THREADS` is unset: 8, or, where PostgreSQL runs on this
+/// machine, two per core (at least 2, at most 8). Its sessions' server processes then
+/// share this machine's cores with the workers: past about two busy sessions a core
+/// they only wait for one, and, on two cores with eight workers reading list pages,
+/// some waited hundreds of ms to a few seconds for a core while PostgreSQL spent under
+/// 1 ms on their query. A server elsewhere has cores of its own, and more sessions
+/// there hide the network's round trips. SQLite's reads run on the workers themselves,
+/// with no other process to wait for.
+pub fn default_http_threads(database: &Database) -> usize {
+    match database {
+        Database::Postgres(_) if database.shares_this_machine() => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (2 * cores).clamp(2, 8)
+        }
+        _ => 8,
+    }
+}
+
 /// A create holds its connection's thread through its product lookups and its commit,
 /// so this is how many creates wait on those at once: the writers commit what waits for
 /// them together, so more make bigger commits. With 16 clients, creates ran 29–37%
@@ -479,6 +527,9 @@ impl Config {
                 ),
             });
         }
+        let http_threads = HTTP_THREADS
+            .read(&get)?
+            .unwrap_or_else(|| default_http_threads(&database));
         Ok(Config {
             host,
             port,
@@ -496,7 +547,7 @@ impl Config {
             product_cache_max_age: PRODUCT_CACHE_MAX_AGE.read(&get)?,
             catalog_refresh: CATALOG_REFRESH.read(&get)?,
             outbox_retention: OUTBOX_RETENTION.read(&get)?,
-            http_threads: HTTP_THREADS.read(&get)?,
+            http_threads,
             http_write_threads: HTTP_WRITE_THREADS.read(&get)?,
             max_connections: MAX_CONNECTIONS.read(&get)?,
             log_filter: RUST_LOG.read(&get)?,
@@ -892,6 +943,10 @@ fn host_name() -> String {
         .unwrap_or_else(|| "store".to_string())
 }
 
+fn optional_threads(v: &str) -> Result<Option<usize>, String> {
+    (!v.is_empty()).then(|| threads(v)).transpose()
+}
+
 fn threads(v: &str) -> Result<usize, String> {
     parse_num::<usize>(v, "a number of threads")
         .and_then(|n| within(n as u64, 1, 256).map(|n| n as usize))
@@ -943,13 +998,37 @@ mod tests {
 
     #[test]
     fn the_http_workers_and_write_threads_take_their_defaults_on_either_database_unless_set() {
-        let pg = ("DATABASE_URL", "postgresql://postgres@127.0.0.1/orders");
+        let pg = ("DATABASE_URL", "postgresql://postgres@db.example/orders");
         for database in [&[][..], &[pg][..]] {
             let c = config(database).unwrap();
             assert_eq!((c.http_threads, c.http_write_threads), (8, 16));
         }
         // As an env file written when the workers' default followed the database says it.
         assert_eq!(config(&[("HTTP_THREADS", "")]).unwrap().http_threads, 8);
+        // PostgreSQL on this machine: two workers a core, 2 to 8.
+        let cores = std::thread::available_parallelism().unwrap().get();
+        for url in [
+            "postgresql://postgres@127.0.0.1/orders",
+            "postgresql://postgres@localhost:5433/orders",
+            "postgresql://postgres@[::1]/orders",
+            "postgresql://postgres@%2Fvar%2Frun%2Fpostgresql/orders",
+            "postgresql:///orders?host=/var/run/postgresql",
+        ] {
+            let c = config(&[("DATABASE_URL", url)]).unwrap();
+            assert_eq!(c.http_threads, (2 * cores).clamp(2, 8), "{url}");
+            assert!(c.database.shares_this_machine(), "{url}");
+            let set = config(&[("DATABASE_URL", url), ("HTTP_THREADS", "8")]).unwrap();
+            assert_eq!(set.http_threads, 8, "{url}");
+        }
+        for url in [
+            "postgresql://postgres@db.example/orders",
+            "postgresql://postgres@10.0.0.5/orders",
+            "postgresql://postgres@127.0.0.1,db.example/orders",
+        ] {
+            let c = config(&[("DATABASE_URL", url)]).unwrap();
+            assert_eq!(c.http_threads, 8, "{url}");
+            assert!(!c.database.shares_this_machine(), "{url}");
+        }
         let c = config(&[pg, ("HTTP_THREADS", "24"), ("HTTP_WRITE_THREADS", "3")]).unwrap();
         assert_eq!((c.http_threads, c.http_write_threads), (24, 3));
         for bad in ["0", "257", "x"] {

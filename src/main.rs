@@ -231,11 +231,12 @@ fn serve(config: &Config) -> Result<(), Failure> {
     let _ = start_guard.join();
     let app = app.map_err(Failure::Other)?;
     log::info!(
-        "order-service {} listening on http://{} (store {}, database {})",
+        "order-service {} listening on http://{} (store {}, database {}, {} HTTP workers)",
         env!("CARGO_PKG_VERSION"),
         app.address(),
         config.store_id,
-        config.database.describe()
+        config.database.describe(),
+        config.http_threads
     );
     systemd::notify("READY=1");
     let first = signal_rx.recv().ok();

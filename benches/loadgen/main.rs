@@ -35,7 +35,7 @@ const USAGE: &str = "cargo bench --bench loadgen -- [options]
   --warmup S         warm-up seconds before each (2)
   --clients N        keep-alive client threads (16)
   --http-threads N   the service's HTTP_THREADS, and the ceiling's workers (the
-                     service's default: 8)
+                     service's default: 8; on PostgreSQL here, two per core up to 8)
   --preload N        orders for the scale runs, 0 to skip them (1000000)
   --users N          users the preloaded orders belong to (10000)
   --big-share P      percent of the preloaded orders held by one user (20)
@@ -180,8 +180,14 @@ fn options() -> Result<Options, String> {
     preload::set_pg_host(&o.pg_host)?;
     if o.http_threads == 0 {
         // The service as it ships: the workers (each with its own database connection)
-        // that a store runs without setting HTTP_THREADS.
-        o.http_threads = order_service::config::HTTP_THREADS.default_value();
+        // that a store runs without setting HTTP_THREADS, on the run's database.
+        let sample = if o.postgres {
+            Db::Postgres("loadgen".into())
+        } else {
+            Db::Sqlite("loadgen.db".into())
+        };
+        let database = order_service::config::Database::parse(&sample.url())?;
+        o.http_threads = order_service::config::default_http_threads(&database);
     }
     Ok(o)
 }

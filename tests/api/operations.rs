@@ -237,6 +237,23 @@ fn sigterm_during_a_stream_of_creates_loses_no_acknowledged_order() {
     stop_mid_stream("TERM");
 }
 
+/// Unset, `HTTP_THREADS` is 8, or two per core (2 to 8) when PostgreSQL runs on this
+/// machine, as the tests' server does; the start-up line says which.
+#[test]
+fn the_start_up_line_names_the_workers_the_database_leaves_room_for() {
+    let app = TestApp::builder().env("RUST_LOG", "info").spawn();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let workers = match app.backend() {
+        Backend::Sqlite => 8,
+        Backend::Postgres => (2 * cores).clamp(2, 8),
+    };
+    app.wait_for_log(
+        &format!(", {workers} HTTP workers)"),
+        Duration::from_secs(5),
+        "the start-up line does not name the workers",
+    );
+}
+
 #[test]
 fn sigint_also_stops_cleanly() {
     let mut app = spawn_app();
