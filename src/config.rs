@@ -167,7 +167,8 @@ pub struct Setting<T> {
     pub name: &'static str,
     /// What an unset or empty variable means, written as an operator would write it: it
     /// goes through `parse` like any value, so the typed default cannot drift from it.
-    /// Empty where the default depends on something else (the host name for `STORE_ID`).
+    /// Empty where the default depends on something else (the host name for `STORE_ID`,
+    /// the database for `HTTP_THREADS`).
     pub default: &'static str,
     pub help: &'static str,
     /// Kept as a [`Secret`]: it never reaches a log line.
@@ -192,11 +193,6 @@ impl<T> Setting<T> {
             help: self.help,
             secret: self.secret,
         }
-    }
-
-    /// The default, parsed.
-    pub fn default_value(&self) -> T {
-        (self.parse)(self.default).expect("every default parses")
     }
 
     /// The value `get` finds (trimmed, empty meaning unset), else the default, parsed.
