@@ -31,6 +31,7 @@ struct Sample {
     at: Instant,
     processes: HashMap<(u32, u64), (Group, u64)>,
     busy: u64,
+    steal: u64,
     total: u64,
 }
 
@@ -42,6 +43,9 @@ pub struct Usage {
     pub client: f64,
     /// The cores' busy time over the window, as a percentage of one core.
     pub busy_pct: f64,
+    /// The time the host gave the cores to others, as a percentage of one core: on a
+    /// virtual machine, a stall of every thread at once, seen as a tail in every client.
+    pub steal_pct: f64,
     pub cores: f64,
 }
 
@@ -56,10 +60,11 @@ impl Usage {
         }
         parts.push(format!("benchmark {:.0}", self.client));
         format!(
-            "CPU µs a request: {}; cores busy {:.0}% of {:.0}%",
+            "CPU µs a request: {}; cores busy {:.0}% of {:.0}%, taken by the host {:.1}%",
             parts.join(", "),
             self.busy_pct,
-            self.cores * 100.0
+            self.cores * 100.0,
+            self.steal_pct
         )
     }
 
@@ -70,6 +75,7 @@ impl Usage {
             "rabbitmq": self.broker.map(round),
             "benchmark": round(self.client),
             "cores_busy_pct": round(self.busy_pct),
+            "steal_pct": round(self.steal_pct),
         })
     }
 }
@@ -136,14 +142,16 @@ fn sample(watch: Watch) -> Sample {
     }
     // The first line of /proc/stat: user nice system idle iowait irq softirq steal. Busy
     // is what this machine's processes ran; steal is time the host gave to others.
-    let (mut busy, mut total) = (0u64, 0u64);
+    let (mut busy, mut steal, mut total) = (0u64, 0u64, 0u64);
     if let Ok(stat) = std::fs::read_to_string("/proc/stat") {
         if let Some(line) = stat.lines().next() {
             for (i, v) in line.split_whitespace().skip(1).take(8).enumerate() {
                 let v: u64 = v.parse().unwrap_or(0);
                 total += v;
-                if !matches!(i, 3 | 4 | 7) {
-                    busy += v;
+                match i {
+                    3 | 4 => {}
+                    7 => steal += v,
+                    _ => busy += v,
                 }
             }
         }
@@ -152,6 +160,7 @@ fn sample(watch: Watch) -> Sample {
         at,
         processes,
         busy,
+        steal,
         total,
     }
 }
@@ -205,12 +214,14 @@ impl Meter {
         let wall = b.at.duration_since(a.at).as_secs_f64();
         let total = (b.total - a.total) as f64 / self.hz;
         let busy = b.busy.saturating_sub(a.busy) as f64 / self.hz;
+        let steal = b.steal.saturating_sub(a.steal) as f64 / self.hz;
         Some(Usage {
             service: per(Group::Service),
             database: self.watch.postgres.then(|| per(Group::Database)),
             broker: self.watch.broker.then(|| per(Group::Broker)),
             client: per(Group::Client),
             busy_pct: busy / wall * 100.0,
+            steal_pct: steal / wall * 100.0,
             cores: (total / wall).round(),
         })
     }
