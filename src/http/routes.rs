@@ -10,6 +10,7 @@ use crate::orders::{Answer, Claimed, Priced, PricedOrder};
 use crate::products::PricingError;
 use crate::store::{Reads, StoreError};
 use serde_json::json;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// A request's path, parsed once. An `:id` that is not an order id is kept as `None`:
@@ -351,8 +352,9 @@ fn ready(shared: &Shared, reader: &dyn Reads) -> Response {
     let outbox = outbox.ok();
     let blocked = reader.blocked_event().ok().flatten();
     let blocked = blocked.as_ref();
+    let stopping = shared.stopping.load(Ordering::SeqCst);
     let body = json!({
-        "status": if db_ok { "ready" } else { "unavailable" },
+        "status": if stopping { "stopping" } else if db_ok { "ready" } else { "unavailable" },
         "database": db_text,
         "broker": if shared.metrics.broker_connected() { "connected" } else { "disconnected" },
         "relay": if shared.metrics.relay_active() { "active" } else { "standby" },
@@ -372,7 +374,10 @@ fn ready(shared: &Shared, reader: &dyn Reads) -> Response {
             "source": c.source,
         })),
     });
-    if db_ok {
+    if stopping {
+        // Not "try again later": this instance is going away.
+        Response::json(503, &body)
+    } else if db_ok {
         Response::json(200, &body)
     } else {
         log::warn!("not ready: {db_text}");

@@ -126,8 +126,25 @@ fn with_a_slow_product(id: i64) -> TestApp {
     app
 }
 
+/// A connection whose create of product `id` (a slow one) waits on the product service.
+fn create_in_flight(app: &TestApp, id: i64) -> TcpStream {
+    let body = serde_json::to_vec(&items(&[(id, 1)])).unwrap();
+    let mut busy = open(app);
+    let mut create = create_head(body.len());
+    create.extend_from_slice(&body);
+    busy.write_all(&create).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || app.products.calls_for(id) >= 1),
+        "the create never reached the product service"
+    );
+    busy
+}
+
 /// A kept-alive health check.
 pub(crate) const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+
+/// A kept-alive readiness probe, as a load balancer sends it.
+const READY: &[u8] = b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
 #[test]
 fn a_huge_content_length_does_not_bring_the_service_down() {
@@ -285,15 +302,7 @@ fn stopping_answers_the_current_request_with_connection_close() {
     assert_eq!(status, 200);
     assert!(!says_close(&head), "before stopping: {head}");
     // A request in flight when the signal comes: its handler waits for the product service.
-    let body = serde_json::to_vec(&items(&[(SLOW, 1)])).unwrap();
-    let mut busy = open(&app);
-    let mut create = create_head(body.len());
-    create.extend_from_slice(&body);
-    busy.write_all(&create).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || app.products.calls_for(SLOW) >= 1),
-        "the create never reached the product service"
-    );
+    let mut busy = create_in_flight(&app, SLOW);
 
     app.signal("TERM");
     // Once the listener is closed the server is stopping for sure: a request answered
@@ -324,6 +333,52 @@ fn stopping_answers_the_current_request_with_connection_close() {
         TcpStream::connect(("127.0.0.1", app.port())).is_err(),
         "a new connection was accepted after stopping"
     );
+    let exit = exit.unwrap_or_else(|| panic!("no exit within 15 s\n{}", app.stderr()));
+    assert!(exit.success(), "exit status {exit}\n{}", app.stderr());
+}
+
+#[test]
+fn ready_says_stopping_on_a_kept_alive_probe_once_a_graceful_stop_has_begun() {
+    // A load balancer probes /ready on a kept-alive connection. Once the service is
+    // stopping, that connection's last request must not call it ready.
+    const SLOW: i64 = 31;
+    let mut app = with_a_slow_product(SLOW);
+    let mut probe = open(&app);
+    probe.write_all(READY).unwrap();
+    let (status, head, _) =
+        read_response(&mut probe, Duration::from_secs(10)).expect("an answer to GET /ready");
+    assert_eq!(status, 200, "before stopping");
+    assert!(!says_close(&head), "before stopping: {head}");
+    // A create in flight keeps the drain open while the probe comes.
+    let mut busy = create_in_flight(&app, SLOW);
+
+    app.signal("TERM");
+    assert!(
+        listener_closes(&app),
+        "new connections were still accepted after SIGTERM"
+    );
+    probe.write_all(READY).unwrap();
+    let (status, head, body) = read_response(&mut probe, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the probe got no answer\n{}", app.stderr()));
+    let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "/ready while stopping: {e}: {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    assert_eq!(status, 503, "/ready while stopping: {said}");
+    assert_eq!(said["status"], "stopping", "{said}");
+    assert!(says_close(&head), "/ready while stopping: {head}");
+    assert!(
+        !head.lines().any(|l| l.starts_with("retry-after:")),
+        "an instance that is going away asks for no retry: {head}"
+    );
+    assert_created_and_closing(
+        read_response(&mut busy, Duration::from_secs(10)),
+        "the request in flight",
+        &app,
+    );
+    let exit = app.wait_exit(Duration::from_secs(15));
     let exit = exit.unwrap_or_else(|| panic!("no exit within 15 s\n{}", app.stderr()));
     assert!(exit.success(), "exit status {exit}\n{}", app.stderr());
 }
