@@ -9,7 +9,6 @@ use crate::relay::{self, RelayHandle, RelaySettings};
 use crate::store::{self, FillHandle, WriterHandle};
 use crossbeam_channel::bounded;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -62,7 +61,6 @@ impl App {
             join_get,
             admin_token: config.admin_token.clone(),
             gateway_token: config.gateway_token.clone(),
-            stopping: AtomicBool::new(false),
         });
         let http = HttpServer::start(
             listener,

@@ -35,10 +35,6 @@ pub struct Shared {
     pub join_get: Option<JoinGet>,
     pub admin_token: Option<Secret>,
     pub gateway_token: Option<Secret>,
-    /// Set once a graceful stop begins (`HttpServer::stop_accepting`): from then on
-    /// `/ready` answers 503 "stopping", also on a kept-alive connection's last request,
-    /// so that a load balancer's probe takes the instance out of rotation.
-    pub stopping: AtomicBool,
 }
 
 /// A response before it is written.
@@ -114,7 +110,6 @@ fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
 /// The worker pool over one listening socket.
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
-    shared: Arc<Shared>,
     stopping: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     /// The creates served at once, on their connections' threads.
@@ -282,7 +277,6 @@ impl HttpServer {
         }
         Ok(HttpServer {
             server,
-            shared,
             stopping,
             workers,
             creates,
@@ -293,7 +287,6 @@ impl HttpServer {
     /// kept-alive one gets at most one more request, answered with `Connection: close`.
     /// The workers go on answering.
     pub fn stop_accepting(&self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
         self.server.stop_accepting();
     }
 
@@ -301,7 +294,7 @@ impl HttpServer {
     /// within `DRAIN_LIMIT`), joins the workers, refuses what came too late (503), and
     /// waits for the connections' threads to write the answers (`ANSWERS_WRITTEN`).
     pub fn shutdown(self) {
-        self.stop_accepting();
+        self.server.stop_accepting();
         self.stopping.store(true, Ordering::SeqCst);
         // Waiting workers see `stopping` now, not at the end of their wait.
         self.server.release_waiters();

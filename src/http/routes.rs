@@ -10,7 +10,6 @@ use crate::orders::{Answer, Claimed, Priced, PricedOrder};
 use crate::products::PricingError;
 use crate::store::{Reads, StoreError};
 use serde_json::json;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// A request's path, parsed once. An `:id` that is not an order id is kept as `None`:
@@ -128,7 +127,7 @@ pub fn handle(
     let found = |id: Option<OrderId>| id.ok_or(ApiError::NotFound);
     match route {
         Route::Health => Ok(Response::json(200, &json!({"status": "ok"}))),
-        Route::Ready => Ok(ready(shared, reader)),
+        Route::Ready => Ok(ready(shared, reader, req)),
         Route::Metrics => Ok(Response::text(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -340,7 +339,9 @@ fn parse_status(body: &serde_json::Value) -> Result<Status, ApiError> {
         })
 }
 
-fn ready(shared: &Shared, reader: &dyn Reads) -> Response {
+/// Ready, or 503: the database does not take a write, or the server is stopping (the
+/// last request of a kept-alive connection, such as a load balancer's probe).
+fn ready(shared: &Shared, reader: &dyn Reads, req: &tiny_http::Request) -> Response {
     let database = shared.writer.probe(Duration::from_secs(2));
     let outbox = reader.outbox_stats();
     let db_ok = database.is_ok() && outbox.is_ok();
@@ -352,7 +353,7 @@ fn ready(shared: &Shared, reader: &dyn Reads) -> Response {
     let outbox = outbox.ok();
     let blocked = reader.blocked_event().ok().flatten();
     let blocked = blocked.as_ref();
-    let stopping = shared.stopping.load(Ordering::SeqCst);
+    let stopping = req.server_stopping();
     let body = json!({
         "status": if stopping { "stopping" } else if db_ok { "ready" } else { "unavailable" },
         "database": db_text,

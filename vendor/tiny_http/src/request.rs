@@ -110,6 +110,15 @@ impl Request {
         }
     }
 
+    /// Whether the server has stopped accepting by now (`Server::stop_accepting`): the
+    /// answer then says `Connection: close`, and a handler may say it is going away.
+    /// Local patch (PATCHES.md, 6).
+    pub fn server_stopping(&self) -> bool {
+        self.server_stopping
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {
@@ -200,11 +209,7 @@ impl Request {
         let Some(answer) = self.answer.take() else {
             return Ok(());
         };
-        let closing = self.last_on_connection
-            || self
-                .server_stopping
-                .as_ref()
-                .is_some_and(|s| s.load(Ordering::SeqCst));
+        let closing = self.last_on_connection || self.server_stopping();
         let mut bytes = Vec::with_capacity(256 + response.data_length().unwrap_or(0));
         let printed = response.raw_print_closing(
             &mut bytes,
