@@ -544,6 +544,25 @@ fn an_unsupported_http_version_gets_505_and_the_connection_closes() {
 }
 
 #[test]
+fn a_later_http_1_minor_version_is_answered_as_http_1_1_on_a_kept_alive_connection() {
+    // RFC 9110, 2.5: HTTP/1.2 is read as the highest 1.x the server implements. It was
+    // refused with 505 and the connection closed.
+    let app = spawn_app();
+    let mut stream = open(&app);
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /health HTTP/1.2\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let (status, head, body) = read_response(&mut stream, Duration::from_secs(5))
+            .expect("no answer to an HTTP/1.2 request line within 5 s");
+        assert_eq!(status, 200, "{head}");
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!says_close(&head), "the connection is closing: {head}");
+        assert!(String::from_utf8_lossy(&body).contains("\"status\""));
+    }
+}
+
+#[test]
 fn stopping_closes_after_the_answer_in_progress_and_reads_no_pipelined_request() {
     // Two pipelined requests; the stop comes while the first (slow) is being answered.
     // Requests are read one at a time, so the second has not been read: the first

@@ -232,9 +232,14 @@ impl RequestReader {
                     }
                 }
                 Err(httparse::Error::TooManyHeaders) => return Err(Stop::Refuse(431)),
-                Err(httparse::Error::Version) => {
-                    return Err(Stop::Refuse(version_error(&self.buf)))
-                }
+                Err(httparse::Error::Version) => match later_minor_version(&self.buf) {
+                    // Read as HTTP/1.1 from here on, its head parsed again.
+                    Some(at) => {
+                        self.buf[at] = b'1';
+                        continue;
+                    }
+                    None => return Err(Stop::Refuse(version_error(&self.buf))),
+                },
                 Err(_) => return Err(Stop::Refuse(400)),
             }
             self.more(wire, deadline)?;
@@ -324,6 +329,28 @@ fn header_slots<'s, 'b>(
     } else {
         heap.resize(max, httparse::EMPTY_HEADER);
         heap
+    }
+}
+
+/// Where the minor digit of an `HTTP/1.2` to `HTTP/1.9` request line is: RFC 9110, 2.5,
+/// has a recipient process a higher minor version of a major version it implements as
+/// the highest minor version it implements, 1.1 here.
+fn later_minor_version(buf: &[u8]) -> Option<usize> {
+    let line_len = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len());
+    let mut parts = buf[..line_len].split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
+            Some(method.len() + 1 + target.len() + 1 + 7)
+        }
+        _ => None,
     }
 }
 
@@ -711,6 +738,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn reads_a_later_http_1_minor_version_as_http_1_1() {
+        let raw = b"POST /a HTTP/1.5\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+            2\r\nhi\r\n0\r\n\r\nGET /b HTTP/1.9\r\nHost: x\r\n\r\n";
+        // Whole, and a byte at a time: the version may arrive before its line ends.
+        for mut wire in [
+            Pieces::whole(raw),
+            Pieces::new(raw.iter().map(|&b| vec![b])),
+        ] {
+            let (requests, end) = read_all(&mut wire);
+            assert!(matches!(end, Next::Closed));
+            let seen: Vec<_> = requests
+                .iter()
+                .map(|r| {
+                    (
+                        r.path.as_str(),
+                        r.version.clone(),
+                        r.body.as_slice(),
+                        r.last,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                seen,
+                [
+                    ("/a", HTTPVersion(1, 1), &b"hi"[..], false),
+                    ("/b", HTTPVersion(1, 1), &b""[..], false),
+                ]
+            );
+        }
+    }
+
+    #[test]
     fn reads_pipelined_requests_one_at_a_time() {
         let one = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n";
         let two = b"GET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -871,6 +930,8 @@ pub(crate) mod tests {
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\n";
         assert_eq!(refused(big_chunk), Some(413));
         assert_eq!(refused(b"GET / HTTP/2.0\r\n\r\n"), Some(505));
+        assert_eq!(refused(b"GET / HTTP/1.10\r\nHost: x\r\n\r\n"), Some(400));
+        assert_eq!(refused(b"GET / HTTP/1.x\r\nHost: x\r\n\r\n"), Some(400));
         assert_eq!(
             refused(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n"),
             Some(417)
