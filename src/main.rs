@@ -5,7 +5,7 @@
 use order_service::app::App;
 use order_service::config::{self, Config, Database};
 use order_service::{store, systemd};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -189,13 +189,22 @@ const SHUTDOWN_LIMIT: Duration = Duration::from_secs(25);
 fn serve(config: &Config) -> Result<(), Failure> {
     // SIGHUP too: a terminal that closes under the service hangs it up, and there is no
     // setting to reload (they are read once), so it stops as gracefully as on SIGTERM.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+    // SIGUSR1 and SIGUSR2 would end the process at once by default, though many daemons
+    // take them as a request (to reopen logs, say) and scripts send them out of habit.
+    // The service has no such request, and logs to stderr: they are logged and ignored.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
         .map_err(|e| Failure::Other(format!("signals: {e}")))?;
     let (signal_tx, signal_rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                if signal == SIGUSR1 || signal == SIGUSR2 {
+                    log::warn!(
+                        "signal {signal} ignored: SIGTERM, SIGINT or SIGHUP stop the service"
+                    );
+                    continue;
+                }
                 if signal_tx.send(signal).is_err() {
                     break;
                 }

@@ -1432,6 +1432,32 @@ fn the_same_sigterm_sent_twice_at_once_is_one_graceful_stop() {
     exits_cleanly(&mut app, "two SIGTERMs at once");
 }
 
+/// SIGUSR1 and SIGUSR2, which would end the process by default (and which scripts send
+/// to daemons to reopen their logs), are logged and ignored: the service goes on serving,
+/// and SIGTERM still stops it cleanly.
+#[test]
+fn sigusr1_and_sigusr2_are_logged_and_ignored() {
+    let mut app = spawn_app();
+    app.place_order_id(&ALICE, MOUSE, 1);
+    for (name, number) in [("USR1", 10), ("USR2", 12)] {
+        app.signal(name);
+        app.wait_for_log(
+            &format!("signal {number} ignored"),
+            Duration::from_secs(10),
+            &format!("SIG{name} was not logged as ignored"),
+        );
+        assert!(
+            app.wait_exit(Duration::ZERO).is_none(),
+            "SIG{name} ended the process:\n{}",
+            app.stderr()
+        );
+        app.health().assert_status(200);
+    }
+    app.place_order_id(&ALICE, MOUSE, 1);
+    app.signal("TERM");
+    exits_cleanly(&mut app, "SIGTERM after SIGUSR1 and SIGUSR2");
+}
+
 /// Every HTTP worker opens its database session before the service says it is up: where
 /// one cannot (here, too few file descriptors for 256 workers' sessions), the start
 /// fails, instead of the service serving with the workers that could, or with none.
