@@ -876,13 +876,52 @@ fn text(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
 
+/// The crates whose log lines the service writes, its own first.
+const LOGGING_CRATES: [&str; 7] = [
+    "order_service",
+    "tiny_http",
+    "ureq",
+    "amiquip",
+    "postgres",
+    "tokio_postgres",
+    "refinery_core",
+];
+
 /// A filter env_logger parses whole: the parts it cannot, it would only warn about on
 /// stderr and drop, and a service started with such a filter may log nothing at all.
+/// So would one that sets no level and names none of the crates that log here: a
+/// misspelt level (`inf`) reads as a module's name. `off`, said, is taken at its word.
 fn log_filter(v: &str) -> Result<String, String> {
-    env_filter::Builder::new()
+    let mut builder = env_filter::Builder::new();
+    builder
         .try_parse(v)
-        .map(|_| v.to_string())
-        .map_err(|e| format!("not a log filter ({e})"))
+        .map_err(|e| format!("not a log filter ({e})"))?;
+    // As env_logger reads each directive: `level`, `module`, or `module=level`; a module
+    // names the targets that begin with it.
+    let spec = v.split('/').next().unwrap_or_default();
+    let (mut logs, mut says_off) = (spec.trim().is_empty(), false);
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (module, level) = match directive.split_once('=') {
+            Some((module, level)) => (Some(module.trim()), level.trim()),
+            None if directive.parse::<log::LevelFilter>().is_ok() => (None, directive),
+            None => (Some(directive), "trace"),
+        };
+        says_off |= level.eq_ignore_ascii_case("off");
+        logs |= module.is_none_or(|m| {
+            LOGGING_CRATES
+                .iter()
+                .any(|c| c.starts_with(m) || m.starts_with(&format!("{c}::")))
+        });
+    }
+    if logs || says_off {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "logs nothing: no level (off, error, warn, info, debug, trace) and no module of \
+             the service's ({})",
+            LOGGING_CRATES.join(", ")
+        ))
+    }
 }
 
 fn secret(v: &str) -> Result<Secret, String> {
@@ -1081,7 +1120,14 @@ mod tests {
                 .variable,
             "DATABASE_URL"
         );
-        for filter in ["info=debug=trace", "order_service=loud", "a=b=c,info"] {
+        for filter in [
+            "info=debug=trace",
+            "order_service=loud",
+            "a=b=c,info",
+            "inf",
+            "order_servce=debug",
+            "nothing_here=info,other=trace",
+        ] {
             assert_eq!(
                 config(&[("RUST_LOG", filter)]).unwrap_err().variable,
                 "RUST_LOG",
@@ -1093,6 +1139,10 @@ mod tests {
             "warn,order_service=debug",
             "order_service::http=trace",
             "off",
+            "OFF",
+            "order_service=off",
+            "tiny_http=debug",
+            "info/created",
         ] {
             assert_eq!(config(&[("RUST_LOG", filter)]).unwrap().log_filter, filter);
         }
