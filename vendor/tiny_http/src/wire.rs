@@ -332,10 +332,9 @@ fn header_slots<'s, 'b>(
     }
 }
 
-/// Where the minor digit of an `HTTP/1.2` to `HTTP/1.9` request line is: RFC 9110, 2.5,
-/// has a recipient process a higher minor version of a major version it implements as
-/// the highest minor version it implements, 1.1 here.
-fn later_minor_version(buf: &[u8]) -> Option<usize> {
+/// The version on the request line that `buf` begins with (its third and last part, to
+/// the line's end or the buffer's), and where in `buf` it begins.
+fn request_version(buf: &[u8]) -> Option<(usize, &[u8])> {
     let line_len = buf
         .iter()
         .position(|&b| b == b'\r' || b == b'\n')
@@ -346,23 +345,23 @@ fn later_minor_version(buf: &[u8]) -> Option<usize> {
     else {
         return None;
     };
-    match version {
-        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
-            Some(method.len() + 1 + target.len() + 1 + 7)
-        }
+    Some((method.len() + 1 + target.len() + 1, version))
+}
+
+/// Where the minor digit of an `HTTP/1.2` to `HTTP/1.9` request line is: RFC 9110, 2.5,
+/// has a recipient process a higher minor version of a major version it implements as
+/// the highest minor version it implements, 1.1 here.
+fn later_minor_version(buf: &[u8]) -> Option<usize> {
+    match request_version(buf)? {
+        (at, [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9']) => Some(at + 7),
         _ => None,
     }
 }
 
 /// 505 for a well-formed version other than 1.x (`HTTP/2.0`), 400 for anything else.
 fn version_error(buf: &[u8]) -> u16 {
-    let line = buf
-        .split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or(&[]);
-    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-    match parts.as_slice() {
-        [_, _, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]]
+    match request_version(buf) {
+        Some((_, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]))
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
             505
