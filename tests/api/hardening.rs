@@ -140,6 +140,17 @@ fn create_in_flight(app: &TestApp, id: i64) -> TcpStream {
     busy
 }
 
+/// A connection that `request` was answered on with 200, before any stop, and kept open.
+fn served_and_kept_alive(app: &TestApp, request: &[u8]) -> TcpStream {
+    let mut stream = open(app);
+    stream.write_all(request).unwrap();
+    let (status, head, _) = read_response(&mut stream, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no answer to {}", String::from_utf8_lossy(request)));
+    assert_eq!(status, 200, "before stopping: {head}");
+    assert!(!says_close(&head), "before stopping: {head}");
+    stream
+}
+
 /// A kept-alive health check.
 pub(crate) const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 
@@ -295,12 +306,7 @@ fn stopping_answers_the_current_request_with_connection_close() {
     const SLOW: i64 = 31;
     let mut app = with_a_slow_product(SLOW);
     // A kept-alive connection, served once and now idle.
-    let mut idle = open(&app);
-    idle.write_all(HEALTH).unwrap();
-    let (status, head, _) =
-        read_response(&mut idle, Duration::from_secs(10)).expect("an answer to GET /health");
-    assert_eq!(status, 200);
-    assert!(!says_close(&head), "before stopping: {head}");
+    let mut idle = served_and_kept_alive(&app, HEALTH);
     // A request in flight when the signal comes: its handler waits for the product service.
     let mut busy = create_in_flight(&app, SLOW);
 
@@ -343,12 +349,7 @@ fn ready_says_stopping_on_a_kept_alive_probe_once_a_graceful_stop_has_begun() {
     // stopping, that connection's last request must not call it ready.
     const SLOW: i64 = 31;
     let mut app = with_a_slow_product(SLOW);
-    let mut probe = open(&app);
-    probe.write_all(READY).unwrap();
-    let (status, head, _) =
-        read_response(&mut probe, Duration::from_secs(10)).expect("an answer to GET /ready");
-    assert_eq!(status, 200, "before stopping");
-    assert!(!says_close(&head), "before stopping: {head}");
+    let mut probe = served_and_kept_alive(&app, READY);
     // A create in flight keeps the drain open while the probe comes.
     let mut busy = create_in_flight(&app, SLOW);
 
