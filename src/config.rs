@@ -892,8 +892,7 @@ const LOGGING_CRATES: [&str; 7] = [
 /// So would one that sets no level and names none of the crates that log here: a
 /// misspelt level (`inf`) reads as a module's name. `off`, said, is taken at its word.
 fn log_filter(v: &str) -> Result<String, String> {
-    let mut builder = env_filter::Builder::new();
-    builder
+    env_filter::Builder::new()
         .try_parse(v)
         .map_err(|e| format!("not a log filter ({e})"))?;
     // As env_logger reads each directive: `level`, `module`, or `module=level`; a module
